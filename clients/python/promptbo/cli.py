@@ -1,0 +1,263 @@
+"""The ``promptbo`` command line.
+
+::
+
+    promptbo serve  [--storage URL] [--host H] [--port P] [--auth-token-file F] [--tls-cert C --tls-key K]
+    promptbo study  list | show NAME | best NAME | trials NAME | delete NAME   [--server H:P]
+    promptbo worker --study NAME --evaluator KIND [-o key=value ...] [--server H:P]
+    promptbo demo   [--trials N] [--strategy S]
+
+Server-side commands import the server extra lazily; the study commands need only the
+client. Logging is configured here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+from promptbo.client import DEFAULT_ADDRESS, Client
+from promptbo.errors import PromptboError
+
+
+def _configure_logging(level: str, fmt: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(_JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        out = {
+            "time": round(record.created, 3),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        return json.dumps(out)
+
+
+def _read_secret(path: str | None) -> str:
+    if not path:
+        return ""
+    token = Path(path).read_text().strip()
+    if not token:
+        raise SystemExit(f"error: the token file {path} is empty")
+    return token
+
+
+def _client(args) -> Client:
+    token = _read_secret(getattr(args, "token_file", None)) or None
+    return Client(args.server, token=token, ca_file=getattr(args, "ca_file", None) or None)
+
+
+def _add_connection_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--server", default=os.environ.get("PROMPTBO_SERVER", DEFAULT_ADDRESS),
+                   help="host:port of the server (env PROMPTBO_SERVER)")
+    p.add_argument("--token-file", help="file holding the bearer token (or env PROMPTBO_TOKEN)")
+    p.add_argument("--ca-file", help="PEM CA certificate; enables TLS")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="promptbo", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--log-level", default="info")
+    parser.add_argument("--log-format", choices=("text", "json"), default="text")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("serve", help="run the optimizer server")
+    p.add_argument("--storage", default="sqlite:///promptbo.db",
+                   help="memory:, sqlite:///FILE or postgresql://USER@HOST/DB")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=50051, help="0 picks a free port")
+    p.add_argument("--port-file", default="", help="write the bound port here once serving")
+    p.add_argument("--max-message-mb", type=int, default=64)
+    p.add_argument("--auth-token-file", help="require this bearer token on every RPC")
+    p.add_argument("--tls-cert", default="")
+    p.add_argument("--tls-key", default="")
+
+    p = sub.add_parser("study", help="inspect and manage studies")
+    _add_connection_args(p)
+    p.add_argument("action", choices=("list", "show", "best", "trials", "delete"))
+    p.add_argument("name", nargs="?")
+    p.add_argument("--state", choices=("active", "completed", "failed"))
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = sub.add_parser("worker", help="evaluate a study's trials with an evaluator")
+    _add_connection_args(p)
+    p.add_argument("--study", required=True)
+    p.add_argument("--evaluator", required=True, help="hf-causal, hf-mlm, openai, python, command")
+    p.add_argument("-o", "--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="evaluator option (repeatable)")
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--max-trials", type=int, default=None)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    p = sub.add_parser("demo", help="optimize a prompt for SmolLM2 on a small sentiment set")
+    p.add_argument("--trials", type=int, default=24)
+    p.add_argument("--strategy", default="gp")
+    p.add_argument("--prompt-length", type=int, default=4)
+    p.add_argument("--storage", default="", help="default: a SQLite file in a temp dir")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--plot", default="", help="write a convergence plot (PNG) here")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _configure_logging(args.log_level, args.log_format)
+    try:
+        return _COMMANDS[args.command](args)
+    except PromptboError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+def _serve(args) -> int:
+    from promptbo.server.app import ServerOptions, serve
+
+    opts = ServerOptions(
+        host=args.host, port=args.port, max_message_bytes=args.max_message_mb * 1024 * 1024,
+        auth_token=_read_secret(args.auth_token_file), tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+    )
+    serve(args.storage, opts, port_file=args.port_file)
+    return 0
+
+
+def _study(args) -> int:
+    client = _client(args)
+    if args.action == "list":
+        studies = client.list_studies()
+        if args.json:
+            print(json.dumps([_study_dict(s.info) for s in studies], indent=2))
+        for s in studies if not args.json else []:
+            i = s.info
+            best = f"{i.best_trial.value:.4f}" if i.HasField("best_trial") else "-"
+            state = "completed" if s.done else "active"
+            print(f"{s.name:30s} {state:9s} {i.completed_count:5d} done "
+                  f"{i.active_count:3d} active {i.failed_count:3d} failed  best {best}")
+        return 0
+    if not args.name:
+        raise SystemExit(f"error: promptbo study {args.action} needs a study NAME")
+    if args.action == "delete":
+        client.delete_study(args.name)
+        print(f"deleted study {args.name}")
+        return 0
+    study = client.get_study(args.name)
+    if args.action == "best":
+        best = study.best_trial()
+        if best is None:
+            print("no completed trial yet")
+            return 1
+        _print_trial(best, args.json)
+        return 0
+    if args.action == "show":
+        i = study.info
+        if args.json:
+            print(json.dumps(_study_dict(i), indent=2))
+        else:
+            print(f"study {i.name}: {'completed' if study.done else 'active'}, "
+                  f"strategy {i.spec.strategy}, {i.trial_count} trials "
+                  f"({i.completed_count} completed, {i.active_count} active, "
+                  f"{i.failed_count} failed)")
+    for t in study.trials(state=args.state):
+        _print_trial(t, args.json)
+    return 0
+
+
+def _study_dict(info) -> dict:
+    from google.protobuf.json_format import MessageToDict
+
+    d = MessageToDict(info)
+    for key in ("spec",):
+        d.get(key, {}).get("hard", {}).get("filter", {}).get("topN", {}).pop("scores", None)
+    return d
+
+
+def _print_trial(t, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps({
+            "id": t.id, "state": t.state, "value": t.value, "metrics": t.metrics,
+            "text": t.prompt.text, "token_ids": list(t.prompt.token_ids),
+            "failure_reason": t.failure_reason, "source": t.source,
+        }))
+        return
+    what = repr(t.prompt.text) if not t.prompt.is_soft else f"<soft {t.prompt.vector.shape}>"
+    value = "" if t.value is None else f"{t.value:.4f}"
+    extra = " ".join(f"{k}={v:.4g}" for k, v in sorted(t.metrics.items()))
+    reason = f" ({t.failure_reason})" if t.failure_reason else ""
+    print(f"{t.id:5d} {t.state:9s} {value:>9s} {what} {extra}{reason}")
+
+
+def parse_options(pairs: list[str]) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise SystemExit(f"error: evaluator option {pair!r} is not KEY=VALUE")
+        key, value = pair.split("=", 1)
+        out[key.strip().replace("-", "_")] = value
+    return out
+
+
+def _worker(args) -> int:
+    from promptbo.evaluators import create_evaluator
+    from promptbo.worker import Worker, print_progress
+
+    client = _client(args)
+    client.wait_ready(timeout=60)
+    study = client.get_study(args.study)
+    evaluator = create_evaluator(args.evaluator, **parse_options(args.option))
+    worker = Worker(
+        study, evaluator, batch_size=args.batch_size, max_trials=args.max_trials,
+        progress=None if args.quiet else print_progress,
+        minimize=study.info.spec.goal == 2,
+    )
+    _install_stop_handlers(worker)
+    try:
+        stats = worker.run()
+    finally:
+        evaluator.close()
+    if not args.quiet:
+        print(file=sys.stderr)
+    print(f"worker done: {stats.completed} completed, {stats.failed} failed, "
+          f"best {stats.best_value:.4f} in {stats.seconds:.1f}s")
+    return 0
+
+
+def _install_stop_handlers(worker) -> None:
+    def on_signal(signum, frame):
+        print("\nstopping after the current batch (again to abort)", file=sys.stderr)
+        worker.stop()
+        if worker._abort.is_set():
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+
+def _demo(args) -> int:
+    from promptbo.demo import run_demo
+
+    t0 = time.monotonic()
+    run_demo(args)
+    print(f"demo finished in {time.monotonic() - t0:.0f}s")
+    return 0
+
+
+_COMMANDS = {"serve": _serve, "study": _study, "worker": _worker, "demo": _demo}
+
+if __name__ == "__main__":
+    sys.exit(main())

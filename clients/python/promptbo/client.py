@@ -1,0 +1,461 @@
+"""The Python client: ask/tell against a promptbo server.
+
+Needs only grpcio, protobuf and NumPy, so it embeds in any pipeline::
+
+    import promptbo
+
+    client = promptbo.Client("127.0.0.1:50051")
+    study = client.create_study("sst2", promptbo.SoftPromptSpace(4, 576, intrinsic_dim=10),
+                                strategy="gp", max_trials=100)
+    for trial in study.ask(4):
+        study.tell(trial, score(trial.prompt), {"accuracy": acc})
+
+    with study.trial_context() as trial:        # heartbeats while you work
+        trial.report(score(trial.prompt))       # told on exit; failed on an exception
+
+Status codes come back as the exceptions of :mod:`promptbo.errors`. Every RPC is safe
+to retry (CreateStudy takes a request id, SuggestTrials returns the caller's active
+trials again, repeated completions are no-ops), and the channel retries UNAVAILABLE.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import grpc
+import numpy as np
+
+from promptbo import types
+from promptbo.errors import PromptboError, UnavailableError, error_for_code
+from promptbo.v1 import optimizer_service_pb2 as api
+from promptbo.v1 import optimizer_service_pb2_grpc as api_grpc
+from promptbo.v1 import resources_pb2 as pb
+
+DEFAULT_ADDRESS = "127.0.0.1:50051"
+UPLOAD_CHUNK_BYTES = 4 * 1024 * 1024
+_STATE_NAMES = {pb.TRIAL_STATE_ACTIVE: "active", pb.TRIAL_STATE_COMPLETED: "completed",
+                pb.TRIAL_STATE_FAILED: "failed", pb.TRIAL_STATE_UNSPECIFIED: "unspecified"}
+_STATES_BY_NAME = {v: k for k, v in _STATE_NAMES.items()}
+_RETRY_CONFIG = json.dumps({
+    "methodConfig": [{
+        "name": [{"service": "promptbo.v1.OptimizerService"}],
+        "retryPolicy": {
+            "maxAttempts": 5, "initialBackoff": "0.2s", "maxBackoff": "5s",
+            "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"],
+        },
+    }]
+})
+
+
+class StudyDoneError(PromptboError):
+    """The study's trial budget is used up; there is nothing left to evaluate."""
+
+    code = "FAILED_PRECONDITION"
+
+
+@dataclass(frozen=True)
+class HardPromptSpace:
+    """``prompt_length`` tokens of an uploaded vocabulary (see :meth:`Client.upload_vocabulary`).
+
+    ``top_n`` with ``top_n_scores`` (one per vocabulary entry) keeps the best-scored
+    tokens; ``allowed`` keeps exactly those vocabulary rows.
+    """
+
+    prompt_length: int
+    vocabulary_id: str
+    pca_dims: int = 0
+    top_n: int = 0
+    top_n_scores: Sequence[float] = ()
+    allowed: Sequence[int] = ()
+
+
+@dataclass(frozen=True)
+class SoftPromptSpace:
+    """``prompt_length x embedding_dim`` vectors; with ``intrinsic_dim`` > 0 the search runs in
+    a random subspace of that size."""
+
+    prompt_length: int
+    embedding_dim: int
+    intrinsic_dim: int = 0
+    bound: float = 0.0
+    embedding_std: float = 0.0
+
+
+@dataclass
+class Trial:
+    """A trial as the client sees it; ``prompt`` is what to evaluate."""
+
+    study: str
+    id: int
+    state: str
+    prompt: types.Prompt
+    client_id: str = ""
+    value: float | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    failure_reason: str = ""
+    source: str = ""
+    lease_deadline: float = 0.0
+    _reported: types.Score | None = field(default=None, repr=False)
+
+    def report(self, value: float, metrics: dict[str, float] | None = None) -> None:
+        """Sets the result told when a :meth:`Study.trial_context` block exits."""
+        self._reported = types.Score(float(value), dict(metrics or {}))
+
+
+def _trial_from_pb(msg: pb.Trial, soft_shape: tuple[int, int] | None) -> Trial:
+    p = msg.prompt
+    vector = None
+    if len(p.vector):
+        vector = np.asarray(p.vector, dtype=np.float32)
+        if soft_shape is not None:
+            vector = vector.reshape(soft_shape)
+    prompt = types.Prompt(
+        token_ids=tuple(p.token_ids), tokens=tuple(p.tokens), text=p.text, vector=vector
+    )
+    return Trial(
+        study=msg.study, id=msg.id, state=_STATE_NAMES[msg.state], prompt=prompt,
+        client_id=msg.client_id,
+        value=msg.value if msg.state == pb.TRIAL_STATE_COMPLETED else None,
+        metrics=dict(msg.metrics), failure_reason=msg.failure_reason, source=msg.source,
+        lease_deadline=msg.lease_deadline.ToNanoseconds() / 1e9,
+    )
+
+
+def _prompt_to_pb(prompt: types.Prompt) -> pb.Prompt:
+    msg = pb.Prompt(token_ids=prompt.token_ids, tokens=prompt.tokens, text=prompt.text)
+    if prompt.vector is not None:
+        msg.vector.extend(np.asarray(prompt.vector, dtype=np.float32).ravel().tolist())
+    return msg
+
+
+class Client:
+    """A connection to a promptbo server.
+
+    Args:
+        target: ``host:port`` of the server.
+        token: bearer token (or set ``PROMPTBO_TOKEN``); sent as ``authorization`` metadata.
+        ca_file: PEM file of the CA that signed the server's certificate; enables TLS.
+        tls: use TLS with the system's roots (implied by ``ca_file``).
+        timeout: seconds per RPC.
+        client_id: identifies this worker to the server (default: a random one).
+        stub: use this stub instead of a channel (e.g.
+            :class:`promptbo.server.local.LocalStub` for an in-process servicer).
+    """
+
+    def __init__(
+        self,
+        target: str = DEFAULT_ADDRESS,
+        *,
+        token: str | None = None,
+        ca_file: str | None = None,
+        tls: bool = False,
+        timeout: float = 60.0,
+        client_id: str | None = None,
+        max_message_bytes: int = 64 * 1024 * 1024,
+        stub=None,
+    ) -> None:
+        self.target = target
+        self.timeout = timeout
+        self.client_id = client_id or f"client-{uuid.uuid4().hex[:12]}"
+        token = token if token is not None else os.environ.get("PROMPTBO_TOKEN", "")
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        options = [
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.enable_retries", 1),
+            ("grpc.service_config", _RETRY_CONFIG),
+        ]
+        self._channel: grpc.Channel | None = None
+        if stub is not None:
+            self._stub = stub
+            return
+        if ca_file or tls:
+            roots = open(ca_file, "rb").read() if ca_file else None
+            creds = grpc.ssl_channel_credentials(root_certificates=roots)
+            self._channel = grpc.secure_channel(target, creds, options=options)
+        else:
+            self._channel = grpc.insecure_channel(target, options=options)
+        self._stub = api_grpc.OptimizerServiceStub(self._channel)
+
+    # --- plumbing ----------------------------------------------------------------------
+    def _call(self, name: str, request, timeout: float | None = None):
+        try:
+            return getattr(self._stub, name)(
+                request, timeout=timeout or self.timeout, metadata=self._metadata
+            )
+        except grpc.RpcError as err:
+            raise _translate(err) from None
+
+    def close(self) -> None:
+        if self._channel is not None:
+            self._channel.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def wait_ready(self, timeout: float = 10.0) -> None:
+        """Blocks until the server is reachable; UnavailableError after ``timeout`` s."""
+        if self._channel is None:
+            return
+        try:
+            grpc.channel_ready_future(self._channel).result(timeout=timeout)
+        except grpc.FutureTimeoutError:
+            raise UnavailableError(f"no promptbo server at {self.target} after {timeout}s") from None
+
+    # --- vocabularies ------------------------------------------------------------------
+    def upload_vocabulary(
+        self, table: types.VocabularyTable, chunk_bytes: int = UPLOAD_CHUNK_BYTES
+    ) -> str:
+        """Uploads a vocabulary in chunks (a no-op on the wire's far side if present);
+        returns its content id for :class:`HardPromptSpace`."""
+        emb = np.ascontiguousarray(table.embeddings, dtype="<f4")
+        size, dim = emb.shape
+        expected = types.vocabulary_id(table.tokens, table.token_ids, emb)
+        rows_per_chunk = max(1, chunk_bytes // (dim * 4 + 64))
+
+        def chunks():
+            for start in range(0, size, rows_per_chunk):
+                stop = min(size, start + rows_per_chunk)
+                msg = api.UploadVocabularyRequest(
+                    tokens=table.tokens[start:stop],
+                    token_ids=table.token_ids[start:stop],
+                    embeddings=emb[start:stop].tobytes(),
+                )
+                if start == 0:
+                    msg.size, msg.embedding_dim, msg.expected_id = size, dim, expected
+                yield msg
+
+        timeout = max(self.timeout, 600.0)
+        return self._call("UploadVocabulary", chunks(), timeout).vocabulary_id
+
+    # --- studies -----------------------------------------------------------------------
+    def create_study(
+        self,
+        name: str,
+        space: HardPromptSpace | SoftPromptSpace,
+        *,
+        strategy: str = "gp",
+        strategy_options: dict[str, object] | None = None,
+        goal: str = "maximize",
+        objective: str = "value",
+        max_trials: int = 0,
+        max_active_trials: int = 0,
+        lease_seconds: float = 0.0,
+        seed: int = 0,
+        labels: dict[str, str] | None = None,
+        request_id: str | None = None,
+    ) -> Study:
+        """Creates a study, or returns the existing one of that name if its spec is equal."""
+        spec = pb.StudySpec(
+            strategy=strategy,
+            strategy_options={k: str(v) for k, v in (strategy_options or {}).items()},
+            goal={"maximize": pb.GOAL_MAXIMIZE, "minimize": pb.GOAL_MINIMIZE}[goal],
+            objective=objective, max_trials=max_trials, max_active_trials=max_active_trials,
+            lease_seconds=lease_seconds, seed=seed, labels=labels or {},
+        )
+        if isinstance(space, HardPromptSpace):
+            spec.hard.prompt_length = space.prompt_length
+            spec.hard.vocabulary_id = space.vocabulary_id
+            spec.hard.pca_dims = space.pca_dims
+            if space.top_n:
+                spec.hard.filter.top_n.n = space.top_n
+                spec.hard.filter.top_n.scores.extend(float(s) for s in space.top_n_scores)
+            elif len(space.allowed):
+                spec.hard.filter.allowed.indices.extend(int(i) for i in space.allowed)
+        else:
+            spec.soft.prompt_length = space.prompt_length
+            spec.soft.embedding_dim = space.embedding_dim
+            spec.soft.intrinsic_dim = space.intrinsic_dim
+            spec.soft.bound = space.bound
+            spec.soft.embedding_std = space.embedding_std
+        req = api.CreateStudyRequest(
+            name=name, spec=spec, request_id=request_id or uuid.uuid4().hex
+        )
+        return Study(self, self._call("CreateStudy", req).study)
+
+    def get_study(self, name: str) -> Study:
+        return Study(self, self._call("GetStudy", api.GetStudyRequest(name=name)).study)
+
+    def list_studies(self) -> list[Study]:
+        resp = self._call("ListStudies", api.ListStudiesRequest())
+        return [Study(self, s) for s in resp.studies]
+
+    def delete_study(self, name: str) -> None:
+        self._call("DeleteStudy", api.DeleteStudyRequest(name=name))
+
+
+class Study:
+    """A handle on one study; cheap, holds the last fetched description in ``info``."""
+
+    def __init__(self, client: Client, info: pb.Study) -> None:
+        self.client = client
+        self.name = info.name
+        self.info = info
+        soft = info.spec.soft if info.spec.WhichOneof("space") == "soft" else None
+        self._soft_shape = (soft.prompt_length, soft.embedding_dim) if soft else None
+
+    def __repr__(self) -> str:
+        return f"Study({self.name!r}, state={pb.StudyState.Name(self.info.state)})"
+
+    def refresh(self) -> pb.Study:
+        self.info = self.client._call("GetStudy", api.GetStudyRequest(name=self.name)).study
+        return self.info
+
+    @property
+    def done(self) -> bool:
+        return self.info.state == pb.STUDY_STATE_COMPLETED
+
+    def _trial(self, msg: pb.Trial) -> Trial:
+        return _trial_from_pb(msg, self._soft_shape)
+
+    def ask(self, n: int = 1) -> list[Trial]:
+        """Up to ``n`` trials to evaluate (empty when the budget is used up)."""
+        req = api.SuggestTrialsRequest(study=self.name, count=n, client_id=self.client.client_id)
+        resp = self.client._call("SuggestTrials", req)
+        if resp.study_done:
+            self.info.state = pb.STUDY_STATE_COMPLETED
+        return [self._trial(t) for t in resp.trials]
+
+    def tell(
+        self, trial: Trial | int, value: float, metrics: dict[str, float] | None = None
+    ) -> Trial:
+        """Reports ``value`` (and ``metrics``) for an active trial."""
+        req = api.CompleteTrialRequest(
+            study=self.name, trial_id=_id(trial), value=float(value),
+            metrics={k: float(v) for k, v in (metrics or {}).items()},
+            client_id=self.client.client_id,
+        )
+        return self._trial(self.client._call("CompleteTrial", req).trial)
+
+    def fail(self, trial: Trial | int, reason: str) -> Trial:
+        """Marks a trial failed; ``reason`` says why (it is stored, not retried)."""
+        req = api.CompleteTrialRequest(
+            study=self.name, trial_id=_id(trial), failure_reason=reason or "failed",
+            client_id=self.client.client_id,
+        )
+        return self._trial(self.client._call("CompleteTrial", req).trial)
+
+    def heartbeat(self, trial: Trial | int) -> Trial:
+        req = api.HeartbeatTrialRequest(
+            study=self.name, trial_id=_id(trial), client_id=self.client.client_id
+        )
+        return self._trial(self.client._call("HeartbeatTrial", req).trial)
+
+    def trials(self, state: str | None = None, page_size: int = 500) -> Iterator[Trial]:
+        """All trials by id (``state``: active, completed or failed), fetched page by page."""
+        token = ""
+        while True:
+            req = api.ListTrialsRequest(
+                study=self.name, state=_STATES_BY_NAME[state or "unspecified"],
+                page_size=page_size, page_token=token,
+            )
+            resp = self.client._call("ListTrials", req)
+            yield from (self._trial(t) for t in resp.trials)
+            token = resp.next_page_token
+            if not token:
+                return
+
+    def best_trial(self) -> Trial | None:
+        resp = self.client._call("GetBestTrial", api.GetBestTrialRequest(study=self.name))
+        return self._trial(resp.trial) if resp.HasField("trial") else None
+
+    def add_trials(
+        self, known: Iterable[tuple[types.Prompt, float] | tuple[types.Prompt, float, dict]]
+    ) -> list[Trial]:
+        """Adds prompts with known values (warm start); hard prompts by ``token_ids``."""
+        req = api.AddTrialsRequest(study=self.name)
+        for item in known:
+            prompt, value = item[0], item[1]
+            metrics = item[2] if len(item) > 2 else {}  # type: ignore[misc]
+            req.trials.add(prompt=_prompt_to_pb(prompt), value=float(value), metrics=metrics)
+        return [self._trial(t) for t in self.client._call("AddTrials", req).trials]
+
+    def watch(self) -> Iterator[tuple[str, pb.Study, Trial | None]]:
+        """Yields ``(event, study, trial)`` as the study progresses, until it completes."""
+        call = self.client._stub.WatchStudy(
+            api.WatchStudyRequest(study=self.name), metadata=self.client._metadata
+        )
+        try:
+            for msg in call:
+                yield msg.event, msg.study, (self._trial(msg.trial) if msg.HasField("trial") else None)
+        except grpc.RpcError as err:
+            if err.code() != grpc.StatusCode.CANCELLED:
+                raise _translate(err) from None
+        finally:
+            cancel = getattr(call, "cancel", None) or getattr(call, "close", None)
+            if cancel is not None:
+                cancel()
+
+    def delete(self) -> None:
+        self.client.delete_study(self.name)
+
+    def trial_context(self, heartbeat_seconds: float | None = None) -> TrialContext:
+        """Asks one trial and returns a context manager that heartbeats its lease while the
+        block runs, tells the reported value on exit and fails the trial on an exception.
+        Raises :class:`StudyDoneError` when the budget is used up."""
+        return TrialContext(self, heartbeat_seconds)
+
+
+class TrialContext:
+    """See :meth:`Study.trial_context`."""
+
+    def __init__(self, study: Study, heartbeat_seconds: float | None) -> None:
+        self.study = study
+        lease = study.info.spec.lease_seconds or 300.0
+        self.interval = heartbeat_seconds or max(0.5, lease / 3)
+        self.trial: Trial | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> Trial:
+        trials = self.study.ask(1)
+        if not trials:
+            raise StudyDoneError(f"study {self.study.name!r} has used up its trial budget")
+        self.trial = trials[0]
+        self._thread = threading.Thread(target=self._beat, daemon=True, name="promptbo-heartbeat")
+        self._thread.start()
+        return self.trial
+
+    def _beat(self) -> None:
+        assert self.trial is not None
+        while not self._stop.wait(self.interval):
+            try:
+                self.study.heartbeat(self.trial)
+            except PromptboError:
+                pass  # the next beat retries; completion reports any lasting problem
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        trial = self.trial
+        assert trial is not None
+        if exc is not None:
+            reason = f"{exc_type.__name__}: {exc}"
+            self.study.fail(trial, reason[:2000])
+            return False
+        if trial._reported is None:
+            self.study.fail(trial, "the trial block ended without trial.report(value)")
+            raise PromptboError(f"trial {trial.id} ended without trial.report(value)")
+        done = self.study.tell(trial, trial._reported.value, trial._reported.metrics)
+        trial.state, trial.value, trial.metrics = done.state, done.value, done.metrics
+        return False
+
+
+def _id(trial: Trial | int) -> int:
+    return trial if isinstance(trial, int) else trial.id
+
+
+def _translate(err: grpc.RpcError) -> PromptboError:
+    code = err.code() if hasattr(err, "code") else None
+    details = err.details() if hasattr(err, "details") else str(err)
+    name = code.name if code is not None else "UNKNOWN"
+    return error_for_code(name, details or name)

@@ -1,0 +1,1 @@
+"""Generated protobuf and gRPC code for promptbo.v1 (see scripts/gen_protos.sh)."""

@@ -1,0 +1,228 @@
+from promptbo.v1 import resources_pb2 as _resources_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class CreateStudyRequest(_message.Message):
+    __slots__ = ("name", "spec", "request_id")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    spec: _resources_pb2.StudySpec
+    request_id: str
+    def __init__(self, name: _Optional[str] = ..., spec: _Optional[_Union[_resources_pb2.StudySpec, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class CreateStudyResponse(_message.Message):
+    __slots__ = ("study", "created")
+    STUDY_FIELD_NUMBER: _ClassVar[int]
+    CREATED_FIELD_NUMBER: _ClassVar[int]
+    study: _resources_pb2.Study
+    created: bool
+    def __init__(self, study: _Optional[_Union[_resources_pb2.Study, _Mapping]] = ..., created: _Optional[bool] = ...) -> None: ...
+
+class GetStudyRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class GetStudyResponse(_message.Message):
+    __slots__ = ("study",)
+    STUDY_FIELD_NUMBER: _ClassVar[int]
+    study: _resources_pb2.Study
+    def __init__(self, study: _Optional[_Union[_resources_pb2.Study, _Mapping]] = ...) -> None: ...
+
+class ListStudiesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListStudiesResponse(_message.Message):
+    __slots__ = ("studies",)
+    STUDIES_FIELD_NUMBER: _ClassVar[int]
+    studies: _containers.RepeatedCompositeFieldContainer[_resources_pb2.Study]
+    def __init__(self, studies: _Optional[_Iterable[_Union[_resources_pb2.Study, _Mapping]]] = ...) -> None: ...
+
+class DeleteStudyRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class DeleteStudyResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class UploadVocabularyRequest(_message.Message):
+    __slots__ = ("size", "embedding_dim", "tokens", "token_ids", "embeddings", "expected_id")
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDING_DIM_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDINGS_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_ID_FIELD_NUMBER: _ClassVar[int]
+    size: int
+    embedding_dim: int
+    tokens: _containers.RepeatedScalarFieldContainer[str]
+    token_ids: _containers.RepeatedScalarFieldContainer[int]
+    embeddings: bytes
+    expected_id: str
+    def __init__(self, size: _Optional[int] = ..., embedding_dim: _Optional[int] = ..., tokens: _Optional[_Iterable[str]] = ..., token_ids: _Optional[_Iterable[int]] = ..., embeddings: _Optional[bytes] = ..., expected_id: _Optional[str] = ...) -> None: ...
+
+class UploadVocabularyResponse(_message.Message):
+    __slots__ = ("vocabulary_id", "size", "embedding_dim", "already_present")
+    VOCABULARY_ID_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDING_DIM_FIELD_NUMBER: _ClassVar[int]
+    ALREADY_PRESENT_FIELD_NUMBER: _ClassVar[int]
+    vocabulary_id: str
+    size: int
+    embedding_dim: int
+    already_present: bool
+    def __init__(self, vocabulary_id: _Optional[str] = ..., size: _Optional[int] = ..., embedding_dim: _Optional[int] = ..., already_present: _Optional[bool] = ...) -> None: ...
+
+class SuggestTrialsRequest(_message.Message):
+    __slots__ = ("study", "count", "client_id")
+    STUDY_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    study: str
+    count: int
+    client_id: str
+    def __init__(self, study: _Optional[str] = ..., count: _Optional[int] = ..., client_id: _Optional[str] = ...) -> None: ...
+
+class SuggestTrialsResponse(_message.Message):
+    __slots__ = ("trials", "study_done")
+    TRIALS_FIELD_NUMBER: _ClassVar[int]
+    STUDY_DONE_FIELD_NUMBER: _ClassVar[int]
+    trials: _containers.RepeatedCompositeFieldContainer[_resources_pb2.Trial]
+    study_done: bool
+    def __init__(self, trials: _Optional[_Iterable[_Union[_resources_pb2.Trial, _Mapping]]] = ..., study_done: _Optional[bool] = ...) -> None: ...
+
+class CompleteTrialRequest(_message.Message):
+    __slots__ = ("study", "trial_id", "value", "metrics", "failure_reason", "client_id")
+    class MetricsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    STUDY_FIELD_NUMBER: _ClassVar[int]
+    TRIAL_ID_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    FAILURE_REASON_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    study: str
+    trial_id: int
+    value: float
+    metrics: _containers.ScalarMap[str, float]
+    failure_reason: str
+    client_id: str
+    def __init__(self, study: _Optional[str] = ..., trial_id: _Optional[int] = ..., value: _Optional[float] = ..., metrics: _Optional[_Mapping[str, float]] = ..., failure_reason: _Optional[str] = ..., client_id: _Optional[str] = ...) -> None: ...
+
+class CompleteTrialResponse(_message.Message):
+    __slots__ = ("trial",)
+    TRIAL_FIELD_NUMBER: _ClassVar[int]
+    trial: _resources_pb2.Trial
+    def __init__(self, trial: _Optional[_Union[_resources_pb2.Trial, _Mapping]] = ...) -> None: ...
+
+class HeartbeatTrialRequest(_message.Message):
+    __slots__ = ("study", "trial_id", "client_id")
+    STUDY_FIELD_NUMBER: _ClassVar[int]
+    TRIAL_ID_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    study: str
+    trial_id: int
+    client_id: str
+    def __init__(self, study: _Optional[str] = ..., trial_id: _Optional[int] = ..., client_id: _Optional[str] = ...) -> None: ...
+
+class HeartbeatTrialResponse(_message.Message):
+    __slots__ = ("trial",)
+    TRIAL_FIELD_NUMBER: _ClassVar[int]
+    trial: _resources_pb2.Trial
+    def __init__(self, trial: _Optional[_Union[_resources_pb2.Trial, _Mapping]] = ...) -> None: ...
+
+class ListTrialsRequest(_message.Message):
+    __slots__ = ("study", "state", "page_size", "page_token")
+    STUDY_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    study: str
+    state: _resources_pb2.TrialState
+    page_size: int
+    page_token: str
+    def __init__(self, study: _Optional[str] = ..., state: _Optional[_Union[_resources_pb2.TrialState, str]] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListTrialsResponse(_message.Message):
+    __slots__ = ("trials", "next_page_token")
+    TRIALS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    trials: _containers.RepeatedCompositeFieldContainer[_resources_pb2.Trial]
+    next_page_token: str
+    def __init__(self, trials: _Optional[_Iterable[_Union[_resources_pb2.Trial, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class GetBestTrialRequest(_message.Message):
+    __slots__ = ("study",)
+    STUDY_FIELD_NUMBER: _ClassVar[int]
+    study: str
+    def __init__(self, study: _Optional[str] = ...) -> None: ...
+
+class GetBestTrialResponse(_message.Message):
+    __slots__ = ("trial",)
+    TRIAL_FIELD_NUMBER: _ClassVar[int]
+    trial: _resources_pb2.Trial
+    def __init__(self, trial: _Optional[_Union[_resources_pb2.Trial, _Mapping]] = ...) -> None: ...
+
+class AddTrialsRequest(_message.Message):
+    __slots__ = ("study", "trials")
+    STUDY_FIELD_NUMBER: _ClassVar[int]
+    TRIALS_FIELD_NUMBER: _ClassVar[int]
+    study: str
+    trials: _containers.RepeatedCompositeFieldContainer[KnownTrial]
+    def __init__(self, study: _Optional[str] = ..., trials: _Optional[_Iterable[_Union[KnownTrial, _Mapping]]] = ...) -> None: ...
+
+class KnownTrial(_message.Message):
+    __slots__ = ("prompt", "value", "metrics")
+    class MetricsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    PROMPT_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    prompt: _resources_pb2.Prompt
+    value: float
+    metrics: _containers.ScalarMap[str, float]
+    def __init__(self, prompt: _Optional[_Union[_resources_pb2.Prompt, _Mapping]] = ..., value: _Optional[float] = ..., metrics: _Optional[_Mapping[str, float]] = ...) -> None: ...
+
+class AddTrialsResponse(_message.Message):
+    __slots__ = ("trials",)
+    TRIALS_FIELD_NUMBER: _ClassVar[int]
+    trials: _containers.RepeatedCompositeFieldContainer[_resources_pb2.Trial]
+    def __init__(self, trials: _Optional[_Iterable[_Union[_resources_pb2.Trial, _Mapping]]] = ...) -> None: ...
+
+class WatchStudyRequest(_message.Message):
+    __slots__ = ("study",)
+    STUDY_FIELD_NUMBER: _ClassVar[int]
+    study: str
+    def __init__(self, study: _Optional[str] = ...) -> None: ...
+
+class WatchStudyResponse(_message.Message):
+    __slots__ = ("event", "study", "trial")
+    EVENT_FIELD_NUMBER: _ClassVar[int]
+    STUDY_FIELD_NUMBER: _ClassVar[int]
+    TRIAL_FIELD_NUMBER: _ClassVar[int]
+    event: str
+    study: _resources_pb2.Study
+    trial: _resources_pb2.Trial
+    def __init__(self, event: _Optional[str] = ..., study: _Optional[_Union[_resources_pb2.Study, _Mapping]] = ..., trial: _Optional[_Union[_resources_pb2.Trial, _Mapping]] = ...) -> None: ...

@@ -1,0 +1,210 @@
+"""The worker runtime: ask -> score -> tell, with leases, retries and clean shutdown.
+
+A :class:`Worker` serves one study with one evaluator (anything with a
+``score(prompts) -> list[Score]`` method, see :mod:`promptbo.evaluators`). Several
+workers, on as many machines, can serve the same study.
+
+- Trials it holds are heartbeated in the background while the evaluator runs.
+- While the server is unreachable it retries with exponential backoff (capped).
+- An evaluator error fails the trials of that batch with the error as the reason and
+  the worker goes on; ``max_consecutive_failures`` failures in a row stop it.
+- :meth:`Worker.stop` (wired to SIGTERM and the first Ctrl-C by the CLI) lets the current
+  batch finish and be told, then returns; a second Ctrl-C fails the batch and returns.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from promptbo.client import Study, Trial
+from promptbo.errors import FailedPreconditionError, PromptboError, UnavailableError
+from promptbo.types import Prompt, Score
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class WorkerStats:
+    completed: int = 0
+    failed: int = 0
+    best_value: float = -math.inf
+    best_trial: Trial | None = None
+    seconds: float = 0.0
+
+
+class Worker:
+    """Serves ``study`` with ``evaluator`` until the budget is used up or it is stopped.
+
+    Args:
+        study: the study handle (from :meth:`promptbo.Client.get_study`).
+        evaluator: has ``score(prompts: Sequence[Prompt]) -> list[Score]``.
+        batch_size: trials asked and scored together.
+        max_trials: stop after this many trials of this worker (None: until done).
+        max_consecutive_failures: evaluator failures in a row that stop the worker.
+        progress: a callable receiving the stats after each batch (None: no output).
+        retry_seconds: cap of the backoff while the server is unreachable;
+            ``give_up_seconds`` of unreachability end the worker with UnavailableError.
+    """
+
+    def __init__(
+        self,
+        study: Study,
+        evaluator,
+        *,
+        batch_size: int = 1,
+        max_trials: int | None = None,
+        max_consecutive_failures: int = 3,
+        progress: Callable[[WorkerStats, Study], None] | None = None,
+        retry_seconds: float = 10.0,
+        give_up_seconds: float = 600.0,
+        minimize: bool = False,
+    ) -> None:
+        self.study = study
+        self.evaluator = evaluator
+        self.batch_size = batch_size
+        self.max_trials = max_trials
+        self.max_consecutive_failures = max_consecutive_failures
+        self.progress = progress
+        self.retry_seconds = retry_seconds
+        self.give_up_seconds = give_up_seconds
+        self.sign = -1.0 if minimize else 1.0
+        self.stats = WorkerStats()
+        self._stop = threading.Event()
+        self._abort = threading.Event()
+
+    def stop(self) -> None:
+        """Finish the current batch, tell it, and return from :meth:`run`."""
+        if self._stop.is_set():
+            self._abort.set()
+        self._stop.set()
+
+    def run(self) -> WorkerStats:
+        start = time.monotonic()
+        failures_in_row = 0
+        while not self._stop.is_set():
+            n = self.batch_size
+            if self.max_trials is not None:
+                n = min(n, self.max_trials - self.stats.completed - self.stats.failed)
+                if n <= 0:
+                    break
+            trials = self._with_retry(lambda n=n: self.study.ask(n))
+            if not trials:
+                if self.study.done:
+                    break
+                self._stop.wait(1.0)  # all trials in flight elsewhere, or capped
+                continue
+            ok = self._run_batch(trials)
+            failures_in_row = 0 if ok else failures_in_row + 1
+            self.stats.seconds = time.monotonic() - start
+            if self.progress is not None:
+                self.progress(self.stats, self.study)
+            if failures_in_row >= self.max_consecutive_failures:
+                raise PromptboError(
+                    f"the evaluator failed {failures_in_row} batches in a row; last reason: "
+                    f"{self._last_reason}"
+                )
+        self.stats.seconds = time.monotonic() - start
+        return self.stats
+
+    _last_reason = ""
+
+    def _run_batch(self, trials: list[Trial]) -> bool:
+        beat_stop = threading.Event()
+        beater = threading.Thread(
+            target=self._heartbeat, args=(trials, beat_stop), daemon=True,
+            name="promptbo-heartbeat",
+        )
+        beater.start()
+        try:
+            scores = self._score([t.prompt for t in trials])
+        except KeyboardInterrupt:
+            scores = RuntimeError("worker interrupted")
+            self._stop.set()
+        finally:
+            beat_stop.set()
+            beater.join()
+        if isinstance(scores, BaseException):
+            reason = f"{type(scores).__name__}: {scores}"[:2000]
+            self._last_reason = reason
+            log.warning("evaluation failed for trials %s: %s", [t.id for t in trials], reason)
+            for t in trials:
+                self._tell(lambda t=t: self.study.fail(t, reason))
+            self.stats.failed += len(trials)
+            return False
+        for trial, score in zip(trials, scores, strict=True):
+            done = self._tell(lambda t=trial, s=score: self.study.tell(t, s.value, s.metrics))
+            if done is None:
+                continue
+            self.stats.completed += 1
+            if self.sign * score.value > self.sign * self.stats.best_value or (
+                self.stats.best_trial is None
+            ):
+                self.stats.best_value = score.value
+                self.stats.best_trial = done
+        return True
+
+    def _score(self, prompts: Sequence[Prompt]) -> list[Score] | BaseException:
+        try:
+            scores = list(self.evaluator.score(prompts))
+            if len(scores) != len(prompts):
+                raise ValueError(
+                    f"the evaluator returned {len(scores)} scores for {len(prompts)} prompts"
+                )
+            return [s if isinstance(s, Score) else Score(float(s)) for s in scores]
+        except Exception as exc:  # the evaluator's failure fails the trials, not the worker
+            return exc
+
+    def _tell(self, call):
+        try:
+            return self._with_retry(call)
+        except FailedPreconditionError as err:
+            # Our lease expired and another worker holds the trial: its result will count.
+            log.warning("result not accepted: %s", err)
+            return None
+
+    def _heartbeat(self, trials: list[Trial], stop: threading.Event) -> None:
+        lease = self.study.info.spec.lease_seconds or 300.0
+        while not stop.wait(max(0.5, lease / 3)):
+            for t in trials:
+                try:
+                    self.study.heartbeat(t)
+                except PromptboError as err:
+                    log.debug("heartbeat of trial %d failed: %s", t.id, err)
+
+    def _with_retry(self, call):
+        delay, waited = 0.5, 0.0
+        while True:
+            try:
+                return call()
+            except UnavailableError:
+                if waited >= self.give_up_seconds or self._abort.is_set():
+                    raise
+                log.warning("server unreachable; retrying in %.1fs", delay)
+                time.sleep(delay)
+                waited += delay
+                delay = min(delay * 2, self.retry_seconds)
+
+
+def print_progress(stats: WorkerStats, study: Study, stream=None) -> None:
+    """A one-line progress display: trials done, best value, time per trial."""
+    stream = stream or sys.stderr
+    total = study.info.spec.max_trials
+    done = stats.completed + stats.failed
+    per = stats.seconds / max(done, 1)
+    width = 24
+    bar = ""
+    if total:
+        filled = int(width * min(done, total) / total)
+        bar = "[" + "#" * filled + "." * (width - filled) + f"] {done}/{total} "
+    else:
+        bar = f"{done} trials "
+    best = "-" if stats.best_trial is None else f"{stats.best_value:.4f}"
+    text = f"\r{study.name}: {bar}best {best}  failed {stats.failed}  {per:.1f}s/trial"
+    stream.write(text)
+    stream.flush()

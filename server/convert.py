@@ -1,0 +1,170 @@
+"""Conversions between promptbo.v1 messages and the server's domain objects.
+
+The only module of the server that knows both worlds; the servicer calls these and the
+manager never sees a message. Invalid messages raise InvalidArgumentError.
+"""
+
+from __future__ import annotations
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from promptbo.errors import InvalidArgumentError
+from promptbo.server.domain import (
+    DEFAULT_LEASE_SECONDS,
+    DEFAULT_PCA_DIMS,
+    Goal,
+    HardPromptSpace,
+    Prompt,
+    SoftPromptSpace,
+    Study,
+    StudySpec,
+    StudyState,
+    Trial,
+    TrialState,
+)
+from promptbo.v1 import resources_pb2 as pb
+
+_GOALS = {pb.GOAL_UNSPECIFIED: Goal.MAXIMIZE, pb.GOAL_MAXIMIZE: Goal.MAXIMIZE,
+          pb.GOAL_MINIMIZE: Goal.MINIMIZE}
+_GOALS_PB = {Goal.MAXIMIZE: pb.GOAL_MAXIMIZE, Goal.MINIMIZE: pb.GOAL_MINIMIZE}
+_STUDY_STATES_PB = {StudyState.ACTIVE: pb.STUDY_STATE_ACTIVE,
+                    StudyState.COMPLETED: pb.STUDY_STATE_COMPLETED}
+_TRIAL_STATES_PB = {TrialState.ACTIVE: pb.TRIAL_STATE_ACTIVE,
+                    TrialState.COMPLETED: pb.TRIAL_STATE_COMPLETED,
+                    TrialState.FAILED: pb.TRIAL_STATE_FAILED}
+_TRIAL_STATES = {v: k for k, v in _TRIAL_STATES_PB.items()}
+
+
+def spec_from_pb(msg: pb.StudySpec) -> StudySpec:
+    kind = msg.WhichOneof("space")
+    space: HardPromptSpace | SoftPromptSpace
+    if kind == "hard":
+        h = msg.hard
+        f = h.filter.WhichOneof("filter")
+        space = HardPromptSpace(
+            prompt_length=h.prompt_length,
+            vocabulary_id=h.vocabulary_id,
+            pca_dims=h.pca_dims or DEFAULT_PCA_DIMS,
+            top_n=h.filter.top_n.n if f == "top_n" else 0,
+            top_n_scores=tuple(h.filter.top_n.scores) if f == "top_n" else (),
+            allowed=tuple(h.filter.allowed.indices) if f == "allowed" else (),
+        )
+        if f == "top_n" and not h.filter.top_n.n:
+            raise InvalidArgumentError("the top_n filter needs n >= 1")
+        if f == "allowed" and not h.filter.allowed.indices:
+            raise InvalidArgumentError("the allowed filter needs at least one index")
+    elif kind == "soft":
+        s = msg.soft
+        space = SoftPromptSpace(
+            prompt_length=s.prompt_length,
+            embedding_dim=s.embedding_dim,
+            intrinsic_dim=s.intrinsic_dim,
+            bound=s.bound or 1.0,
+            embedding_std=s.embedding_std or 1.0,
+        )
+    else:
+        raise InvalidArgumentError("the study spec needs a search space: set spec.hard or spec.soft")
+    if msg.goal not in _GOALS:
+        raise InvalidArgumentError(f"unknown goal {msg.goal}")
+    return StudySpec(
+        space=space,
+        strategy=msg.strategy or "gp",
+        strategy_options=dict(msg.strategy_options),
+        goal=_GOALS[msg.goal],
+        objective=msg.objective or "value",
+        max_trials=msg.max_trials,
+        max_active_trials=msg.max_active_trials,
+        lease_seconds=msg.lease_seconds or DEFAULT_LEASE_SECONDS,
+        seed=msg.seed,
+        labels=dict(msg.labels),
+    )
+
+
+def spec_to_pb(spec: StudySpec) -> pb.StudySpec:
+    msg = pb.StudySpec(
+        strategy=spec.strategy,
+        strategy_options=spec.strategy_options,
+        goal=_GOALS_PB[spec.goal],
+        objective=spec.objective,
+        max_trials=spec.max_trials,
+        max_active_trials=spec.max_active_trials,
+        lease_seconds=spec.lease_seconds,
+        seed=spec.seed,
+        labels=spec.labels,
+    )
+    sp = spec.space
+    if isinstance(sp, HardPromptSpace):
+        msg.hard.prompt_length = sp.prompt_length
+        msg.hard.vocabulary_id = sp.vocabulary_id
+        msg.hard.pca_dims = sp.pca_dims
+        if sp.top_n:
+            msg.hard.filter.top_n.n = sp.top_n
+            msg.hard.filter.top_n.scores.extend(sp.top_n_scores)
+        elif sp.allowed:
+            msg.hard.filter.allowed.indices.extend(sp.allowed)
+    else:
+        msg.soft.prompt_length = sp.prompt_length
+        msg.soft.embedding_dim = sp.embedding_dim
+        msg.soft.intrinsic_dim = sp.intrinsic_dim
+        msg.soft.bound = sp.bound
+        msg.soft.embedding_std = sp.embedding_std
+    return msg
+
+
+def prompt_from_pb(msg: pb.Prompt) -> Prompt:
+    return Prompt(
+        token_ids=tuple(msg.token_ids),
+        tokens=tuple(msg.tokens),
+        text=msg.text,
+        vector=tuple(msg.vector),
+    )
+
+
+def prompt_to_pb(p: Prompt) -> pb.Prompt:
+    return pb.Prompt(token_ids=p.token_ids, tokens=p.tokens, text=p.text, vector=p.vector)
+
+
+def trial_to_pb(t: Trial) -> pb.Trial:
+    msg = pb.Trial(
+        study=t.study,
+        id=t.id,
+        state=_TRIAL_STATES_PB[t.state],
+        prompt=prompt_to_pb(t.prompt),
+        client_id=t.client_id,
+        value=t.value if t.value is not None else 0.0,
+        metrics=t.metrics,
+        failure_reason=t.failure_reason,
+        source=t.source,
+    )
+    _set_time(msg.lease_deadline, t.lease_deadline)
+    _set_time(msg.create_time, t.create_time)
+    _set_time(msg.complete_time, t.complete_time)
+    return msg
+
+
+def trial_state_from_pb(state: int) -> TrialState | None:
+    if state == pb.TRIAL_STATE_UNSPECIFIED:
+        return None
+    if state not in _TRIAL_STATES:
+        raise InvalidArgumentError(f"unknown trial state {state}")
+    return _TRIAL_STATES[state]
+
+
+def study_to_pb(
+    study: Study, counts: dict[TrialState, int] | None = None, best: Trial | None = None
+) -> pb.Study:
+    msg = pb.Study(name=study.name, state=_STUDY_STATES_PB[study.state], spec=spec_to_pb(study.spec))
+    _set_time(msg.create_time, study.create_time)
+    if counts is not None:
+        msg.trial_count = sum(counts.values())
+        msg.completed_count = counts[TrialState.COMPLETED]
+        msg.failed_count = counts[TrialState.FAILED]
+        msg.active_count = counts[TrialState.ACTIVE]
+    if best is not None:
+        msg.best_trial.CopyFrom(trial_to_pb(best))
+    return msg
+
+
+def _set_time(field: Timestamp, seconds: float) -> None:
+    if seconds:
+        field.FromNanoseconds(int(seconds * 1e9))

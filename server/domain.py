@@ -1,0 +1,230 @@
+"""Domain objects of the server: studies, trials, prompts and vocabularies.
+
+Plain dataclasses with no gRPC, torch or SQL inside, shared by the storage backends, the
+study manager and the conversions in :mod:`promptbo.server.convert`. Times are Unix
+seconds (``float``); soft-prompt vectors are flat tuples of ``prompt_length x
+embedding_dim`` floats in row-major order.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from functools import cached_property
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from promptbo.errors import InvalidArgumentError
+from promptbo.types import vocabulary_id
+
+MAX_PROMPT_LENGTH = 512
+MAX_STUDY_NAME = 200
+DEFAULT_LEASE_SECONDS = 300.0
+DEFAULT_PCA_DIMS = 16
+
+
+class Goal(enum.Enum):
+    MAXIMIZE = "maximize"
+    MINIMIZE = "minimize"
+
+
+class StudyState(enum.Enum):
+    ACTIVE = "active"
+    COMPLETED = "completed"
+
+
+class TrialState(enum.Enum):
+    ACTIVE = "active"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class HardPromptSpace:
+    """``prompt_length`` tokens from an uploaded vocabulary, searched in PCA space.
+
+    ``top_n``/``top_n_scores`` keep the ``top_n`` rows with the highest scores;
+    ``allowed`` keeps exactly those rows. At most one of the two is set.
+    """
+
+    prompt_length: int
+    vocabulary_id: str
+    pca_dims: int = DEFAULT_PCA_DIMS
+    top_n: int = 0
+    top_n_scores: tuple[float, ...] = ()
+    allowed: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        _check_length(self.prompt_length)
+        if not self.vocabulary_id:
+            raise InvalidArgumentError(
+                "hard prompt space needs a vocabulary_id: upload the vocabulary first "
+                "(UploadVocabulary) and pass the id it returns"
+            )
+        if not 1 <= self.pca_dims <= 1024:
+            raise InvalidArgumentError(f"pca_dims must be in [1, 1024], got {self.pca_dims}")
+        if self.top_n and self.allowed:
+            raise InvalidArgumentError("give either a top_n filter or an allowed list, not both")
+        if self.top_n and len(self.top_n_scores) == 0:
+            raise InvalidArgumentError("a top_n filter needs one score per vocabulary entry")
+        if any(not math.isfinite(s) for s in self.top_n_scores):
+            raise InvalidArgumentError("top_n scores must be finite numbers")
+
+
+@dataclass(frozen=True)
+class SoftPromptSpace:
+    """``prompt_length x embedding_dim`` free vectors, optionally through a random
+    projection from ``intrinsic_dim`` dimensions (0: no projection)."""
+
+    prompt_length: int
+    embedding_dim: int
+    intrinsic_dim: int = 0
+    bound: float = 1.0
+    embedding_std: float = 1.0
+
+    def __post_init__(self) -> None:
+        _check_length(self.prompt_length)
+        if not 1 <= self.embedding_dim <= 65536:
+            raise InvalidArgumentError(
+                f"embedding_dim must be in [1, 65536], got {self.embedding_dim}"
+            )
+        if self.intrinsic_dim < 0 or self.intrinsic_dim > 4096:
+            raise InvalidArgumentError(
+                f"intrinsic_dim must be in [0, 4096], got {self.intrinsic_dim}"
+            )
+        if not (math.isfinite(self.bound) and self.bound > 0):
+            raise InvalidArgumentError(f"bound must be a positive number, got {self.bound}")
+        if not (math.isfinite(self.embedding_std) and self.embedding_std > 0):
+            raise InvalidArgumentError(
+                f"embedding_std must be a positive number, got {self.embedding_std}"
+            )
+
+    @property
+    def size(self) -> int:
+        return self.prompt_length * self.embedding_dim
+
+
+SearchSpace = HardPromptSpace | SoftPromptSpace
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    space: SearchSpace
+    strategy: str = "gp"
+    strategy_options: dict[str, str] = field(default_factory=dict)
+    goal: Goal = Goal.MAXIMIZE
+    objective: str = "value"
+    max_trials: int = 0
+    max_active_trials: int = 0
+    lease_seconds: float = DEFAULT_LEASE_SECONDS
+    seed: int = 0
+    labels: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.lease_seconds) and 0 < self.lease_seconds <= 7 * 86400):
+            raise InvalidArgumentError(
+                f"lease_seconds must be in (0, 604800], got {self.lease_seconds}"
+            )
+        if self.max_trials < 0 or self.max_active_trials < 0:
+            raise InvalidArgumentError("max_trials and max_active_trials must be >= 0")
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """A hard prompt (``token_ids``: vocabulary row indices, ``tokens``, ``text``) or a
+    soft prompt (``vector``: flat ``L x D`` floats)."""
+
+    token_ids: tuple[int, ...] = ()
+    tokens: tuple[str, ...] = ()
+    text: str = ""
+    vector: tuple[float, ...] = ()
+
+    @property
+    def is_soft(self) -> bool:
+        return len(self.vector) > 0
+
+    def key(self) -> tuple:
+        """A hashable identity: token ids for hard prompts, the vector for soft ones."""
+        return self.vector if self.is_soft else self.token_ids
+
+
+@dataclass(frozen=True)
+class Trial:
+    study: str
+    id: int
+    state: TrialState
+    prompt: Prompt
+    client_id: str = ""
+    lease_deadline: float = 0.0
+    value: float | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    failure_reason: str = ""
+    create_time: float = 0.0
+    complete_time: float = 0.0
+    source: str = "suggested"
+
+    def evolve(self, **changes) -> Trial:
+        return replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class Study:
+    name: str
+    spec: StudySpec
+    state: StudyState = StudyState.ACTIVE
+    create_time: float = 0.0
+    request_id: str = ""
+
+    def evolve(self, **changes) -> Study:
+        return replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """Token strings, the model's token ids and a ``size x embedding_dim`` float32 table."""
+
+    tokens: tuple[str, ...]
+    token_ids: tuple[int, ...]
+    embeddings: np.ndarray
+
+    def __post_init__(self) -> None:
+        emb = self.embeddings
+        if emb.ndim != 2:
+            raise InvalidArgumentError(f"embeddings must be 2-D, got shape {emb.shape}")
+        if emb.shape[0] == 0:
+            raise InvalidArgumentError("the vocabulary is empty")
+        if not (len(self.tokens) == len(self.token_ids) == emb.shape[0]):
+            raise InvalidArgumentError(
+                f"vocabulary has {len(self.tokens)} tokens, {len(self.token_ids)} token ids "
+                f"and {emb.shape[0]} embedding rows; the three counts must be equal"
+            )
+        if not np.isfinite(emb).all():
+            raise InvalidArgumentError("the embedding table contains NaN or infinite values")
+
+    @property
+    def size(self) -> int:
+        return int(self.embeddings.shape[0])
+
+    @property
+    def embedding_dim(self) -> int:
+        return int(self.embeddings.shape[1])
+
+    @cached_property
+    def id(self) -> str:
+        return vocabulary_id(self.tokens, self.token_ids, self.embeddings)
+
+
+def check_study_name(name: str) -> None:
+    if not name or len(name) > MAX_STUDY_NAME or any(c in name for c in "\x00\n\r/"):
+        raise InvalidArgumentError(
+            f"study name must be 1-{MAX_STUDY_NAME} characters without '/', newlines or NUL; "
+            f"got {name!r}"
+        )
+
+
+def _check_length(length: int) -> None:
+    if not 1 <= length <= MAX_PROMPT_LENGTH:
+        raise InvalidArgumentError(
+            f"prompt_length must be in [1, {MAX_PROMPT_LENGTH}], got {length}"
+        )

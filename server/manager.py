@@ -1,0 +1,604 @@
+"""The study manager: the rules of studies and trials, over a storage and the engines.
+
+:class:`StudyManager` is what the gRPC servicer calls; it speaks only domain objects and
+raises only :mod:`promptbo.errors`. It owns one engine per study (rebuilt from storage
+on first use, so a restarted server resumes every study) and one lock per study, so
+concurrent workers of a study are serialized while different studies run in parallel.
+
+Trial lifecycle and leases
+--------------------------
+``SuggestTrials`` hands a trial to a client with a lease of the study's
+``lease_seconds``. A client that asks again first gets back its own trials that are
+still active. ``HeartbeatTrial`` extends the lease. When a lease expires the trial stays
+ACTIVE but is free: the next client that asks is handed the same prompt (its lease and
+``client_id`` replace the old ones). ``CompleteTrial`` on an ACTIVE trial is accepted
+from the client holding the lease, from any client once the lease has expired (nobody
+holds it), and from a caller that gives no ``client_id``; a client whose lease expired
+while another client picked the trial up gets FAILED_PRECONDITION. A repeat of an
+identical completion is a no-op; a conflicting one is FAILED_PRECONDITION.
+
+Budget: with ``max_trials`` set, the manager never has more than ``max_trials``
+completed plus active trials, so the study ends with exactly ``max_trials`` completed
+ones (failed trials do not count) and then moves to COMPLETED.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from promptbo.errors import (
+    AlreadyExistsError,
+    FailedPreconditionError,
+    InvalidArgumentError,
+    NotFoundError,
+    ResourceExhaustedError,
+)
+from promptbo.server.domain import (
+    Goal,
+    HardPromptSpace,
+    Prompt,
+    SoftPromptSpace,
+    Study,
+    StudySpec,
+    StudyState,
+    Trial,
+    TrialState,
+    Vocabulary,
+    check_study_name,
+)
+from promptbo.server.storage.base import Storage
+
+log = logging.getLogger(__name__)
+
+MAX_SUGGEST_COUNT = 1000
+MAX_PAGE_SIZE = 1000
+
+
+@dataclass(frozen=True)
+class Event:
+    """A study progress event for WatchStudy: ``kind`` is suggested, completed, failed or
+    done; ``trial`` is the trial concerned (None for done)."""
+
+    kind: str
+    study: Study
+    trial: Trial | None = None
+
+
+@dataclass(frozen=True)
+class KnownTrial:
+    """A prompt with a known value, for AddTrials (warm starts)."""
+
+    prompt: Prompt
+    value: float
+    metrics: dict[str, float]
+
+
+class _Runtime:
+    """Per-study state kept in memory: the engine and the vocabulary lookups."""
+
+    def __init__(self, engine, vocab: Vocabulary | None) -> None:
+        self.engine = engine
+        self.vocab = vocab
+        self.row_of: dict[int, int] = (
+            {} if vocab is None else {tid: row for row, tid in enumerate(vocab.token_ids)}
+        )
+
+
+class StudyManager:
+    """Implements every operation of the service on top of ``storage``.
+
+    Args:
+        storage: where studies, trials and vocabularies live.
+        clock: returns the time in Unix seconds (tests pass a fake one).
+        engine_factory: builds an engine (defaults to
+            :func:`promptbo.server.optim.make_engine`).
+    """
+
+    def __init__(
+        self,
+        storage: Storage,
+        clock: Callable[[], float] = time.time,
+        engine_factory: Callable | None = None,
+    ) -> None:
+        self.storage = storage
+        self.clock = clock
+        if engine_factory is None:
+            from promptbo.server.optim import make_engine
+
+            engine_factory = make_engine
+        self._make_engine = engine_factory
+        self._locks: dict[str, threading.RLock] = {}
+        self._locks_guard = threading.Lock()
+        self._runtimes: dict[str, _Runtime] = {}
+        self._vocab_cache: dict[str, Vocabulary] = {}
+        self._watchers: dict[str, list[queue.Queue]] = {}
+
+    # --- vocabularies ------------------------------------------------------------------
+    def upload_vocabulary(self, vocab: Vocabulary, expected_id: str = "") -> tuple[str, bool]:
+        """Stores a vocabulary; returns ``(id, already_present)``."""
+        if expected_id and expected_id != vocab.id:
+            raise InvalidArgumentError(
+                f"vocabulary content hashes to {vocab.id} but the client expected "
+                f"{expected_id}; the upload was corrupted or chunks arrived out of order"
+            )
+        added = self.storage.put_vocabulary(vocab)
+        return vocab.id, not added
+
+    def _vocabulary(self, vocab_id: str) -> Vocabulary:
+        vocab = self._vocab_cache.get(vocab_id)
+        if vocab is None:
+            try:
+                vocab = self.storage.get_vocabulary(vocab_id)
+            except NotFoundError:
+                raise NotFoundError(
+                    f"vocabulary {vocab_id!r} not found; upload it with UploadVocabulary "
+                    "(client.upload_vocabulary) and use the id it returns"
+                ) from None
+            self._vocab_cache[vocab_id] = vocab
+        return vocab
+
+    # --- studies ---------------------------------------------------------------------
+    def create_study(self, name: str, spec: StudySpec, request_id: str = "") -> tuple[Study, bool]:
+        """Get-or-create. Returns ``(study, created)``.
+
+        An existing study of that name is returned when its spec equals ``spec`` or the
+        ``request_id`` matches the one that created it; otherwise AlreadyExistsError.
+        """
+        check_study_name(name)
+        with self._lock(name):
+            try:
+                existing = self.storage.get_study(name)
+            except NotFoundError:
+                existing = None
+            if existing is not None:
+                if existing.spec == spec or (request_id and request_id == existing.request_id):
+                    return existing, False
+                raise AlreadyExistsError(
+                    f"study {name!r} already exists with a different spec; choose another "
+                    "name, or delete it first (promptbo study delete)"
+                )
+            vocab = self._check_space(spec)
+            # Building the engine validates the strategy and its options.
+            self._new_runtime(spec, vocab)
+            study = Study(name=name, spec=spec, create_time=self.clock(), request_id=request_id)
+            try:
+                return self.storage.create_study(study), True
+            except AlreadyExistsError:  # lost a race with another server process
+                return self.storage.get_study(name), False
+
+    def get_study(self, name: str) -> Study:
+        return self.storage.get_study(name)
+
+    def list_studies(self) -> list[Study]:
+        return self.storage.list_studies()
+
+    def delete_study(self, name: str) -> None:
+        with self._lock(name):
+            self.storage.delete_study(name)
+            self._runtimes.pop(name, None)
+        for q in self._watchers.pop(name, []):
+            q.put(None)
+
+    def study_counts(self, name: str) -> dict[TrialState, int]:
+        return self.storage.count_trials(name)
+
+    # --- trials ----------------------------------------------------------------------
+    def suggest_trials(self, name: str, count: int, client_id: str = "") -> tuple[list[Trial], bool]:
+        """Hands out up to ``count`` trials to ``client_id``; returns ``(trials, done)``.
+
+        Order: the client's own active trials, then trials whose lease expired, then new
+        suggestions from the engine. ``done`` is True when the budget is used up.
+        """
+        if not 1 <= count <= MAX_SUGGEST_COUNT:
+            raise InvalidArgumentError(f"count must be in [1, {MAX_SUGGEST_COUNT}], got {count}")
+        with self._lock(name):
+            study = self.storage.get_study(name)
+            spec = study.spec
+            now = self.clock()
+            active = self.storage.list_trials(name, TrialState.ACTIVE)
+            out: list[Trial] = []
+            if client_id:
+                out = [t for t in active if t.client_id == client_id and t.lease_deadline >= now]
+                out = out[:count]
+            if len(out) == count:
+                return self._renew(out, client_id, now, spec), False
+            if study.state is StudyState.COMPLETED:
+                return [], True
+            expired = [t for t in active if t.lease_deadline < now]
+            held = len(active) - len(expired)
+            if spec.max_active_trials and held >= spec.max_active_trials and not out:
+                raise ResourceExhaustedError(
+                    f"study {name!r} has {held} active trials, its cap max_active_trials="
+                    f"{spec.max_active_trials}; complete some first or raise the cap"
+                )
+            want = count - len(out)
+            if spec.max_active_trials:
+                want = min(want, spec.max_active_trials - held + len(out))
+            reissued = expired[: max(want, 0)]
+            out += reissued
+            want -= len(reissued)
+            if want > 0 and spec.max_trials:
+                completed = self.storage.count_trials(name)[TrialState.COMPLETED]
+                want = min(want, spec.max_trials - completed - len(active))
+            if want > 0:
+                out += self._new_trials(study, want, active, client_id, now)
+            trials = self._renew(out, client_id, now, spec)
+        for t in trials:
+            self._publish(name, "suggested", t)
+        return trials, False
+
+    def _renew(self, trials: list[Trial], client_id: str, now: float, spec: StudySpec) -> list[Trial]:
+        renewed = [
+            t.evolve(client_id=client_id, lease_deadline=now + spec.lease_seconds) for t in trials
+        ]
+        if renewed:
+            self.storage.update_trials(renewed)
+        return renewed
+
+    def _new_trials(
+        self, study: Study, n: int, active: list[Trial], client_id: str, now: float
+    ) -> list[Trial]:
+        rt = self._runtime(study)
+        pending = self._encode(rt, study.spec, [t.prompt for t in active]) if active else None
+        candidates = rt.engine.suggest(n, pending)
+        prompts = self._decode(rt, study.spec, candidates)
+        drafts = [
+            Trial(
+                study=study.name,
+                id=0,
+                state=TrialState.ACTIVE,
+                prompt=p,
+                client_id=client_id,
+                lease_deadline=now + study.spec.lease_seconds,
+                create_time=now,
+            )
+            for p in prompts
+        ]
+        return self.storage.add_trials(study.name, drafts)
+
+    def complete_trial(
+        self,
+        name: str,
+        trial_id: int,
+        value: float,
+        metrics: dict[str, float] | None = None,
+        failure_reason: str = "",
+        client_id: str = "",
+    ) -> Trial:
+        """Records a trial's result (or its failure); see the module docstring for rules."""
+        metrics = dict(metrics or {})
+        if not failure_reason:
+            _check_finite("value", value)
+        for k, v in metrics.items():
+            _check_finite(f"metric {k!r}", v)
+        with self._lock(name):
+            study = self.storage.get_study(name)
+            trial = self._get_trial(name, trial_id)
+            if trial.state is not TrialState.ACTIVE:
+                return self._repeat_completion(trial, value, metrics, failure_reason)
+            now = self.clock()
+            if client_id and trial.client_id and trial.client_id != client_id:
+                if trial.lease_deadline >= now:
+                    raise FailedPreconditionError(
+                        f"trial {trial_id} of study {name!r} is held by another worker "
+                        f"({trial.client_id!r}); your lease expired and it was handed out again"
+                    )
+            if failure_reason:
+                done = trial.evolve(
+                    state=TrialState.FAILED, failure_reason=failure_reason, complete_time=now,
+                    value=None, metrics=metrics,
+                )
+            else:
+                objective = _objective(study.spec, value, metrics)
+                done = trial.evolve(
+                    state=TrialState.COMPLETED, value=float(value), metrics=metrics,
+                    complete_time=now,
+                )
+            self.storage.update_trials([done])
+            if done.state is TrialState.COMPLETED:
+                rt = self._runtimes.get(name)
+                if rt is not None:
+                    self._observe(rt, study.spec, [done.prompt], [objective])
+                study = self._maybe_finish(study)
+        self._publish(name, done.state.value, done)
+        if study.state is StudyState.COMPLETED:
+            self._publish(name, "done", None)
+        return done
+
+    def _repeat_completion(
+        self, trial: Trial, value: float, metrics: dict[str, float], failure_reason: str
+    ) -> Trial:
+        same = (
+            trial.failure_reason == failure_reason
+            if failure_reason
+            else (
+                trial.state is TrialState.COMPLETED
+                and trial.value == float(value)
+                and trial.metrics == metrics
+            )
+        )
+        if same:
+            return trial
+        raise FailedPreconditionError(
+            f"trial {trial.id} of study {trial.study!r} is already {trial.state.value} "
+            f"with a different result; a trial is completed once"
+        )
+
+    def heartbeat_trial(self, name: str, trial_id: int, client_id: str = "") -> Trial:
+        with self._lock(name):
+            study = self.storage.get_study(name)
+            trial = self._get_trial(name, trial_id)
+            if trial.state is not TrialState.ACTIVE:
+                raise FailedPreconditionError(
+                    f"trial {trial_id} of study {name!r} is {trial.state.value}; "
+                    "only active trials have a lease"
+                )
+            now = self.clock()
+            if client_id and trial.client_id not in ("", client_id) and trial.lease_deadline >= now:
+                raise FailedPreconditionError(
+                    f"trial {trial_id} of study {name!r} is held by another worker "
+                    f"({trial.client_id!r})"
+                )
+            return self._renew([trial], client_id or trial.client_id, now, study.spec)[0]
+
+    def get_trial(self, name: str, trial_id: int) -> Trial:
+        return self._get_trial(name, trial_id)
+
+    def list_trials(
+        self, name: str, state: TrialState | None = None, page_size: int = 0, page_token: str = ""
+    ) -> tuple[list[Trial], str]:
+        """One page of trials by increasing id, and the token of the next page ("" at the end)."""
+        if page_size < 0 or page_size > MAX_PAGE_SIZE:
+            raise InvalidArgumentError(f"page_size must be in [0, {MAX_PAGE_SIZE}]")
+        size = page_size or 100
+        try:
+            after = int(page_token) if page_token else 0
+        except ValueError:
+            raise InvalidArgumentError(
+                f"page_token {page_token!r} is not one this server issued; pass the "
+                "next_page_token of the previous response"
+            ) from None
+        trials = self.storage.list_trials(name, state, after_id=after, limit=size + 1)
+        more = len(trials) > size
+        trials = trials[:size]
+        return trials, (str(trials[-1].id) if more else "")
+
+    def best_trial(self, name: str) -> Trial | None:
+        study = self.storage.get_study(name)
+        best: Trial | None = None
+        best_obj = -math.inf
+        for t in self.storage.list_trials(name, TrialState.COMPLETED):
+            obj = _objective(study.spec, t.value, t.metrics, strict=False)
+            if obj is not None and obj > best_obj:
+                best, best_obj = t, obj
+        return best
+
+    def add_trials(self, name: str, known: Sequence[KnownTrial]) -> list[Trial]:
+        """Stores prompts with known values as completed trials and teaches the engine."""
+        if not known:
+            raise InvalidArgumentError("AddTrials needs at least one trial")
+        with self._lock(name):
+            study = self.storage.get_study(name)
+            rt = self._runtime(study)
+            now = self.clock()
+            drafts, objectives = [], []
+            for i, k in enumerate(known):
+                _check_finite(f"trial {i}: value", k.value)
+                for mk, mv in k.metrics.items():
+                    _check_finite(f"trial {i}: metric {mk!r}", mv)
+                prompt = self._normalize_prompt(rt, study.spec, k.prompt, f"trial {i}")
+                objectives.append(_objective(study.spec, k.value, k.metrics))
+                drafts.append(
+                    Trial(
+                        study=name, id=0, state=TrialState.COMPLETED, prompt=prompt,
+                        value=float(k.value), metrics=dict(k.metrics), create_time=now,
+                        complete_time=now, source="added",
+                    )
+                )
+            stored = self.storage.add_trials(name, drafts)
+            self._observe(rt, study.spec, [t.prompt for t in stored], objectives)
+        for t in stored:
+            self._publish(name, "completed", t)
+        return stored
+
+    # --- watching --------------------------------------------------------------------
+    def watch(self, name: str, stop: threading.Event | None = None) -> Iterator[Event]:
+        """Yields events of a study until it completes, is deleted, or ``stop`` is set."""
+        study = self.storage.get_study(name)
+        q: queue.Queue = queue.Queue()
+        self._watchers.setdefault(name, []).append(q)
+        try:
+            if study.state is StudyState.COMPLETED:
+                yield Event("done", study)
+                return
+            while stop is None or not stop.is_set():
+                try:
+                    item = q.get(timeout=0.5)
+                except queue.Empty:
+                    continue
+                if item is None:
+                    return
+                yield item
+                if item.kind == "done":
+                    return
+        finally:
+            watchers = self._watchers.get(name, [])
+            if q in watchers:
+                watchers.remove(q)
+
+    def _publish(self, name: str, kind: str, trial: Trial | None) -> None:
+        watchers = self._watchers.get(name)
+        if not watchers:
+            return
+        try:
+            study = self.storage.get_study(name)
+        except NotFoundError:
+            return
+        for q in list(watchers):
+            q.put(Event(kind, study, trial))
+
+    # --- helpers ---------------------------------------------------------------------
+    def _lock(self, name: str) -> threading.RLock:
+        with self._locks_guard:
+            lock = self._locks.get(name)
+            if lock is None:
+                lock = self._locks[name] = threading.RLock()
+            return lock
+
+    def _get_trial(self, name: str, trial_id: int) -> Trial:
+        try:
+            return self.storage.get_trial(name, trial_id)
+        except NotFoundError:
+            self.storage.get_study(name)  # a missing study reports itself
+            raise NotFoundError(
+                f"trial {trial_id} not found in study {name!r}; trial ids come from "
+                "SuggestTrials or AddTrials"
+            ) from None
+
+    def _maybe_finish(self, study: Study) -> Study:
+        if not study.spec.max_trials or study.state is StudyState.COMPLETED:
+            return study
+        if self.storage.count_trials(study.name)[TrialState.COMPLETED] >= study.spec.max_trials:
+            study = study.evolve(state=StudyState.COMPLETED)
+            self.storage.update_study(study)
+            log.info("study %s reached its budget of %d trials", study.name, study.spec.max_trials)
+        return study
+
+    def _check_space(self, spec: StudySpec) -> Vocabulary | None:
+        space = spec.space
+        if isinstance(space, SoftPromptSpace):
+            return None
+        vocab = self._vocabulary(space.vocabulary_id)
+        if space.top_n:
+            if len(space.top_n_scores) != vocab.size:
+                raise InvalidArgumentError(
+                    f"the top_n filter has {len(space.top_n_scores)} scores but the vocabulary "
+                    f"has {vocab.size} entries; give one score per entry"
+                )
+            if space.top_n > vocab.size:
+                raise InvalidArgumentError(
+                    f"top_n={space.top_n} exceeds the vocabulary size {vocab.size}"
+                )
+        if space.allowed and max(space.allowed) >= vocab.size:
+            raise InvalidArgumentError(
+                f"allowed index {max(space.allowed)} is outside the vocabulary of {vocab.size}"
+            )
+        return vocab
+
+    def _new_runtime(self, spec: StudySpec, vocab: Vocabulary | None) -> _Runtime:
+        engine = self._make_engine(
+            spec.space,
+            spec.strategy,
+            spec.strategy_options,
+            spec.seed,
+            None if vocab is None else vocab.embeddings,
+        )
+        return _Runtime(engine, vocab)
+
+    def _runtime(self, study: Study) -> _Runtime:
+        """The study's engine, rebuilt from stored trials on first use."""
+        rt = self._runtimes.get(study.name)
+        if rt is not None:
+            return rt
+        vocab = self._check_space(study.spec)
+        rt = self._new_runtime(study.spec, vocab)
+        trials = self.storage.list_trials(study.name)
+        done = [t for t in trials if t.state is TrialState.COMPLETED]
+        objectives = [_objective(study.spec, t.value, t.metrics, strict=False) for t in done]
+        pairs = [(t.prompt, o) for t, o in zip(done, objectives, strict=True) if o is not None]
+        if pairs:
+            self._observe(rt, study.spec, [p for p, _ in pairs], [o for _, o in pairs])
+        rt.engine.num_suggested = sum(1 for t in trials if t.source == "suggested")
+        self._runtimes[study.name] = rt
+        log.info("engine of study %s rebuilt from %d completed trials", study.name, len(pairs))
+        return rt
+
+    def _observe(self, rt: _Runtime, spec: StudySpec, prompts: list[Prompt], values) -> None:
+        import torch
+
+        x = self._encode(rt, spec, prompts)
+        rt.engine.observe(x, torch.as_tensor(values, dtype=torch.float64))
+
+    def _encode(self, rt: _Runtime, spec: StudySpec, prompts: Sequence[Prompt]):
+        import torch
+
+        if isinstance(spec.space, SoftPromptSpace):
+            return torch.tensor(np.array([p.vector for p in prompts], dtype=np.float32))
+        rows = [[rt.row_of[tid] for tid in p.token_ids] for p in prompts]
+        return torch.tensor(rows, dtype=torch.long)
+
+    def _decode(self, rt: _Runtime, spec: StudySpec, candidates) -> list[Prompt]:
+        if isinstance(spec.space, SoftPromptSpace):
+            arr = candidates.detach().cpu().numpy().astype(np.float32)
+            return [Prompt(vector=tuple(float(v) for v in row)) for row in arr]
+        vocab = rt.vocab
+        assert vocab is not None
+        out = []
+        for row in candidates.tolist():
+            tokens = tuple(vocab.tokens[r] for r in row)
+            out.append(
+                Prompt(
+                    token_ids=tuple(vocab.token_ids[r] for r in row),
+                    tokens=tokens,
+                    text="".join(tokens),
+                )
+            )
+        return out
+
+    def _normalize_prompt(self, rt: _Runtime, spec: StudySpec, p: Prompt, where: str) -> Prompt:
+        space = spec.space
+        if isinstance(space, SoftPromptSpace):
+            if len(p.vector) != space.size:
+                raise InvalidArgumentError(
+                    f"{where}: soft prompt has {len(p.vector)} floats, the study expects "
+                    f"prompt_length x embedding_dim = {space.size}"
+                )
+            for v in p.vector:
+                _check_finite(f"{where}: vector entry", v)
+            return Prompt(vector=tuple(float(v) for v in p.vector))
+        assert isinstance(space, HardPromptSpace)
+        if len(p.token_ids) != space.prompt_length:
+            raise InvalidArgumentError(
+                f"{where}: prompt has {len(p.token_ids)} token ids, the study expects "
+                f"prompt_length={space.prompt_length}"
+            )
+        unknown = [tid for tid in p.token_ids if tid not in rt.row_of]
+        if unknown:
+            raise InvalidArgumentError(
+                f"{where}: token ids {unknown[:5]} are not in the study's vocabulary"
+            )
+        vocab = rt.vocab
+        assert vocab is not None
+        tokens = tuple(vocab.tokens[rt.row_of[tid]] for tid in p.token_ids)
+        return Prompt(token_ids=tuple(p.token_ids), tokens=tokens, text="".join(tokens))
+
+
+def _check_finite(what: str, v: float) -> None:
+    if not isinstance(v, (int, float)) or not math.isfinite(v):
+        raise InvalidArgumentError(f"{what} must be a finite number, got {v!r}")
+
+
+def _objective(
+    spec: StudySpec, value: float | None, metrics: dict[str, float], strict: bool = True
+) -> float | None:
+    """The number the engine maximizes: value or a metric, negated for minimization."""
+    if spec.objective in ("", "value"):
+        obj = value
+    else:
+        obj = metrics.get(spec.objective)
+        if obj is None and strict:
+            raise InvalidArgumentError(
+                f"the study optimizes metric {spec.objective!r} but the result has only "
+                f"{sorted(metrics) or 'no metrics'}; report it in metrics"
+            )
+    if obj is None:
+        return None
+    return -float(obj) if spec.goal is Goal.MINIMIZE else float(obj)

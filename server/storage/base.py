@@ -1,0 +1,103 @@
+"""The storage contract every backend fulfils.
+
+A :class:`Storage` keeps studies, their trials and uploaded vocabularies. Every method
+is atomic: it either applies all of its change or none. Backends do no optimization and
+enforce no lease rules; :class:`promptbo.server.manager.StudyManager` does, holding one
+lock per study, so a backend only needs to be safe for concurrent calls from threads.
+
+Errors: methods raise :class:`~promptbo.errors.NotFoundError` for a missing study,
+trial or vocabulary and :class:`~promptbo.errors.AlreadyExistsError` for a duplicate
+study name, never a backend's own exception type. ``tests/test_storage_contract.py`` is
+the executable form of this contract and runs against every backend.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+
+from promptbo.server.domain import Study, Trial, TrialState, Vocabulary
+
+
+class Storage(abc.ABC):
+    # --- vocabularies -------------------------------------------------------------
+    @abc.abstractmethod
+    def put_vocabulary(self, vocabulary: Vocabulary) -> bool:
+        """Stores ``vocabulary`` under its content id; returns False if it was present."""
+
+    @abc.abstractmethod
+    def get_vocabulary(self, vocabulary_id: str) -> Vocabulary:
+        """Raises NotFoundError if no vocabulary has that id."""
+
+    @abc.abstractmethod
+    def has_vocabulary(self, vocabulary_id: str) -> bool: ...
+
+    # --- studies ------------------------------------------------------------------
+    @abc.abstractmethod
+    def create_study(self, study: Study) -> Study:
+        """Stores a new study. Raises AlreadyExistsError if the name is taken."""
+
+    @abc.abstractmethod
+    def get_study(self, name: str) -> Study:
+        """Raises NotFoundError if there is no such study."""
+
+    @abc.abstractmethod
+    def list_studies(self) -> list[Study]:
+        """All studies, ordered by name."""
+
+    @abc.abstractmethod
+    def update_study(self, study: Study) -> None:
+        """Replaces the stored study of that name (state changes). NotFoundError if absent."""
+
+    @abc.abstractmethod
+    def delete_study(self, name: str) -> None:
+        """Deletes a study and all of its trials. NotFoundError if absent."""
+
+    # --- trials -------------------------------------------------------------------
+    @abc.abstractmethod
+    def add_trials(self, study: str, trials: Sequence[Trial]) -> list[Trial]:
+        """Stores new trials, assigning ids 1, 2, ... in order of arrival within the study
+        (the ``id`` field of the given trials is ignored). Returns them with their ids.
+        NotFoundError if the study is absent."""
+
+    @abc.abstractmethod
+    def get_trial(self, study: str, trial_id: int) -> Trial:
+        """NotFoundError if the study or the trial is absent."""
+
+    @abc.abstractmethod
+    def update_trials(self, trials: Sequence[Trial]) -> None:
+        """Replaces stored trials (matched by study and id), all in one transaction.
+        NotFoundError, and nothing written, if any of them is absent."""
+
+    @abc.abstractmethod
+    def list_trials(
+        self,
+        study: str,
+        state: TrialState | None = None,
+        after_id: int = 0,
+        limit: int | None = None,
+    ) -> list[Trial]:
+        """Trials of a study with ``id > after_id``, by increasing id, optionally only
+        those in ``state``, at most ``limit`` of them. NotFoundError if the study is absent."""
+
+    def count_trials(self, study: str) -> dict[TrialState, int]:
+        """Number of trials per state."""
+        counts = dict.fromkeys(TrialState, 0)
+        for t in self.list_trials(study):
+            counts[t.state] += 1
+        return counts
+
+    def check_integrity(self) -> list[str]:
+        """Problems found in the stored data (empty when sound)."""
+        problems: list[str] = []
+        for s in self.list_studies():
+            ids = [t.id for t in self.list_trials(s.name)]
+            if ids != list(range(1, len(ids) + 1)):
+                problems.append(f"study {s.name!r}: trial ids are not 1..n")
+            for t in self.list_trials(s.name):
+                if t.state is TrialState.COMPLETED and t.value is None:
+                    problems.append(f"study {s.name!r} trial {t.id}: completed without value")
+        return problems
+
+    def close(self) -> None:
+        """Releases connections. The default does nothing."""
