@@ -455,6 +455,8 @@ class StudyManager:
 
     def _get_trial(self, name: str, trial_id: int) -> Trial:
         try:
+            if not 1 <= trial_id < 2**62:
+                raise NotFoundError(str(trial_id))
             return self.storage.get_trial(name, trial_id)
         except NotFoundError:
             self.storage.get_study(name)  # a missing study reports itself

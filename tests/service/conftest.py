@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -16,7 +18,7 @@ from promptbo.server.storage import open_storage
 @pytest.fixture(params=["in-process", "grpc"])
 def client(request, tmp_path):
     """A client wired to a fresh server: in-process servicer or a real one on port 0."""
-    storage = open_storage(f"sqlite:///{tmp_path / 'studies.db'}")
+    storage = open_storage(os.environ.get("PROMPTBO_TEST_CLIENT_STORAGE") or f"sqlite:///{tmp_path / 'studies.db'}")
     if request.param == "in-process":
         servicer = OptimizerServicer(StudyManager(storage))
         yield promptbo.Client(stub=LocalStub(servicer))

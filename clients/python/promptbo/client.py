@@ -458,4 +458,6 @@ def _translate(err: grpc.RpcError) -> PromptboError:
     code = err.code() if hasattr(err, "code") else None
     details = err.details() if hasattr(err, "details") else str(err)
     name = code.name if code is not None else "UNKNOWN"
+    if name == "DEADLINE_EXCEEDED":  # transient, like an unreachable server: safe to retry
+        return UnavailableError(f"deadline exceeded: {details}")
     return error_for_code(name, details or name)

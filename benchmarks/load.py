@@ -1,0 +1,146 @@
+"""Load benchmark: many concurrent workers doing ask/tell against one server on loopback.
+
+Starts ``promptbo serve`` as a subprocess (SQLite by default), runs ``--workers`` client
+threads spread over ``--procs`` processes for ``--seconds``, each looping
+SuggestTrials(1) -> CompleteTrial on a soft-prompt study with the random strategy, and
+reports completed trials/s, p50/p99 latency per RPC, and errors (which must be zero).
+
+    python benchmarks/load.py --workers 64 --seconds 60
+    python benchmarks/load.py --workers 1,8,32 --seconds 20     # a row per worker count
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import numpy as np
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _proc(address: str, study: str, threads: int, seconds: float, out: mp.Queue, idx: int):
+    import promptbo
+
+    results = {"suggest": [], "complete": [], "errors": [], "trials": 0}
+    lock = threading.Lock()
+    stop_at = time.monotonic() + seconds
+
+    def run(tid: int) -> None:
+        client = promptbo.Client(address, client_id=f"p{idx}t{tid}")
+        s = client.get_study(study)
+        sug, comp, errs, n = [], [], [], 0
+        while time.monotonic() < stop_at:
+            try:
+                t0 = time.perf_counter()
+                (trial,) = s.ask(1)
+                t1 = time.perf_counter()
+                s.tell(trial, float(trial.prompt.vector.sum()))
+                t2 = time.perf_counter()
+                sug.append(t1 - t0)
+                comp.append(t2 - t1)
+                n += 1
+            except Exception as exc:  # counted and reported, the benchmark goes on
+                errs.append(f"{type(exc).__name__}: {exc}")
+        client.close()
+        with lock:
+            results["suggest"] += sug
+            results["complete"] += comp
+            results["errors"] += errs
+            results["trials"] += n
+
+    ts = [threading.Thread(target=run, args=(i,)) for i in range(threads)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    out.put(results)
+
+
+def run_load(address: str, workers: int, procs: int, seconds: float) -> dict:
+    import promptbo
+
+    name = f"load-{workers}-{time.time_ns()}"
+    with promptbo.Client(address) as c:
+        c.create_study(name, promptbo.SoftPromptSpace(2, 4), strategy="random")
+    q: mp.Queue = mp.Queue()
+    procs = max(1, min(procs, workers))
+    per = [workers // procs + (1 if i < workers % procs else 0) for i in range(procs)]
+    ps = [mp.Process(target=_proc, args=(address, name, n, seconds, q, i))
+          for i, n in enumerate(per)]
+    for p in ps:
+        p.start()
+    parts = [q.get() for _ in ps]
+    for p in ps:
+        p.join()
+    sug = np.concatenate([np.asarray(p["suggest"]) for p in parts]) * 1e3
+    comp = np.concatenate([np.asarray(p["complete"]) for p in parts]) * 1e3
+    errors = [e for p in parts for e in p["errors"]]
+    trials = sum(p["trials"] for p in parts)
+    return {
+        "workers": workers, "trials": trials, "trials_per_s": trials / seconds,
+        "suggest_p50": float(np.percentile(sug, 50)) if len(sug) else float("nan"),
+        "suggest_p99": float(np.percentile(sug, 99)) if len(sug) else float("nan"),
+        "complete_p50": float(np.percentile(comp, 50)) if len(comp) else float("nan"),
+        "complete_p99": float(np.percentile(comp, 99)) if len(comp) else float("nan"),
+        "errors": len(errors), "first_error": errors[0] if errors else "",
+    }
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--workers", default="64", help="comma-separated worker counts")
+    ap.add_argument("--procs", type=int, default=4, help="client processes")
+    ap.add_argument("--seconds", type=float, default=60)
+    ap.add_argument("--storage", default="", help="default: a fresh SQLite file")
+    ap.add_argument("--server", default="", help="use a running server instead")
+    args = ap.parse_args(argv)
+    proc = None
+    address = args.server
+    if not address:
+        port = _free_port()
+        storage = args.storage or f"sqlite:///{tempfile.mkdtemp()}/load.db"
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "promptbo.cli", "--log-level", "warning", "serve",
+             "--storage", storage, "--port", str(port)],
+            stdout=subprocess.DEVNULL, env={**os.environ},
+        )
+        address = f"127.0.0.1:{port}"
+    import promptbo
+
+    try:
+        with promptbo.Client(address) as c:
+            c.wait_ready(60)
+        print(f"server {address}; {os.cpu_count()} CPUs shared by server and clients")
+        print("| workers | trials/s | Suggest p50 ms | Suggest p99 ms | Complete p50 ms "
+              "| Complete p99 ms | errors |")
+        print("|---:|---:|---:|---:|---:|---:|---:|")
+        failed = False
+        for w in (int(x) for x in args.workers.split(",")):
+            r = run_load(address, w, args.procs, args.seconds)
+            print(f"| {w} | {r['trials_per_s']:.0f} | {r['suggest_p50']:.2f} | "
+                  f"{r['suggest_p99']:.2f} | {r['complete_p50']:.2f} | "
+                  f"{r['complete_p99']:.2f} | {r['errors']} |", flush=True)
+            if r["errors"]:
+                print(f"  first error: {r['first_error']}")
+                failed = True
+        return 1 if failed else 0
+    finally:
+        if proc is not None:
+            proc.terminate()
+            proc.wait(30)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

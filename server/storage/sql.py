@@ -1,0 +1,610 @@
+"""SQL storage on SQLAlchemy Core: SQLite (the embedded default) and PostgreSQL.
+
+Schema (version :data:`SCHEMA_VERSION`, recorded in ``promptbo_schema``)::
+
+    vocabularies  id PK, size, dim, tokens (JSON text), token_ids (little-endian int64
+                  blob), embeddings (little-endian float32 blob, size x dim, row-major)
+    studies       name PK, spec (JSON text), state, create_time, request_id
+    trials        (study, id) PK, state, prompt (JSON text), vector (blob), client_id,
+                  lease_deadline, value, metrics (JSON text), failure_reason,
+                  create_time, complete_time, source; index (study, state)
+
+JSON is kept in text columns written with ``ensure_ascii``, so tokens holding NUL or
+unpaired surrogates and metrics holding NaN survive on both engines. A soft prompt's
+vector is a float32 blob when every entry is exactly a float32 (what the service hands
+out), else a float64 blob; either way it reads back bit for bit.
+
+Every method runs in one transaction. SQLite runs in WAL mode; writers of one database
+file are serialized by an in-process lock and start with ``BEGIN IMMEDIATE`` under a
+generous busy timeout, so concurrent threads (and a second process) wait instead of
+failing with "database is locked". On PostgreSQL, adding trials locks the study row, so
+ids ``max(id) + 1, ...`` stay unique across server processes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import threading
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.pool import StaticPool
+from sqlalchemy.schema import CreateIndex, CreateTable
+
+from promptbo.errors import (
+    AlreadyExistsError,
+    FailedPreconditionError,
+    InvalidArgumentError,
+    UnavailableError,
+)
+from promptbo.server.domain import (
+    Goal,
+    HardPromptSpace,
+    Prompt,
+    SoftPromptSpace,
+    Study,
+    StudySpec,
+    StudyState,
+    Trial,
+    TrialState,
+    Vocabulary,
+    check_study_name,
+)
+from promptbo.server.storage.base import Storage
+from promptbo.server.storage.memory import (
+    check_limit,
+    study_not_found,
+    trial_not_found,
+    vocabulary_not_found,
+)
+
+SCHEMA_VERSION = 1
+SQLITE_BUSY_TIMEOUT_MS = 120_000
+
+metadata = sa.MetaData()
+
+schema_table = sa.Table(
+    "promptbo_schema",
+    metadata,
+    sa.Column("version", sa.Integer, primary_key=True, autoincrement=False),
+)
+
+vocabularies = sa.Table(
+    "vocabularies",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("size", sa.Integer, nullable=False),
+    sa.Column("dim", sa.Integer, nullable=False),
+    sa.Column("tokens", sa.Text, nullable=False),
+    sa.Column("token_ids", sa.LargeBinary, nullable=False),
+    sa.Column("embeddings", sa.LargeBinary, nullable=False),
+)
+
+studies = sa.Table(
+    "studies",
+    metadata,
+    sa.Column("name", sa.String(200), primary_key=True),
+    sa.Column("spec", sa.Text, nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("create_time", sa.Double, nullable=False),
+    sa.Column("request_id", sa.Text, nullable=False),
+)
+
+trials = sa.Table(
+    "trials",
+    metadata,
+    sa.Column(
+        "study",
+        sa.String(200),
+        sa.ForeignKey("studies.name", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("prompt", sa.Text, nullable=False),
+    sa.Column("vector", sa.LargeBinary, nullable=True),
+    sa.Column("client_id", sa.Text, nullable=False),
+    sa.Column("lease_deadline", sa.Double, nullable=False),
+    sa.Column("value", sa.Double, nullable=True),
+    sa.Column("metrics", sa.Text, nullable=False),
+    sa.Column("failure_reason", sa.Text, nullable=False),
+    sa.Column("create_time", sa.Double, nullable=False),
+    sa.Column("complete_time", sa.Double, nullable=False),
+    sa.Column("source", sa.String(32), nullable=False),
+)
+trials_by_state = sa.Index("ix_trials_study_state", trials.c.study, trials.c.state)
+
+# One lock per SQLite file, shared by every SqlStorage of this process that opens it.
+_FILE_LOCKS: dict[str, threading.Lock] = {}
+_FILE_LOCKS_GUARD = threading.Lock()
+
+
+# --- study specs as JSON -------------------------------------------------------------
+def spec_to_json(spec: StudySpec) -> str:
+    """Serializes ``spec`` (either kind of search space) to a JSON text."""
+    space = spec.space
+    if isinstance(space, HardPromptSpace):
+        space_doc: dict[str, Any] = {
+            "kind": "hard",
+            "prompt_length": space.prompt_length,
+            "vocabulary_id": space.vocabulary_id,
+            "pca_dims": space.pca_dims,
+            "top_n": space.top_n,
+            "top_n_scores": list(space.top_n_scores),
+            "allowed": list(space.allowed),
+        }
+    elif isinstance(space, SoftPromptSpace):
+        space_doc = {
+            "kind": "soft",
+            "prompt_length": space.prompt_length,
+            "embedding_dim": space.embedding_dim,
+            "intrinsic_dim": space.intrinsic_dim,
+            "bound": space.bound,
+            "embedding_std": space.embedding_std,
+        }
+    else:
+        raise InvalidArgumentError(f"unknown search space type {type(space).__name__}")
+    doc = {
+        "space": space_doc,
+        "strategy": spec.strategy,
+        "strategy_options": dict(spec.strategy_options),
+        "goal": spec.goal.value,
+        "objective": spec.objective,
+        "max_trials": spec.max_trials,
+        "max_active_trials": spec.max_active_trials,
+        "lease_seconds": spec.lease_seconds,
+        "seed": spec.seed,
+        "labels": dict(spec.labels),
+    }
+    return _dumps(doc)
+
+
+def spec_from_json(text: str) -> StudySpec:
+    """The inverse of :func:`spec_to_json`; missing optional keys take their defaults."""
+    doc = json.loads(text)
+    space_doc = dict(doc.pop("space"))
+    kind = space_doc.pop("kind")
+    if kind == "hard":
+        for key in ("top_n_scores", "allowed"):
+            if key in space_doc:
+                space_doc[key] = tuple(space_doc[key])
+        space: HardPromptSpace | SoftPromptSpace = HardPromptSpace(**space_doc)
+    elif kind == "soft":
+        space = SoftPromptSpace(**space_doc)
+    else:
+        raise FailedPreconditionError(f"stored study spec has unknown space kind {kind!r}")
+    if "goal" in doc:
+        doc["goal"] = Goal(doc["goal"])
+    return StudySpec(space=space, **doc)
+
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(obj, ensure_ascii=True, separators=(",", ":"))
+
+
+# --- rows <-> domain objects ---------------------------------------------------------
+def _study_row(study: Study) -> dict[str, Any]:
+    return {
+        "name": study.name,
+        "spec": spec_to_json(study.spec),
+        "state": study.state.value,
+        "create_time": float(study.create_time),
+        "request_id": study.request_id,
+    }
+
+
+def _study_from_row(row: Any) -> Study:
+    return Study(
+        name=row.name,
+        spec=spec_from_json(row.spec),
+        state=StudyState(row.state),
+        create_time=row.create_time,
+        request_id=row.request_id,
+    )
+
+
+def _trial_row(trial: Trial) -> dict[str, Any]:
+    p = trial.prompt
+    prompt_doc: dict[str, Any] = {
+        "token_ids": [int(i) for i in p.token_ids],
+        "tokens": list(p.tokens),
+        "text": p.text,
+    }
+    vector = None
+    if len(p.vector):
+        v64 = np.asarray(p.vector, dtype=np.float64)
+        v32 = v64.astype(np.float32)
+        # float32 halves the size and loses nothing when every entry is a float32 already
+        # (NaN compares unequal, so such vectors keep float64).
+        exact32 = bool(np.array_equal(v32.astype(np.float64), v64))
+        vec = v32 if exact32 else v64
+        prompt_doc["vector_dtype"] = "<f4" if exact32 else "<f8"
+        vector = vec.astype(prompt_doc["vector_dtype"], copy=False).tobytes()
+    return {
+        "study": trial.study,
+        "id": int(trial.id),
+        "state": trial.state.value,
+        "prompt": _dumps(prompt_doc),
+        "vector": vector,
+        "client_id": trial.client_id,
+        "lease_deadline": float(trial.lease_deadline),
+        "value": None if trial.value is None else float(trial.value),
+        "metrics": _dumps({str(k): float(v) for k, v in trial.metrics.items()}),
+        "failure_reason": trial.failure_reason,
+        "create_time": float(trial.create_time),
+        "complete_time": float(trial.complete_time),
+        "source": trial.source,
+    }
+
+
+def _trial_from_row(row: Any) -> Trial:
+    doc = json.loads(row.prompt)
+    vector: tuple[float, ...] = ()
+    if row.vector is not None:
+        vector = tuple(np.frombuffer(row.vector, dtype=doc["vector_dtype"]).tolist())
+    prompt = Prompt(
+        token_ids=tuple(doc["token_ids"]),
+        tokens=tuple(doc["tokens"]),
+        text=doc["text"],
+        vector=vector,
+    )
+    return Trial(
+        study=row.study,
+        id=row.id,
+        state=TrialState(row.state),
+        prompt=prompt,
+        client_id=row.client_id,
+        lease_deadline=row.lease_deadline,
+        value=row.value,
+        metrics={k: float(v) for k, v in json.loads(row.metrics).items()},
+        failure_reason=row.failure_reason,
+        create_time=row.create_time,
+        complete_time=row.complete_time,
+        source=row.source,
+    )
+
+
+def _trial_values(row: dict[str, Any]) -> dict[str, Any]:
+    """The columns an update may change (all but the key)."""
+    return {k: v for k, v in row.items() if k not in ("study", "id")}
+
+
+# --- the backend ---------------------------------------------------------------------
+def normalize_url(url: str) -> sa.URL:
+    """Parses ``url``; plain ``postgresql://``/``postgres://`` select the psycopg 3 driver."""
+    if url.startswith("postgres://"):
+        url = "postgresql://" + url[len("postgres://") :]
+    try:
+        parsed = make_url(url)
+    except sa.exc.ArgumentError as e:
+        raise InvalidArgumentError(f"cannot parse storage URL: {e}") from None
+    if parsed.drivername == "postgresql":
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    if parsed.get_backend_name() not in ("sqlite", "postgresql"):
+        raise InvalidArgumentError(
+            f"unsupported database {parsed.get_backend_name()!r}: use sqlite:///FILE or "
+            "postgresql://USER@HOST/DB"
+        )
+    return parsed
+
+
+class SqlStorage(Storage):
+    """Studies, trials and vocabularies in a SQL database named by a SQLAlchemy URL.
+
+    Args:
+        url: ``sqlite:///path.db`` (parent folders are created), ``sqlite://`` for a
+            private in-memory database, or ``postgresql://user:pass@host:port/db``
+            (``postgresql+psycopg://`` is the same; needs the ``postgres`` extra).
+    """
+
+    def __init__(self, url: str) -> None:
+        self.url = normalize_url(url)
+        self._sqlite = self.url.get_backend_name() == "sqlite"
+        self._serialize_reads = False
+        self._write_lock: threading.Lock | contextlib.nullcontext = contextlib.nullcontext()
+        if self._sqlite:
+            self.engine = self._sqlite_engine()
+        else:
+            self.engine = sa.create_engine(self.url, pool_pre_ping=True)
+        try:
+            self._create_schema()
+        except BaseException:
+            self.engine.dispose()
+            raise
+
+    def _sqlite_engine(self) -> sa.Engine:
+        database = self.url.database or ""
+        connect_args = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False}
+        if database in ("", ":memory:") or self.url.query.get("mode") == "memory":
+            # One shared connection: every call, read or write, takes the lock.
+            engine = sa.create_engine(self.url, poolclass=StaticPool, connect_args=connect_args)
+            self._write_lock = threading.Lock()
+            self._serialize_reads = True
+        else:
+            path = os.path.realpath(database)
+            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+            with _FILE_LOCKS_GUARD:
+                self._write_lock = _FILE_LOCKS.setdefault(path, threading.Lock())
+            engine = sa.create_engine(
+                self.url, connect_args=connect_args, pool_size=8, max_overflow=24, pool_timeout=120
+            )
+
+        @sa.event.listens_for(engine, "connect")
+        def _on_connect(dbapi_conn, _record) -> None:
+            dbapi_conn.isolation_level = None  # transactions are begun below, not by sqlite3
+            cur = dbapi_conn.cursor()
+            if not self._serialize_reads:
+                cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+
+        @sa.event.listens_for(engine, "begin")
+        def _on_begin(conn: Connection) -> None:
+            writing = conn.get_execution_options().get("promptbo_write", False)
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if writing else "BEGIN")
+
+        return engine
+
+    # --- transactions ----------------------------------------------------------------
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[Connection]:
+        """A write transaction: committed on success, rolled back on any error."""
+        with self._write_lock, self._errors(), self.engine.connect() as conn:
+            conn.execution_options(promptbo_write=True)
+            with conn.begin():
+                yield conn
+
+    @contextlib.contextmanager
+    def _read(self) -> Iterator[Connection]:
+        """A read transaction: one consistent snapshot for its queries."""
+        lock = self._write_lock if self._serialize_reads else contextlib.nullcontext()
+        with lock, self._errors(), self.engine.connect() as conn, conn.begin():
+            yield conn
+
+    @contextlib.contextmanager
+    def _errors(self) -> Iterator[None]:
+        try:
+            yield
+        except sa.exc.OperationalError as e:
+            raise UnavailableError(
+                f"database {self.url.render_as_string(hide_password=True)} failed: {e.orig}"
+            ) from e
+
+    def _create_schema(self) -> None:
+        with self._write() as conn:
+            for table in metadata.sorted_tables:
+                conn.execute(CreateTable(table, if_not_exists=True))
+            conn.execute(CreateIndex(trials_by_state, if_not_exists=True))
+            stored = conn.execute(sa.select(sa.func.max(schema_table.c.version))).scalar()
+            if stored is None:
+                conn.execute(schema_table.insert().values(version=SCHEMA_VERSION))
+            elif stored > SCHEMA_VERSION:
+                raise FailedPreconditionError(
+                    f"the database has schema version {stored} but this promptbo supports "
+                    f"up to {SCHEMA_VERSION}; upgrade promptbo or use another database"
+                )
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # --- vocabularies ----------------------------------------------------------------
+    def put_vocabulary(self, vocabulary: Vocabulary) -> bool:
+        vocab_id = vocabulary.id
+        if self.has_vocabulary(vocab_id):  # skip preparing a large table
+            return False
+        table = np.ascontiguousarray(vocabulary.embeddings, dtype="<f4")
+        row = {
+            "id": vocab_id,
+            "size": vocabulary.size,
+            "dim": vocabulary.embedding_dim,
+            "tokens": _dumps(list(vocabulary.tokens)),
+            "token_ids": np.asarray(vocabulary.token_ids, dtype="<i8").tobytes(),
+            "embeddings": memoryview(table).cast("B"),  # no copy of the table
+        }
+        try:
+            with self._write() as conn:
+                if self._has_vocabulary(conn, vocab_id):
+                    return False
+                conn.execute(vocabularies.insert(), row)
+        except sa.exc.IntegrityError:  # another process stored it meanwhile
+            return False
+        return True
+
+    def get_vocabulary(self, vocabulary_id: str) -> Vocabulary:
+        with self._read() as conn:
+            row = conn.execute(
+                sa.select(vocabularies).where(vocabularies.c.id == vocabulary_id)
+            ).first()
+        if row is None:
+            raise vocabulary_not_found(vocabulary_id)
+        table = np.frombuffer(row.embeddings, dtype="<f4").reshape(row.size, row.dim)
+        vocab = Vocabulary(
+            tokens=tuple(json.loads(row.tokens)),
+            token_ids=tuple(np.frombuffer(row.token_ids, dtype="<i8").tolist()),
+            embeddings=table,
+        )
+        vocab.__dict__["id"] = row.id  # stored under its content hash: skip rehashing
+        return vocab
+
+    def has_vocabulary(self, vocabulary_id: str) -> bool:
+        with self._read() as conn:
+            return self._has_vocabulary(conn, vocabulary_id)
+
+    @staticmethod
+    def _has_vocabulary(conn: Connection, vocabulary_id: str) -> bool:
+        query = sa.select(vocabularies.c.id).where(vocabularies.c.id == vocabulary_id)
+        return conn.execute(query).first() is not None
+
+    # --- studies ---------------------------------------------------------------------
+    def create_study(self, study: Study) -> Study:
+        check_study_name(study.name)
+        row = _study_row(study)
+        try:
+            with self._write() as conn:
+                conn.execute(studies.insert(), row)
+        except sa.exc.IntegrityError:
+            raise AlreadyExistsError(
+                f"study {study.name!r} already exists; choose another name or delete it "
+                "first (`promptbo study delete`)"
+            ) from None
+        return study
+
+    def get_study(self, name: str) -> Study:
+        with self._read() as conn:
+            return _study_from_row(self._study_row(conn, name))
+
+    def list_studies(self) -> list[Study]:
+        with self._read() as conn:
+            rows = conn.execute(sa.select(studies)).all()
+        # Sorted here: database collations disagree on the order of names.
+        return sorted((_study_from_row(r) for r in rows), key=lambda s: s.name)
+
+    def update_study(self, study: Study) -> None:
+        row = _study_row(study)
+        with self._write() as conn:
+            done = conn.execute(
+                studies.update().where(studies.c.name == study.name).values(row)
+            )
+            if done.rowcount != 1:
+                raise study_not_found(study.name)
+
+    def delete_study(self, name: str) -> None:
+        with self._write() as conn:
+            conn.execute(trials.delete().where(trials.c.study == name))
+            if conn.execute(studies.delete().where(studies.c.name == name)).rowcount != 1:
+                raise study_not_found(name)
+
+    @staticmethod
+    def _study_row(conn: Connection, name: str, lock: bool = False) -> Any:
+        query = sa.select(studies).where(studies.c.name == name)
+        if lock:
+            query = query.with_for_update()
+        row = conn.execute(query).first()
+        if row is None:
+            raise study_not_found(name)
+        return row
+
+    # --- trials ----------------------------------------------------------------------
+    def add_trials(self, study: str, trials_: Sequence[Trial]) -> list[Trial]:
+        rows = [_trial_row(t) for t in trials_]
+        with self._write() as conn:
+            # Locking the study row serializes id assignment across server processes.
+            self._study_row(conn, study, lock=True)
+            last = conn.execute(
+                sa.select(sa.func.max(trials.c.id)).where(trials.c.study == study)
+            ).scalar()
+            first = (last or 0) + 1
+            for i, row in enumerate(rows):
+                row["study"] = study
+                row["id"] = first + i
+            if rows:
+                conn.execute(trials.insert(), rows)
+        return [t.evolve(study=study, id=first + i) for i, t in enumerate(trials_)]
+
+    def get_trial(self, study: str, trial_id: int) -> Trial:
+        with self._read() as conn:
+            row = conn.execute(
+                sa.select(trials).where(trials.c.study == study, trials.c.id == trial_id)
+            ).first()
+            if row is None:
+                self._study_row(conn, study)
+                raise trial_not_found(study, trial_id)
+        return _trial_from_row(row)
+
+    def update_trials(self, trials_: Sequence[Trial]) -> None:
+        rows = [_trial_row(t) for t in trials_]
+        with self._write() as conn:
+            for row in rows:
+                done = conn.execute(
+                    trials.update()
+                    .where(trials.c.study == row["study"], trials.c.id == row["id"])
+                    .values(_trial_values(row))
+                )
+                if done.rowcount != 1:  # raising rolls back the ones already written
+                    self._study_row(conn, row["study"])
+                    raise trial_not_found(row["study"], row["id"])
+
+    def list_trials(
+        self,
+        study: str,
+        state: TrialState | None = None,
+        after_id: int = 0,
+        limit: int | None = None,
+    ) -> list[Trial]:
+        check_limit(limit)
+        query = sa.select(trials).where(trials.c.study == study, trials.c.id > after_id)
+        if state is not None:
+            query = query.where(trials.c.state == state.value)
+        query = query.order_by(trials.c.id)
+        if limit is not None:
+            query = query.limit(limit)
+        with self._read() as conn:
+            self._study_row(conn, study)
+            rows = conn.execute(query).all()
+        return [_trial_from_row(r) for r in rows]
+
+    def count_trials(self, study: str) -> dict[TrialState, int]:
+        query = (
+            sa.select(trials.c.state, sa.func.count())
+            .where(trials.c.study == study)
+            .group_by(trials.c.state)
+        )
+        with self._read() as conn:
+            self._study_row(conn, study)
+            rows = conn.execute(query).all()
+        counts = dict.fromkeys(TrialState, 0)
+        for state, n in rows:
+            counts[TrialState(state)] = n
+        return counts
+
+    def check_integrity(self) -> list[str]:
+        """Trial ids not ``1..n``, completed trials without a value, trials of missing
+        studies, hard-prompt studies whose vocabulary is missing, and vocabulary tables
+        whose byte size disagrees with their shape."""
+        problems: list[str] = []
+        with self._read() as conn:
+            names = set(conn.execute(sa.select(studies.c.name)).scalars())
+            ranges = conn.execute(
+                sa.select(
+                    trials.c.study, sa.func.count(), sa.func.min(trials.c.id),
+                    sa.func.max(trials.c.id),
+                ).group_by(trials.c.study)
+            ).all()
+            unvalued = conn.execute(
+                sa.select(trials.c.study, trials.c.id).where(
+                    trials.c.state == TrialState.COMPLETED.value, trials.c.value.is_(None)
+                ).order_by(trials.c.study, trials.c.id)
+            ).all()
+            specs = conn.execute(sa.select(studies.c.name, studies.c.spec)).all()
+            vocab_ids = set(conn.execute(sa.select(vocabularies.c.id)).scalars())
+            sizes = conn.execute(
+                sa.select(
+                    vocabularies.c.id, vocabularies.c.size, vocabularies.c.dim,
+                    sa.func.length(vocabularies.c.embeddings),
+                    sa.func.length(vocabularies.c.token_ids),
+                )
+            ).all()
+        for study, count, low, high in sorted(ranges):
+            if study not in names:
+                problems.append(f"{count} trials belong to a missing study {study!r}")
+            elif (low, high) != (1, count):
+                problems.append(f"study {study!r}: trial ids are not 1..n")
+        for study, trial_id in unvalued:
+            problems.append(f"study {study!r} trial {trial_id}: completed without value")
+        for name, spec_text in sorted(specs):
+            space = spec_from_json(spec_text).space
+            if isinstance(space, HardPromptSpace) and space.vocabulary_id not in vocab_ids:
+                problems.append(
+                    f"study {name!r}: vocabulary {space.vocabulary_id!r} is missing"
+                )
+        for vocab_id, size, dim, emb_bytes, ids_bytes in sizes:
+            if emb_bytes != size * dim * 4 or ids_bytes != size * 8:
+                problems.append(f"vocabulary {vocab_id!r}: stored tables do not match its shape")
+        return problems
