@@ -36,7 +36,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-
 from promptbo.errors import InvalidArgumentError
 from promptbo.evaluators.base import option_choice, option_int
 from promptbo.evaluators.data import Example, few_shot_splits, load_dataset, resolve_labels
@@ -215,8 +214,8 @@ class Task:
         """
         lp = np.asarray(label_log_probs, dtype=np.float64)
         if lp.shape != (len(self.examples), len(self.label_words)):
-            raise ValueError(f"expected log-probs of shape {(len(self.examples), len(self.label_words))}"
-                             f", got {lp.shape}")
+            expected = (len(self.examples), len(self.label_words))
+            raise ValueError(f"expected log-probs of shape {expected}, got {lp.shape}")
         gold = self.gold
         rows = np.arange(len(gold))
         top = lp.max(axis=1, keepdims=True)

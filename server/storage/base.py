@@ -7,7 +7,7 @@ lock per study, so a backend only needs to be safe for concurrent calls from thr
 
 Errors: methods raise :class:`~promptbo.errors.NotFoundError` for a missing study,
 trial or vocabulary and :class:`~promptbo.errors.AlreadyExistsError` for a duplicate
-study name, never a backend's own exception type. ``tests/test_storage_contract.py`` is
+study name, never a backend's own exception type. ``tests/storage/test_contract.py`` is
 the executable form of this contract and runs against every backend.
 """
 
@@ -99,5 +99,5 @@ class Storage(abc.ABC):
                     problems.append(f"study {s.name!r} trial {t.id}: completed without value")
         return problems
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - an optional hook, not abstract
         """Releases connections. The default does nothing."""

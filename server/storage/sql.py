@@ -10,7 +10,7 @@ Schema (version :data:`SCHEMA_VERSION`, recorded in ``promptbo_schema``)::
                   create_time, complete_time, source; index (study, state)
 
 JSON is kept in text columns written with ``ensure_ascii``, so tokens holding NUL or
-unpaired surrogates and metrics holding NaN survive on both engines. A soft prompt's
+control characters and metrics holding NaN survive on both engines. A soft prompt's
 vector is a float32 blob when every entry is exactly a float32 (what the service hands
 out), else a float64 blob; either way it reads back bit for bit.
 
@@ -32,10 +32,6 @@ from typing import Any
 
 import numpy as np
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection, make_url
-from sqlalchemy.pool import StaticPool
-from sqlalchemy.schema import CreateIndex, CreateTable
-
 from promptbo.errors import (
     AlreadyExistsError,
     FailedPreconditionError,
@@ -62,6 +58,9 @@ from promptbo.server.storage.memory import (
     trial_not_found,
     vocabulary_not_found,
 )
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.pool import StaticPool
+from sqlalchemy.schema import CreateIndex, CreateTable
 
 SCHEMA_VERSION = 1
 SQLITE_BUSY_TIMEOUT_MS = 120_000
@@ -218,7 +217,8 @@ def _trial_row(trial: Trial) -> dict[str, Any]:
     vector = None
     if len(p.vector):
         v64 = np.asarray(p.vector, dtype=np.float64)
-        v32 = v64.astype(np.float32)
+        with np.errstate(over="ignore", invalid="ignore"):
+            v32 = v64.astype(np.float32)
         # float32 halves the size and loses nothing when every entry is a float32 already
         # (NaN compares unequal, so such vectors keep float64).
         exact32 = bool(np.array_equal(v32.astype(np.float64), v64))
@@ -469,9 +469,7 @@ class SqlStorage(Storage):
     def update_study(self, study: Study) -> None:
         row = _study_row(study)
         with self._write() as conn:
-            done = conn.execute(
-                studies.update().where(studies.c.name == study.name).values(row)
-            )
+            done = conn.execute(studies.update().where(studies.c.name == study.name).values(row))
             if done.rowcount != 1:
                 raise study_not_found(study.name)
 
@@ -573,20 +571,24 @@ class SqlStorage(Storage):
             names = set(conn.execute(sa.select(studies.c.name)).scalars())
             ranges = conn.execute(
                 sa.select(
-                    trials.c.study, sa.func.count(), sa.func.min(trials.c.id),
+                    trials.c.study,
+                    sa.func.count(),
+                    sa.func.min(trials.c.id),
                     sa.func.max(trials.c.id),
                 ).group_by(trials.c.study)
             ).all()
             unvalued = conn.execute(
-                sa.select(trials.c.study, trials.c.id).where(
-                    trials.c.state == TrialState.COMPLETED.value, trials.c.value.is_(None)
-                ).order_by(trials.c.study, trials.c.id)
+                sa.select(trials.c.study, trials.c.id)
+                .where(trials.c.state == TrialState.COMPLETED.value, trials.c.value.is_(None))
+                .order_by(trials.c.study, trials.c.id)
             ).all()
             specs = conn.execute(sa.select(studies.c.name, studies.c.spec)).all()
             vocab_ids = set(conn.execute(sa.select(vocabularies.c.id)).scalars())
             sizes = conn.execute(
                 sa.select(
-                    vocabularies.c.id, vocabularies.c.size, vocabularies.c.dim,
+                    vocabularies.c.id,
+                    vocabularies.c.size,
+                    vocabularies.c.dim,
                     sa.func.length(vocabularies.c.embeddings),
                     sa.func.length(vocabularies.c.token_ids),
                 )
@@ -601,9 +603,7 @@ class SqlStorage(Storage):
         for name, spec_text in sorted(specs):
             space = spec_from_json(spec_text).space
             if isinstance(space, HardPromptSpace) and space.vocabulary_id not in vocab_ids:
-                problems.append(
-                    f"study {name!r}: vocabulary {space.vocabulary_id!r} is missing"
-                )
+                problems.append(f"study {name!r}: vocabulary {space.vocabulary_id!r} is missing")
         for vocab_id, size, dim, emb_bytes, ids_bytes in sizes:
             if emb_bytes != size * dim * 4 or ids_bytes != size * 8:
                 problems.append(f"vocabulary {vocab_id!r}: stored tables do not match its shape")

@@ -39,7 +39,7 @@ def main(address: str, study_name: str, log_path: str, worker_id: str) -> None:
                     continue
                 for t in trials:
                     value = -float(np.sum(np.asarray(t.prompt.vector) ** 2))
-                    time.sleep(0.02)
+                    time.sleep(0.05)
                     done = tell_until_answered(study, t, value)
                     if done is None:
                         continue  # lease lost to another worker while the server was down

@@ -316,30 +316,39 @@ class Study:
     def _trial(self, msg: pb.Trial) -> Trial:
         return _trial_from_pb(msg, self._soft_shape)
 
-    def ask(self, n: int = 1) -> list[Trial]:
-        """Up to ``n`` trials to evaluate (empty when the budget is used up)."""
-        req = api.SuggestTrialsRequest(study=self.name, count=n, client_id=self.client.client_id)
+    def ask(self, n: int = 1, *, client_id: str | None = None) -> list[Trial]:
+        """Up to ``n`` trials to evaluate (empty when the budget is used up).
+
+        ``client_id`` overrides the client's own, e.g. one id per Ray Tune trial."""
+        req = api.SuggestTrialsRequest(
+            study=self.name, count=n, client_id=client_id or self.client.client_id
+        )
         resp = self.client._call("SuggestTrials", req)
         if resp.study_done:
             self.info.state = pb.STUDY_STATE_COMPLETED
         return [self._trial(t) for t in resp.trials]
 
     def tell(
-        self, trial: Trial | int, value: float, metrics: dict[str, float] | None = None
+        self,
+        trial: Trial | int,
+        value: float,
+        metrics: dict[str, float] | None = None,
+        *,
+        client_id: str | None = None,
     ) -> Trial:
         """Reports ``value`` (and ``metrics``) for an active trial."""
         req = api.CompleteTrialRequest(
             study=self.name, trial_id=_id(trial), value=float(value),
             metrics={k: float(v) for k, v in (metrics or {}).items()},
-            client_id=self.client.client_id,
+            client_id=client_id or self.client.client_id,
         )
         return self._trial(self.client._call("CompleteTrial", req).trial)
 
-    def fail(self, trial: Trial | int, reason: str) -> Trial:
+    def fail(self, trial: Trial | int, reason: str, *, client_id: str | None = None) -> Trial:
         """Marks a trial failed; ``reason`` says why (it is stored, not retried)."""
         req = api.CompleteTrialRequest(
             study=self.name, trial_id=_id(trial), failure_reason=reason or "failed",
-            client_id=self.client.client_id,
+            client_id=client_id or self.client.client_id,
         )
         return self._trial(self.client._call("CompleteTrial", req).trial)
 

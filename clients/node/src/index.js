@@ -1,0 +1,308 @@
+'use strict';
+/**
+ * A promise-based Node.js client of the promptbo optimizer service (promptbo.v1).
+ *
+ *     const { PromptboClient } = require('@promptbo/client');
+ *     const client = new PromptboClient('127.0.0.1:50051', { token: process.env.PROMPTBO_TOKEN });
+ *     await client.createStudy('toy', {
+ *       soft: { promptLength: 2, embeddingDim: 4, intrinsicDim: 3 }, strategy: 'random', maxTrials: 20,
+ *     });
+ *     const { trials } = await client.suggestTrials('toy', 2);
+ *     for (const t of trials) await client.completeTrial('toy', t.id, score(t.prompt.vector));
+ *
+ * Messages are plain objects with lowerCamelCase field names, as in the proto3 JSON mapping.
+ * The .proto files are loaded at runtime with @grpc/proto-loader and these settings:
+ *
+ * - 64-bit integers (trial ids, `seed`, `tokenIds`) come back as decimal strings (`longs: String`,
+ *   like proto3 JSON); arguments accept a number, a decimal string or a bigint.
+ * - Enums come back as their names ('TRIAL_STATE_COMPLETED'); arguments accept a name, a number, or
+ *   the short forms this module documents ('completed', 'minimize').
+ * - Unset fields are filled with their defaults (`defaults: true`); unset message fields are null.
+ * - A oneof reports which member is set in a virtual field (`spec.space === 'soft'`).
+ * - Timestamps are `{ seconds: string, nanos: number }`; `toDate()` converts one.
+ *
+ * Failed RPCs reject with the `PromptboError` subclass of their status code (see errors.js).
+ */
+
+const crypto = require('node:crypto');
+const fs = require('node:fs');
+const path = require('node:path');
+const grpc = require('@grpc/grpc-js');
+const protoLoader = require('@grpc/proto-loader');
+const errors = require('./errors');
+
+const DEFAULT_ADDRESS = '127.0.0.1:50051';
+/** The repository's protos/ folder, relative to this file (clients/node/src/index.js). */
+const DEFAULT_PROTO_DIR = path.resolve(__dirname, '..', '..', '..', 'protos');
+const SERVICE_PROTO = 'promptbo/v1/optimizer_service.proto';
+const LOADER_OPTIONS = Object.freeze({
+  keepCase: false,
+  longs: String,
+  enums: String,
+  defaults: true,
+  oneofs: true,
+});
+/** Retries UNAVAILABLE with backoff, as the Python client does. */
+const SERVICE_CONFIG = JSON.stringify({
+  methodConfig: [
+    {
+      name: [{ service: 'promptbo.v1.OptimizerService' }],
+      retryPolicy: {
+        maxAttempts: 5,
+        initialBackoff: '0.2s',
+        maxBackoff: '5s',
+        backoffMultiplier: 2,
+        retryableStatusCodes: ['UNAVAILABLE'],
+      },
+    },
+  ],
+});
+const TRIAL_STATES = {
+  unspecified: 'TRIAL_STATE_UNSPECIFIED',
+  active: 'TRIAL_STATE_ACTIVE',
+  completed: 'TRIAL_STATE_COMPLETED',
+  failed: 'TRIAL_STATE_FAILED',
+};
+const GOALS = {
+  unspecified: 'GOAL_UNSPECIFIED',
+  maximize: 'GOAL_MAXIMIZE',
+  minimize: 'GOAL_MINIMIZE',
+};
+
+const packageCache = new Map();
+
+/**
+ * Loads the promptbo.v1 package from `protoDir` (default: the repository's protos/, or the
+ * PROMPTBO_PROTO_DIR environment variable). Cached per folder.
+ */
+function loadProtos(protoDir) {
+  const dir = path.resolve(protoDir || process.env.PROMPTBO_PROTO_DIR || DEFAULT_PROTO_DIR);
+  let pkg = packageCache.get(dir);
+  if (!pkg) {
+    const file = path.join(dir, SERVICE_PROTO);
+    if (!fs.existsSync(file)) {
+      throw new errors.PromptboError(
+        `cannot find ${SERVICE_PROTO} under ${dir}; pass the protos folder as the ` +
+          "'protoDir' option or set PROMPTBO_PROTO_DIR",
+        { code: 'INVALID_ARGUMENT' },
+      );
+    }
+    const definition = protoLoader.loadSync(SERVICE_PROTO, { ...LOADER_OPTIONS, includeDirs: [dir] });
+    pkg = grpc.loadPackageDefinition(definition).promptbo.v1;
+    packageCache.set(dir, pkg);
+  }
+  return pkg;
+}
+
+/** Converts a Timestamp message to a Date (null for an unset or zero timestamp). */
+function toDate(ts) {
+  if (!ts) return null;
+  const ms = Number(ts.seconds) * 1000 + Math.floor((ts.nanos || 0) / 1e6);
+  return ms === 0 ? null : new Date(ms);
+}
+
+function enumValue(value, shortNames, what) {
+  if (value === undefined || value === null || value === '') return undefined;
+  if (typeof value === 'number') return value;
+  const name = shortNames[String(value).toLowerCase()] || String(value).toUpperCase();
+  if (!Object.values(shortNames).includes(name)) {
+    throw new errors.InvalidArgumentError(
+      `unknown ${what} ${JSON.stringify(value)}; use one of ${Object.keys(shortNames).join(', ')}`,
+    );
+  }
+  return name;
+}
+
+function uint64(value, what) {
+  const s = typeof value === 'bigint' ? value.toString() : String(value);
+  if (!/^\d+$/.test(s)) {
+    throw new errors.InvalidArgumentError(`${what} must be a non-negative integer, got ${value}`);
+  }
+  return s;
+}
+
+class PromptboClient {
+  /**
+   * @param {string} [address] host:port of the server (default 127.0.0.1:50051)
+   * @param {object} [options]
+   * @param {string} [options.token] bearer token, sent as `authorization: Bearer <token>`
+   * @param {Buffer|string} [options.rootCerts] PEM CA certificate(s) of the server; enables TLS
+   * @param {boolean} [options.tls] use TLS with the system's roots (implied by rootCerts)
+   * @param {string} [options.protoDir] folder holding promptbo/v1/*.proto
+   * @param {number} [options.timeoutMs] deadline of each unary RPC (default 60000)
+   * @param {string} [options.clientId] identifies this worker to the server (default: random)
+   * @param {object} [options.channelOptions] extra @grpc/grpc-js channel options
+   */
+  constructor(address = DEFAULT_ADDRESS, options = {}) {
+    const { token, rootCerts, tls, protoDir, timeoutMs = 60000, clientId, channelOptions } = options;
+    this.address = address;
+    this.timeoutMs = timeoutMs;
+    this.clientId = clientId || `node-${crypto.randomBytes(6).toString('hex')}`;
+    this._metadata = new grpc.Metadata();
+    if (token) this._metadata.set('authorization', `Bearer ${token}`);
+    let credentials;
+    if (rootCerts || tls) {
+      const roots = typeof rootCerts === 'string' ? Buffer.from(rootCerts) : rootCerts || null;
+      credentials = grpc.credentials.createSsl(roots);
+    } else {
+      credentials = grpc.credentials.createInsecure();
+    }
+    const pkg = loadProtos(protoDir);
+    this._stub = new pkg.OptimizerService(address, credentials, {
+      'grpc.max_receive_message_length': 64 * 1024 * 1024,
+      'grpc.max_send_message_length': 64 * 1024 * 1024,
+      'grpc.enable_retries': 1,
+      'grpc.service_config': SERVICE_CONFIG,
+      ...channelOptions,
+    });
+  }
+
+  /** Calls a unary RPC; resolves with its response, rejects with a PromptboError. */
+  _call(method, request) {
+    return new Promise((resolve, reject) => {
+      const deadline = new Date(Date.now() + this.timeoutMs);
+      this._stub[method](request, this._metadata, { deadline }, (err, response) => {
+        if (err) reject(errors.fromGrpcError(err));
+        else resolve(response);
+      });
+    });
+  }
+
+  /** Closes the channel; pending calls fail with CANCELLED. */
+  close() {
+    this._stub.close();
+  }
+
+  /**
+   * Creates a study, or returns the existing one of that name when its spec is equal (or when
+   * `requestId` matches the call that created it). Resolves with `{ study, created }`.
+   * `spec.goal` accepts 'maximize'/'minimize' as well as the enum names.
+   */
+  async createStudy(name, spec, { requestId } = {}) {
+    const s = { ...spec };
+    if (s.goal !== undefined) s.goal = enumValue(s.goal, GOALS, 'goal');
+    if (s.seed !== undefined) s.seed = uint64(s.seed, 'seed');
+    return this._call('CreateStudy', {
+      name,
+      spec: s,
+      requestId: requestId || crypto.randomUUID(),
+    });
+  }
+
+  /** Resolves with the study named `name`; NotFoundError if there is none. */
+  async getStudy(name) {
+    return (await this._call('GetStudy', { name })).study;
+  }
+
+  /** Resolves with every study of the server. */
+  async listStudies() {
+    return (await this._call('ListStudies', {})).studies;
+  }
+
+  /** Deletes a study and its trials. */
+  async deleteStudy(name) {
+    await this._call('DeleteStudy', { name });
+  }
+
+  /**
+   * Asks for up to `count` trials to evaluate. Resolves with `{ trials, studyDone }`;
+   * `studyDone` is true (and `trials` empty) once the study's budget is used up.
+   * A client that asks again first gets back its own still-active trials.
+   */
+  async suggestTrials(study, count = 1, clientId = this.clientId) {
+    return this._call('SuggestTrials', { study, count, clientId });
+  }
+
+  /**
+   * Reports the `value` (and optional `metrics`, a name -> number object) of an active trial,
+   * or its failure when `failureReason` is given. Resolves with the updated trial.
+   */
+  async completeTrial(study, trialId, value, metrics = {}, { failureReason = '', clientId } = {}) {
+    const response = await this._call('CompleteTrial', {
+      study,
+      trialId: uint64(trialId, 'trialId'),
+      value: failureReason ? 0 : value,
+      metrics,
+      failureReason,
+      clientId: clientId ?? this.clientId,
+    });
+    return response.trial;
+  }
+
+  /** Extends the lease of an active trial; resolves with the trial. */
+  async heartbeatTrial(study, trialId, clientId = this.clientId) {
+    const response = await this._call('HeartbeatTrial', {
+      study,
+      trialId: uint64(trialId, 'trialId'),
+      clientId,
+    });
+    return response.trial;
+  }
+
+  /**
+   * Iterates over a study's trials by increasing id, fetching pages as it goes.
+   * `state` ('active', 'completed', 'failed' or an enum name) keeps only those trials.
+   */
+  async *iterTrials(study, { state, pageSize = 500 } = {}) {
+    const stateValue = enumValue(state, TRIAL_STATES, 'trial state');
+    let pageToken = '';
+    do {
+      const page = await this._call('ListTrials', { study, state: stateValue, pageSize, pageToken });
+      yield* page.trials;
+      pageToken = page.nextPageToken;
+    } while (pageToken);
+  }
+
+  /** Resolves with all of a study's trials (every page); options as for `iterTrials`. */
+  async listTrials(study, options = {}) {
+    const out = [];
+    for await (const trial of this.iterTrials(study, options)) out.push(trial);
+    return out;
+  }
+
+  /** Resolves with the best completed trial of a study, or null while there is none. */
+  async getBestTrial(study) {
+    return (await this._call('GetBestTrial', { study })).trial;
+  }
+
+  /**
+   * Adds prompts with known values as completed trials (warm starts). `trials` is a list of
+   * `{ prompt, value, metrics }`; resolves with the stored trials.
+   */
+  async addTrials(study, trials) {
+    return (await this._call('AddTrials', { study, trials })).trials;
+  }
+
+  /**
+   * Streams a study's progress events (`{ event, study, trial }`, event one of 'suggested',
+   * 'completed', 'failed', 'done') until the study completes or `stream.cancel()` is called.
+   * Returns the @grpc/grpc-js readable stream; it is async-iterable, its errors are
+   * PromptboErrors, and a cancel() by the caller ends it without an error.
+   */
+  watchStudy(study) {
+    const call = this._stub.WatchStudy({ study }, this._metadata);
+    let cancelled = false;
+    const cancel = call.cancel.bind(call);
+    call.cancel = () => {
+      cancelled = true;
+      cancel();
+    };
+    const emit = call.emit.bind(call);
+    call.emit = (event, ...args) => {
+      if (event !== 'error') return emit(event, ...args);
+      if (cancelled && args[0] && args[0].code === grpc.status.CANCELLED) return false;
+      return emit('error', errors.fromGrpcError(args[0]));
+    };
+    return call;
+  }
+}
+
+module.exports = {
+  PromptboClient,
+  DEFAULT_ADDRESS,
+  DEFAULT_PROTO_DIR,
+  LOADER_OPTIONS,
+  loadProtos,
+  toDate,
+  ...errors,
+};

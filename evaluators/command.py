@@ -1,0 +1,101 @@
+"""``command``: scores prompts with an external program, JSON over stdin and stdout.
+
+The program receives one JSON object on stdin::
+
+    {"prompts": [{"token_ids": [..], "tokens": [..], "text": "..", "vector": [[..], ..]}, ..]}
+
+(``vector`` is null for hard prompts; a soft prompt has empty ``token_ids``/``tokens``/``text``)
+and must print one JSON object on stdout and exit with status 0::
+
+    {"scores": [0.71, {"value": 0.64, "metrics": {"accuracy": 0.8}}, ..]}
+
+one entry per prompt, in order. Options: ``command`` (a shell-style string or a list,
+run without a shell), ``timeout`` in seconds (default 600), ``cwd``.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+from collections.abc import Sequence
+
+from promptbo.errors import FailedPreconditionError, InvalidArgumentError
+from promptbo.evaluators.base import Evaluator, option_float, register_evaluator
+from promptbo.evaluators.python import as_score
+from promptbo.types import Prompt, Score
+
+_TAIL = 2000
+
+
+def prompts_to_json(prompts: Sequence[Prompt]) -> str:
+    """The stdin document for ``prompts``."""
+    return json.dumps({"prompts": [
+        {
+            "token_ids": [int(i) for i in p.token_ids],
+            "tokens": list(p.tokens),
+            "text": p.text,
+            "vector": None if p.vector is None else [[float(x) for x in row] for row in p.vector],
+        }
+        for p in prompts
+    ]})
+
+
+def _tail(text: str) -> str:
+    text = text.strip()
+    return text if len(text) <= _TAIL else "..." + text[-_TAIL:]
+
+
+@register_evaluator("command")
+class CommandEvaluator(Evaluator):
+    """Runs ``command`` once per batch; see the module docstring."""
+
+    def __init__(self, command: str | Sequence[str], timeout: float | str = 600,
+                 cwd: str | None = None):
+        argv = shlex.split(command) if isinstance(command, str) else [str(a) for a in command]
+        if not argv:
+            raise InvalidArgumentError("option command is empty")
+        self.argv = argv
+        self.timeout = option_float("timeout", timeout, minimum=0.001)
+        self.cwd = cwd
+
+    def score(self, prompts: Sequence[Prompt]) -> list[Score]:
+        if not prompts:
+            return []
+        name = shlex.join(self.argv)
+        try:
+            done = subprocess.run(
+                self.argv, input=prompts_to_json(prompts), capture_output=True, text=True,
+                timeout=self.timeout, cwd=self.cwd, check=False,
+            )
+        except FileNotFoundError:
+            raise InvalidArgumentError(f"command {self.argv[0]!r} was not found") from None
+        except subprocess.TimeoutExpired as exc:
+            stderr = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else (
+                exc.stderr or "")
+            raise FailedPreconditionError(
+                f"command {name!r} did not finish within {self.timeout:g} s; stderr: "
+                f"{_tail(stderr) or '(empty)'}"
+            ) from None
+        if done.returncode != 0:
+            raise FailedPreconditionError(
+                f"command {name!r} exited with status {done.returncode}; stderr: "
+                f"{_tail(done.stderr) or '(empty)'}"
+            )
+        try:
+            scores = json.loads(done.stdout)["scores"]
+            if not isinstance(scores, list):
+                raise TypeError
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise FailedPreconditionError(
+                f"command {name!r} must print {{\"scores\": [...]}} as JSON; it printed "
+                f"{_tail(done.stdout)!r}; stderr: {_tail(done.stderr) or '(empty)'}"
+            ) from None
+        if len(scores) != len(prompts):
+            raise FailedPreconditionError(
+                f"command {name!r} returned {len(scores)} scores for {len(prompts)} prompts"
+            )
+        try:
+            return [as_score(s, f"score #{i} of command {name!r}") for i, s in enumerate(scores)]
+        except InvalidArgumentError as exc:
+            raise FailedPreconditionError(str(exc)) from None

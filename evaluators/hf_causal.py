@@ -1,0 +1,248 @@
+"""``hf-causal``: scores prompts with a transformers causal LM (label words as next tokens).
+
+Each (prompt, example) pair becomes the token sequence ``before + prompt + after`` (see
+:class:`~promptbo.evaluators.hf_common.EncodedExample`) and the model's next-token
+log-probabilities give ``log p(label word | sequence)`` for every class. A label word of
+several tokens is scored with one sequence per class, its tokens' log-probs summed.
+
+Rows are left-padded into batches of ``batch_size`` with an attention mask and position
+ids that skip the padding, so a batch scores exactly like one sequence at a time.
+
+Prompt after the input
+    When the template puts the input before the prompt (``"Review: {text}\\n{prompt}..."``)
+    the tokens before the prompt do not depend on the prompt. Their key/value cache is
+    computed once per example, kept across calls (up to ``kv_cache_mb``) and expanded over
+    the batch, so each prompt costs only its own tokens and the template's tail.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from promptbo.errors import InvalidArgumentError
+from promptbo.evaluators.base import option_choice, option_float, register_evaluator
+from promptbo.evaluators.hf_common import HFEvaluator
+from promptbo.evaluators.task import DEFAULT_TEMPLATE, Task
+from promptbo.types import Prompt
+
+
+@dataclass
+class _Row:
+    """One sequence to score: prompt ``p``, example ``e``, class ``c`` (-1: all classes at
+    once, single-token label words), ``parts`` the id lists and `L x D` tensors in order."""
+
+    p: int
+    e: int
+    c: int
+    parts: list[Any]
+
+
+@register_evaluator("hf-causal")
+class HFCausalEvaluator(HFEvaluator):
+    """Causal LM evaluator.
+
+    Options:
+        model: checkpoint folder or hub name, or ``smollm2`` (default; the bundled
+            SmolLM2-135M-Instruct, converted once into the promptbo cache).
+        data: ``demo`` (default), a ``.jsonl``/``.csv`` file or a dataset folder.
+        template: default ``"Review: {text}\\n{prompt}\\nSentiment: {answer}"``; ``{answer}``
+            must be last.
+        labels: label words, class order (default: the dataset's class names, else
+            ``negative,positive``); scored with the template's space before ``{answer}``.
+        split: ``objective`` (default), ``dev`` or ``test``.  k: examples per class (8).
+        seed: few-shot draw seed (0).  test_data: a test file.  max_examples: cap the split.
+        metric: ``log_prob`` (default), ``accuracy`` or ``macro_f1``.
+        batch_size (16), device (``auto``), dtype (``auto``), vocabulary_size: see
+            :class:`~promptbo.evaluators.hf_common.HFEvaluator`.
+        kv_cache: ``auto`` (default: on when the input precedes the prompt), ``on``, ``off``.
+        kv_cache_mb: memory for prefix caches kept across calls (1024); beyond it they are
+            recomputed on each call.
+    """
+
+    default_template = DEFAULT_TEMPLATE
+
+    def __init__(
+        self,
+        model: str = "smollm2",
+        data: str = "demo",
+        template: str | None = None,
+        labels: str | Sequence[str] | None = None,
+        split: str = "objective",
+        k: int | str = 8,
+        seed: int | str = 0,
+        test_data: str | None = None,
+        max_examples: int | str | None = None,
+        metric: str = "log_prob",
+        batch_size: int | str = 16,
+        device: str = "auto",
+        dtype: str = "auto",
+        vocabulary_size: int | str | None = None,
+        kv_cache: str | bool = "auto",
+        kv_cache_mb: float | str = 1024,
+    ):
+        mode = option_choice("kv_cache", {True: "on", False: "off"}.get(kv_cache, kv_cache),
+                             ("auto", "on", "off", "true", "false"))
+        self.kv_cache_bytes = option_float("kv_cache_mb", kv_cache_mb, minimum=0) * 2**20
+        super().__init__(
+            model, batch_size=batch_size, device=device, dtype=dtype,
+            vocabulary_size=vocabulary_size, data=data, template=template, labels=labels,
+            split=split, k=k, seed=seed, test_data=test_data, max_examples=max_examples,
+            metric=metric,
+        )
+        has_prefix = min(len(ex.before) for ex in self.encoded) > 0
+        if mode == "auto":
+            self.use_kv_cache = has_prefix and self.task.template.prompt_after_input
+        else:
+            self.use_kv_cache = has_prefix and mode in ("on", "true")
+        self._prefixes: dict[int, tuple[list, Any]] = {}
+        self._prefix_bytes = 0
+        self.single_token_labels = all(
+            len(ids) == 1 for ex in self.encoded for ids in ex.label_ids
+        )
+
+    def _check_template(self, task: Task) -> None:
+        if not task.template.answer_last:
+            raise InvalidArgumentError(
+                f"template {task.template.source!r}: for a causal LM {{answer}} must be the last "
+                "slot (the label word is scored as the next tokens)"
+            )
+
+    def _load_model(self, path: str):
+        from transformers import AutoModelForCausalLM
+
+        return AutoModelForCausalLM.from_pretrained(path, dtype=self.dtype)
+
+    def _label_ids(self, word: str) -> tuple[int, ...]:
+        ids = tuple(self.tokenizer(word, add_special_tokens=False)["input_ids"])
+        if not ids:
+            raise InvalidArgumentError(f"label word {word!r} tokenizes to nothing")
+        return ids
+
+    def _answer_ids(self) -> list[int]:
+        return []
+
+    # --- scoring ---------------------------------------------------------------------
+    def _rows(self, parts: list[Any], examples: Sequence[int], with_prefix: bool) -> list[_Row]:
+        rows = []
+        for p, prompt in enumerate(parts):
+            for e in examples:
+                ex = self.encoded[e]
+                head = [ex.before] if with_prefix else []
+                if self.single_token_labels:
+                    rows.append(_Row(p, e, -1, [*head, prompt, ex.after]))
+                else:
+                    for c, ids in enumerate(ex.label_ids):
+                        rows.append(_Row(p, e, c, [*head, prompt, ex.after, list(ids[:-1])]))
+        return rows
+
+    def _label_log_probs(self, prompts: Sequence[Prompt]) -> np.ndarray:
+        import torch
+
+        parts = [self._prompt_part(p) for p in prompts]
+        soft = any(isinstance(x, torch.Tensor) for x in parts)
+        out = np.zeros((len(prompts), len(self.encoded), len(self.task.label_words)))
+        empty_tail = any(
+            (len(x) if isinstance(x, list) else x.shape[0]) == 0 for x in parts
+        ) and min(len(ex.after) for ex in self.encoded) == 0
+        if self.use_kv_cache and not empty_tail:
+            self._score_with_prefix_cache(parts, soft, out)
+        else:
+            rows = self._rows(parts, range(len(self.encoded)), with_prefix=True)
+            for start in range(0, len(rows), self.batch_size):
+                batch = rows[start:start + self.batch_size]
+                logits = self._forward(batch, soft, past=None)
+                self._collect(batch, logits, out)
+        return out
+
+    def _score_with_prefix_cache(self, parts: list[Any], soft: bool, out: np.ndarray) -> None:
+        import torch
+
+        n = len(self.encoded)
+        for chunk, start in enumerate(range(0, n, self.batch_size)):
+            members = list(range(start, min(start + self.batch_size, n)))
+            kv, mask = self._prefix(chunk, members)
+            rows = self._rows(parts, members, with_prefix=False)
+            for r0 in range(0, len(rows), self.batch_size):
+                batch = rows[r0:r0 + self.batch_size]
+                index = torch.tensor([r.e - start for r in batch], device=self.device)
+                past = ([(k.index_select(0, index), v.index_select(0, index)) for k, v in kv],
+                        mask.index_select(0, index))
+                logits = self._forward(batch, soft, past=past)
+                self._collect(batch, logits, out)
+
+    def _prefix(self, chunk: int, members: list[int]):
+        """Key/value tensors per layer (`b x heads x T x d`) and the `b x T` mask of the
+        tokens before the prompt for examples ``members``, kept while memory allows."""
+        if chunk in self._prefixes:
+            return self._prefixes[chunk]
+        ids, mask, pos = self._pad([[self.encoded[e].before] for e in members], soft=False)
+        cache = self.model(input_ids=ids, attention_mask=mask, position_ids=pos,
+                           use_cache=True, logits_to_keep=1).past_key_values
+        kv = [(layer.keys, layer.values) for layer in cache.layers]
+        size = sum(k.numel() * k.element_size() * 2 for k, _ in kv)
+        if self._prefix_bytes + size <= self.kv_cache_bytes:
+            self._prefixes[chunk] = (kv, mask)
+            self._prefix_bytes += size
+        return kv, mask
+
+    def _pad(self, rows: list[list[Any]], soft: bool, past_len: int = 0):
+        """Left-pads rows of parts into ``(input_ids or inputs_embeds, mask, position_ids)``;
+        the mask covers ``past_len`` cached positions first (filled in by the caller)."""
+        import torch
+
+        if soft:
+            seqs = [self._embed_row(parts) for parts in rows]
+        else:
+            seqs = [[i for part in parts for i in part] for parts in rows]
+        width = max(len(s) for s in seqs)
+        mask = torch.zeros(len(seqs), width, dtype=torch.long, device=self.device)
+        if soft:
+            x = torch.zeros(len(seqs), width, seqs[0].shape[1], dtype=self.dtype,
+                            device=self.device)
+        else:
+            x = torch.full((len(seqs), width), self.pad_id, dtype=torch.long, device=self.device)
+        for i, s in enumerate(seqs):
+            if len(s):
+                x[i, width - len(s):] = s if soft else torch.tensor(s, device=self.device)
+                mask[i, width - len(s):] = 1
+        pos = (mask.cumsum(-1) - 1).clamp(min=0) + past_len
+        return x, mask, pos
+
+    def _forward(self, batch: list[_Row], soft: bool, past):
+        """`rows x M x V` logits of the last ``M`` positions (``M`` = longest label)."""
+        import torch
+        from transformers import DynamicCache
+
+        keep = 1 if self.single_token_labels else max(
+            len(self.encoded[r.e].label_ids[r.c]) for r in batch)
+        x, mask, pos = self._pad([r.parts for r in batch], soft)
+        kwargs: dict[str, Any] = {"inputs_embeds" if soft else "input_ids": x}
+        if past is not None:
+            kv, past_mask = past
+            full = torch.cat([past_mask, mask], dim=1)
+            kwargs["past_key_values"] = DynamicCache(ddp_cache_data=kv, config=self.model.config)
+            pos = (full.cumsum(-1) - 1).clamp(min=0)[:, past_mask.shape[1]:]
+            mask = full
+        return self.model(**kwargs, attention_mask=mask, position_ids=pos, use_cache=past
+                          is not None, logits_to_keep=keep).logits
+
+    def _collect(self, batch: list[_Row], logits, out: np.ndarray) -> None:
+        import torch
+
+        logp = torch.log_softmax(logits.float(), dim=-1)
+        if self.single_token_labels:
+            first = torch.tensor([[ids[0] for ids in self.encoded[r.e].label_ids] for r in batch],
+                                 device=logp.device)
+            values = logp[:, -1, :].gather(1, first).cpu().numpy()
+            for i, r in enumerate(batch):
+                out[r.p, r.e] = values[i]
+            return
+        keep = logp.shape[1]
+        for i, r in enumerate(batch):
+            ids = self.encoded[r.e].label_ids[r.c]
+            steps = torch.arange(keep - len(ids), keep, device=logp.device)
+            tok = torch.tensor(ids, device=logp.device)
+            out[r.p, r.e, r.c] = float(logp[i, steps, tok].sum())

@@ -1,0 +1,252 @@
+"""What the transformers evaluators share: loading, the task's token ids, prompts as rows.
+
+:class:`HFEvaluator` loads a model and tokenizer, builds the task and tokenizes each
+example once into :class:`EncodedExample` pieces. The prompt never goes through the
+tokenizer: a hard prompt's ``token_ids`` are spliced between the tokenized template
+pieces, and a soft prompt's `L x D` vector is spliced between their input embeddings.
+Subclasses implement :meth:`HFEvaluator._label_log_probs`.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from promptbo.errors import InvalidArgumentError
+from promptbo.evaluators.base import Evaluator, option_choice, option_int
+from promptbo.evaluators.models import resolve_model
+from promptbo.evaluators.task import ANSWER, PROMPT, Task, load_task
+from promptbo.types import Prompt, Score, VocabularyTable
+
+log = logging.getLogger(__name__)
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+@dataclass(frozen=True)
+class EncodedExample:
+    """One example as token ids around the prompt: ``before + prompt + after``.
+
+    ``answer_at`` is where the answer slot sits: ``("before", i)`` or ``("after", i)`` with
+    ``i`` the index of the answer token (the mask) in that list, or ``("end", 0)`` when the
+    answer follows ``after`` (causal LMs). ``label_ids[c]`` are the token ids of label word
+    ``c`` with the template's space before ``{answer}`` prepended.
+    """
+
+    before: list[int]
+    after: list[int]
+    answer_at: tuple[str, int]
+    label_ids: tuple[tuple[int, ...], ...]
+
+
+def special_tokens_around(tokenizer) -> tuple[list[int], list[int]]:
+    """The special token ids the tokenizer puts before and after a text (e.g. BOS, or
+    RoBERTa's ``<s>`` and ``</s>``)."""
+    plain = tokenizer("a b", add_special_tokens=False)["input_ids"]
+    full = tokenizer("a b", add_special_tokens=True)["input_ids"]
+    for start in range(len(full) - len(plain) + 1):
+        if full[start:start + len(plain)] == plain:
+            return list(full[:start]), list(full[start + len(plain):])
+    return [], []
+
+
+def pick_device(device: str):
+    import torch
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise InvalidArgumentError(
+            f"option device must be auto, cpu, cuda or cuda:N, got {device!r}"
+        ) from None
+
+
+def pick_dtype(dtype: str, device):
+    import torch
+
+    dtype = option_choice("dtype", dtype, DTYPES)
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return getattr(torch, dtype)
+
+
+class HFEvaluator(Evaluator):
+    """Base of the transformers evaluators.
+
+    Options (shared):
+        model: a checkpoint folder or hub name; ``smollm2`` is the bundled SmolLM2-135M.
+        batch_size: sequences per forward pass (default 16).
+        device: ``auto`` (CUDA when available), ``cpu``, ``cuda``, ``cuda:N``.
+        dtype: ``auto`` (bfloat16 on CUDA, float32 on CPU), ``float32``, ``bfloat16``,
+            ``float16``.
+        vocabulary_size: offer only the first N usable token ids to hard-prompt studies.
+        data, template, labels, split, k, seed, test_data, max_examples, metric: the task,
+            see :func:`promptbo.evaluators.task.load_task`.
+    """
+
+    default_template: str = ""
+
+    def __init__(
+        self,
+        model: str,
+        batch_size: int | str = 16,
+        device: str = "auto",
+        dtype: str = "auto",
+        vocabulary_size: int | str | None = None,
+        **task_options: Any,
+    ):
+        self.batch_size = option_int("batch_size", batch_size, minimum=1)
+        self.vocabulary_size = (
+            None if vocabulary_size in (None, "")
+            else option_int("vocabulary_size", vocabulary_size, minimum=1)
+        )
+        self.task: Task = load_task(default_template=self.default_template, **task_options)
+        self._check_template(self.task)
+        self.device = pick_device(str(device))
+        self.dtype = pick_dtype(str(dtype), self.device)
+        path = resolve_model(str(model))
+        self.tokenizer = self._load_tokenizer(path)
+        self.model = self._load_model(path).to(self.device).eval()
+        self.pad_id = self._pad_id()
+        self.embedding = self.model.get_input_embeddings()
+        self.n_tokens = int(self.embedding.weight.shape[0])
+        self._special_before, self._special_after = special_tokens_around(self.tokenizer)
+        self._label_cache: dict[str, tuple[tuple[int, ...], ...]] = {}
+        self.encoded = [self._encode(ex) for ex in self.task.examples]
+
+    # --- subclass hooks -------------------------------------------------------------
+    def _check_template(self, task: Task) -> None:  # noqa: B027 - optional hook
+        """Raises InvalidArgumentError for templates the model type cannot use."""
+
+    def _load_tokenizer(self, path: str):
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(path)
+
+    @abc.abstractmethod
+    def _load_model(self, path: str): ...
+
+    @abc.abstractmethod
+    def _label_ids(self, word: str) -> tuple[int, ...]:
+        """Token ids of a label word (with its leading space)."""
+
+    @abc.abstractmethod
+    def _answer_ids(self) -> list[int]:
+        """Ids that stand in the answer slot of the input (the mask, or nothing)."""
+
+    @abc.abstractmethod
+    def _label_log_probs(self, prompts: Sequence[Prompt]) -> np.ndarray:
+        """`P x E x C` log-probabilities of each label word for each prompt and example."""
+
+    # --- encoding --------------------------------------------------------------------
+    def _encode(self, example) -> EncodedExample:
+        pieces, space = self.task.template.render(example)
+        before: list[int] = list(self._special_before)
+        after: list[int] = []
+        side, answer_at = before, ("end", 0)
+        for piece in pieces:
+            if piece is PROMPT:
+                side = after
+            elif piece is ANSWER:
+                answer_ids = self._answer_ids()
+                if answer_ids:
+                    answer_at = ("before" if side is before else "after", len(side))
+                side.extend(answer_ids)
+            else:
+                side.extend(self.tokenizer(piece, add_special_tokens=False)["input_ids"])
+        after.extend(self._special_after)
+        if space not in self._label_cache:
+            self._label_cache[space] = tuple(
+                self._label_ids(space + w) for w in self.task.label_words
+            )
+        return EncodedExample(before, after, answer_at, self._label_cache[space])
+
+    def _prompt_part(self, prompt: Prompt):
+        """A hard prompt's ids as a list, or a soft prompt's `L x D` tensor on the device."""
+        import torch
+
+        if prompt.is_soft:
+            vec = np.asarray(prompt.vector, dtype=np.float32)
+            dim = self.embedding.weight.shape[1]
+            if vec.ndim != 2 or vec.shape[1] != dim:
+                raise InvalidArgumentError(
+                    f"a soft prompt must have shape L x {dim} for this model, got {vec.shape}"
+                )
+            return torch.from_numpy(vec).to(self.device, self.dtype)
+        ids = list(prompt.token_ids)
+        bad = [i for i in ids if not 0 <= i < self.n_tokens]
+        if bad:
+            raise InvalidArgumentError(
+                f"prompt token ids {bad[:5]} are outside this model's vocabulary of "
+                f"{self.n_tokens} tokens; was the study's vocabulary uploaded from another model?"
+            )
+        return ids
+
+    def _embed_row(self, parts: Sequence[Any]):
+        """`T x D` input embeddings of a row given as id lists and `L x D` tensors."""
+        import torch
+
+        out = []
+        for part in parts:
+            if isinstance(part, torch.Tensor):
+                out.append(part)
+            elif part:
+                ids = torch.tensor(part, dtype=torch.long, device=self.device)
+                out.append(self.embedding(ids).to(self.dtype))
+        if not out:
+            return torch.zeros(0, self.embedding.weight.shape[1], device=self.device,
+                               dtype=self.dtype)
+        return torch.cat(out, dim=0)
+
+    def _pad_id(self) -> int:
+        for candidate in (self.tokenizer.pad_token_id, self.tokenizer.eos_token_id):
+            if candidate is not None:
+                return int(candidate)
+        return 0
+
+    # --- Evaluator -------------------------------------------------------------------
+    def score(self, prompts: Sequence[Prompt]) -> list[Score]:
+        if not prompts:
+            return []
+        import torch
+
+        with torch.inference_mode():
+            lp = self._label_log_probs(list(prompts))
+        return [self.task.score_log_probs(lp[i]) for i in range(len(prompts))]
+
+    def vocabulary(self) -> VocabularyTable:
+        """The tokenizer's regular tokens (no special or added tokens, none that decode to an
+        incomplete character), each with its surface string and input embedding."""
+        tok = self.tokenizer
+        skip = set(tok.all_special_ids) | set(getattr(tok, "added_tokens_decoder", {}) or {})
+        anchor = tok("a", add_special_tokens=False)["input_ids"]
+        anchor_text = tok.decode(anchor, clean_up_tokenization_spaces=False)
+        ids = [i for i in range(min(len(tok), self.n_tokens)) if i not in skip]
+        texts = tok.batch_decode([anchor + [i] for i in ids], clean_up_tokenization_spaces=False)
+        tokens, keep = [], []
+        for i, text in zip(ids, texts, strict=True):
+            if not text.startswith(anchor_text):
+                continue
+            surface = text[len(anchor_text):]
+            if not surface or "\ufffd" in surface:
+                continue
+            tokens.append(surface)
+            keep.append(i)
+            if self.vocabulary_size is not None and len(keep) >= self.vocabulary_size:
+                break
+        weight = self.embedding.weight.detach()[keep].float().cpu().numpy()
+        return VocabularyTable(tokens, keep, weight.astype(np.float32))
+
+    def soft_prompt_shape(self) -> tuple[int, float]:
+        weight = self.embedding.weight.detach().float()
+        return int(weight.shape[1]), float(weight.std())
+
+    def close(self) -> None:
+        self.model = None
+        self.embedding = None

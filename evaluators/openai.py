@@ -1,0 +1,273 @@
+"""``openai``: scores hard prompts through an OpenAI-compatible HTTP API.
+
+Each (prompt, example) pair is sent as one request: the template rendered as text up to
+``{answer}`` with ``prompt.text`` written in, to ``{base_url}/completions`` (``mode=
+completions``, the default) or as the user message to ``{base_url}/chat/completions``
+(``mode=chat``), at temperature 0 with a few ``max_tokens``.
+
+Scoring
+    When the response carries ``top_logprobs`` for the first generated token, a label
+    word's log-probability is the log-sum-exp over the listed tokens that start it
+    (compared stripped and lower-cased; ``" pos"`` and ``"positive"`` both count for
+    ``positive``). A word with no listed token gets the smallest listed log-probability,
+    an upper bound. The score is then built as for the transformers evaluators
+    (``log_prob`` by default). Without log-probabilities the generated text is matched
+    against the label words and each example counts 1 or 0 (the value is the accuracy).
+    Token usage is summed into the metrics ``prompt_tokens`` and ``completion_tokens``.
+
+Reliability
+    Up to ``concurrency`` requests run at once. A 429, a 5xx, a timeout or a dropped
+    connection is retried up to ``max_retries`` times, waiting ``backoff * 2**attempt``
+    seconds (or the server's ``Retry-After``), at most ``max_backoff``.
+
+The API key is read from the environment variable named by ``api_key_env`` (default
+``OPENAI_API_KEY``; requests go without a key when it is unset) and never logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from promptbo.errors import (
+    InvalidArgumentError,
+    ResourceExhaustedError,
+    UnauthenticatedError,
+    UnavailableError,
+)
+from promptbo.evaluators.base import (
+    Evaluator,
+    option_choice,
+    option_float,
+    option_int,
+    register_evaluator,
+)
+from promptbo.evaluators.task import Task, load_task
+from promptbo.types import Prompt, Score
+
+log = logging.getLogger(__name__)
+
+MODES = ("completions", "chat")
+_RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+_OPENAI_TEMPLATE = "Review: {text}\n{prompt}\nSentiment: {answer}"
+
+
+@dataclass(frozen=True)
+class _Reply:
+    """One completion: the generated text, first-token alternatives and token usage."""
+
+    text: str
+    top: dict[str, float] | None
+    prompt_tokens: int
+    completion_tokens: int
+
+
+def _norm(text: str) -> str:
+    return text.strip().lower()
+
+
+@register_evaluator("openai")
+class OpenAIEvaluator(Evaluator):
+    """OpenAI-compatible API evaluator; see the module docstring.
+
+    Options:
+        model: the model name the server expects (required).
+        base_url: the API root including ``/v1`` (default ``https://api.openai.com/v1``;
+            ``http://127.0.0.1:8000/v1`` for a local llama.cpp server).
+        mode: ``completions`` (default) or ``chat``.   system: a chat system message.
+        api_key_env: environment variable holding the key (``OPENAI_API_KEY``).
+        top_logprobs: alternatives requested for the first token (5).  max_tokens: (3).
+        concurrency (8), max_retries (4), backoff (0.5 s), max_backoff (20 s),
+        timeout (60 s per request).
+        data, template, labels, split, k, seed, test_data, max_examples, metric: the task,
+            as for ``hf-causal``.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        base_url: str = "https://api.openai.com/v1",
+        mode: str = "completions",
+        api_key_env: str = "OPENAI_API_KEY",
+        system: str | None = None,
+        top_logprobs: int | str = 5,
+        max_tokens: int | str = 3,
+        concurrency: int | str = 8,
+        max_retries: int | str = 4,
+        backoff: float | str = 0.5,
+        max_backoff: float | str = 20.0,
+        timeout: float | str = 60.0,
+        data: str = "demo",
+        template: str | None = None,
+        labels: str | Sequence[str] | None = None,
+        split: str = "objective",
+        k: int | str = 8,
+        seed: int | str = 0,
+        test_data: str | None = None,
+        max_examples: int | str | None = None,
+        metric: str = "log_prob",
+    ):
+        import httpx
+
+        self.model = str(model)
+        self.base_url = str(base_url).rstrip("/")
+        self.mode = option_choice("mode", mode, MODES)
+        self.system = system
+        self.top_logprobs = option_int("top_logprobs", top_logprobs, minimum=0)
+        self.max_tokens = option_int("max_tokens", max_tokens, minimum=1)
+        self.concurrency = option_int("concurrency", concurrency, minimum=1)
+        self.max_retries = option_int("max_retries", max_retries, minimum=0)
+        self.backoff = option_float("backoff", backoff, minimum=0)
+        self.max_backoff = option_float("max_backoff", max_backoff, minimum=0)
+        request_timeout = option_float("timeout", timeout, minimum=0.001)
+        self.task: Task = load_task(
+            data=data, template=template, labels=labels, split=split, k=k, seed=seed,
+            test_data=test_data, max_examples=max_examples, metric=metric,
+            default_template=_OPENAI_TEMPLATE,
+        )
+        headers = {"Content-Type": "application/json"}
+        key = os.environ.get(str(api_key_env))
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        self._http = httpx.Client(
+            headers=headers, timeout=request_timeout,
+            limits=httpx.Limits(max_connections=self.concurrency),
+        )
+        self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="promptbo-openai")
+        self._lock = threading.Lock()
+        self.retries = 0  # retried requests so far, for tests and logs
+
+    def __repr__(self) -> str:  # no headers: they hold the key
+        return f"OpenAIEvaluator(model={self.model!r}, base_url={self.base_url!r})"
+
+    # --- Evaluator -------------------------------------------------------------------
+    def score(self, prompts: Sequence[Prompt]) -> list[Score]:
+        for p in prompts:
+            if p.is_soft:
+                raise InvalidArgumentError(
+                    "the openai evaluator scores hard prompts only (text); this study has soft "
+                    "prompts: use hf-causal or hf-mlm"
+                )
+        jobs = [(p.text, ex) for p in prompts for ex in self.task.examples]
+        replies = list(self._pool.map(lambda job: self._ask(self.task.template.render_text(
+            job[1], job[0])), jobs))
+        n = len(self.task.examples)
+        return [self._score(replies[i * n:(i + 1) * n]) for i in range(len(prompts))]
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+        self._http.close()
+
+    # --- scoring ---------------------------------------------------------------------
+    def _score(self, replies: list[_Reply]) -> Score:
+        words = [_norm(w) for w in self.task.label_words]
+        usage = {
+            "prompt_tokens": float(sum(r.prompt_tokens for r in replies)),
+            "completion_tokens": float(sum(r.completion_tokens for r in replies)),
+        }
+        if all(r.top for r in replies):
+            lp = np.array([self._label_log_probs(r.top, words) for r in replies])
+            base = self.task.score_log_probs(lp)
+        else:
+            base = self.task.score_predictions(np.array([self._predict(r.text, words)
+                                                         for r in replies]))
+        return Score(base.value, {**base.metrics, **usage})
+
+    @staticmethod
+    def _label_log_probs(top: dict[str, float], words: list[str]) -> list[float]:
+        floor = min(top.values())
+        out = []
+        for word in words:
+            hits = [lp for tok, lp in top.items() if _norm(tok) and word.startswith(_norm(tok))]
+            if hits:
+                m = max(hits)
+                out.append(m + math.log(sum(math.exp(h - m) for h in hits)))
+            else:
+                out.append(floor)
+        return out
+
+    @staticmethod
+    def _predict(text: str, words: list[str]) -> int:
+        said = _norm(text)
+        if not said:
+            return -1
+        matches = [(len(w), c) for c, w in enumerate(words)
+                   if said.startswith(w) or w.startswith(said)]
+        return max(matches)[1] if matches else -1
+
+    # --- HTTP ------------------------------------------------------------------------
+    def _ask(self, text: str) -> _Reply:
+        body: dict[str, Any] = {"model": self.model, "max_tokens": self.max_tokens,
+                                "temperature": 0}
+        if self.mode == "completions":
+            url = f"{self.base_url}/completions"
+            body["prompt"] = text
+            if self.top_logprobs:
+                body["logprobs"] = self.top_logprobs
+        else:
+            url = f"{self.base_url}/chat/completions"
+            messages = [{"role": "system", "content": self.system}] if self.system else []
+            body["messages"] = [*messages, {"role": "user", "content": text}]
+            if self.top_logprobs:
+                body["logprobs"] = True
+                body["top_logprobs"] = self.top_logprobs
+        data = self._post(url, body)
+        try:
+            choice = data["choices"][0]
+            usage = data.get("usage") or {}
+            if self.mode == "completions":
+                reply_text = choice.get("text") or ""
+                tops = (choice.get("logprobs") or {}).get("top_logprobs") or []
+                top = dict(tops[0]) if tops and tops[0] else None
+            else:
+                reply_text = (choice.get("message") or {}).get("content") or ""
+                content = (choice.get("logprobs") or {}).get("content") or []
+                top = ({t["token"]: float(t["logprob"]) for t in content[0]["top_logprobs"]}
+                       if content and content[0].get("top_logprobs") else None)
+            return _Reply(reply_text, top, int(usage.get("prompt_tokens") or 0),
+                          int(usage.get("completion_tokens") or 0))
+        except (KeyError, IndexError, TypeError, ValueError) as exc:
+            raise UnavailableError(
+                f"{url} answered with an unexpected body ({exc!r}): {str(data)[:300]}"
+            ) from exc
+
+    def _post(self, url: str, body: dict[str, Any]) -> dict[str, Any]:
+        import httpx
+
+        last = ""
+        for attempt in range(self.max_retries + 1):
+            wait = min(self.max_backoff, self.backoff * 2**attempt)
+            try:
+                response = self._http.post(url, json=body)
+            except (httpx.TimeoutException, httpx.TransportError) as exc:
+                last = f"{type(exc).__name__}: {exc}"
+            else:
+                if response.status_code < 400:
+                    return response.json()
+                last = f"HTTP {response.status_code}: {response.text[:300]}"
+                if response.status_code in (401, 403):
+                    raise UnauthenticatedError(
+                        f"{url} refused the request ({last}); check the key in the variable "
+                        "named by api_key_env"
+                    )
+                if response.status_code not in _RETRY_STATUS:
+                    raise InvalidArgumentError(f"{url} rejected the request: {last}")
+                retry_after = response.headers.get("Retry-After", "")
+                if retry_after.replace(".", "", 1).isdigit():
+                    wait = min(self.max_backoff, float(retry_after))
+            if attempt == self.max_retries:
+                break
+            with self._lock:
+                self.retries += 1
+            log.info("retrying %s in %.2fs after %s", url, wait, last)
+            time.sleep(wait)
+        error = ResourceExhaustedError if last.startswith("HTTP 429") else UnavailableError
+        raise error(f"{url} failed after {self.max_retries + 1} attempts; last: {last}")

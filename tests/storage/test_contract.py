@@ -1,0 +1,479 @@
+"""The storage contract of :mod:`promptbo.server.storage.base`, run against every backend.
+
+Each test takes ``store`` (a fresh storage) or ``backend`` (to open more storages on the
+same data) from ``conftest.py``: memory, an SQLite file, and PostgreSQL when
+``PROMPTBO_TEST_POSTGRES_URL`` is set.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+from promptbo.errors import (
+    AlreadyExistsError,
+    FailedPreconditionError,
+    InvalidArgumentError,
+    NotFoundError,
+    UnavailableError,
+)
+from promptbo.server.domain import (
+    Goal,
+    HardPromptSpace,
+    Prompt,
+    SoftPromptSpace,
+    Study,
+    StudySpec,
+    StudyState,
+    Trial,
+    TrialState,
+    Vocabulary,
+)
+from promptbo.server.storage import open_storage
+from promptbo.server.storage.sql import SqlStorage, normalize_url, spec_from_json, spec_to_json
+
+A, C, F = TrialState.ACTIVE, TrialState.COMPLETED, TrialState.FAILED
+ODD_TOKENS = ("", " the", "ünï", "日本語", "\x00", "🙂 x", "\n", "a b")
+
+
+def soft_study(name: str = "soft", **spec_changes) -> Study:
+    spec = StudySpec(
+        space=SoftPromptSpace(
+            prompt_length=2, embedding_dim=3, intrinsic_dim=5, bound=2.5, embedding_std=0.25
+        ),
+        strategy="cma",
+        strategy_options={"sigma": "0.3", "popsize": "8"},
+        goal=Goal.MINIMIZE,
+        objective="loss",
+        max_trials=40,
+        max_active_trials=4,
+        lease_seconds=12.5,
+        seed=7,
+        labels={"team": "nlp", "größe": "ü"},
+        **spec_changes,
+    )
+    return Study(name=name, spec=spec, create_time=1700000000.25, request_id="req-1")
+
+
+def hard_study(name: str, vocabulary_id: str = "v" * 64) -> Study:
+    spec = StudySpec(
+        space=HardPromptSpace(
+            prompt_length=4,
+            vocabulary_id=vocabulary_id,
+            pca_dims=3,
+            top_n=2,
+            top_n_scores=(0.5, -1.25, 1 / 3),
+        ),
+        labels={"k": "v"},
+    )
+    return Study(name=name, spec=spec)
+
+
+def draft(i: int = 0, state: TrialState = A, **changes) -> Trial:
+    """A trial to add; its id and study are placeholders the storage replaces."""
+    prompt = Prompt(token_ids=(i, i + 1), tokens=(f"t{i}", " é"), text=f"t{i} é")
+    return Trial(study="ignored", id=-5, state=state, prompt=prompt, **changes)
+
+
+def vocabulary(n: int = 6, dim: int = 3, seed: int = 0) -> Vocabulary:
+    rng = np.random.default_rng(seed)
+    tokens = tuple(ODD_TOKENS[i % 8] + ("" if i < 8 else str(i)) for i in range(n))
+    token_ids = tuple(int(x) for x in rng.permutation(n) * 1000 + 2**40)
+    return Vocabulary(tokens, token_ids, rng.standard_normal((n, dim)).astype(np.float32))
+
+
+# --- studies -----------------------------------------------------------------------------
+def test_create_and_get_study_roundtrip_both_space_kinds(store):
+    soft, hard = soft_study("s"), hard_study("h")
+    assert store.create_study(soft) == soft
+    store.create_study(hard)
+    assert store.get_study("s") == soft
+    assert store.get_study("h") == hard
+    assert isinstance(store.get_study("h").spec.space.top_n_scores, tuple)
+
+
+def test_spec_json_roundtrip_is_exact():
+    for spec in (
+        soft_study().spec,
+        hard_study("h").spec,
+        StudySpec(space=HardPromptSpace(1, "x", allowed=(3, 1, 2))),
+    ):
+        assert spec_from_json(spec_to_json(spec)) == spec
+
+
+def test_list_studies_is_ordered_by_name(store):
+    names = ["b", "B", "a-1", "a", "Ä", "_x", "a 2"]
+    for n in names:
+        store.create_study(soft_study(n))
+    assert [s.name for s in store.list_studies()] == sorted(names)
+    assert store.list_studies()[0] == soft_study("B")
+
+
+def test_update_study_replaces_it(store):
+    store.create_study(soft_study("s"))
+    done = soft_study("s").evolve(state=StudyState.COMPLETED)
+    store.update_study(done)
+    assert store.get_study("s").state is StudyState.COMPLETED
+
+
+def test_duplicate_study_name_is_refused_and_keeps_the_original(store):
+    store.create_study(soft_study("dup"))
+    with pytest.raises(AlreadyExistsError, match="dup"):
+        store.create_study(hard_study("dup"))
+    assert store.get_study("dup") == soft_study("dup")
+    assert len(store.list_studies()) == 1
+
+
+def test_delete_study_removes_its_trials(store):
+    store.create_study(soft_study("gone"))
+    store.create_study(soft_study("kept"))
+    store.add_trials("gone", [draft(1), draft(2)])
+    store.add_trials("kept", [draft(3)])
+    store.delete_study("gone")
+    assert [s.name for s in store.list_studies()] == ["kept"]
+    with pytest.raises(NotFoundError):
+        store.list_trials("gone")
+    store.create_study(soft_study("gone"))  # the name is free again, with no old trials
+    assert store.list_trials("gone") == []
+    assert [t.id for t in store.add_trials("gone", [draft()])] == [1]
+    assert [t.id for t in store.list_trials("kept")] == [1]
+    assert store.check_integrity() == []
+
+
+def test_missing_things_raise_not_found_everywhere(store):
+    store.create_study(soft_study("s"))
+    store.add_trials("s", [draft()])
+    calls = {
+        "get_study": lambda: store.get_study("nope"),
+        "update_study": lambda: store.update_study(soft_study("nope")),
+        "delete_study": lambda: store.delete_study("nope"),
+        "add_trials": lambda: store.add_trials("nope", [draft()]),
+        "get_trial of a missing study": lambda: store.get_trial("nope", 1),
+        "get_trial": lambda: store.get_trial("s", 2),
+        "update_trials": lambda: store.update_trials([draft().evolve(study="s", id=9)]),
+        "update_trials of a missing study": lambda: store.update_trials(
+            [draft().evolve(study="nope", id=1)]
+        ),
+        "list_trials": lambda: store.list_trials("nope"),
+        "count_trials": lambda: store.count_trials("nope"),
+        "get_vocabulary": lambda: store.get_vocabulary("0" * 64),
+    }
+    for what, call in calls.items():
+        with pytest.raises(NotFoundError) as info:
+            call()
+        assert "not found" in str(info.value), what
+    with pytest.raises(NotFoundError, match="promptbo study list"):
+        store.get_study("nope")
+    assert not store.has_vocabulary("0" * 64)
+    assert [s.name for s in store.list_studies()] == ["s"]
+
+
+# --- trials ------------------------------------------------------------------------------
+def test_add_trials_numbers_them_per_study_across_calls(store):
+    store.create_study(soft_study("a"))
+    store.create_study(soft_study("b"))
+    first = store.add_trials("a", [draft(0), draft(1), draft(2)])
+    assert [(t.study, t.id) for t in first] == [("a", 1), ("a", 2), ("a", 3)]
+    assert [t.prompt for t in first] == [draft(i).prompt for i in range(3)]
+    assert [t.id for t in store.add_trials("b", [draft(9)])] == [1]
+    assert [t.id for t in store.add_trials("a", [draft(3), draft(4)])] == [4, 5]
+    assert store.add_trials("a", []) == []
+    assert [t.id for t in store.add_trials("a", [draft(5)])] == [6]
+    stored = store.list_trials("a")
+    assert [t.id for t in stored] == [1, 2, 3, 4, 5, 6]
+    assert [t.prompt.token_ids[0] for t in stored] == [0, 1, 2, 3, 4, 5]
+    assert store.get_trial("a", 4) == stored[3]
+    assert store.get_trial("b", 1).prompt == draft(9).prompt
+
+
+def test_trial_fields_roundtrip(store):
+    store.create_study(soft_study("s"))
+    full = draft(
+        3,
+        state=C,
+        client_id="worker-ü",
+        lease_deadline=1700000300.5,
+        value=-0.1,
+        metrics={"accuracy": 0.8125, "tokens": 1234.0, "tiny": 1e-300, "neg": -2.5},
+        failure_reason="",
+        create_time=1700000000.125,
+        complete_time=1700000100.0625,
+        source="user",
+    )
+    failed = draft(4, state=F, failure_reason="timeout\nafter 30 s: «quoted»")
+    added = store.add_trials("s", [full, failed])
+    assert added == [full.evolve(study="s", id=1), failed.evolve(study="s", id=2)]
+    assert store.list_trials("s") == added
+    assert store.get_trial("s", 1).metrics == full.metrics
+    assert store.get_trial("s", 2).value is None
+
+
+def test_soft_prompt_vectors_roundtrip_bit_for_bit(store):
+    store.create_study(soft_study("s"))
+    rng = np.random.default_rng(3)
+    as_float32 = tuple(float(v) for v in rng.standard_normal(512 * 64).astype(np.float32))
+    as_float64 = (0.1, 1 / 3, -0.0, 5e-324, 1e300, -2.0, math.pi)
+    added = store.add_trials(
+        "s", [draft().evolve(prompt=Prompt(vector=v)) for v in (as_float32, as_float64)]
+    )
+    for sent, trial in zip((as_float32, as_float64), store.list_trials("s"), strict=True):
+        got = trial.prompt.vector
+        assert isinstance(got, tuple) and trial.prompt.is_soft
+        assert struct.pack(f"<{len(got)}d", *got) == struct.pack(f"<{len(sent)}d", *sent)
+    assert [t.prompt for t in added] == [t.prompt for t in store.list_trials("s")]
+
+
+def test_update_trials_replaces_them(store):
+    store.create_study(soft_study("a"))
+    store.create_study(soft_study("b"))
+    a1, a2 = store.add_trials("a", [draft(1), draft(2)])
+    (b1,) = store.add_trials("b", [draft(3)])
+    store.update_trials(
+        [
+            a2.evolve(state=C, value=0.5, metrics={"acc": 0.5}, complete_time=9.0),
+            b1.evolve(state=F, failure_reason="crashed", lease_deadline=0.0),
+        ]
+    )
+    assert store.get_trial("a", 1) == a1
+    assert store.get_trial("a", 2) == a2.evolve(
+        state=C, value=0.5, metrics={"acc": 0.5}, complete_time=9.0
+    )
+    assert store.get_trial("b", 1).failure_reason == "crashed"
+    store.update_trials([])
+
+
+def test_update_trials_writes_nothing_when_one_is_missing(store):
+    store.create_study(soft_study("a"))
+    store.create_study(soft_study("b"))
+    a1, a2 = store.add_trials("a", [draft(1), draft(2)])
+    changed = [a1.evolve(state=C, value=1.0), a2.evolve(client_id="w")]
+    for missing in (a1.evolve(id=3), a1.evolve(study="b"), a1.evolve(study="nope")):
+        with pytest.raises(NotFoundError):
+            store.update_trials([*changed, missing])
+        with pytest.raises(NotFoundError):
+            store.update_trials([missing, *changed])
+    assert store.list_trials("a") == [a1, a2]
+    assert store.list_trials("b") == []
+
+
+def test_list_trials_filters_pages_and_limits(store):
+    store.create_study(soft_study("s"))
+    states = [A, C, F, C, A, C, C, F]
+    added = store.add_trials(
+        "s", [draft(i, state=s, value=float(i) if s is C else None) for i, s in enumerate(states)]
+    )
+    ids = lambda trials: [t.id for t in trials]  # noqa: E731
+    assert ids(store.list_trials("s")) == [1, 2, 3, 4, 5, 6, 7, 8]
+    assert ids(store.list_trials("s", C)) == [2, 4, 6, 7]
+    assert ids(store.list_trials("s", A)) == [1, 5]
+    assert ids(store.list_trials("s", F)) == [3, 8]
+    assert ids(store.list_trials("s", after_id=5)) == [6, 7, 8]
+    assert ids(store.list_trials("s", C, after_id=4)) == [6, 7]
+    assert ids(store.list_trials("s", limit=3)) == [1, 2, 3]
+    assert ids(store.list_trials("s", C, after_id=2, limit=2)) == [4, 6]
+    assert store.list_trials("s", limit=0) == []
+    assert store.list_trials("s", after_id=8) == []
+    assert store.list_trials("s", A, after_id=5) == []
+    assert store.list_trials("s", C, limit=1) == [added[1]]
+    with pytest.raises(InvalidArgumentError, match="limit"):
+        store.list_trials("s", limit=-1)
+
+
+def test_count_trials_per_state(store):
+    store.create_study(soft_study("s"))
+    store.create_study(soft_study("empty"))
+    store.add_trials("s", [draft(state=A), draft(state=C, value=1.0), draft(state=C, value=2.0)])
+    assert store.count_trials("s") == {A: 1, C: 2, F: 0}
+    assert store.count_trials("empty") == {A: 0, C: 0, F: 0}
+
+
+def test_check_integrity_is_empty_when_sound_and_reports_problems(store):
+    assert store.check_integrity() == []
+    store.create_study(soft_study("s"))
+    (t,) = store.add_trials("s", [draft()])
+    store.update_trials([t.evolve(state=C, value=0.25)])
+    assert store.check_integrity() == []
+    store.update_trials([t.evolve(state=C, value=None)])
+    assert store.check_integrity() == ["study 's' trial 1: completed without value"]
+
+
+def test_returned_and_given_objects_share_no_mutable_state(store):
+    study = soft_study("s")
+    store.create_study(study)
+    study.spec.labels["team"] = "changed by caller"
+    got = store.get_study("s")
+    assert got.spec.labels["team"] == "nlp"
+    got.spec.labels["new"] = "x"
+    got.spec.strategy_options.clear()
+    assert store.get_study("s") == soft_study("s")
+
+    metrics = {"acc": 0.5}
+    (added,) = store.add_trials("s", [draft(state=C, value=0.5, metrics=metrics)])
+    metrics["acc"] = 0.0
+    added.metrics["acc"] = -1.0
+    store.get_trial("s", 1).metrics["acc"] = -2.0
+    for t in store.list_trials("s"):
+        t.metrics["extra"] = 1.0
+    assert store.get_trial("s", 1).metrics == {"acc": 0.5}
+
+
+# --- vocabularies ------------------------------------------------------------------------
+def test_vocabulary_roundtrip_is_exact(store):
+    vocab = vocabulary(n=21, dim=5)
+    original = vocab.embeddings.copy()
+    assert store.put_vocabulary(vocab) is True
+    assert store.has_vocabulary(vocab.id)
+    assert store.put_vocabulary(vocabulary(n=21, dim=5)) is False  # same content, same id
+    vocab.embeddings[0, 0] = 99.0  # the caller's table is not the stored one
+    got = store.get_vocabulary(vocab.id)
+    assert got.id == vocabulary(n=21, dim=5).id
+    assert got.tokens == vocabulary(n=21, dim=5).tokens and "" in got.tokens
+    assert "\x00" in got.tokens and "日本語" in got.tokens
+    assert got.token_ids == vocab.token_ids and max(got.token_ids) > 2**40
+    assert got.embeddings.shape == (21, 5) and got.embeddings.dtype == np.float32
+    assert got.embeddings.tobytes() == original.tobytes()
+    other = vocabulary(n=4, dim=2, seed=1)
+    assert store.put_vocabulary(other) is True
+    assert store.get_vocabulary(other.id).embeddings.tobytes() == other.embeddings.tobytes()
+
+
+# --- persistence and concurrency ---------------------------------------------------------
+def test_everything_persists_across_reopening(sql_backend):
+    first = sql_backend.open()
+    vocab = vocabulary()
+    first.put_vocabulary(vocab)
+    first.create_study(hard_study("h", vocab.id))
+    first.create_study(soft_study("s"))
+    first.add_trials("s", [draft(1, state=C, value=2.0, metrics={"m": 1.5}), draft(2)])
+    expected = (first.list_studies(), first.list_trials("s"))
+    first.close()
+
+    again = sql_backend.open()  # schema creation is idempotent
+    assert (again.list_studies(), again.list_trials("s")) == expected
+    assert again.get_vocabulary(vocab.id).embeddings.tobytes() == vocab.embeddings.tobytes()
+    assert [t.id for t in again.add_trials("s", [draft(3)])] == [3]
+    assert again.check_integrity() == []
+    with again.engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT version FROM promptbo_schema").all() == [(1,)]
+
+
+def test_newer_schema_version_is_refused(sql_backend):
+    storage = sql_backend.open()
+    with storage.engine.begin() as conn:
+        conn.exec_driver_sql("UPDATE promptbo_schema SET version = 99")
+    with pytest.raises(FailedPreconditionError, match="schema version 99"):
+        sql_backend.open()
+
+
+def test_concurrent_writers_get_unique_contiguous_ids(backend):
+    store = backend.open()
+    store.create_study(soft_study("s"))
+    threads, per_thread = 16, 50
+    errors: list[BaseException] = []
+    seen: list[list[int]] = [[] for _ in range(threads)]
+
+    def work(k: int) -> None:
+        try:
+            for j in range(per_thread):
+                (t,) = store.add_trials("s", [draft(k, client_id=f"w{k}")])
+                store.update_trials([t.evolve(state=C, value=float(k * 1000 + j))])
+                seen[k].append(t.id)
+        except BaseException as e:  # reported below
+            errors.append(e)
+
+    workers = [threading.Thread(target=work, args=(k,)) for k in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert errors == []
+    n = threads * per_thread
+    assert sorted(i for ids in seen for i in ids) == list(range(1, n + 1))
+    stored = store.list_trials("s")
+    assert [t.id for t in stored] == list(range(1, n + 1))
+    assert all(t.state is C for t in stored)
+    assert {t.value for t in stored} == {float(k * 1000 + j) for k in range(16) for j in range(50)}
+    assert store.count_trials("s") == {A: 0, C: n, F: 0}
+    assert store.check_integrity() == []
+
+
+_OTHER_PROCESS = """
+import sys
+from promptbo.server.domain import Prompt, Trial, TrialState
+from promptbo.server.storage.sql import SqlStorage
+s = SqlStorage(sys.argv[1])
+print("ready", flush=True)
+for i in range(int(sys.argv[2])):
+    s.add_trials("s", [Trial("s", 0, TrialState.ACTIVE, Prompt(token_ids=(i,)))])
+s.close()
+"""
+
+
+def test_another_process_writing_the_same_sqlite_file_is_waited_for(tmp_path):
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    store = SqlStorage(url)
+    store.create_study(soft_study("s"))
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _OTHER_PROCESS, url, "300"], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        for _ in range(300):
+            store.add_trials("s", [draft()])
+        assert proc.wait(timeout=120) == 0
+    finally:
+        proc.kill()
+        proc.wait()
+    assert [t.id for t in store.list_trials("s")] == list(range(1, 601))
+    store.close()
+
+
+def test_large_vocabulary_roundtrips(backend):
+    """A 50k x 1024 float32 table (200 MB), the size of a large model's vocabulary."""
+    rng = np.random.default_rng(0)
+    n, dim = 50_000, 1024
+    table = rng.standard_normal((n, dim), dtype=np.float32)
+    vocab = Vocabulary(tuple(f"tok{i}" for i in range(n)), tuple(range(n)), table)
+    store = backend.open()
+    start = time.perf_counter()
+    assert store.put_vocabulary(vocab)
+    if backend.persistent:
+        store.close()
+        store = backend.open()
+    got = store.get_vocabulary(vocab.id)
+    elapsed = time.perf_counter() - start
+    assert got.embeddings.shape == (n, dim)
+    assert np.array_equal(got.embeddings, table)
+    assert got.tokens[-1] == f"tok{n - 1}" and got.token_ids == vocab.token_ids
+    assert store.check_integrity() == []
+    assert elapsed < 60, f"storing and loading 200 MB took {elapsed:.1f} s"
+
+
+# --- URLs --------------------------------------------------------------------------------
+def test_urls_pick_the_backend_and_driver(tmp_path):
+    assert normalize_url("postgresql://u@h/db").drivername == "postgresql+psycopg"
+    assert normalize_url("postgres://u:p@h:5/db").drivername == "postgresql+psycopg"
+    assert normalize_url("postgresql+psycopg://u@h/db").drivername == "postgresql+psycopg"
+    with pytest.raises(InvalidArgumentError):
+        open_storage("mysql://u@h/db")
+    with pytest.raises(InvalidArgumentError):
+        SqlStorage("mysql+pymysql://u@h/db")
+    plain = open_storage(str(tmp_path / "sub" / "dir" / "plain.db"))  # folders are created
+    plain.create_study(soft_study("s"))
+    assert plain.get_study("s") == soft_study("s")
+    plain.close()
+    in_memory = SqlStorage("sqlite://")
+    in_memory.create_study(soft_study("s"))
+    assert [t.id for t in in_memory.add_trials("s", [draft(), draft()])] == [1, 2]
+    in_memory.close()
+
+
+def test_unreachable_postgres_is_unavailable():
+    with pytest.raises(UnavailableError, match="127.0.0.1"):
+        SqlStorage("postgresql://nobody@127.0.0.1:1/none?connect_timeout=2")
