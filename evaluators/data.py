@@ -123,10 +123,11 @@ def _read_csv(path: Path) -> list[Example]:
             )
         for row in reader:
             n = reader.line_num
-            if None in row or any(v is None for v in row.values()):
+            extra = row.pop(None, None) or []  # type: ignore[call-overload]
+            if extra or any(v is None for v in row.values()):
+                fields = sum(v is not None for v in row.values()) + len(extra)
                 raise InvalidArgumentError(
-                    f"{path}: line {n} has {len(row) - (None in row)} fields where the header "
-                    f"names {len(columns)}"
+                    f"{path}: line {n} has {fields} fields where the header names {len(columns)}"
                 )
             if not any(v.strip() for v in row.values()):
                 continue

@@ -211,13 +211,17 @@ class HFEvaluator(Evaluator):
         return 0
 
     # --- Evaluator -------------------------------------------------------------------
-    def score(self, prompts: Sequence[Prompt]) -> list[Score]:
-        if not prompts:
-            return []
+    def label_log_probs(self, prompts: Sequence[Prompt]) -> np.ndarray:
+        """`P x E x C`: ``log p(label word c | prompt p, example e)`` over the task's examples."""
         import torch
 
         with torch.inference_mode():
-            lp = self._label_log_probs(list(prompts))
+            return self._label_log_probs(list(prompts))
+
+    def score(self, prompts: Sequence[Prompt]) -> list[Score]:
+        if not prompts:
+            return []
+        lp = self.label_log_probs(prompts)
         return [self.task.score_log_probs(lp[i]) for i in range(len(prompts))]
 
     def vocabulary(self) -> VocabularyTable:

@@ -177,18 +177,16 @@ class Task:
     split: str = "objective"
 
     def __post_init__(self) -> None:
-        if len(self.label_words) < 2:
-            raise InvalidArgumentError(
-                f"a task needs at least two label words, got {list(self.label_words)}"
-            )
-        if any(not w.strip() for w in self.label_words):
-            raise InvalidArgumentError(f"label words must not be empty: {list(self.label_words)}")
+        check_label_words(self.label_words)
         if self.metric not in METRICS:
             raise InvalidArgumentError(
                 f"metric must be one of {', '.join(METRICS)}, got {self.metric!r}"
             )
         if not self.examples:
-            raise InvalidArgumentError(f"the {self.split} split has no examples")
+            raise InvalidArgumentError(
+                f"the {self.split} split has no examples (the training pool went to the "
+                "objective and dev sets: pass a smaller k, or test_data)"
+            )
         for ex in self.examples:
             if not isinstance(ex.label, int) or not 0 <= ex.label < len(self.label_words):
                 raise InvalidArgumentError(
@@ -258,7 +256,15 @@ def parse_label_words(labels: str | Sequence[str]) -> tuple[str, ...]:
                 raise InvalidArgumentError(f"labels {text!r} is not a JSON list: {exc}") from None
         else:
             labels = text.split(",")
-    words = tuple(str(w).strip() for w in labels)
+    return check_label_words(tuple(str(w).strip() for w in labels))
+
+
+def check_label_words(words: tuple[str, ...]) -> tuple[str, ...]:
+    """``words`` if there are at least two and none is empty."""
+    if len(words) < 2:
+        raise InvalidArgumentError(f"a task needs at least two label words, got {list(words)}")
+    if any(not w.strip() for w in words):
+        raise InvalidArgumentError(f"label words must not be empty: {list(words)}")
     return words
 
 

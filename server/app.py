@@ -37,12 +37,14 @@ _OPEN_METHODS = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 @dataclass
 class ServerOptions:
     """How to run a server. ``auth_token``: required bearer token ("" = no auth);
-    ``tls_cert``/``tls_key``: PEM files to serve TLS (both or neither)."""
+    ``tls_cert``/``tls_key``: PEM files to serve TLS (both or neither); ``prefetch``:
+    suggestions kept ready per study (see :class:`~promptbo.server.manager.StudyManager`)."""
 
     host: str = "127.0.0.1"
     port: int = 50051
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     max_workers: int = 32
+    prefetch: int = 0
     auth_token: str = ""
     tls_cert: str = ""
     tls_key: str = ""
@@ -91,7 +93,7 @@ def create_server(
     """
     opts = options or ServerOptions()
     store = open_storage(storage) if isinstance(storage, str) else storage
-    manager = StudyManager(store)
+    manager = StudyManager(store, prefetch=opts.prefetch)
     interceptors = [BearerTokenInterceptor(opts.auth_token)] if opts.auth_token else []
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=opts.max_workers, thread_name_prefix="rpc"),
@@ -137,7 +139,7 @@ def serve(
     """Runs a server until SIGTERM or SIGINT, then stops gracefully."""
     opts = options or ServerOptions()
     store = open_storage(storage_url)
-    server, port, _ = create_server(store, opts)
+    server, port, manager = create_server(store, opts)
     stopped = threading.Event()
 
     def on_signal(signum, frame):
@@ -158,6 +160,7 @@ def serve(
         tmp.replace(port_file)
     stopped.wait()
     server.stop(grace_seconds).wait()
+    manager.close()
     store.close()
     log.info("promptbo server stopped")
 

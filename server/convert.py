@@ -63,7 +63,9 @@ def spec_from_pb(msg: pb.StudySpec) -> StudySpec:
             embedding_std=s.embedding_std or 1.0,
         )
     else:
-        raise InvalidArgumentError("the study spec needs a search space: set spec.hard or spec.soft")
+        raise InvalidArgumentError(
+            "the study spec needs a search space: set spec.hard or spec.soft"
+        )
     if msg.goal not in _GOALS:
         raise InvalidArgumentError(f"unknown goal {msg.goal}")
     return StudySpec(
@@ -153,7 +155,9 @@ def trial_state_from_pb(state: int) -> TrialState | None:
 def study_to_pb(
     study: Study, counts: dict[TrialState, int] | None = None, best: Trial | None = None
 ) -> pb.Study:
-    msg = pb.Study(name=study.name, state=_STUDY_STATES_PB[study.state], spec=spec_to_pb(study.spec))
+    msg = pb.Study(
+        name=study.name, state=_STUDY_STATES_PB[study.state], spec=spec_to_pb(study.spec)
+    )
     _set_time(msg.create_time, study.create_time)
     if counts is not None:
         msg.trial_count = sum(counts.values())

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import enum
 import math
-from functools import cached_property
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 
 import numpy as np
 

@@ -30,9 +30,8 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-
-import numpy as np
 
 from promptbo.errors import (
     AlreadyExistsError,
@@ -54,6 +53,7 @@ from promptbo.server.domain import (
     Vocabulary,
     check_study_name,
 )
+from promptbo.server.runtime import StudyRuntime
 from promptbo.server.storage.base import Storage
 
 log = logging.getLogger(__name__)
@@ -81,25 +81,49 @@ class KnownTrial:
     metrics: dict[str, float]
 
 
-class _Runtime:
-    """Per-study state kept in memory: the engine and the vocabulary lookups."""
+class _Live:
+    """What the manager keeps in memory about a study it has touched: the study, its
+    active trials, counts per state, the best trial, and (once needed) its runtime.
+    The manager is its storage's only writer, so this cache stays exact; every change is
+    written to storage first and mirrored here only if the write succeeded."""
 
-    def __init__(self, engine, vocab: Vocabulary | None) -> None:
-        self.engine = engine
-        self.vocab = vocab
-        self.row_of: dict[int, int] = (
-            {} if vocab is None else {tid: row for row, tid in enumerate(vocab.token_ids)}
-        )
+    def __init__(self, study: Study, trials: list[Trial]) -> None:
+        self.study = study
+        self.active = {t.id: t for t in trials if t.state is TrialState.ACTIVE}
+        self.counts = dict.fromkeys(TrialState, 0)
+        self.best: Trial | None = None
+        self.best_obj = -math.inf
+        self.runtime: StudyRuntime | None = None
+        for t in trials:
+            self.counts[t.state] += 1
+            if t.state is TrialState.COMPLETED:
+                self.consider_best(t)
+
+    def consider_best(self, t: Trial) -> None:
+        obj = _objective(self.study.spec, t.value, t.metrics, strict=False)
+        if obj is not None and obj > self.best_obj:
+            self.best, self.best_obj = t, obj
+
+    def finish(self, t: Trial) -> None:
+        """Mirrors an ACTIVE trial's completion or failure."""
+        self.active.pop(t.id, None)
+        self.counts[TrialState.ACTIVE] -= 1
+        self.counts[t.state] += 1
+        if t.state is TrialState.COMPLETED:
+            self.consider_best(t)
 
 
 class StudyManager:
     """Implements every operation of the service on top of ``storage``.
 
     Args:
-        storage: where studies, trials and vocabularies live.
+        storage: where studies, trials and vocabularies live. The manager must be its
+            only writer (one server process per database).
         clock: returns the time in Unix seconds (tests pass a fake one).
         engine_factory: builds an engine (defaults to
             :func:`promptbo.server.optim.make_engine`).
+        prefetch: suggestions to keep ready per study, computed in a background thread
+            and refreshed when results arrive (0: compute on demand, fully reproducible).
     """
 
     def __init__(
@@ -107,6 +131,7 @@ class StudyManager:
         storage: Storage,
         clock: Callable[[], float] = time.time,
         engine_factory: Callable | None = None,
+        prefetch: int = 0,
     ) -> None:
         self.storage = storage
         self.clock = clock
@@ -115,11 +140,19 @@ class StudyManager:
 
             engine_factory = make_engine
         self._make_engine = engine_factory
+        self.prefetch = prefetch
+        self._executor = (
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch") if prefetch else None
+        )
         self._locks: dict[str, threading.RLock] = {}
         self._locks_guard = threading.Lock()
-        self._runtimes: dict[str, _Runtime] = {}
+        self._live: dict[str, _Live] = {}
         self._vocab_cache: dict[str, Vocabulary] = {}
         self._watchers: dict[str, list[queue.Queue]] = {}
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
 
     # --- vocabularies ------------------------------------------------------------------
     def upload_vocabulary(self, vocab: Vocabulary, expected_id: str = "") -> tuple[str, bool]:
@@ -155,7 +188,7 @@ class StudyManager:
         check_study_name(name)
         with self._lock(name):
             try:
-                existing = self.storage.get_study(name)
+                existing = self._get_live(name).study
             except NotFoundError:
                 existing = None
             if existing is not None:
@@ -166,16 +199,24 @@ class StudyManager:
                     "name, or delete it first (promptbo study delete)"
                 )
             vocab = self._check_space(spec)
-            # Building the engine validates the strategy and its options.
-            self._new_runtime(spec, vocab)
+            # Building the runtime validates the strategy and its options.
+            runtime = StudyRuntime(spec, vocab, self._make_engine)
             study = Study(name=name, spec=spec, create_time=self.clock(), request_id=request_id)
-            try:
-                return self.storage.create_study(study), True
-            except AlreadyExistsError:  # lost a race with another server process
-                return self.storage.get_study(name), False
+            study = self.storage.create_study(study)
+            live = self._live[name] = _Live(study, [])
+            live.runtime = runtime
+            self._schedule_refill(name, live)
+            return study, True
 
     def get_study(self, name: str) -> Study:
-        return self.storage.get_study(name)
+        with self._lock(name):
+            return self._get_live(name).study
+
+    def describe(self, name: str) -> tuple[Study, dict[TrialState, int], Trial | None]:
+        """The study, its trial counts per state, and its best trial (or None)."""
+        with self._lock(name):
+            live = self._get_live(name)
+            return live.study, dict(live.counts), live.best
 
     def list_studies(self) -> list[Study]:
         return self.storage.list_studies()
@@ -183,15 +224,17 @@ class StudyManager:
     def delete_study(self, name: str) -> None:
         with self._lock(name):
             self.storage.delete_study(name)
-            self._runtimes.pop(name, None)
+            self._live.pop(name, None)
         for q in self._watchers.pop(name, []):
             q.put(None)
 
     def study_counts(self, name: str) -> dict[TrialState, int]:
-        return self.storage.count_trials(name)
+        return self.describe(name)[1]
 
     # --- trials ----------------------------------------------------------------------
-    def suggest_trials(self, name: str, count: int, client_id: str = "") -> tuple[list[Trial], bool]:
+    def suggest_trials(
+        self, name: str, count: int, client_id: str = ""
+    ) -> tuple[list[Trial], bool]:
         """Hands out up to ``count`` trials to ``client_id``; returns ``(trials, done)``.
 
         Order: the client's own active trials, then trials whose lease expired, then new
@@ -200,69 +243,70 @@ class StudyManager:
         if not 1 <= count <= MAX_SUGGEST_COUNT:
             raise InvalidArgumentError(f"count must be in [1, {MAX_SUGGEST_COUNT}], got {count}")
         with self._lock(name):
-            study = self.storage.get_study(name)
-            spec = study.spec
+            live = self._get_live(name)
+            spec = live.study.spec
             now = self.clock()
-            active = self.storage.list_trials(name, TrialState.ACTIVE)
-            out: list[Trial] = []
+            active = sorted(live.active.values(), key=lambda t: t.id)
+            own: list[Trial] = []
             if client_id:
-                out = [t for t in active if t.client_id == client_id and t.lease_deadline >= now]
-                out = out[:count]
-            if len(out) == count:
-                return self._renew(out, client_id, now, spec), False
-            if study.state is StudyState.COMPLETED:
+                own = [t for t in active if t.client_id == client_id and t.lease_deadline >= now]
+                own = own[:count]
+            if len(own) == count:
+                return self._lease(live, own, client_id, now), False
+            if live.study.state is StudyState.COMPLETED:
                 return [], True
             expired = [t for t in active if t.lease_deadline < now]
             held = len(active) - len(expired)
-            if spec.max_active_trials and held >= spec.max_active_trials and not out:
+            if spec.max_active_trials and held >= spec.max_active_trials and not own:
                 raise ResourceExhaustedError(
                     f"study {name!r} has {held} active trials, its cap max_active_trials="
                     f"{spec.max_active_trials}; complete some first or raise the cap"
                 )
-            want = count - len(out)
+            want = count - len(own)
             if spec.max_active_trials:
-                want = min(want, spec.max_active_trials - held + len(out))
+                want = min(want, spec.max_active_trials - held + len(own))
             reissued = expired[: max(want, 0)]
-            out += reissued
+            trials = self._lease(live, own + reissued, client_id, now)
             want -= len(reissued)
             if want > 0 and spec.max_trials:
-                completed = self.storage.count_trials(name)[TrialState.COMPLETED]
-                want = min(want, spec.max_trials - completed - len(active))
+                want = min(want, spec.max_trials - live.counts[TrialState.COMPLETED] - len(active))
             if want > 0:
-                out += self._new_trials(study, want, active, client_id, now)
-            trials = self._renew(out, client_id, now, spec)
+                trials += self._new_trials(live, want, active, client_id, now)
         for t in trials:
             self._publish(name, "suggested", t)
         return trials, False
 
-    def _renew(self, trials: list[Trial], client_id: str, now: float, spec: StudySpec) -> list[Trial]:
-        renewed = [
-            t.evolve(client_id=client_id, lease_deadline=now + spec.lease_seconds) for t in trials
+    def _lease(self, live: _Live, trials: list[Trial], client_id: str, now: float) -> list[Trial]:
+        leased = [
+            t.evolve(client_id=client_id, lease_deadline=now + live.study.spec.lease_seconds)
+            for t in trials
         ]
-        if renewed:
-            self.storage.update_trials(renewed)
-        return renewed
+        if leased:
+            self.storage.update_trials(leased)
+            live.active.update((t.id, t) for t in leased)
+        return leased
 
     def _new_trials(
-        self, study: Study, n: int, active: list[Trial], client_id: str, now: float
+        self, live: _Live, n: int, active: list[Trial], client_id: str, now: float
     ) -> list[Trial]:
-        rt = self._runtime(study)
-        pending = self._encode(rt, study.spec, [t.prompt for t in active]) if active else None
-        candidates = rt.engine.suggest(n, pending)
-        prompts = self._decode(rt, study.spec, candidates)
+        rt = self._runtime(live)
+        pending = [t.prompt for t in active]
+        prompts = rt.take_ready(n, pending)
+        if len(prompts) < n:
+            prompts += rt.suggest(n - len(prompts), pending + prompts)
         drafts = [
             Trial(
-                study=study.name,
-                id=0,
-                state=TrialState.ACTIVE,
-                prompt=p,
-                client_id=client_id,
-                lease_deadline=now + study.spec.lease_seconds,
+                study=live.study.name, id=0, state=TrialState.ACTIVE, prompt=p,
+                client_id=client_id, lease_deadline=now + live.study.spec.lease_seconds,
                 create_time=now,
             )
             for p in prompts
         ]
-        return self.storage.add_trials(study.name, drafts)
+        stored = self.storage.add_trials(live.study.name, drafts)
+        live.active.update((t.id, t) for t in stored)
+        live.counts[TrialState.ACTIVE] += len(stored)
+        self._schedule_refill(live.study.name, live)
+        return stored
 
     def complete_trial(
         self,
@@ -280,17 +324,18 @@ class StudyManager:
         for k, v in metrics.items():
             _check_finite(f"metric {k!r}", v)
         with self._lock(name):
-            study = self.storage.get_study(name)
-            trial = self._get_trial(name, trial_id)
+            live = self._get_live(name)
+            study = live.study
+            trial = live.active.get(trial_id) or self._get_trial(name, trial_id)
             if trial.state is not TrialState.ACTIVE:
                 return self._repeat_completion(trial, value, metrics, failure_reason)
             now = self.clock()
-            if client_id and trial.client_id and trial.client_id != client_id:
-                if trial.lease_deadline >= now:
-                    raise FailedPreconditionError(
-                        f"trial {trial_id} of study {name!r} is held by another worker "
-                        f"({trial.client_id!r}); your lease expired and it was handed out again"
-                    )
+            held_by_other = client_id and trial.client_id not in ("", client_id)
+            if held_by_other and trial.lease_deadline >= now:
+                raise FailedPreconditionError(
+                    f"trial {trial_id} of study {name!r} is held by another worker "
+                    f"({trial.client_id!r}); your lease expired and it was handed out again"
+                )
             if failure_reason:
                 done = trial.evolve(
                     state=TrialState.FAILED, failure_reason=failure_reason, complete_time=now,
@@ -303,11 +348,12 @@ class StudyManager:
                     complete_time=now,
                 )
             self.storage.update_trials([done])
+            live.finish(done)
             if done.state is TrialState.COMPLETED:
-                rt = self._runtimes.get(name)
-                if rt is not None:
-                    self._observe(rt, study.spec, [done.prompt], [objective])
-                study = self._maybe_finish(study)
+                if live.runtime is not None:
+                    live.runtime.queue_observation([done.prompt], [objective])
+                study = self._maybe_finish(live)
+                self._schedule_refill(name, live)
         self._publish(name, done.state.value, done)
         if study.state is StudyState.COMPLETED:
             self._publish(name, "done", None)
@@ -334,8 +380,8 @@ class StudyManager:
 
     def heartbeat_trial(self, name: str, trial_id: int, client_id: str = "") -> Trial:
         with self._lock(name):
-            study = self.storage.get_study(name)
-            trial = self._get_trial(name, trial_id)
+            live = self._get_live(name)
+            trial = live.active.get(trial_id) or self._get_trial(name, trial_id)
             if trial.state is not TrialState.ACTIVE:
                 raise FailedPreconditionError(
                     f"trial {trial_id} of study {name!r} is {trial.state.value}; "
@@ -347,7 +393,7 @@ class StudyManager:
                     f"trial {trial_id} of study {name!r} is held by another worker "
                     f"({trial.client_id!r})"
                 )
-            return self._renew([trial], client_id or trial.client_id, now, study.spec)[0]
+            return self._lease(live, [trial], client_id or trial.client_id, now)[0]
 
     def get_trial(self, name: str, trial_id: int) -> Trial:
         return self._get_trial(name, trial_id)
@@ -361,6 +407,8 @@ class StudyManager:
         size = page_size or 100
         try:
             after = int(page_token) if page_token else 0
+            if after < 0:
+                raise ValueError
         except ValueError:
             raise InvalidArgumentError(
                 f"page_token {page_token!r} is not one this server issued; pass the "
@@ -372,30 +420,23 @@ class StudyManager:
         return trials, (str(trials[-1].id) if more else "")
 
     def best_trial(self, name: str) -> Trial | None:
-        study = self.storage.get_study(name)
-        best: Trial | None = None
-        best_obj = -math.inf
-        for t in self.storage.list_trials(name, TrialState.COMPLETED):
-            obj = _objective(study.spec, t.value, t.metrics, strict=False)
-            if obj is not None and obj > best_obj:
-                best, best_obj = t, obj
-        return best
+        return self.describe(name)[2]
 
     def add_trials(self, name: str, known: Sequence[KnownTrial]) -> list[Trial]:
         """Stores prompts with known values as completed trials and teaches the engine."""
         if not known:
             raise InvalidArgumentError("AddTrials needs at least one trial")
         with self._lock(name):
-            study = self.storage.get_study(name)
-            rt = self._runtime(study)
+            live = self._get_live(name)
+            rt = self._runtime(live)
             now = self.clock()
             drafts, objectives = [], []
             for i, k in enumerate(known):
                 _check_finite(f"trial {i}: value", k.value)
                 for mk, mv in k.metrics.items():
                     _check_finite(f"trial {i}: metric {mk!r}", mv)
-                prompt = self._normalize_prompt(rt, study.spec, k.prompt, f"trial {i}")
-                objectives.append(_objective(study.spec, k.value, k.metrics))
+                prompt = self._normalize_prompt(rt, live.study.spec, k.prompt, f"trial {i}")
+                objectives.append(_objective(live.study.spec, k.value, k.metrics))
                 drafts.append(
                     Trial(
                         study=name, id=0, state=TrialState.COMPLETED, prompt=prompt,
@@ -404,7 +445,12 @@ class StudyManager:
                     )
                 )
             stored = self.storage.add_trials(name, drafts)
-            self._observe(rt, study.spec, [t.prompt for t in stored], objectives)
+            live.counts[TrialState.COMPLETED] += len(stored)
+            for t in stored:
+                live.consider_best(t)
+            rt.queue_observation([t.prompt for t in stored], objectives)
+            self._maybe_finish(live)
+            self._schedule_refill(name, live)
         for t in stored:
             self._publish(name, "completed", t)
         return stored
@@ -412,7 +458,7 @@ class StudyManager:
     # --- watching --------------------------------------------------------------------
     def watch(self, name: str, stop: threading.Event | None = None) -> Iterator[Event]:
         """Yields events of a study until it completes, is deleted, or ``stop`` is set."""
-        study = self.storage.get_study(name)
+        study = self.get_study(name)
         q: queue.Queue = queue.Queue()
         self._watchers.setdefault(name, []).append(q)
         try:
@@ -438,12 +484,11 @@ class StudyManager:
         watchers = self._watchers.get(name)
         if not watchers:
             return
-        try:
-            study = self.storage.get_study(name)
-        except NotFoundError:
+        live = self._live.get(name)
+        if live is None:
             return
         for q in list(watchers):
-            q.put(Event(kind, study, trial))
+            q.put(Event(kind, live.study, trial))
 
     # --- helpers ---------------------------------------------------------------------
     def _lock(self, name: str) -> threading.RLock:
@@ -452,6 +497,14 @@ class StudyManager:
             if lock is None:
                 lock = self._locks[name] = threading.RLock()
             return lock
+
+    def _get_live(self, name: str) -> _Live:
+        """The cached state of a study, loaded on first use. Caller holds its lock."""
+        live = self._live.get(name)
+        if live is None:
+            study = self.storage.get_study(name)
+            live = self._live[name] = _Live(study, self.storage.list_trials(name))
+        return live
 
     def _get_trial(self, name: str, trial_id: int) -> Trial:
         try:
@@ -465,12 +518,14 @@ class StudyManager:
                 "SuggestTrials or AddTrials"
             ) from None
 
-    def _maybe_finish(self, study: Study) -> Study:
+    def _maybe_finish(self, live: _Live) -> Study:
+        study = live.study
         if not study.spec.max_trials or study.state is StudyState.COMPLETED:
             return study
-        if self.storage.count_trials(study.name)[TrialState.COMPLETED] >= study.spec.max_trials:
+        if live.counts[TrialState.COMPLETED] >= study.spec.max_trials:
             study = study.evolve(state=StudyState.COMPLETED)
             self.storage.update_study(study)
+            live.study = study
             log.info("study %s reached its budget of %d trials", study.name, study.spec.max_trials)
         return study
 
@@ -495,67 +550,49 @@ class StudyManager:
             )
         return vocab
 
-    def _new_runtime(self, spec: StudySpec, vocab: Vocabulary | None) -> _Runtime:
-        engine = self._make_engine(
-            spec.space,
-            spec.strategy,
-            spec.strategy_options,
-            spec.seed,
-            None if vocab is None else vocab.embeddings,
-        )
-        return _Runtime(engine, vocab)
-
-    def _runtime(self, study: Study) -> _Runtime:
-        """The study's engine, rebuilt from stored trials on first use."""
-        rt = self._runtimes.get(study.name)
-        if rt is not None:
-            return rt
-        vocab = self._check_space(study.spec)
-        rt = self._new_runtime(study.spec, vocab)
+    def _runtime(self, live: _Live) -> StudyRuntime:
+        """The study's runtime, its engine rebuilt from stored trials on first use."""
+        if live.runtime is not None:
+            return live.runtime
+        study = live.study
+        rt = StudyRuntime(study.spec, self._check_space(study.spec), self._make_engine)
         trials = self.storage.list_trials(study.name)
-        done = [t for t in trials if t.state is TrialState.COMPLETED]
-        objectives = [_objective(study.spec, t.value, t.metrics, strict=False) for t in done]
-        pairs = [(t.prompt, o) for t, o in zip(done, objectives, strict=True) if o is not None]
+        pairs = [
+            (t.prompt, _objective(study.spec, t.value, t.metrics, strict=False))
+            for t in trials
+            if t.state is TrialState.COMPLETED
+        ]
+        pairs = [(p, o) for p, o in pairs if o is not None]
         if pairs:
-            self._observe(rt, study.spec, [p for p, _ in pairs], [o for _, o in pairs])
+            rt.queue_observation([p for p, _ in pairs], [o for _, o in pairs])
         rt.engine.num_suggested = sum(1 for t in trials if t.source == "suggested")
-        self._runtimes[study.name] = rt
+        live.runtime = rt
         log.info("engine of study %s rebuilt from %d completed trials", study.name, len(pairs))
         return rt
 
-    def _observe(self, rt: _Runtime, spec: StudySpec, prompts: list[Prompt], values) -> None:
-        import torch
+    def _schedule_refill(self, name: str, live: _Live) -> None:
+        """Starts a background refresh of the study's ready suggestions (prefetch > 0)."""
+        rt = live.runtime
+        if self._executor is None or rt is None or rt.refilling:
+            return
+        if live.study.state is StudyState.COMPLETED:
+            rt.ready = []
+            return
+        rt.refilling = True
 
-        x = self._encode(rt, spec, prompts)
-        rt.engine.observe(x, torch.as_tensor(values, dtype=torch.float64))
+        def snapshot() -> list[Prompt]:
+            with self._lock(name):
+                return [t.prompt for t in live.active.values()]
 
-    def _encode(self, rt: _Runtime, spec: StudySpec, prompts: Sequence[Prompt]):
-        import torch
+        def store(prompts: list[Prompt]) -> None:
+            with self._lock(name):
+                busy = {t.prompt.key() for t in live.active.values()}
+                rt.ready = [p for p in prompts if p.key() not in busy]
+                rt.refilling = False
 
-        if isinstance(spec.space, SoftPromptSpace):
-            return torch.tensor(np.array([p.vector for p in prompts], dtype=np.float32))
-        rows = [[rt.row_of[tid] for tid in p.token_ids] for p in prompts]
-        return torch.tensor(rows, dtype=torch.long)
+        self._executor.submit(rt.refill, self.prefetch, snapshot, store)
 
-    def _decode(self, rt: _Runtime, spec: StudySpec, candidates) -> list[Prompt]:
-        if isinstance(spec.space, SoftPromptSpace):
-            arr = candidates.detach().cpu().numpy().astype(np.float32)
-            return [Prompt(vector=tuple(float(v) for v in row)) for row in arr]
-        vocab = rt.vocab
-        assert vocab is not None
-        out = []
-        for row in candidates.tolist():
-            tokens = tuple(vocab.tokens[r] for r in row)
-            out.append(
-                Prompt(
-                    token_ids=tuple(vocab.token_ids[r] for r in row),
-                    tokens=tokens,
-                    text="".join(tokens),
-                )
-            )
-        return out
-
-    def _normalize_prompt(self, rt: _Runtime, spec: StudySpec, p: Prompt, where: str) -> Prompt:
+    def _normalize_prompt(self, rt: StudyRuntime, spec: StudySpec, p: Prompt, where: str) -> Prompt:
         space = spec.space
         if isinstance(space, SoftPromptSpace):
             if len(p.vector) != space.size:
@@ -577,10 +614,7 @@ class StudyManager:
             raise InvalidArgumentError(
                 f"{where}: token ids {unknown[:5]} are not in the study's vocabulary"
             )
-        vocab = rt.vocab
-        assert vocab is not None
-        tokens = tuple(vocab.tokens[rt.row_of[tid]] for tid in p.token_ids)
-        return Prompt(token_ids=tuple(p.token_ids), tokens=tokens, text="".join(tokens))
+        return rt.render(p.token_ids)
 
 
 def _check_finite(what: str, v: float) -> None:

@@ -54,8 +54,7 @@ class OptimizerServicer(api_grpc.OptimizerServiceServicer):
         self.manager = manager
 
     def _study_pb(self, study):
-        counts = self.manager.study_counts(study.name)
-        return convert.study_to_pb(study, counts, self.manager.best_trial(study.name))
+        return convert.study_to_pb(*self.manager.describe(study.name))
 
     @_rpc
     def CreateStudy(self, request, context):
@@ -168,7 +167,9 @@ def _assemble_vocabulary(chunks) -> tuple[Vocabulary, str]:
                 )
             if size * dim * 4 > MAX_VOCABULARY_BYTES:
                 raise InvalidArgumentError("the embedding table is larger than 2 GiB")
-        elif (chunk.size and chunk.size != size) or (chunk.embedding_dim and chunk.embedding_dim != dim):
+        elif (chunk.size and chunk.size != size) or (
+            chunk.embedding_dim and chunk.embedding_dim != dim
+        ):
             raise InvalidArgumentError(f"chunk {i} changes size or embedding_dim mid-upload")
         tokens.extend(chunk.tokens)
         ids.extend(chunk.token_ids)

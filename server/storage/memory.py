@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 import numpy as np
+
 from promptbo.errors import AlreadyExistsError, InvalidArgumentError, NotFoundError
 from promptbo.server.domain import (
     Prompt,

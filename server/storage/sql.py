@@ -32,6 +32,10 @@ from typing import Any
 
 import numpy as np
 import sqlalchemy as sa
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.pool import StaticPool
+from sqlalchemy.schema import CreateIndex, CreateTable
+
 from promptbo.errors import (
     AlreadyExistsError,
     FailedPreconditionError,
@@ -58,9 +62,6 @@ from promptbo.server.storage.memory import (
     trial_not_found,
     vocabulary_not_found,
 )
-from sqlalchemy.engine import Connection, make_url
-from sqlalchemy.pool import StaticPool
-from sqlalchemy.schema import CreateIndex, CreateTable
 
 SCHEMA_VERSION = 1
 SQLITE_BUSY_TIMEOUT_MS = 120_000

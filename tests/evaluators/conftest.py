@@ -103,6 +103,12 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
     return path
 
 
+@pytest.fixture(name="write_jsonl")
+def write_jsonl_fixture():
+    """``write_jsonl(path, rows) -> path``: writes rows as JSON lines."""
+    return write_jsonl
+
+
 @pytest.fixture
 def small_data(tmp_path) -> Path:
     """12 sentiment examples (6 per class) in a JSONL file."""

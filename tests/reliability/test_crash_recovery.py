@@ -54,7 +54,7 @@ def wait_ready(address: str, timeout: float = 60) -> None:
 def test_kill_9_server_repeatedly(tmp_path):
     db, port = tmp_path / "crash.db", free_port()
     address = f"127.0.0.1:{port}"
-    server_log = open(tmp_path / "server.log", "w")
+    server_log = (tmp_path / "server.log").open("w")  # noqa: SIM115 - lives across restarts
     server = start_server(db, port, server_log)
     wait_ready(address)
     with promptbo.Client(address) as c:

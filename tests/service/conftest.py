@@ -18,7 +18,8 @@ from promptbo.server.storage import open_storage
 @pytest.fixture(params=["in-process", "grpc"])
 def client(request, tmp_path):
     """A client wired to a fresh server: in-process servicer or a real one on port 0."""
-    storage = open_storage(os.environ.get("PROMPTBO_TEST_CLIENT_STORAGE") or f"sqlite:///{tmp_path / 'studies.db'}")
+    url = os.environ.get("PROMPTBO_TEST_CLIENT_STORAGE") or f"sqlite:///{tmp_path / 'studies.db'}"
+    storage = open_storage(url)
     if request.param == "in-process":
         servicer = OptimizerServicer(StudyManager(storage))
         yield promptbo.Client(stub=LocalStub(servicer))

@@ -17,7 +17,8 @@ TOKEN = "s3cret-token-value"
 
 @pytest.fixture
 def auth_server(tmp_path):
-    server, port, _ = create_server(f"sqlite:///{tmp_path / 'a.db'}", ServerOptions(port=0, auth_token=TOKEN))
+    opts = ServerOptions(port=0, auth_token=TOKEN)
+    server, port, _ = create_server(f"sqlite:///{tmp_path / 'a.db'}", opts)
     yield port
     server.stop(None).wait()
 
@@ -36,7 +37,7 @@ def test_missing_or_wrong_token_is_unauthenticated(auth_server, token, monkeypat
     monkeypatch.delenv("PROMPTBO_TOKEN", raising=False)
     with promptbo.Client(f"127.0.0.1:{auth_server}", token=token) as c:
         with pytest.raises(promptbo.UnauthenticatedError, match="bearer token"):
-            c.list_studies()
+            c.list_studies()  # noqa: SIM117
         with pytest.raises(promptbo.UnauthenticatedError):
             c.upload_vocabulary(
                 promptbo.VocabularyTable(["a"], [1], __import__("numpy").ones((1, 2), "f4"))
@@ -51,9 +52,11 @@ def test_health_check_needs_no_token(auth_server):
 
 def test_token_never_logged(auth_server, caplog):
     caplog.set_level(logging.DEBUG)
-    with promptbo.Client(f"127.0.0.1:{auth_server}", token="wrong-token-xyz") as c:
-        with pytest.raises(promptbo.UnauthenticatedError):
-            c.list_studies()
+    with (
+        promptbo.Client(f"127.0.0.1:{auth_server}", token="wrong-token-xyz") as c,
+        pytest.raises(promptbo.UnauthenticatedError),
+    ):
+        c.list_studies()
     assert TOKEN not in caplog.text and "wrong-token-xyz" not in caplog.text
 
 
@@ -84,6 +87,8 @@ def test_tls_client_with_ca_file(tls_server, cert):
 
 
 def test_plaintext_client_to_tls_server_fails(tls_server):
-    with promptbo.Client(f"127.0.0.1:{tls_server}", token=TOKEN, timeout=3) as c:
-        with pytest.raises(promptbo.UnavailableError):
-            c.list_studies()
+    with (
+        promptbo.Client(f"127.0.0.1:{tls_server}", token=TOKEN, timeout=3) as c,
+        pytest.raises(promptbo.UnavailableError),
+    ):
+        c.list_studies()

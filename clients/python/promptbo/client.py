@@ -20,12 +20,14 @@ trials again, repeated completions are no-ops), and the channel retries UNAVAILA
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -175,7 +177,7 @@ class Client:
             self._stub = stub
             return
         if ca_file or tls:
-            roots = open(ca_file, "rb").read() if ca_file else None
+            roots = Path(ca_file).read_bytes() if ca_file else None
             creds = grpc.ssl_channel_credentials(root_certificates=roots)
             self._channel = grpc.secure_channel(target, creds, options=options)
         else:
@@ -208,7 +210,9 @@ class Client:
         try:
             grpc.channel_ready_future(self._channel).result(timeout=timeout)
         except grpc.FutureTimeoutError:
-            raise UnavailableError(f"no promptbo server at {self.target} after {timeout}s") from None
+            raise UnavailableError(
+                f"no promptbo server at {self.target} after {timeout}s"
+            ) from None
 
     # --- vocabularies ------------------------------------------------------------------
     def upload_vocabulary(
@@ -394,7 +398,8 @@ class Study:
         )
         try:
             for msg in call:
-                yield msg.event, msg.study, (self._trial(msg.trial) if msg.HasField("trial") else None)
+                trial = self._trial(msg.trial) if msg.HasField("trial") else None
+                yield msg.event, msg.study, trial
         except grpc.RpcError as err:
             if err.code() != grpc.StatusCode.CANCELLED:
                 raise _translate(err) from None
@@ -436,10 +441,9 @@ class TrialContext:
     def _beat(self) -> None:
         assert self.trial is not None
         while not self._stop.wait(self.interval):
-            try:
+            # A failed beat is retried by the next; completion reports a lasting problem.
+            with contextlib.suppress(PromptboError):
                 self.study.heartbeat(self.trial)
-            except PromptboError:
-                pass  # the next beat retries; completion reports any lasting problem
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         self._stop.set()
