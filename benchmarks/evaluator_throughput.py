@@ -1,6 +1,7 @@
 """Throughput of the hf-causal evaluator against a bare transformers forward pass.
 
-Two measurements on the demo reviews with the bundled SmolLM2-135M (or ``--model``):
+Two measurements on the demo reviews (or ``--data``) with the bundled SmolLM2-135M
+(or ``--model``):
 
 1. overhead: ``score()`` with the KV cache off against the same (prompt, review) sequences
    tokenized by the tokenizer and run through ``model(...)`` directly, left-padded in batches
@@ -40,14 +41,16 @@ PROMPTS = [
 ]
 
 
-def timed(fn, repeats: int) -> float:
-    """Median seconds of ``fn()`` over ``repeats`` runs."""
-    times = []
+def timed(fns: dict, repeats: int) -> dict:
+    """Median seconds of each ``fn()`` over ``repeats`` rounds; the functions take turns in
+    every round, so a load change on a shared machine hits all of them alike."""
+    times: dict = {name: [] for name in fns}
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def bare_forward(ev, texts: list[str], label_ids: list[int], batch_size: int) -> list:
@@ -69,6 +72,9 @@ def bare_forward(ev, texts: list[str], label_ids: list[int], batch_size: int) ->
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="smollm2")
+    ap.add_argument("--data", default="demo",
+                    help="demo, or a dataset with single-token label words, e.g. "
+                         "../shared/datasets/sst2")
     ap.add_argument("--examples", type=int, default=16, help="reviews per prompt (even)")
     ap.add_argument("--prompts", type=int, default=4, help="prompts per score() call")
     ap.add_argument("--batch-size", type=int, default=16)
@@ -76,7 +82,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--json", help="also write the results to this file")
     args = ap.parse_args(argv)
 
-    common = {"model": args.model, "data": "demo", "split": "test", "k": 8,
+    common = {"model": args.model, "data": args.data, "split": "test", "k": 8,
               "max_examples": args.examples, "batch_size": args.batch_size}
     ev = create_evaluator("hf-causal", kv_cache="off", **common)
     tok = ev.tokenizer
@@ -87,19 +93,21 @@ def main(argv=None) -> dict:
     texts = [template.render_text(ex, p.text) for p in prompts for ex in ev.task.examples]
     label_ids = [ids[0] for ids in ev.encoded[0].label_ids]
 
+    cached = create_evaluator("hf-causal", kv_cache="on", **common)
     ev.score(prompts)  # warm up
     bare_forward(ev, texts, label_ids, args.batch_size)
-    t_eval = timed(lambda: ev.score(prompts), args.repeats)
-    t_bare = timed(lambda: bare_forward(ev, texts, label_ids, args.batch_size), args.repeats)
-
-    cached = create_evaluator("hf-causal", kv_cache="on", **common)
     t0 = time.perf_counter()
-    cached.score(prompts)
+    cached.score(prompts)  # builds the prefix caches
     t_first = time.perf_counter() - t0
-    t_cached = timed(lambda: cached.score(prompts), args.repeats)
+    t = timed({"bare": lambda: bare_forward(ev, texts, label_ids, args.batch_size),
+               "eval": lambda: ev.score(prompts), "cached": lambda: cached.score(prompts)},
+              args.repeats)
+    t_bare, t_eval, t_cached = t["bare"], t["eval"], t["cached"]
 
+    tokens = [len(e.before) for e in ev.encoded]
     results = {
-        "model": args.model, "device": str(ev.device), "dtype": str(ev.dtype).split(".")[-1],
+        "model": args.model, "data": args.data, "mean_input_tokens": sum(tokens) / len(tokens),
+        "device": str(ev.device), "dtype": str(ev.dtype).split(".")[-1],
         "threads": torch.get_num_threads(), "sentences_per_call": n,
         "batch_size": args.batch_size,
         "bare_forward_sps": n / t_bare, "hf_causal_sps": n / t_eval,
@@ -107,7 +115,8 @@ def main(argv=None) -> dict:
         "kv_off_sps": n / t_eval, "kv_on_sps": n / t_cached, "kv_first_call_sps": n / t_first,
         "kv_speedup": t_eval / t_cached,
     }
-    print(f"| {n} sentences ({len(prompts)} prompts x {len(ev.task.examples)} reviews), "
+    print(f"| {args.data}: {n} sentences ({len(prompts)} prompts x {len(ev.task.examples)} inputs "
+          f"of {results['mean_input_tokens']:.0f} tokens before the prompt), "
           f"{results['device']} {results['dtype']}, {results['threads']} threads, "
           f"batch {args.batch_size} | sentences/s |")
     print("|---|---:|")

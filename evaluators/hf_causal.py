@@ -17,11 +17,13 @@ Prompt after the input
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
 from promptbo.errors import InvalidArgumentError
 from promptbo.evaluators.base import option_choice, option_float, register_evaluator
 from promptbo.evaluators.hf_common import HFEvaluator
@@ -97,6 +99,7 @@ class HFCausalEvaluator(HFEvaluator):
             self.use_kv_cache = has_prefix and self.task.template.prompt_after_input
         else:
             self.use_kv_cache = has_prefix and mode in ("on", "true")
+        self._keeps_logits = "logits_to_keep" in inspect.signature(self.model.forward).parameters
         self._prefixes: dict[int, tuple[list, Any]] = {}
         self._prefix_bytes = 0
         self.single_token_labels = all(
@@ -179,8 +182,8 @@ class HFCausalEvaluator(HFEvaluator):
         if chunk in self._prefixes:
             return self._prefixes[chunk]
         ids, mask, pos = self._pad([[self.encoded[e].before] for e in members], soft=False)
-        cache = self.model(input_ids=ids, attention_mask=mask, position_ids=pos,
-                           use_cache=True, logits_to_keep=1).past_key_values
+        cache = self._call(1, input_ids=ids, attention_mask=mask, position_ids=pos,
+                           use_cache=True).past_key_values
         kv = [(layer.keys, layer.values) for layer in cache.layers]
         size = sum(k.numel() * k.element_size() * 2 for k, _ in kv)
         if self._prefix_bytes + size <= self.kv_cache_bytes:
@@ -226,8 +229,16 @@ class HFCausalEvaluator(HFEvaluator):
             kwargs["past_key_values"] = DynamicCache(ddp_cache_data=kv, config=self.model.config)
             pos = (full.cumsum(-1) - 1).clamp(min=0)[:, past_mask.shape[1]:]
             mask = full
-        return self.model(**kwargs, attention_mask=mask, position_ids=pos, use_cache=past
-                          is not None, logits_to_keep=keep).logits
+        logits = self._call(keep, **kwargs, attention_mask=mask, position_ids=pos,
+                            use_cache=past is not None).logits
+        return logits[:, -keep:]
+
+    def _call(self, keep: int, **kwargs):
+        """The model's forward pass, computing logits for the last ``keep`` positions only
+        where the model supports it."""
+        if self._keeps_logits:
+            kwargs["logits_to_keep"] = keep
+        return self.model(**kwargs)
 
     def _collect(self, batch: list[_Row], logits, out: np.ndarray) -> None:
         import torch

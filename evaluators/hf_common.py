@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
 from promptbo.errors import InvalidArgumentError
 from promptbo.evaluators.base import Evaluator, option_choice, option_int
 from promptbo.evaluators.models import resolve_model
@@ -111,8 +112,14 @@ class HFEvaluator(Evaluator):
         self.device = pick_device(str(device))
         self.dtype = pick_dtype(str(dtype), self.device)
         path = resolve_model(str(model))
-        self.tokenizer = self._load_tokenizer(path)
-        self.model = self._load_model(path).to(self.device).eval()
+        try:
+            self.tokenizer = self._load_tokenizer(path)
+            self.model = self._load_model(path).to(self.device).eval()
+        except OSError as exc:
+            raise InvalidArgumentError(
+                f"could not load the model {model!r} (a checkpoint folder, a hub name, or "
+                f"smollm2): {exc}"
+            ) from exc
         self.pad_id = self._pad_id()
         self.embedding = self.model.get_input_embeddings()
         self.n_tokens = int(self.embedding.weight.shape[0])

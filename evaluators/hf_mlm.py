@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+
 from promptbo.errors import InvalidArgumentError
 from promptbo.evaluators.base import register_evaluator
 from promptbo.evaluators.hf_common import HFEvaluator

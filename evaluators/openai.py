@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
 from promptbo.errors import (
     InvalidArgumentError,
     ResourceExhaustedError,

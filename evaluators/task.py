@@ -36,6 +36,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
 from promptbo.errors import InvalidArgumentError
 from promptbo.evaluators.base import option_choice, option_int
 from promptbo.evaluators.data import Example, few_shot_splits, load_dataset, resolve_labels

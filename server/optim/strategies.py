@@ -1,35 +1,19 @@
-"""Built-in strategies (importing this module registers them).
+"""Built-in strategies; importing this module registers them.
 
-Placeholder random strategy until the full set lands; see :mod:`promptbo.server.optim`.
+=========  =============================================================  ===========
+name       what it does                                                   spaces
+=========  =============================================================  ===========
+``gp``     global GP + qLogNEI (:mod:`.gp`)                                hard, soft
+``turbo``  trust-region GP + qLogNEI, TuRBO-1 style (:mod:`.turbo`)        hard, soft
+``cmaes``  CMA-ES as in black-box tuning (:mod:`.cmaes`)                  hard, soft
+``random`` uniform random prompts (:mod:`.baselines`)                      hard, soft
+``index``  token-index GP + UCB, a reproduction of Sabbatella et al.       hard
+           (2023) for comparison (:mod:`.baselines`)
+=========  =============================================================  ===========
 """
 
 from __future__ import annotations
 
-import torch
-from torch import Tensor
+from promptbo.server.optim import baselines, cmaes, gp, turbo
 
-from promptbo.server.domain import HardPromptSpace
-from promptbo.server.optim.base import Engine, register_strategy
-
-
-@register_strategy("random")
-class RandomEngine(Engine):
-    def __init__(self, space, options, seed, embeddings) -> None:
-        self.space = space
-        self.seed = seed
-        self.num_suggested = 0
-        self.vocab_size = None if embeddings is None else int(embeddings.shape[0])
-
-    def suggest(self, n: int, pending: Tensor | None = None) -> Tensor:
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.num_suggested)
-        self.num_suggested += n
-        if isinstance(self.space, HardPromptSpace):
-            return torch.randint(0, self.vocab_size, (n, self.space.prompt_length), generator=g)
-        size = self.space.prompt_length * self.space.embedding_dim
-        return (torch.rand(n, size, generator=g) * 2 - 1) * self.space.bound
-
-    def observe(self, candidates: Tensor, values: Tensor) -> None:
-        pass
-
-
-register_strategy("gp")(RandomEngine)
+__all__ = ["baselines", "cmaes", "gp", "turbo"]

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from urllib.parse import quote
 
 import pytest
+
 from promptbo.server.storage import InMemoryStorage, Storage
 
 POSTGRES_ENV = "PROMPTBO_TEST_POSTGRES_URL"
@@ -50,6 +51,7 @@ def postgres_url() -> str:
 def _postgres_schema(base_url: str) -> tuple[str, Callable[[], None]]:
     """Creates a fresh schema; returns a URL whose connections use it, and its dropper."""
     import sqlalchemy as sa
+
     from promptbo.server.storage.sql import normalize_url
 
     schema = f"promptbo_test_{uuid.uuid4().hex[:12]}"

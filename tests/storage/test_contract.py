@@ -16,6 +16,7 @@ import time
 
 import numpy as np
 import pytest
+
 from promptbo.errors import (
     AlreadyExistsError,
     FailedPreconditionError,

@@ -1,0 +1,160 @@
+"""The quality benchmark's harness on a fake evaluator: selection and score caching."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from promptbo.evaluators.base import Evaluator
+from promptbo.types import Score, VocabularyTable
+
+
+def _objective(ids) -> float:
+    return -sum((i * 7919) % 23 for i in ids) / 10.0
+
+
+def _dev(ids) -> float:
+    return _objective(ids) + sum((i * 104729) % 17 for i in ids) / 20.0
+
+
+def _test_accuracy(ids) -> float:
+    return 0.5 + ((sum(ids) * 31) % 50) / 100.0
+
+
+class FakeEvaluator(Evaluator):
+    """Deterministic per-split scores; counts every prompt it is asked to score."""
+
+    def __init__(self, split: str, seed: int, calls: Counter):
+        self.split, self.seed, self.calls = split, seed, calls
+
+    def score(self, prompts):
+        out = []
+        for p in prompts:
+            ids = tuple(p.token_ids)
+            self.calls[self.split, self.seed if self.split != "test" else 0, ids] += 1
+            value = {"objective": _objective, "dev": _dev}.get(self.split, _objective)(ids)
+            acc = _test_accuracy(ids) if self.split == "test" else 0.5
+            out.append(Score(value + 0.01 * self.seed, {"accuracy": acc}))
+        return out
+
+
+def _vocabulary(n: int = 80) -> VocabularyTable:
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    tokens = [f" {letters[i % 26]}{letters[(i // 26) % 26]}x" for i in range(n)]
+    tokens[:3] = ["!", "##", " a"]  # not whole words: filtered out
+    emb = np.random.default_rng(0).standard_normal((n, 8)).astype(np.float32)
+    return VocabularyTable(tokens, [1000 + i for i in range(n)], emb)
+
+
+def test_select_prompt_takes_the_dev_best_of_the_objective_top_k(quality):
+    prompts = [(1,), (2,), (3,), (2,), (4,), (5,)]
+    values = [0.1, 0.5, 0.4, 0.5, 0.3, 0.9]
+    dev = {(1,): 0.0, (2,): 0.2, (3,): 0.7, (4,): 0.9, (5,): 1.0}
+    asked = []
+
+    def dev_values(ps):
+        asked.append(list(ps))
+        return [dev[p] for p in ps]
+
+    sel = quality.select_prompt(prompts, values, budget=5, dev_values=dev_values, top_k=3)
+    # (5,) lies beyond the budget; (2,) counts once; top-3 by objective: (2,), (3,), (4,).
+    assert asked == [[(2,), (3,), (4,)]]
+    assert sel["prompt"] == [4] and sel["objective"] == 0.3 and sel["dev"] == 0.9
+    # A dev tie goes to the better objective.
+    sel = quality.select_prompt(prompts, values, 5, lambda ps: [1.0] * len(ps), top_k=3)
+    assert sel["prompt"] == [2]
+
+
+def test_score_cache_scores_each_split_seed_prompt_once(quality):
+    calls: Counter = Counter()
+    cache = quality.ScoreCache(lambda split, seed: FakeEvaluator(split, seed, calls),
+                               _vocabulary())
+    a, b = (1010, 1011), (1012, 1013)
+    first = cache.score("objective", 0, [a, b, a])
+    assert first[0] == first[2] and first[0][0] == pytest.approx(_objective(a))
+    assert cache.score("objective", 0, [b, a]) == [first[1], first[0]]
+    cache.score("objective", 1, [a])  # another seed: another objective set
+    cache.score("test", 0, [a])
+    cache.score("test", 2, [a])  # the test split is shared by all seeds
+    assert max(calls.values()) == 1
+    assert cache.evaluated == Counter({"objective": 3, "test": 1})
+    assert cache.prompt(a).text == " kax lax"
+
+
+def _args(quality, tmp_path, strategies):
+    return quality.parse_args([
+        "--data-dir", "fake", "--budgets", "4,10", "--seeds", "0,1", "--strategies",
+        strategies, "--prompt-length", "2", "--top-n", "40", "--pca-dims", "4",
+        "--out", str(tmp_path / "q"), "--log-every", "5"])
+
+
+def test_benchmark_run_selects_caches_and_resumes(quality, tmp_path):
+    calls: Counter = Counter()
+    vocab = _vocabulary()
+    args = _args(quality, tmp_path, "random,optuna-tpe")
+    lines = []
+    bench = quality.Benchmark(args, lambda s, seed: FakeEvaluator(s, seed, calls), vocab,
+                              log=lines.append)
+    results = bench.run()
+    bench.write(final=True)
+    assert max(calls.values()) == 1  # nothing was scored twice on a split
+    allowed = {1000 + i for i in range(3, 80)}
+    for name, run in results["runs"].items():
+        assert len(run["values"]) == 10
+        keys = [tuple(1000 + r for r in rows) for rows in run["rows"]]
+        assert all(set(k) <= allowed for k in keys)
+        seed = int(name.split("|")[1])
+        for b in (4, 10):
+            sel = results["selections"][f"{name}|{b}"]
+            first = {}
+            for k, v in zip(keys[:b], run["values"][:b], strict=True):
+                first.setdefault(k, v)
+            top = sorted(first, key=lambda k: -first[k])[:3]
+            best = max(top, key=lambda k: _dev(k))
+            assert tuple(sel["prompt"]) == best
+            assert sel["dev"] == pytest.approx(_dev(best) + 0.01 * seed)
+            assert sel["test_accuracy"] == pytest.approx(_test_accuracy(best))
+    summary = results["summary"]["table"]
+    accs = [results["selections"][f"random|{s}|10"]["test_accuracy"] for s in (0, 1)]
+    assert summary["random"]["10"]["test_accuracy"] == pytest.approx(np.mean(accs))
+    assert results["summary"]["unprompted_test_accuracy"] == pytest.approx(_test_accuracy(()))
+    saved = json.loads((tmp_path / "q.json").read_text())
+    assert saved["selections"] == results["selections"]
+    assert "| random |" in (tmp_path / "q.md").read_text()
+    assert (tmp_path / "q.png").stat().st_size > 0
+    assert any("optuna-tpe seed 1: 10/10 evals" in line for line in lines)
+
+    # Resuming with one more strategy scores only that strategy's prompts.
+    calls.clear()
+    args = _args(quality, tmp_path, "random,optuna-tpe,cmaes")
+    args.resume = True
+    again = quality.Benchmark(args, lambda s, seed: FakeEvaluator(s, seed, calls), vocab,
+                              results=quality.load_previous(args), log=lines.append)
+    resumed = again.run()
+    assert resumed["runs"]["random|0"] == results["runs"]["random|0"]
+    assert calls and max(calls.values()) == 1
+    cmaes_keys = {tuple(1000 + r for r in rows) for s in (0, 1)
+                  for rows in resumed["runs"][f"cmaes|{s}"]["rows"]}
+    assert {k for (split, _, k) in calls if split == "objective"} <= cmaes_keys
+
+
+def test_partial_trace_is_replayed_not_rescored(quality):
+    calls: Counter = Counter()
+    vocab = _vocabulary()
+    cache = quality.ScoreCache(lambda s, seed: FakeEvaluator(s, seed, calls), vocab)
+    ids = np.asarray(vocab.token_ids)
+
+    def evaluate(rows):
+        return cache.score("objective", 0, [tuple(int(i) for i in ids[r]) for r in rows])
+
+    allowed = list(range(3, 80))
+    tpe = quality.TPEProposer(allowed, 2, seed=0)
+    partial = quality.optimize(tpe, 6, evaluate)
+    full = quality.optimize(quality.TPEProposer(allowed, 2, seed=0), 12, evaluate,
+                            quality.Trace(**partial.to_json()))
+    assert full.rows[:6] == partial.rows and len(full.rows) == 12
+    assert len(tpe.study.trials) == 6
+    assert max(calls.values()) == 1 and len(calls) == len(set(map(tuple, full.rows)))
