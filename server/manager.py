@@ -65,11 +65,14 @@ MAX_PAGE_SIZE = 1000
 @dataclass(frozen=True)
 class Event:
     """A study progress event for WatchStudy: ``kind`` is suggested, completed, failed or
-    done; ``trial`` is the trial concerned (None for done)."""
+    done; ``trial`` is the trial concerned (None for done); ``counts`` and ``best`` are
+    the study's trial counts per state and best trial right after the event."""
 
     kind: str
     study: Study
     trial: Trial | None = None
+    counts: dict[TrialState, int] | None = None
+    best: Trial | None = None
 
 
 @dataclass(frozen=True)
@@ -458,12 +461,12 @@ class StudyManager:
     # --- watching --------------------------------------------------------------------
     def watch(self, name: str, stop: threading.Event | None = None) -> Iterator[Event]:
         """Yields events of a study until it completes, is deleted, or ``stop`` is set."""
-        study = self.get_study(name)
+        study, counts, best = self.describe(name)
         q: queue.Queue = queue.Queue()
         self._watchers.setdefault(name, []).append(q)
         try:
             if study.state is StudyState.COMPLETED:
-                yield Event("done", study)
+                yield Event("done", study, None, counts, best)
                 return
             while stop is None or not stop.is_set():
                 try:
@@ -488,7 +491,7 @@ class StudyManager:
         if live is None:
             return
         for q in list(watchers):
-            q.put(Event(kind, live.study, trial))
+            q.put(Event(kind, live.study, trial, dict(live.counts), live.best))
 
     # --- helpers ---------------------------------------------------------------------
     def _lock(self, name: str) -> threading.RLock:

@@ -139,7 +139,8 @@ class OptimizerServicer(api_grpc.OptimizerServiceServicer):
         try:
             for event in self.manager.watch(request.study, stop):
                 msg = api.WatchStudyResponse(
-                    event=event.kind, study=convert.study_to_pb(event.study)
+                    event=event.kind,
+                    study=convert.study_to_pb(event.study, event.counts, event.best),
                 )
                 if event.trial is not None:
                     msg.trial.CopyFrom(convert.trial_to_pb(event.trial))

@@ -171,13 +171,15 @@ def test_max_active_trials_cap(client):
 
 def test_watch_streams_until_done(client):
     study = client.create_study("w", soft_space(), strategy="random", max_trials=3)
-    events = []
+    events: list[str] = []
+    completed: list[int] = []
     ready = threading.Event()
 
     def watch():
         ready.set()
-        for kind, _study, _trial in study.watch():
+        for kind, snapshot, _trial in study.watch():
             events.append(kind)
+            completed.append(snapshot.completed_count)
 
     th = threading.Thread(target=watch, daemon=True)
     th.start()
@@ -191,3 +193,5 @@ def test_watch_streams_until_done(client):
     th.join(timeout=10)
     assert not th.is_alive()
     assert events.count("completed") == 3 and events[-1] == "done"
+    # Every event carries the study's counts right after it.
+    assert completed == sorted(completed) and completed[-1] == 3
