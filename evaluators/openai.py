@@ -11,8 +11,10 @@ Scoring
     (compared stripped and lower-cased; ``" pos"`` and ``"positive"`` both count for
     ``positive``). A word with no listed token gets the smallest listed log-probability,
     an upper bound. The score is then built as for the transformers evaluators
-    (``log_prob`` by default). Without log-probabilities the generated text is matched
-    against the label words and each example counts 1 or 0 (the value is the accuracy).
+    (``log_prob`` by default). With ``top_logprobs=0`` the generated text is matched
+    against the label words instead and each example counts 1 or 0 (the value is the
+    accuracy). A reply that lacks the requested log-probabilities is an error, never a
+    silent switch to accuracy: the values of one study must all mean the same thing.
     Token usage is summed into the metrics ``prompt_tokens`` and ``completion_tokens``.
 
 Reliability
@@ -39,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from promptbo.errors import (
+    FailedPreconditionError,
     InvalidArgumentError,
     ResourceExhaustedError,
     UnauthenticatedError,
@@ -174,7 +177,15 @@ class OpenAIEvaluator(Evaluator):
             "prompt_tokens": float(sum(r.prompt_tokens for r in replies)),
             "completion_tokens": float(sum(r.completion_tokens for r in replies)),
         }
-        if all(r.top for r in replies):
+        if self.top_logprobs:
+            missing = sum(1 for r in replies if not r.top)
+            if missing:
+                raise FailedPreconditionError(
+                    f"the API at {self.base_url} returned no top_logprobs for {missing} of "
+                    f"{len(replies)} requests (model {self.model!r}); use a server that "
+                    "returns log-probabilities (for llama.cpp: --logits_all true), or set "
+                    "top_logprobs=0 to score generated text by accuracy for the whole study"
+                )
             lp = np.array([self._label_log_probs(r.top, words) for r in replies])
             base = self.task.score_log_probs(lp)
         else:

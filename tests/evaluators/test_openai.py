@@ -19,6 +19,7 @@ import pytest
 pytest.importorskip("httpx")
 
 from promptbo.errors import (  # noqa: E402
+    FailedPreconditionError,
     InvalidArgumentError,
     ResourceExhaustedError,
     UnauthenticatedError,
@@ -169,10 +170,17 @@ def test_chat_mode(fake):
 
 def test_without_logprobs_the_generated_label_counts(fake):
     fake.logprobs = False
-    with make(fake, mode="chat") as ev:
+    with make(fake, mode="chat", top_logprobs=0) as ev:
         score = ev.score(PROMPTS[:1])[0]
     assert score.value == 1.0 and score.metrics["accuracy"] == 1.0
     assert "log_prob" not in score.metrics
+
+
+def test_missing_logprobs_is_an_error_not_a_silent_switch(fake):
+    fake.logprobs = False
+    with make(fake, mode="chat") as ev, pytest.raises(FailedPreconditionError,
+                                                      match="top_logprobs=0"):
+        ev.score(PROMPTS[:1])
 
 
 def test_retries_on_429_5xx_and_timeouts(fake):

@@ -108,6 +108,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--max-trials", type=int, default=None)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    g = p.add_argument_group(
+        "creating the study",
+        "with --prompt-length the worker uploads the evaluator's vocabulary and creates the "
+        "study if it does not exist (an existing study of that name must have the same spec)",
+    )
+    g.add_argument("--prompt-length", type=int, default=0, help="tokens (or vectors) per prompt")
+    g.add_argument("--soft", action="store_true", help="a soft-prompt study (vectors)")
+    g.add_argument("--intrinsic-dim", type=int, default=0, help="soft: random subspace size")
+    g.add_argument("--strategy", default="gp")
+    g.add_argument("--trials", type=int, default=0, help="the study's budget (0: none)")
+    g.add_argument("--top-n", type=int, default=0,
+                   help="hard: search only the N most frequent whole-word tokens")
+    g.add_argument("--seed", type=int, default=0)
 
     p = sub.add_parser("demo", help="optimize a prompt for SmolLM2 on a small sentiment set")
     p.add_argument("--trials", type=int, default=24)
@@ -222,8 +235,12 @@ def _worker(args) -> int:
 
     client = _client(args)
     client.wait_ready(timeout=60)
-    study = client.get_study(args.study)
     evaluator = create_evaluator(args.evaluator, **parse_options(args.option))
+    try:
+        study = _worker_study(client, evaluator, args)
+    except BaseException:
+        evaluator.close()
+        raise
     worker = Worker(
         study, evaluator, batch_size=args.batch_size, max_trials=args.max_trials,
         progress=None if args.quiet else print_progress,
@@ -239,6 +256,45 @@ def _worker(args) -> int:
     print(f"worker done: {stats.completed} completed, {stats.failed} failed, "
           f"best {stats.best_value:.4f} in {stats.seconds:.1f}s")
     return 0
+
+
+def _worker_study(client: Client, evaluator, args):
+    """The worker's study: fetched, or (with --prompt-length) created from the evaluator."""
+    from promptbo.client import HardPromptSpace, SoftPromptSpace
+    from promptbo.demo import word_scores
+    from promptbo.errors import InvalidArgumentError, NotFoundError
+
+    if args.prompt_length <= 0:
+        try:
+            return client.get_study(args.study)
+        except NotFoundError as err:
+            raise NotFoundError(
+                f"{err}; create it from Python, or pass --prompt-length N (and --strategy, "
+                "--trials) to let this worker create it"
+            ) from None
+    if args.soft:
+        shape = evaluator.soft_prompt_shape()
+        if shape is None:
+            raise InvalidArgumentError(
+                f"evaluator {args.evaluator!r} does not take soft prompts; drop --soft"
+            )
+        dim, std = shape
+        space = SoftPromptSpace(
+            args.prompt_length, dim, intrinsic_dim=args.intrinsic_dim, embedding_std=std
+        )
+    else:
+        table = evaluator.vocabulary()
+        vocab_id = client.upload_vocabulary(table)
+        if args.top_n:
+            space = HardPromptSpace(
+                args.prompt_length, vocab_id, top_n=args.top_n,
+                top_n_scores=word_scores(table.tokens, table.token_ids).tolist(),
+            )
+        else:
+            space = HardPromptSpace(args.prompt_length, vocab_id)
+    return client.create_study(
+        args.study, space, strategy=args.strategy, max_trials=args.trials, seed=args.seed
+    )
 
 
 def _install_stop_handlers(worker) -> None:
