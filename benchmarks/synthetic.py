@@ -149,7 +149,9 @@ def main(argv: list[str] | None = None) -> None:
     print(report(curves, seconds))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    plot(curves, out.with_suffix(".png"), f"planted prompt, L={args.length}, {source}")
+    name = source.split(" (")[0]
+    title = f"planted prompt, L={args.length}, {name}, budget {args.budget}"
+    plot(curves, out.with_suffix(".png"), title)
     out.with_suffix(".json").write_text(
         json.dumps({k: v.tolist() for k, v in curves.items()}, indent=1)
     )

@@ -134,3 +134,31 @@ def test_hf_causal_agrees_with_llamacpp_on_the_same_weights(llama_server):
                     assert top[" " + word] == pytest.approx(local[e, c], abs=0.4)
                     compared += 1
     assert compared >= 3
+
+
+def test_worker_serves_a_study_through_llamacpp(llama_server, tmp_path):
+    """The whole path: SmolLM2's vocabulary uploaded to a real promptbo server, a hard-prompt
+    study, and the worker runtime scoring its trials through the llama.cpp API."""
+    pytest.importorskip("transformers")
+    import promptbo
+    from promptbo.evaluators import create_evaluator
+    from promptbo.server.app import ServerOptions, create_server
+    from promptbo.worker import Worker
+
+    server, port, manager = create_server(f"sqlite:///{tmp_path / 'l.db'}", ServerOptions(port=0))
+    try:
+        with promptbo.Client(f"127.0.0.1:{port}") as client:
+            with create_evaluator("hf-causal", model="smollm2", k=1) as hf:
+                vocab_id = client.upload_vocabulary(hf.vocabulary())
+            study = client.create_study("llama", promptbo.HardPromptSpace(3, vocab_id),
+                                        strategy="random", max_trials=3, seed=0)
+            with create_evaluator("openai", base_url=llama_server, model="smollm2", k=2,
+                                  top_logprobs=20, concurrency=2, timeout=60,
+                                  max_retries=1) as api:
+                stats = Worker(study, api).run()
+            assert stats.completed == 3 and stats.failed == 0
+            trials = list(study.trials(state="completed"))
+            assert all(t.value <= 0 and t.metrics["completion_tokens"] >= 4 for t in trials)
+    finally:
+        server.stop(0)
+        manager.close()
