@@ -560,10 +560,14 @@ class StudyManager:
         study = live.study
         rt = StudyRuntime(study.spec, self._check_space(study.spec), self._make_engine)
         trials = self.storage.list_trials(study.name)
+        # Replayed in the order the live engine saw them (completion order), not id order:
+        # trust regions and CMA-ES generations depend on it.
+        completed = sorted(
+            (t for t in trials if t.state is TrialState.COMPLETED),
+            key=lambda t: (t.complete_time, t.id),
+        )
         pairs = [
-            (t.prompt, _objective(study.spec, t.value, t.metrics, strict=False))
-            for t in trials
-            if t.state is TrialState.COMPLETED
+            (t.prompt, _objective(study.spec, t.value, t.metrics, strict=False)) for t in completed
         ]
         pairs = [(p, o) for p, o in pairs if o is not None]
         if pairs:

@@ -33,7 +33,12 @@ import grpc
 import numpy as np
 
 from promptbo import types
-from promptbo.errors import PromptboError, UnavailableError, error_for_code
+from promptbo.errors import (
+    InvalidArgumentError,
+    PromptboError,
+    UnavailableError,
+    error_for_code,
+)
 from promptbo.v1 import optimizer_service_pb2 as api
 from promptbo.v1 import optimizer_service_pb2_grpc as api_grpc
 from promptbo.v1 import resources_pb2 as pb
@@ -269,6 +274,10 @@ class Client:
             spec.hard.prompt_length = space.prompt_length
             spec.hard.vocabulary_id = space.vocabulary_id
             spec.hard.pca_dims = space.pca_dims
+            if space.top_n and len(space.allowed):
+                raise InvalidArgumentError(
+                    "HardPromptSpace takes top_n (with top_n_scores) or allowed, not both"
+                )
             if space.top_n:
                 spec.hard.filter.top_n.n = space.top_n
                 spec.hard.filter.top_n.scores.extend(float(s) for s in space.top_n_scores)
