@@ -101,7 +101,10 @@ class HardPromptBox(PromptBox):
         self.length = space.prompt_length
         self.vocab_size = int(table.shape[0])
         self.rows = filtered_rows(space, self.vocab_size)
-        self.table = torch.from_numpy(np.ascontiguousarray(table, dtype=np.float32))
+        table = np.ascontiguousarray(table, dtype=np.float32)
+        if not table.flags.writeable:  # e.g. a view of a received buffer: own a copy
+            table = table.copy()
+        self.table = torch.from_numpy(table)
         restricted = self.table[self.rows].double()
         self.mean = restricted.mean(0)
         self.components = principal_components(restricted - self.mean, space.pca_dims)
