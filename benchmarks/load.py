@@ -1,9 +1,14 @@
 """Load benchmark: many concurrent workers doing ask/tell against one server on loopback.
 
 Starts ``promptbo serve`` as a subprocess (SQLite by default), runs ``--workers`` client
-threads spread over ``--procs`` processes for ``--seconds``, each looping
-SuggestTrials(1) -> CompleteTrial on a soft-prompt study with the random strategy, and
-reports completed trials/s, p50/p99 latency per RPC, and errors (which must be zero).
+threads spread over ``--procs`` processes for ``--seconds`` on a soft-prompt study with the
+random strategy, in three loops (``--modes``): ``ask-tell`` calls SuggestTrials(1) then
+CompleteTrial for each trial (two RPCs); ``tell-and-ask`` asks once, then sends each result
+with ``suggest_count=1`` and gets the next trial in the same reply (one RPC per trial, what
+:class:`promptbo.Worker` does with ``batch_size=1``); ``batch`` works on ``--batch``
+trials at a time and sends their results in one CompleteTrials that brings the next batch
+(one RPC per batch, the Worker with ``batch_size=--batch``). Reports completed trials/s,
+p50/p99 latency per RPC, and errors (which must be zero).
 
     python benchmarks/load.py --workers 64 --seconds 60
     python benchmarks/load.py --workers 1,8,32 --seconds 20     # a row per worker count
@@ -30,29 +35,45 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _proc(address: str, study: str, threads: int, seconds: float, out: mp.Queue, idx: int):
+def _proc(address: str, study: str, threads: int, start_at: float, seconds: float, mode: str,
+          batch: int, out: mp.Queue, idx: int):
     import promptbo
 
     results = {"suggest": [], "complete": [], "errors": [], "trials": 0}
     lock = threading.Lock()
+    time.sleep(max(0.0, start_at - time.time()))  # all processes load in the same window
     stop_at = time.monotonic() + seconds
 
     def run(tid: int) -> None:
         client = promptbo.Client(address, client_id=f"p{idx}t{tid}")
         s = client.get_study(study)
         sug, comp, errs, n = [], [], [], 0
+        queued: list = []
         while time.monotonic() < stop_at:
             try:
                 t0 = time.perf_counter()
-                (trial,) = s.ask(1)
+                if not queued:
+                    queued = s.ask(batch if mode == "batch" else 1)
+                    sug.append(time.perf_counter() - t0)
+                if mode == "batch":
+                    scored = [(t, float(t.prompt.vector.sum())) for t in queued]
+                    t1 = time.perf_counter()
+                    _, queued = s.tell_many(scored, batch)
+                    comp.append(time.perf_counter() - t1)
+                    n += len(scored)
+                    continue
+                trial = queued.pop()
                 t1 = time.perf_counter()
-                s.tell(trial, float(trial.prompt.vector.sum()))
-                t2 = time.perf_counter()
-                sug.append(t1 - t0)
-                comp.append(t2 - t1)
+                value = float(trial.prompt.vector.sum())
+                if mode == "tell-and-ask":
+                    _, queued = s.tell_and_ask(trial, value)
+                else:
+                    s.tell(trial, value)
+                comp.append(time.perf_counter() - t1)
                 n += 1
             except Exception as exc:  # counted and reported, the benchmark goes on
                 errs.append(f"{type(exc).__name__}: {exc}")
+                queued = []
         client.close()
         with lock:
             results["suggest"] += sug
@@ -68,16 +89,20 @@ def _proc(address: str, study: str, threads: int, seconds: float, out: mp.Queue,
     out.put(results)
 
 
-def run_load(address: str, workers: int, procs: int, seconds: float) -> dict:
+def run_load(address: str, workers: int, procs: int, seconds: float,
+             mode: str = "ask-tell", batch: int = 8) -> dict:
     import promptbo
 
     name = f"load-{workers}-{time.time_ns()}"
     with promptbo.Client(address) as c:
         c.create_study(name, promptbo.SoftPromptSpace(2, 4), strategy="random")
-    q: mp.Queue = mp.Queue()
+    # Spawned, not forked: this process has used gRPC, and a forked child can hang in it.
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
     procs = max(1, min(procs, workers))
     per = [workers // procs + (1 if i < workers % procs else 0) for i in range(procs)]
-    ps = [mp.Process(target=_proc, args=(address, name, n, seconds, q, i))
+    start_at = time.time() + 5.0  # time for the spawned processes to import
+    ps = [ctx.Process(target=_proc, args=(address, name, n, start_at, seconds, mode, batch, q, i))
           for i, n in enumerate(per)]
     for p in ps:
         p.start()
@@ -89,7 +114,7 @@ def run_load(address: str, workers: int, procs: int, seconds: float) -> dict:
     errors = [e for p in parts for e in p["errors"]]
     trials = sum(p["trials"] for p in parts)
     return {
-        "workers": workers, "trials": trials, "trials_per_s": trials / seconds,
+        "workers": workers, "mode": mode, "trials": trials, "trials_per_s": trials / seconds,
         "suggest_p50": float(np.percentile(sug, 50)) if len(sug) else float("nan"),
         "suggest_p99": float(np.percentile(sug, 99)) if len(sug) else float("nan"),
         "complete_p50": float(np.percentile(comp, 50)) if len(comp) else float("nan"),
@@ -103,6 +128,11 @@ def main(argv=None) -> int:
     ap.add_argument("--workers", default="64", help="comma-separated worker counts")
     ap.add_argument("--procs", type=int, default=4, help="client processes")
     ap.add_argument("--seconds", type=float, default=60)
+    ap.add_argument("--modes", default="ask-tell,tell-and-ask,batch",
+                    help="ask-tell: SuggestTrials then CompleteTrial per trial (2 RPCs); "
+                         "tell-and-ask: CompleteTrial with suggest_count=1 (1 RPC); "
+                         "batch: CompleteTrials of --batch results (1 RPC per batch)")
+    ap.add_argument("--batch", type=int, default=8, help="trials per batch in 'batch' mode")
     ap.add_argument("--storage", default="", help="default: a fresh SQLite file")
     ap.add_argument("--server", default="", help="use a running server instead")
     args = ap.parse_args(argv)
@@ -123,13 +153,15 @@ def main(argv=None) -> int:
         with promptbo.Client(address) as c:
             c.wait_ready(60)
         print(f"server {address}; {os.cpu_count()} CPUs shared by server and clients")
-        print("| workers | trials/s | Suggest p50 ms | Suggest p99 ms | Complete p50 ms "
+        print("| loop | workers | trials/s | Suggest p50 ms | Suggest p99 ms | Complete p50 ms "
               "| Complete p99 ms | errors |")
-        print("|---:|---:|---:|---:|---:|---:|---:|")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|")
         failed = False
-        for w in (int(x) for x in args.workers.split(",")):
-            r = run_load(address, w, args.procs, args.seconds)
-            print(f"| {w} | {r['trials_per_s']:.0f} | {r['suggest_p50']:.2f} | "
+        runs = [(m, int(w)) for m in args.modes.split(",") for w in args.workers.split(",")]
+        for mode, w in runs:
+            r = run_load(address, w, args.procs, args.seconds, mode, args.batch)
+            loop = f"batch of {args.batch}" if mode == "batch" else mode
+            print(f"| {loop} | {w} | {r['trials_per_s']:.0f} | {r['suggest_p50']:.2f} | "
                   f"{r['suggest_p99']:.2f} | {r['complete_p50']:.2f} | "
                   f"{r['complete_p99']:.2f} | {r['errors']} |", flush=True)
             if r["errors"]:

@@ -1,8 +1,10 @@
 """Prompt-quality benchmark: held-out accuracy of the prompts each strategy finds.
 
 A hard prompt of ``--prompt-length`` tokens is searched for SmolLM2-135M-Instruct (the
-``hf-causal`` evaluator, its default template ``"Review: {text}\\n{prompt}\\nSentiment:
-{answer}"``) on a few-shot classification task:
+``hf-causal`` evaluator) on a few-shot classification task, with a template and label
+words in the usual style of each dataset (:data:`TASK_STYLES`, keyed by the ``name`` in the
+dataset's ``meta.json``; ``--template``/``--labels`` override them), e.g.
+``"Review: {text}\\n{prompt}\\nSentiment: {answer}"`` for SST-2:
 
 - objective: ``--k`` training examples per class (drawn with the benchmark seed); the
   value each strategy maximizes is the evaluator's value, the mean log-probability of the
@@ -56,6 +58,13 @@ from promptbo.types import Prompt, VocabularyTable, vocabulary_id
 OPTUNA_TPE = "optuna-tpe"
 SPLITS = ("objective", "dev", "test")
 #: Config entries that must match for ``--resume`` (they change what a score means).
+# dataset name (meta.json) -> (template, label words); None keeps the evaluator's default.
+TASK_STYLES: dict[str, tuple[str | None, str | None]] = {
+    "sst2": (None, None),  # the evaluator's default template and the class names
+    "agnews": ("Article: {text}\n{prompt}\nTopic: {answer}", "World,Sports,Business,Tech"),
+    "trec": ("Question: {text}\n{prompt}\nAnswer type: {answer}", None),
+    "subj": ("Sentence: {text}\n{prompt}\nThis sentence is: {answer}", None),
+}
 FIXED_CONFIG = ("data_dir", "template", "labels", "k", "prompt_length", "top_n", "pca_dims",
                 "limit_test", "model", "batch", "top_k")
 
@@ -538,8 +547,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--k", type=int, default=16, help="examples per class (objective, dev)")
     p.add_argument("--top-k", type=int, default=3, help="prompts re-scored on dev")
     p.add_argument("--batch", type=int, default=1, help="prompts per suggest call")
-    p.add_argument("--template", default=None, help="default: the evaluator's")
-    p.add_argument("--labels", default=None, help="default: the dataset's class names")
+    p.add_argument("--template", default=None, help="default: the dataset's TASK_STYLES entry")
+    p.add_argument("--labels", default=None,
+                   help="comma-separated label words; default: TASK_STYLES, else the class names")
     p.add_argument("--model", default="smollm2")
     p.add_argument("--limit-test", type=int, default=0, help="first N test examples (0: all)")
     p.add_argument("--test-kv-cache-mb", type=float, default=4096)
@@ -550,6 +560,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args.budgets = sorted({int(b) for b in args.budgets.split(",")})
     args.seeds = [int(s) for s in args.seeds.split(",")]
     args.strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
+    meta = Path(args.data_dir) / "meta.json"
+    name = json.loads(meta.read_text()).get("name", "") if meta.exists() else ""
+    template, labels = TASK_STYLES.get(name, (None, None))
+    args.template = args.template or template
+    args.labels = args.labels or labels
     return args
 
 

@@ -1,15 +1,20 @@
 """Server wiring: build a server (for tests and embedding), run one (for users).
 
 - :func:`create_server` builds and starts a gRPC server with the optimizer service,
-  health checking and reflection, and returns ``(server, port)``; bind port 0 in tests.
+  health checking and reflection, and returns ``(server, port, manager)``; bind port 0
+  in tests.
 - :func:`serve` runs one until SIGTERM/SIGINT, then drains in-flight RPCs and closes the
   storage.
 
+The server is ``grpc.aio`` on an event loop of its own thread (see
+:mod:`promptbo.server.async_servicer` for which calls run on the loop and which on the
+thread pool); :class:`RunningServer` gives callers the usual blocking ``stop``/``wait``.
 Auth is an interceptor (:class:`BearerTokenInterceptor`), not code in the handlers.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import signal
@@ -22,6 +27,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from promptbo.server.async_servicer import AsyncOptimizerServicer
 from promptbo.server.manager import StudyManager
 from promptbo.server.servicer import OptimizerServicer
 from promptbo.server.storage import Storage, open_storage
@@ -36,9 +42,10 @@ _OPEN_METHODS = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
 @dataclass
 class ServerOptions:
-    """How to run a server. ``auth_token``: required bearer token ("" = no auth);
-    ``tls_cert``/``tls_key``: PEM files to serve TLS (both or neither); ``prefetch``:
-    suggestions kept ready per study (see :class:`~promptbo.server.manager.StudyManager`)."""
+    """How to run a server. ``max_workers``: threads for the calls that do not run on the
+    event loop; ``auth_token``: required bearer token ("" = no auth); ``tls_cert``/
+    ``tls_key``: PEM files to serve TLS (both or neither); ``prefetch``: suggestions kept
+    ready per study (see :class:`~promptbo.server.manager.StudyManager`)."""
 
     host: str = "127.0.0.1"
     port: int = 50051
@@ -50,15 +57,15 @@ class ServerOptions:
     tls_key: str = ""
 
 
-class BearerTokenInterceptor(grpc.ServerInterceptor):
+class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
     """Requires ``authorization: Bearer <token>`` on every RPC but health checks and
     reflection; compares in constant time; never logs the token."""
 
     def __init__(self, token: str) -> None:
         self._expected = f"Bearer {token}".encode()
 
-        def deny(request, context):
-            context.abort(
+        async def deny(request, context):
+            await context.abort(
                 grpc.StatusCode.UNAUTHENTICATED,
                 "missing or wrong bearer token: send 'authorization: Bearer <token>' metadata",
             )
@@ -67,16 +74,16 @@ class BearerTokenInterceptor(grpc.ServerInterceptor):
         self._deny_stream_in = grpc.stream_unary_rpc_method_handler(deny)
         self._deny_stream_out = grpc.unary_stream_rpc_method_handler(deny)
 
-    def intercept_service(self, continuation, handler_call_details):
+    async def intercept_service(self, continuation, handler_call_details):
         method = handler_call_details.method
         if method.startswith(_OPEN_METHODS):
-            return continuation(handler_call_details)
+            return await continuation(handler_call_details)
         given = b""
         for key, value in handler_call_details.invocation_metadata or ():
             if key == "authorization":
                 given = value.encode() if isinstance(value, str) else value
         if hmac.compare_digest(given, self._expected):
-            return continuation(handler_call_details)
+            return await continuation(handler_call_details)
         if method.endswith("/UploadVocabulary"):
             return self._deny_stream_in
         if method.endswith("/WatchStudy"):
@@ -84,19 +91,80 @@ class BearerTokenInterceptor(grpc.ServerInterceptor):
         return self._deny_unary
 
 
+class RunningServer:
+    """A started server whose event loop runs on a daemon thread.
+
+    Offers the blocking calls of ``grpc.Server`` that callers use: :meth:`stop` and
+    :meth:`wait_for_termination`.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, thread: threading.Thread,
+                 server: grpc.aio.Server, executor: futures.ThreadPoolExecutor) -> None:
+        self._loop, self._thread, self._server, self._executor = loop, thread, server, executor
+        self._stopped = threading.Event()
+        self._stopping = False
+        self._lock = threading.Lock()
+
+    def stop(self, grace: float | None) -> threading.Event:
+        """Stops accepting RPCs, lets in-flight ones finish for ``grace`` seconds (None:
+        cancel them), then ends the loop. Returns an event set once all is down."""
+        with self._lock:
+            if self._stopping:
+                return self._stopped
+            self._stopping = True
+        done = asyncio.run_coroutine_threadsafe(self._server.stop(grace), self._loop)
+
+        def finish(_) -> None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)
+            self._stopped.set()
+
+        done.add_done_callback(lambda f: threading.Thread(target=finish, args=(f,)).start())
+        return self._stopped
+
+    def wait_for_termination(self, timeout: float | None = None) -> bool:
+        """Blocks until the server has stopped or ``timeout`` passes; True if stopped."""
+        return self._stopped.wait(timeout)
+
+
 def create_server(
     storage: Storage | str, options: ServerOptions | None = None
-) -> tuple[grpc.Server, int, StudyManager]:
+) -> tuple[RunningServer, int, StudyManager]:
     """Builds and starts a server; returns ``(server, bound_port, manager)``.
 
     ``storage`` is a backend or a storage URL (see :func:`open_storage`).
+
+    Raises:
+        OSError: the address could not be bound.  ValueError: half a TLS pair.
     """
     opts = options or ServerOptions()
+    if bool(opts.tls_cert) != bool(opts.tls_key):
+        raise ValueError("TLS needs both --tls-cert and --tls-key")
     store = open_storage(storage) if isinstance(storage, str) else storage
     manager = StudyManager(store, prefetch=opts.prefetch)
+    executor = futures.ThreadPoolExecutor(max_workers=opts.max_workers, thread_name_prefix="rpc")
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True, name="promptbo-grpc")
+    thread.start()
+    try:
+        server, port = asyncio.run_coroutine_threadsafe(
+            _start(manager, executor, opts), loop
+        ).result(60)
+    except BaseException:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        executor.shutdown(wait=False)
+        manager.close()
+        raise
+    return RunningServer(loop, thread, server, executor), port, manager
+
+
+async def _start(
+    manager: StudyManager, executor: futures.ThreadPoolExecutor, opts: ServerOptions
+) -> tuple[grpc.aio.Server, int]:
     interceptors = [BearerTokenInterceptor(opts.auth_token)] if opts.auth_token else []
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=opts.max_workers, thread_name_prefix="rpc"),
+    server = grpc.aio.server(
         interceptors=interceptors,
         options=[
             ("grpc.max_receive_message_length", opts.max_message_bytes),
@@ -105,29 +173,30 @@ def create_server(
         ],
     )
     optimizer_service_pb2_grpc.add_OptimizerServiceServicer_to_server(
-        OptimizerServicer(manager), server
+        AsyncOptimizerServicer(OptimizerServicer(manager), executor), server
     )
-    health_servicer = health.HealthServicer()
+    health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
     address = f"{opts.host}:{opts.port}"
-    if opts.tls_cert or opts.tls_key:
-        if not (opts.tls_cert and opts.tls_key):
-            raise ValueError("TLS needs both --tls-cert and --tls-key")
-        creds = grpc.ssl_server_credentials(
-            [(Path(opts.tls_key).read_bytes(), Path(opts.tls_cert).read_bytes())]
-        )
-        port = server.add_secure_port(address, creds)
-    else:
-        port = server.add_insecure_port(address)
+    try:
+        if opts.tls_cert:
+            creds = grpc.ssl_server_credentials(
+                [(Path(opts.tls_key).read_bytes(), Path(opts.tls_cert).read_bytes())]
+            )
+            port = server.add_secure_port(address, creds)
+        else:
+            port = server.add_insecure_port(address)
+    except RuntimeError as err:  # grpc.aio reports a failed bind this way
+        raise OSError(f"could not bind {address}: {err}") from err
     if port == 0:
         raise OSError(f"could not bind {address}")
-    server.start()
+    await server.start()
     for name in ("", SERVICE_NAME):
-        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return server, port, manager
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return server, port
 
 
 def serve(

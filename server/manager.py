@@ -76,6 +76,17 @@ class Event:
 
 
 @dataclass(frozen=True)
+class TrialResult:
+    """The outcome of one trial for :meth:`StudyManager.complete_trials`: ``value`` and
+    ``metrics``, or with a non-empty ``failure_reason`` a failure (``value`` ignored)."""
+
+    trial_id: int
+    value: float
+    metrics: dict[str, float]
+    failure_reason: str = ""
+
+
+@dataclass(frozen=True)
 class KnownTrial:
     """A prompt with a known value, for AddTrials (warm starts)."""
 
@@ -321,46 +332,83 @@ class StudyManager:
         client_id: str = "",
     ) -> Trial:
         """Records a trial's result (or its failure); see the module docstring for rules."""
-        metrics = dict(metrics or {})
-        if not failure_reason:
-            _check_finite("value", value)
-        for k, v in metrics.items():
-            _check_finite(f"metric {k!r}", v)
+        result = TrialResult(trial_id, value, dict(metrics or {}), failure_reason)
+        return self.complete_trials(name, [result], client_id)[0]
+
+    def complete_trials(
+        self, name: str, results: Sequence[TrialResult], client_id: str = ""
+    ) -> list[Trial]:
+        """Records several results at once: all of them, or on any error none.
+
+        Every result is checked (finite numbers, the objective present, the trial known,
+        not held by another worker, not completed before with a different result) before
+        anything is written; the accepted ones are then written in one storage call.
+        Returns the trials in the order of ``results``.
+        """
+        if not 1 <= len(results) <= MAX_SUGGEST_COUNT:
+            raise InvalidArgumentError(
+                f"send between 1 and {MAX_SUGGEST_COUNT} results at once, got {len(results)}"
+            )
+        many = len(results) > 1
+        for i, r in enumerate(results):
+            where = f"result {i} (trial {r.trial_id}): " if many else ""
+            if not r.failure_reason:
+                _check_finite(f"{where}value", r.value)
+            for k, v in r.metrics.items():
+                _check_finite(f"{where}metric {k!r}", v)
+        ids = [r.trial_id for r in results]
+        if len(set(ids)) != len(ids):
+            dup = sorted({i for i in ids if ids.count(i) > 1})
+            raise InvalidArgumentError(f"trials {dup} appear more than once in one request")
+        out: list[Trial | None] = [None] * len(results)
+        changed: list[tuple[int, Trial, float | None]] = []
         with self._lock(name):
             live = self._get_live(name)
             study = live.study
-            trial = live.active.get(trial_id) or self._get_trial(name, trial_id)
-            if trial.state is not TrialState.ACTIVE:
-                return self._repeat_completion(trial, value, metrics, failure_reason)
             now = self.clock()
-            held_by_other = client_id and trial.client_id not in ("", client_id)
-            if held_by_other and trial.lease_deadline >= now:
-                raise FailedPreconditionError(
-                    f"trial {trial_id} of study {name!r} is held by another worker "
-                    f"({trial.client_id!r}); your lease expired and it was handed out again"
-                )
-            if failure_reason:
-                done = trial.evolve(
-                    state=TrialState.FAILED, failure_reason=failure_reason, complete_time=now,
-                    value=None, metrics=metrics,
-                )
-            else:
-                objective = _objective(study.spec, value, metrics)
-                done = trial.evolve(
-                    state=TrialState.COMPLETED, value=float(value), metrics=metrics,
-                    complete_time=now,
-                )
-            self.storage.update_trials([done])
-            live.finish(done)
-            if done.state is TrialState.COMPLETED:
+            for i, r in enumerate(results):
+                trial = live.active.get(r.trial_id) or self._get_trial(name, r.trial_id)
+                if trial.state is not TrialState.ACTIVE:
+                    out[i] = self._repeat_completion(trial, r.value, r.metrics, r.failure_reason)
+                    continue
+                held_by_other = client_id and trial.client_id not in ("", client_id)
+                if held_by_other and trial.lease_deadline >= now:
+                    raise FailedPreconditionError(
+                        f"trial {r.trial_id} of study {name!r} is held by another worker "
+                        f"({trial.client_id!r}); your lease expired and it was handed out "
+                        "again"
+                    )
+                if r.failure_reason:
+                    done = trial.evolve(
+                        state=TrialState.FAILED, failure_reason=r.failure_reason,
+                        complete_time=now, value=None, metrics=dict(r.metrics),
+                    )
+                    objective = None
+                else:
+                    objective = _objective(study.spec, r.value, r.metrics)
+                    done = trial.evolve(
+                        state=TrialState.COMPLETED, value=float(r.value),
+                        metrics=dict(r.metrics), complete_time=now,
+                    )
+                changed.append((i, done, objective))
+            if changed:
+                self.storage.update_trials([done for _, done, _ in changed])
+            observed = [(done.prompt, obj) for _, done, obj in changed if obj is not None]
+            for i, done, _ in changed:
+                live.finish(done)
+                out[i] = done
+            if observed:
                 if live.runtime is not None:
-                    live.runtime.queue_observation([done.prompt], [objective])
+                    live.runtime.queue_observation(
+                        [p for p, _ in observed], [o for _, o in observed]
+                    )
                 study = self._maybe_finish(live)
                 self._schedule_refill(name, live)
-        self._publish(name, done.state.value, done)
-        if study.state is StudyState.COMPLETED:
+        for _, done, _ in changed:
+            self._publish(name, done.state.value, done)
+        if changed and study.state is StudyState.COMPLETED:
             self._publish(name, "done", None)
-        return done
+        return out  # type: ignore[return-value]
 
     def _repeat_completion(
         self, trial: Trial, value: float, metrics: dict[str, float], failure_reason: str
@@ -493,6 +541,31 @@ class StudyManager:
         for q in list(watchers):
             q.put(Event(kind, live.study, trial, dict(live.counts), live.best))
 
+    # --- serving without a thread hand-off --------------------------------------------
+    def quick_lock(self, name: str, suggest_count: int = 0) -> threading.RLock | None:
+        """The study's lock, acquired, when its next trial call cannot block for long.
+
+        Quick means: the storage is local, the study's lock is free, its state and engine
+        are in memory, and ``suggest_count`` new trials (0: none wanted) can come from
+        prefetched suggestions or from a cheap engine (``Engine.cheap``). The
+        caller makes its call (the lock is re-entrant) and then releases the lock; on None
+        it should make the call on a worker thread instead.
+        """
+        if not self.storage.local:
+            return None
+        lock = self._lock(name)
+        if not lock.acquire(blocking=False):
+            return None
+        live = self._live.get(name)
+        rt = live.runtime if live is not None else None
+        quick = rt is not None and (
+            suggest_count == 0 or len(rt.ready) >= suggest_count or rt.cheap
+        )
+        if not quick:
+            lock.release()
+            return None
+        return lock
+
     # --- helpers ---------------------------------------------------------------------
     def _lock(self, name: str) -> threading.RLock:
         with self._locks_guard:
@@ -580,7 +653,7 @@ class StudyManager:
     def _schedule_refill(self, name: str, live: _Live) -> None:
         """Starts a background refresh of the study's ready suggestions (prefetch > 0)."""
         rt = live.runtime
-        if self._executor is None or rt is None or rt.refilling:
+        if self._executor is None or rt is None or rt.refilling or rt.cheap:
             return
         if live.study.state is StudyState.COMPLETED:
             rt.ready = []

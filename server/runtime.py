@@ -75,8 +75,7 @@ class StudyRuntime:
         """``n`` new prompts, none equal to a pending one (hard prompts)."""
         with self.engine_lock:
             self._drain()
-            x = self.encode(pending) if pending else None
-            return self.decode(self.engine.suggest(n, x))
+            return self.decode(self.engine.suggest(n, self._pending(pending)))
 
     def take_ready(self, n: int, pending: Sequence[Prompt]) -> list[Prompt]:
         """Up to ``n`` prefetched prompts, skipping any that became pending meanwhile.
@@ -106,12 +105,20 @@ class StudyRuntime:
             pending = snapshot()
             with self.engine_lock:
                 self._drain()
-                x = self.encode(pending) if pending else None
-                prompts = self.decode(self.engine.suggest(count, x))
+                prompts = self.decode(self.engine.suggest(count, self._pending(pending)))
             store(prompts)
         except Exception:  # a failed prefetch only costs latency; the sync path still works
             log.exception("prefetching suggestions failed")
             store([])
+
+    @property
+    def cheap(self) -> bool:
+        """Whether the engine's suggestions cost microseconds (see ``Engine.cheap``): they
+        are then computed inline, never prefetched."""
+        return bool(getattr(self.engine, "cheap", False))
+
+    def _pending(self, pending: Sequence[Prompt]) -> torch.Tensor | None:
+        return self.encode(pending) if pending and self.engine.uses_pending else None
 
     # --- encoding ---------------------------------------------------------------------
     def encode(self, prompts: Sequence[Prompt]) -> torch.Tensor:

@@ -18,7 +18,7 @@ import numpy as np
 from promptbo.errors import STATUS_CODES, InvalidArgumentError, PromptboError
 from promptbo.server import convert
 from promptbo.server.domain import Vocabulary
-from promptbo.server.manager import KnownTrial, StudyManager
+from promptbo.server.manager import KnownTrial, StudyManager, TrialResult
 from promptbo.v1 import optimizer_service_pb2 as api
 from promptbo.v1 import optimizer_service_pb2_grpc as api_grpc
 
@@ -100,7 +100,36 @@ class OptimizerServicer(api_grpc.OptimizerServiceServicer):
             request.study, request.trial_id, request.value, dict(request.metrics),
             request.failure_reason, request.client_id,
         )
-        return api.CompleteTrialResponse(trial=convert.trial_to_pb(trial))
+        response = api.CompleteTrialResponse(trial=convert.trial_to_pb(trial))
+        self._hand_out_next(request, response)
+        return response
+
+    @_rpc
+    def CompleteTrials(self, request, context):
+        results = [
+            TrialResult(r.trial_id, r.value, dict(r.metrics), r.failure_reason)
+            for r in request.results
+        ]
+        trials = self.manager.complete_trials(request.study, results, request.client_id)
+        response = api.CompleteTrialsResponse(trials=[convert.trial_to_pb(t) for t in trials])
+        self._hand_out_next(request, response)
+        return response
+
+    def _hand_out_next(self, request, response) -> None:
+        """Fills ``next_trials``/``study_done`` of a completion's response."""
+        if not request.suggest_count:
+            return
+        # The results are stored; a refusal to hand out more (cap reached, bad count) must
+        # not turn into an error the worker would answer by re-sending the results.
+        try:
+            trials, done = self.manager.suggest_trials(
+                request.study, request.suggest_count, request.client_id
+            )
+        except PromptboError as err:
+            log.debug("no next trial for %r with its results: %s", request.client_id, err)
+        else:
+            response.next_trials.extend(convert.trial_to_pb(t) for t in trials)
+            response.study_done = done
 
     @_rpc
     def HeartbeatTrial(self, request, context):

@@ -33,6 +33,15 @@ class Engine(abc.ABC):
     #: Number of candidates handed out by :meth:`suggest` so far (used to derive seeds,
     #: so a rebuilt engine continues its random stream instead of repeating it).
     num_suggested: int = 0
+    #: True when a suggestion costs microseconds whatever was observed (random search):
+    #: the server then computes suggestions inline instead of prefetching them.
+    cheap: bool = False
+
+    @property
+    def uses_pending(self) -> bool:
+        """Whether :meth:`suggest` looks at ``pending`` (False lets callers skip encoding
+        the in-flight candidates, e.g. for random soft prompts)."""
+        return True
 
     @abc.abstractmethod
     def suggest(self, n: int, pending: Tensor | None = None) -> Tensor:

@@ -56,6 +56,11 @@ class RandomEngine(BoxEngine):
     """Uniformly random prompts (hard or soft)."""
 
     name: ClassVar[str] = "random"
+    cheap = True
+
+    @property
+    def uses_pending(self) -> bool:
+        return self.box.discrete  # pending hard prompts are avoided, soft ones never repeat
 
     def _suggest(
         self, n: int, pending: Tensor | None, avoid: set[bytes], gen: torch.Generator

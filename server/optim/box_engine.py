@@ -100,9 +100,23 @@ class BoxEngine(Engine):
         self.num_suggested = 0
         self.opts = read_options(self.name, dict(options), self.OPTIONS)
         self.box: PromptBox = self._make_box(space, embeddings)
-        self.X = torch.empty(0, self.box.dim, dtype=torch.float64)
-        self.Y = torch.empty(0, dtype=torch.float64)
+        # Observation history in buffers that grow geometrically, so observing one point
+        # costs O(dim), not a copy of the whole history; X and Y are views of the filled part.
+        self._X = torch.empty(16, self.box.dim, dtype=torch.float64)
+        self._Y = torch.empty(16, dtype=torch.float64)
+        self._n = 0
         self.seen: set[bytes] = set()
+        self._setup()
+
+    @property
+    def X(self) -> Tensor:
+        """Observed points in box coordinates, `n x dim` float64 (a view; do not write)."""
+        return self._X[: self._n]
+
+    @property
+    def Y(self) -> Tensor:
+        """Observed values, `n` float64 (a view; do not write)."""
+        return self._Y[: self._n]
 
     def _make_box(self, space: SearchSpace, embeddings: np.ndarray | None) -> PromptBox:
         return make_box(space, embeddings, self.seed)
@@ -121,8 +135,14 @@ class BoxEngine(Engine):
         u = self.box.to_unit(candidates)
         if self.box.discrete:
             self.seen.update(self.box.keys(candidates))
-        self.X = torch.cat([self.X, u])
-        self.Y = torch.cat([self.Y, values])
+        n, k = self._n, values.shape[0]
+        if n + k > self._Y.shape[0]:
+            capacity = max(2 * self._Y.shape[0], n + k)
+            self._X = torch.cat([self._X[:n], self._X.new_empty(capacity - n, self.box.dim)])
+            self._Y = torch.cat([self._Y[:n], self._Y.new_empty(capacity - n)])
+        self._X[n : n + k] = u
+        self._Y[n : n + k] = values
+        self._n = n + k
         self._observed(u, values)
 
     def suggest(self, n: int, pending: Tensor | None = None) -> Tensor:
@@ -143,6 +163,10 @@ class BoxEngine(Engine):
         return out
 
     # --- for subclasses ---------------------------------------------------------------
+    def _setup(self) -> None:
+        """Hook: strategy state built from ``self.opts``, ``self.box`` and ``self.seed``
+        (called at the end of ``__init__``; an override calls ``super()._setup()``)."""
+
     def _observed(self, u: Tensor, values: Tensor) -> None:
         """Hook: new observations (`n x dim` box points, `n` values) were appended."""
 
@@ -158,4 +182,4 @@ class BoxEngine(Engine):
 
     @property
     def num_observed(self) -> int:
-        return int(self.Y.shape[0])
+        return self._n

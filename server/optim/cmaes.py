@@ -32,7 +32,6 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from promptbo.server.domain import SearchSpace
 from promptbo.server.optim.base import register_strategy
 from promptbo.server.optim.box_engine import BoxEngine
 from promptbo.server.optim.spaces import HardPromptBox, derive_seed
@@ -48,14 +47,8 @@ class CMAESEngine(BoxEngine):
         "sigma0": (float, None, 1e-9, 1.0),
     }
 
-    def __init__(
-        self,
-        space: SearchSpace,
-        options: dict[str, str],
-        seed: int,
-        embeddings: np.ndarray | None,
-    ) -> None:
-        super().__init__(space, options, seed, embeddings)
+    def _setup(self) -> None:
+        super()._setup()
         dim = self.box.dim
         box = self.box
         if isinstance(box, HardPromptBox):

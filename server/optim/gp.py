@@ -29,12 +29,10 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-import numpy as np
 import torch
 from botorch.models import SingleTaskGP
 from torch import Tensor
 
-from promptbo.server.domain import SearchSpace
 from promptbo.server.optim.acquisition import log_nei, optimize_in_box, score, sobol_points
 from promptbo.server.optim.base import register_strategy
 from promptbo.server.optim.box_engine import BoxEngine
@@ -65,16 +63,10 @@ class GPEngine(BoxEngine):
     name: ClassVar[str] = "gp"
     OPTIONS: ClassVar[dict[str, tuple[type, Any, float, float]]] = GP_OPTIONS
 
-    def __init__(
-        self,
-        space: SearchSpace,
-        options: dict[str, str],
-        seed: int,
-        embeddings: np.ndarray | None,
-    ) -> None:
-        super().__init__(space, options, seed, embeddings)
+    def _setup(self) -> None:
+        super()._setup()
         o = self.opts
-        self.num_initial = o["num_initial"] or max(10, 2 * space.prompt_length)
+        self.num_initial = o["num_initial"] or max(10, 2 * self.space.prompt_length)
         self.fitter = GPFitter(
             FitSettings(
                 full_maxiter=o["full_maxiter"],

@@ -28,13 +28,11 @@ from __future__ import annotations
 import math
 from typing import Any, ClassVar
 
-import numpy as np
 import torch
 from botorch.models import SingleTaskGP
 from torch import Tensor
 
 from promptbo.errors import InvalidArgumentError
-from promptbo.server.domain import SearchSpace
 from promptbo.server.optim.base import register_strategy
 from promptbo.server.optim.gp import GP_OPTIONS, GPEngine
 
@@ -56,14 +54,8 @@ class TurboEngine(GPEngine):
     name: ClassVar[str] = "turbo"
     OPTIONS: ClassVar[dict[str, tuple[type, Any, float, float]]] = TURBO_OPTIONS
 
-    def __init__(
-        self,
-        space: SearchSpace,
-        options: dict[str, str],
-        seed: int,
-        embeddings: np.ndarray | None,
-    ) -> None:
-        super().__init__(space, options, seed, embeddings)
+    def _setup(self) -> None:
+        super()._setup()
         o = self.opts
         if not o["length_min"] < o["length_init"] <= o["length_max"]:
             raise InvalidArgumentError(

@@ -20,6 +20,10 @@ from promptbo.server.domain import Study, Trial, TrialState, Vocabulary
 
 
 class Storage(abc.ABC):
+    #: True when calls do no network I/O and take at most milliseconds (in-memory, SQLite),
+    #: so the server may run them on its event loop instead of handing them to a thread.
+    local: bool = False
+
     # --- vocabularies -------------------------------------------------------------
     @abc.abstractmethod
     def put_vocabulary(self, vocabulary: Vocabulary) -> bool:

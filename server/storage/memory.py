@@ -57,6 +57,8 @@ class InMemoryStorage(Storage):
     assigned contiguously and trials are never removed one by one.
     """
 
+    local = True
+
     def __init__(self) -> None:
         self._lock = threading.RLock()
         self._vocabularies: dict[str, Vocabulary] = {}
@@ -205,10 +207,7 @@ def _copy_study(study: Study) -> Study:
 def _copy_trial(trial: Trial) -> Trial:
     """A copy sharing no mutable state with ``trial``: fresh metrics, tuple prompt fields."""
     p = trial.prompt
-    prompt = Prompt(
-        token_ids=tuple(p.token_ids),
-        tokens=tuple(p.tokens),
-        text=p.text,
-        vector=tuple(p.vector),
-    )
-    return replace(trial, prompt=prompt, metrics=dict(trial.metrics))
+    if not all(type(f) is tuple for f in (p.token_ids, p.tokens, p.vector)):
+        p = Prompt(token_ids=tuple(p.token_ids), tokens=tuple(p.tokens), text=p.text,
+                   vector=tuple(p.vector))
+    return trial.evolve(prompt=p, metrics=dict(trial.metrics))

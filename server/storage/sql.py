@@ -306,6 +306,7 @@ class SqlStorage(Storage):
     def __init__(self, url: str) -> None:
         self.url = normalize_url(url)
         self._sqlite = self.url.get_backend_name() == "sqlite"
+        self.local = self._sqlite
         self._serialize_reads = False
         self._write_lock: threading.Lock | contextlib.nullcontext = contextlib.nullcontext()
         if self._sqlite:

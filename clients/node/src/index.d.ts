@@ -126,6 +126,14 @@ export interface KnownTrial {
   metrics?: Record<string, number>;
 }
 
+/** One result for tellMany: a value (and metrics), or a failure with its reason. */
+export interface TrialResult {
+  trialId: Int64Like;
+  value?: number;
+  metrics?: Record<string, number>;
+  failureReason?: string;
+}
+
 export interface WatchStudyResponse {
   /** "suggested", "completed", "failed" or "done". */
   event: string;
@@ -181,6 +189,18 @@ export class PromptboClient {
     metrics?: Record<string, number>,
     options?: { failureReason?: string; clientId?: string },
   ): Promise<Trial>;
+  tellAndAsk(
+    study: string,
+    trialId: Int64Like,
+    value: number,
+    metrics?: Record<string, number>,
+    options?: { count?: number; clientId?: string },
+  ): Promise<{ trial: Trial; nextTrials: Trial[]; studyDone: boolean }>;
+  tellMany(
+    study: string,
+    results: TrialResult[],
+    options?: { count?: number; clientId?: string },
+  ): Promise<{ trials: Trial[]; nextTrials: Trial[]; studyDone: boolean }>;
   heartbeatTrial(study: string, trialId: Int64Like, clientId?: string): Promise<Trial>;
   iterTrials(study: string, options?: ListTrialsOptions): AsyncGenerator<Trial, void, undefined>;
   listTrials(study: string, options?: ListTrialsOptions): Promise<Trial[]>;

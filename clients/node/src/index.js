@@ -229,6 +229,52 @@ class PromptboClient {
     return response.trial;
   }
 
+  /**
+   * Reports a trial's `value` (and `metrics`) and asks for up to `count` next trials in the
+   * same round trip. Resolves with `{ trial, nextTrials, studyDone }`; the result is stored
+   * even when `nextTrials` comes back empty (budget used up, or none to hand out now).
+   */
+  async tellAndAsk(study, trialId, value, metrics = {}, { count = 1, clientId } = {}) {
+    const response = await this._call('CompleteTrial', {
+      study,
+      trialId: uint64(trialId, 'trialId'),
+      value,
+      metrics,
+      clientId: clientId ?? this.clientId,
+      suggestCount: count,
+    });
+    return {
+      trial: response.trial,
+      nextTrials: response.nextTrials ?? [],
+      studyDone: Boolean(response.studyDone),
+    };
+  }
+
+  /**
+   * Reports several results in one round trip: `results` is a list of
+   * `{ trialId, value, metrics?, failureReason? }`; all are recorded or, on an error, none.
+   * With `count > 0` it also hands out up to `count` next trials. Resolves with
+   * `{ trials, nextTrials, studyDone }`, `trials` in the order of `results`.
+   */
+  async tellMany(study, results, { count = 0, clientId } = {}) {
+    const response = await this._call('CompleteTrials', {
+      study,
+      results: results.map((r, i) => ({
+        trialId: uint64(r.trialId, `results[${i}].trialId`),
+        value: r.value ?? 0,
+        metrics: r.metrics ?? {},
+        failureReason: r.failureReason ?? '',
+      })),
+      clientId: clientId ?? this.clientId,
+      suggestCount: count,
+    });
+    return {
+      trials: response.trials ?? [],
+      nextTrials: response.nextTrials ?? [],
+      studyDone: Boolean(response.studyDone),
+    };
+  }
+
   /** Extends the lease of an active trial; resolves with the trial. */
   async heartbeatTrial(study, trialId, clientId = this.clientId) {
     const response = await this._call('HeartbeatTrial', {

@@ -33,6 +33,43 @@ describe('against a promptbo server', { timeout: 180000 }, () => {
     if (server) await server.stop();
   });
 
+  test('tellAndAsk reports a result and hands out the next trial in one call', async () => {
+    await client.createStudy('chained', softSpec(3));
+    let { trials } = await client.suggestTrials('chained', 1);
+    const told = [];
+    while (trials.length) {
+      const reply = await client.tellAndAsk('chained', trials[0].id, told.length, {}, { count: 1 });
+      assert.equal(reply.trial.state, 'TRIAL_STATE_COMPLETED');
+      told.push(reply.trial.id);
+      trials = reply.nextTrials;
+      assert.equal(reply.studyDone, told.length === 3);
+    }
+    assert.equal(new Set(told).size, 3);
+    const study = await client.getStudy('chained');
+    assert.equal(study.state, 'STUDY_STATE_COMPLETED');
+    assert.equal(study.completedCount, 3);
+  });
+
+  test('tellMany records a batch all or nothing and hands out the next', async () => {
+    await client.createStudy('batched', softSpec(4));
+    const { trials } = await client.suggestTrials('batched', 2);
+    const ids = trials.map((t) => t.id);
+    await assert.rejects(
+      client.tellMany('batched', [{ trialId: ids[0], value: 1 }, { trialId: ids[1], value: NaN }]),
+      promptbo.InvalidArgumentError,
+    );
+    assert.equal((await client.listTrials('batched', { state: 'completed' })).length, 0);
+    const reply = await client.tellMany(
+      'batched',
+      [{ trialId: ids[0], value: 1 }, { trialId: ids[1], value: 2, metrics: { acc: 0.5 } }],
+      { count: 5 },
+    );
+    assert.deepEqual(reply.trials.map((t) => t.id), ids);
+    assert.equal(reply.trials[1].metrics.acc, 0.5);
+    assert.equal(reply.nextTrials.length, 2); // the budget of 4 leaves two
+    assert.equal(reply.studyDone, false);
+  });
+
   test('the ask/tell example stores and completes every trial', { timeout: 120000 }, async () => {
     const maxTrials = 8;
     const { stdout } = await promisify(execFile)(process.execPath, [EXAMPLE], {

@@ -3,7 +3,7 @@
 ::
 
     promptbo serve  [--storage URL] [--host H] [--port P] [--auth-token-file F]
-                    [--tls-cert C --tls-key K] [--prefetch N]
+                    [--tls-cert C --tls-key K] [--prefetch N] [--max-workers N]
     promptbo study  list | show NAME | best NAME | trials NAME | delete NAME   [--server H:P]
     promptbo worker --study NAME --evaluator KIND [-o key=value ...] [--server H:P]
     promptbo demo   [--trials N] [--strategy S]
@@ -91,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prefetch", type=int, default=2,
                    help="suggestions kept ready per study, computed in the background "
                         "(0: on demand, bit-for-bit reproducible)")
+    p.add_argument("--max-workers", type=int, default=32,
+                   help="threads for calls that do not run on the event loop")
 
     p = sub.add_parser("study", help="inspect and manage studies")
     _add_connection_args(p)
@@ -148,7 +150,7 @@ def _serve(args) -> int:
     opts = ServerOptions(
         host=args.host, port=args.port, max_message_bytes=args.max_message_mb * 1024 * 1024,
         auth_token=_read_secret(args.auth_token_file), tls_cert=args.tls_cert,
-        tls_key=args.tls_key, prefetch=args.prefetch,
+        tls_key=args.tls_key, prefetch=args.prefetch, max_workers=args.max_workers,
     )
     serve(args.storage, opts, port_file=args.port_file)
     return 0

@@ -357,6 +357,57 @@ class Study:
         )
         return self._trial(self.client._call("CompleteTrial", req).trial)
 
+    def tell_and_ask(
+        self,
+        trial: Trial | int,
+        value: float,
+        metrics: dict[str, float] | None = None,
+        n: int = 1,
+        *,
+        client_id: str | None = None,
+    ) -> tuple[Trial, list[Trial]]:
+        """:meth:`tell` and :meth:`ask` in one round trip; returns ``(told, next_trials)``.
+
+        ``next_trials`` is empty when the budget is used up (then :attr:`done` is True) or
+        when no trial can be handed out right now; :meth:`ask` then says which."""
+        req = api.CompleteTrialRequest(
+            study=self.name, trial_id=_id(trial), value=float(value),
+            metrics={k: float(v) for k, v in (metrics or {}).items()},
+            client_id=client_id or self.client.client_id, suggest_count=n,
+        )
+        resp = self.client._call("CompleteTrial", req)
+        if resp.study_done:
+            self.info.state = pb.STUDY_STATE_COMPLETED
+        return self._trial(resp.trial), [self._trial(t) for t in resp.next_trials]
+
+    def tell_many(
+        self,
+        results: Sequence[tuple[Trial | int, float] | tuple[Trial | int, float, dict]],
+        n: int = 0,
+        *,
+        client_id: str | None = None,
+    ) -> tuple[list[Trial], list[Trial]]:
+        """Reports several results in one round trip; returns ``(told, next_trials)``.
+
+        ``results`` holds ``(trial, value)`` or ``(trial, value, metrics)``; all are
+        recorded or, on an error, none. With ``n > 0`` up to ``n`` next trials come back
+        as with :meth:`tell_and_ask`; with ``n == 0`` ``next_trials`` is empty."""
+        msgs = []
+        for r in results:
+            trial, value, metrics = (*r, None) if len(r) == 2 else r
+            msgs.append(api.TrialResult(
+                trial_id=_id(trial), value=float(value),
+                metrics={k: float(v) for k, v in (metrics or {}).items()},
+            ))
+        req = api.CompleteTrialsRequest(
+            study=self.name, results=msgs, client_id=client_id or self.client.client_id,
+            suggest_count=n,
+        )
+        resp = self.client._call("CompleteTrials", req)
+        if resp.study_done:
+            self.info.state = pb.STUDY_STATE_COMPLETED
+        return [self._trial(t) for t in resp.trials], [self._trial(t) for t in resp.next_trials]
+
     def fail(self, trial: Trial | int, reason: str, *, client_id: str | None = None) -> Trial:
         """Marks a trial failed; ``reason`` says why (it is stored, not retried)."""
         req = api.CompleteTrialRequest(

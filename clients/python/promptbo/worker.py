@@ -77,6 +77,7 @@ class Worker:
         self.stats = WorkerStats()
         self._stop = threading.Event()
         self._abort = threading.Event()
+        self._next: list[Trial] = []  # handed out with the last result, not yet scored
 
     def stop(self) -> None:
         """Finish the current batch, tell it, and return from :meth:`run`."""
@@ -93,7 +94,9 @@ class Worker:
                 n = min(n, self.max_trials - self.stats.completed - self.stats.failed)
                 if n <= 0:
                     break
-            trials = self._with_retry(lambda n=n: self.study.ask(n))
+            trials, self._next = self._next[:n], self._next[n:]
+            if not trials:
+                trials = self._with_retry(lambda n=n: self.study.ask(n))
             if not trials:
                 if self.study.done:
                     break
@@ -110,6 +113,9 @@ class Worker:
                     f"{self._last_reason}"
                 )
         self.stats.seconds = time.monotonic() - start
+        if self._next:
+            log.info("stopping with trials %s handed out but not scored; their leases will "
+                     "expire and the server will hand them out again", [t.id for t in self._next])
         return self.stats
 
     _last_reason = ""
@@ -137,8 +143,7 @@ class Worker:
                 self._tell(lambda t=t: self.study.fail(t, reason))
             self.stats.failed += len(trials)
             return False
-        for trial, score in zip(trials, scores, strict=True):
-            done = self._tell(lambda t=trial, s=score: self.study.tell(t, s.value, s.metrics))
+        for done, score in zip(self._tell_batch(trials, scores), scores, strict=True):
             if done is None:
                 continue
             self.stats.completed += 1
@@ -148,6 +153,36 @@ class Worker:
                 self.stats.best_value = score.value
                 self.stats.best_trial = done
         return True
+
+    def _tell_batch(self, trials: list[Trial], scores: list[Score]) -> list[Trial | None]:
+        """Tells a batch's results in one round trip that also brings the next batch.
+
+        Returns the told trials, None where a result was not accepted (another worker
+        holds that trial since our lease expired); those are then told one by one."""
+        results = [(t, s.value, s.metrics) for t, s in zip(trials, scores, strict=True)]
+        ask_next = self._next_batch_size(len(trials))
+        try:
+            told, self._next = self._with_retry(
+                lambda: self.study.tell_many(results, ask_next)
+            )
+            return list(told)
+        except FailedPreconditionError as err:
+            log.warning("batch not accepted as a whole (%s); telling its results one by one",
+                        err)
+        return [
+            self._tell(lambda t=t, s=s: self.study.tell(t, s.value, s.metrics))
+            for t, s in zip(trials, scores, strict=True)
+        ]
+
+    def _next_batch_size(self, telling: int) -> int:
+        """Trials of the next batch, 0 when this worker will not ask again; ``telling``
+        results are about to be counted."""
+        if self._stop.is_set():
+            return 0
+        n = self.batch_size
+        if self.max_trials is not None:
+            n = min(n, self.max_trials - self.stats.completed - self.stats.failed - telling)
+        return max(n, 0)
 
     def _score(self, prompts: Sequence[Prompt]) -> list[Score] | BaseException:
         try:

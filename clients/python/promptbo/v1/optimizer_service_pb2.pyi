@@ -104,7 +104,7 @@ class SuggestTrialsResponse(_message.Message):
     def __init__(self, trials: _Optional[_Iterable[_Union[_resources_pb2.Trial, _Mapping]]] = ..., study_done: _Optional[bool] = ...) -> None: ...
 
 class CompleteTrialRequest(_message.Message):
-    __slots__ = ("study", "trial_id", "value", "metrics", "failure_reason", "client_id")
+    __slots__ = ("study", "trial_id", "value", "metrics", "failure_reason", "client_id", "suggest_count")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -118,19 +118,66 @@ class CompleteTrialRequest(_message.Message):
     METRICS_FIELD_NUMBER: _ClassVar[int]
     FAILURE_REASON_FIELD_NUMBER: _ClassVar[int]
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    SUGGEST_COUNT_FIELD_NUMBER: _ClassVar[int]
     study: str
     trial_id: int
     value: float
     metrics: _containers.ScalarMap[str, float]
     failure_reason: str
     client_id: str
-    def __init__(self, study: _Optional[str] = ..., trial_id: _Optional[int] = ..., value: _Optional[float] = ..., metrics: _Optional[_Mapping[str, float]] = ..., failure_reason: _Optional[str] = ..., client_id: _Optional[str] = ...) -> None: ...
+    suggest_count: int
+    def __init__(self, study: _Optional[str] = ..., trial_id: _Optional[int] = ..., value: _Optional[float] = ..., metrics: _Optional[_Mapping[str, float]] = ..., failure_reason: _Optional[str] = ..., client_id: _Optional[str] = ..., suggest_count: _Optional[int] = ...) -> None: ...
 
 class CompleteTrialResponse(_message.Message):
-    __slots__ = ("trial",)
+    __slots__ = ("trial", "next_trials", "study_done")
     TRIAL_FIELD_NUMBER: _ClassVar[int]
+    NEXT_TRIALS_FIELD_NUMBER: _ClassVar[int]
+    STUDY_DONE_FIELD_NUMBER: _ClassVar[int]
     trial: _resources_pb2.Trial
-    def __init__(self, trial: _Optional[_Union[_resources_pb2.Trial, _Mapping]] = ...) -> None: ...
+    next_trials: _containers.RepeatedCompositeFieldContainer[_resources_pb2.Trial]
+    study_done: bool
+    def __init__(self, trial: _Optional[_Union[_resources_pb2.Trial, _Mapping]] = ..., next_trials: _Optional[_Iterable[_Union[_resources_pb2.Trial, _Mapping]]] = ..., study_done: _Optional[bool] = ...) -> None: ...
+
+class TrialResult(_message.Message):
+    __slots__ = ("trial_id", "value", "metrics", "failure_reason")
+    class MetricsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    TRIAL_ID_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    FAILURE_REASON_FIELD_NUMBER: _ClassVar[int]
+    trial_id: int
+    value: float
+    metrics: _containers.ScalarMap[str, float]
+    failure_reason: str
+    def __init__(self, trial_id: _Optional[int] = ..., value: _Optional[float] = ..., metrics: _Optional[_Mapping[str, float]] = ..., failure_reason: _Optional[str] = ...) -> None: ...
+
+class CompleteTrialsRequest(_message.Message):
+    __slots__ = ("study", "results", "client_id", "suggest_count")
+    STUDY_FIELD_NUMBER: _ClassVar[int]
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    SUGGEST_COUNT_FIELD_NUMBER: _ClassVar[int]
+    study: str
+    results: _containers.RepeatedCompositeFieldContainer[TrialResult]
+    client_id: str
+    suggest_count: int
+    def __init__(self, study: _Optional[str] = ..., results: _Optional[_Iterable[_Union[TrialResult, _Mapping]]] = ..., client_id: _Optional[str] = ..., suggest_count: _Optional[int] = ...) -> None: ...
+
+class CompleteTrialsResponse(_message.Message):
+    __slots__ = ("trials", "next_trials", "study_done")
+    TRIALS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_TRIALS_FIELD_NUMBER: _ClassVar[int]
+    STUDY_DONE_FIELD_NUMBER: _ClassVar[int]
+    trials: _containers.RepeatedCompositeFieldContainer[_resources_pb2.Trial]
+    next_trials: _containers.RepeatedCompositeFieldContainer[_resources_pb2.Trial]
+    study_done: bool
+    def __init__(self, trials: _Optional[_Iterable[_Union[_resources_pb2.Trial, _Mapping]]] = ..., next_trials: _Optional[_Iterable[_Union[_resources_pb2.Trial, _Mapping]]] = ..., study_done: _Optional[bool] = ...) -> None: ...
 
 class HeartbeatTrialRequest(_message.Message):
     __slots__ = ("study", "trial_id", "client_id")

@@ -69,6 +69,11 @@ class OptimizerServiceStub:
                 request_serializer=promptbo_dot_v1_dot_optimizer__service__pb2.CompleteTrialRequest.SerializeToString,
                 response_deserializer=promptbo_dot_v1_dot_optimizer__service__pb2.CompleteTrialResponse.FromString,
                 _registered_method=True)
+        self.CompleteTrials = channel.unary_unary(
+                '/promptbo.v1.OptimizerService/CompleteTrials',
+                request_serializer=promptbo_dot_v1_dot_optimizer__service__pb2.CompleteTrialsRequest.SerializeToString,
+                response_deserializer=promptbo_dot_v1_dot_optimizer__service__pb2.CompleteTrialsResponse.FromString,
+                _registered_method=True)
         self.HeartbeatTrial = channel.unary_unary(
                 '/promptbo.v1.OptimizerService/HeartbeatTrial',
                 request_serializer=promptbo_dot_v1_dot_optimizer__service__pb2.HeartbeatTrialRequest.SerializeToString,
@@ -139,7 +144,16 @@ class OptimizerServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CompleteTrial(self, request, context):
-        """Reports a value (or a failure) for an active trial.
+        """Reports a value (or a failure) for an active trial; with suggest_count > 0 it also
+        hands out the worker's next trials, saving a round trip (one RPC per trial).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CompleteTrials(self, request, context):
+        """Reports the results of several trials at once (a worker's batch): all are recorded,
+        or on any error none. With suggest_count > 0 it also hands out the next trials.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -215,6 +229,11 @@ def add_OptimizerServiceServicer_to_server(servicer, server):
                     servicer.CompleteTrial,
                     request_deserializer=promptbo_dot_v1_dot_optimizer__service__pb2.CompleteTrialRequest.FromString,
                     response_serializer=promptbo_dot_v1_dot_optimizer__service__pb2.CompleteTrialResponse.SerializeToString,
+            ),
+            'CompleteTrials': grpc.unary_unary_rpc_method_handler(
+                    servicer.CompleteTrials,
+                    request_deserializer=promptbo_dot_v1_dot_optimizer__service__pb2.CompleteTrialsRequest.FromString,
+                    response_serializer=promptbo_dot_v1_dot_optimizer__service__pb2.CompleteTrialsResponse.SerializeToString,
             ),
             'HeartbeatTrial': grpc.unary_unary_rpc_method_handler(
                     servicer.HeartbeatTrial,
@@ -431,6 +450,33 @@ class OptimizerService:
             '/promptbo.v1.OptimizerService/CompleteTrial',
             promptbo_dot_v1_dot_optimizer__service__pb2.CompleteTrialRequest.SerializeToString,
             promptbo_dot_v1_dot_optimizer__service__pb2.CompleteTrialResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CompleteTrials(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/promptbo.v1.OptimizerService/CompleteTrials',
+            promptbo_dot_v1_dot_optimizer__service__pb2.CompleteTrialsRequest.SerializeToString,
+            promptbo_dot_v1_dot_optimizer__service__pb2.CompleteTrialsResponse.FromString,
             options,
             channel_credentials,
             insecure,
