@@ -119,6 +119,20 @@ trials = sa.Table(
 )
 trials_by_state = sa.Index("ix_trials_study_state", trials.c.study, trials.c.state)
 
+# The statements of the ask/tell path, built once: building a statement per call costs
+# more than running it on SQLite (SQLAlchemy caches the compiled form by statement).
+_STUDY_ROW = sa.select(studies).where(studies.c.name == sa.bindparam("name"))
+_STUDY_ROW_LOCKED = _STUDY_ROW.with_for_update()
+_LAST_TRIAL_ID = sa.select(sa.func.max(trials.c.id)).where(
+    trials.c.study == sa.bindparam("study")
+)
+_INSERT_TRIALS = trials.insert()
+_UPDATE_TRIAL = (
+    trials.update()
+    .where(trials.c.study == sa.bindparam("key_study"), trials.c.id == sa.bindparam("key_id"))
+    .values({c.name: sa.bindparam(c.name) for c in trials.c if c.name not in ("study", "id")})
+)
+
 # One lock per SQLite file, shared by every SqlStorage of this process that opens it.
 _FILE_LOCKS: dict[str, threading.Lock] = {}
 _FILE_LOCKS_GUARD = threading.Lock()
@@ -483,10 +497,7 @@ class SqlStorage(Storage):
 
     @staticmethod
     def _study_row(conn: Connection, name: str, lock: bool = False) -> Any:
-        query = sa.select(studies).where(studies.c.name == name)
-        if lock:
-            query = query.with_for_update()
-        row = conn.execute(query).first()
+        row = conn.execute(_STUDY_ROW_LOCKED if lock else _STUDY_ROW, {"name": name}).first()
         if row is None:
             raise study_not_found(name)
         return row
@@ -497,15 +508,13 @@ class SqlStorage(Storage):
         with self._write() as conn:
             # Locking the study row serializes id assignment across server processes.
             self._study_row(conn, study, lock=True)
-            last = conn.execute(
-                sa.select(sa.func.max(trials.c.id)).where(trials.c.study == study)
-            ).scalar()
+            last = conn.execute(_LAST_TRIAL_ID, {"study": study}).scalar()
             first = (last or 0) + 1
             for i, row in enumerate(rows):
                 row["study"] = study
                 row["id"] = first + i
             if rows:
-                conn.execute(trials.insert(), rows)
+                conn.execute(_INSERT_TRIALS, rows)
         return [t.evolve(study=study, id=first + i) for i, t in enumerate(trials_)]
 
     def get_trial(self, study: str, trial_id: int) -> Trial:
@@ -522,11 +531,9 @@ class SqlStorage(Storage):
         rows = [_trial_row(t) for t in trials_]
         with self._write() as conn:
             for row in rows:
-                done = conn.execute(
-                    trials.update()
-                    .where(trials.c.study == row["study"], trials.c.id == row["id"])
-                    .values(_trial_values(row))
-                )
+                params = _trial_values(row)
+                params["key_study"], params["key_id"] = row["study"], row["id"]
+                done = conn.execute(_UPDATE_TRIAL, params)
                 if done.rowcount != 1:  # raising rolls back the ones already written
                     self._study_row(conn, row["study"])
                     raise trial_not_found(row["study"], row["id"])
