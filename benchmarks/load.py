@@ -4,8 +4,8 @@ Starts ``promptbo serve`` as a subprocess (SQLite by default), runs ``--workers`
 threads spread over ``--procs`` processes for ``--seconds`` on a soft-prompt study with the
 random strategy, in three loops (``--modes``): ``ask-tell`` calls SuggestTrials(1) then
 CompleteTrial for each trial (two RPCs); ``tell-and-ask`` asks once, then sends each result
-with ``suggest_count=1`` and gets the next trial in the same reply (one RPC per trial, what
-:class:`promptbo.Worker` does with ``batch_size=1``); ``batch`` works on ``--batch``
+with ``suggest_count=1`` and gets the next trial in the same reply (one RPC per trial, as
+:class:`promptbo.Worker` with ``batch_size=1``); ``batch`` works on ``--batch``
 trials at a time and sends their results in one CompleteTrials that brings the next batch
 (one RPC per batch, the Worker with ``batch_size=--batch``). Reports completed trials/s,
 p50/p99 latency per RPC, and errors (which must be zero).
