@@ -29,6 +29,7 @@ import math
 import queue
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -356,10 +357,11 @@ class StudyManager:
                 _check_finite(f"{where}value", r.value)
             for k, v in r.metrics.items():
                 _check_finite(f"{where}metric {k!r}", v)
-        ids = [r.trial_id for r in results]
-        if len(set(ids)) != len(ids):
-            dup = sorted({i for i in ids if ids.count(i) > 1})
-            raise InvalidArgumentError(f"trials {dup} appear more than once in one request")
+        repeated = sorted(i for i, n in Counter(r.trial_id for r in results).items() if n > 1)
+        if repeated:
+            raise InvalidArgumentError(
+                f"trials {repeated} appear more than once in one request"
+            )
         out: list[Trial | None] = [None] * len(results)
         changed: list[tuple[int, Trial, float | None]] = []
         with self._lock(name):

@@ -115,7 +115,7 @@ class StudyRuntime:
     def cheap(self) -> bool:
         """Whether the engine's suggestions cost microseconds (see ``Engine.cheap``): they
         are then computed inline, never prefetched."""
-        return bool(getattr(self.engine, "cheap", False))
+        return self.engine.cheap
 
     def _pending(self, pending: Sequence[Prompt]) -> torch.Tensor | None:
         return self.encode(pending) if pending and self.engine.uses_pending else None
