@@ -85,7 +85,9 @@ class HFCausalEvaluator(HFEvaluator):
         kv_cache: str | bool = "auto",
         kv_cache_mb: float | str = 1024,
     ):
-        mode = option_choice("kv_cache", {True: "on", False: "off"}.get(kv_cache, kv_cache),
+        if isinstance(kv_cache, bool):
+            kv_cache = "on" if kv_cache else "off"
+        mode = option_choice("kv_cache", kv_cache,
                              ("auto", "on", "off", "true", "false"))
         self.kv_cache_bytes = option_float("kv_cache_mb", kv_cache_mb, minimum=0) * 2**20
         super().__init__(

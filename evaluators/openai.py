@@ -186,7 +186,7 @@ class OpenAIEvaluator(Evaluator):
                     "returns log-probabilities (for llama.cpp: --logits_all true), or set "
                     "top_logprobs=0 to score generated text by accuracy for the whole study"
                 )
-            lp = np.array([self._label_log_probs(r.top, words) for r in replies])
+            lp = np.array([self._label_log_probs(r.top or {}, words) for r in replies])
             base = self.task.score_log_probs(lp)
         else:
             base = self.task.score_predictions(np.array([self._predict(r.text, words)

@@ -38,6 +38,8 @@ def load_callable(spec: str) -> Callable[..., Any]:
         if not path.is_file():
             raise InvalidArgumentError(f"function {spec!r}: no file {module_name!r}")
         mod_spec = importlib.util.spec_from_file_location(f"_promptbo_user_{path.stem}", path)
+        if mod_spec is None or mod_spec.loader is None:
+            raise InvalidArgumentError(f"function {spec!r}: {module_name!r} cannot be imported")
         module = importlib.util.module_from_spec(mod_spec)
         mod_spec.loader.exec_module(module)
     else:

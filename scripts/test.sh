@@ -18,8 +18,9 @@ if ! diff -r -q "$tmp/v1" clients/python/promptbo/v1 >/dev/null; then
 fi
 rm -rf "$tmp"
 
-echo "== lint"
+echo "== lint and types"
 ruff check .
+mypy clients/python/promptbo server evaluators
 
 echo "== PostgreSQL for the storage contract suite"
 if pg_env=$(bash .ci/postgres.sh start); then

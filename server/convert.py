@@ -32,7 +32,7 @@ _STUDY_STATES_PB = {StudyState.ACTIVE: pb.STUDY_STATE_ACTIVE,
 _TRIAL_STATES_PB = {TrialState.ACTIVE: pb.TRIAL_STATE_ACTIVE,
                     TrialState.COMPLETED: pb.TRIAL_STATE_COMPLETED,
                     TrialState.FAILED: pb.TRIAL_STATE_FAILED}
-_TRIAL_STATES = {v: k for k, v in _TRIAL_STATES_PB.items()}
+_TRIAL_STATES: dict[int, TrialState] = {v: k for k, v in _TRIAL_STATES_PB.items()}
 
 
 def spec_from_pb(msg: pb.StudySpec) -> StudySpec:

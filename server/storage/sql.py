@@ -422,7 +422,7 @@ class SqlStorage(Storage):
             "dim": vocabulary.embedding_dim,
             "tokens": _dumps(list(vocabulary.tokens)),
             "token_ids": np.asarray(vocabulary.token_ids, dtype="<i8").tobytes(),
-            "embeddings": memoryview(table).cast("B"),  # no copy of the table
+            "embeddings": memoryview(table.data).cast("B"),  # no copy of the table
         }
         try:
             with self._write() as conn:

@@ -164,10 +164,10 @@ def _study(args) -> int:
             print(json.dumps([_study_dict(s.info) for s in studies], indent=2))
         for s in studies if not args.json else []:
             i = s.info
-            best = f"{i.best_trial.value:.4f}" if i.HasField("best_trial") else "-"
+            top = f"{i.best_trial.value:.4f}" if i.HasField("best_trial") else "-"
             state = "completed" if s.done else "active"
             print(f"{s.name:30s} {state:9s} {i.completed_count:5d} done "
-                  f"{i.active_count:3d} active {i.failed_count:3d} failed  best {best}")
+                  f"{i.active_count:3d} active {i.failed_count:3d} failed  best {top}")
         return 0
     if not args.name:
         raise SystemExit(f"error: promptbo study {args.action} needs a study NAME")
@@ -281,7 +281,7 @@ def _worker_study(client: Client, evaluator, args):
                 f"evaluator {args.evaluator!r} does not take soft prompts; drop --soft"
             )
         dim, std = shape
-        space = SoftPromptSpace(
+        space: HardPromptSpace | SoftPromptSpace = SoftPromptSpace(
             args.prompt_length, dim, intrinsic_dim=args.intrinsic_dim, embedding_std=std
         )
     else:

@@ -28,6 +28,7 @@ import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import grpc
 import numpy as np
@@ -505,7 +506,7 @@ class TrialContext:
             with contextlib.suppress(PromptboError):
                 self.study.heartbeat(self.trial)
 
-    def __exit__(self, exc_type, exc, tb) -> bool:
+    def __exit__(self, exc_type, exc, tb) -> Literal[False]:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()

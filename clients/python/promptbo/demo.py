@@ -89,7 +89,8 @@ def run_demo(args) -> None:
               f"prompt vs {base_test.metrics.get('accuracy', float('nan')):.3f} unprompted",
               file=out)
         if getattr(args, "plot", ""):
-            _plot([t.value for t in study.trials(state="completed")], base_obj.value, args.plot)
+            values = [t.value for t in study.trials(state="completed") if t.value is not None]
+            _plot(values, base_obj.value, args.plot)
             print(f"convergence plot: {args.plot}", file=out)
         print(f"{stats.completed} trials in {stats.seconds:.0f}s; inspect them with "
               f"`promptbo study trials {study.name} --server 127.0.0.1:{port}` while it runs, "

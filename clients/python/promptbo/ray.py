@@ -91,7 +91,7 @@ class WorkerFleet:
         self.num_workers = num_workers
         self.resources = dict(resources or {"num_cpus": 1})
         self.max_restarts = max_restarts
-        self._actor_cls = ray.remote(_WorkerActor).options(
+        self._actor_cls: Any = ray.remote(_WorkerActor).options(
             max_restarts=max_restarts, max_task_retries=-1 if max_restarts else 0,
             max_concurrency=2, **self.resources,
         )
@@ -163,7 +163,8 @@ class PromptboSearcher(Searcher):
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
         trials = self.study.ask(1, client_id=f"tune-{trial_id}")
         if not trials:
-            return Searcher.FINISHED if self.study.done else None
+            # Ray's FINISHED sentinel is a str, although Searcher.suggest is typed Optional[Dict].
+            return Searcher.FINISHED if self.study.done else None  # type: ignore[return-value]
         t = trials[0]
         self._trials[trial_id] = t.id
         vector = None if t.prompt.vector is None else t.prompt.vector.tolist()
