@@ -39,9 +39,9 @@ def main(argv=None) -> None:
     ap.add_argument("--model", default="smollm2")
     args = ap.parse_args(argv)
 
-    from promptbo.demo import word_scores
     from promptbo.evaluators import create_evaluator
     from promptbo.types import Prompt
+    from promptbo.wordlists import word_scores
 
     templates = PLACEMENTS
     if args.templates:

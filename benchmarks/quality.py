@@ -14,8 +14,11 @@ dataset's ``meta.json``; ``--template``/``--labels`` override them), e.g.
 - test: the dataset's test split (``--limit-test N`` keeps its first N examples, for quick
   runs only), used only to report accuracy.
 
-Candidates are the ``--top-n`` most frequent whole-word tokens (``" word"``, ranked by BPE
-id, :func:`promptbo.demo.word_scores`), the same list for every strategy. promptbo's
+Candidates are the ``--top-n`` most frequent whole-word tokens (``" word"``), the same list
+for every strategy: ranked by BPE merge order (``--vocab merges``,
+:func:`promptbo.wordlists.word_scores`) or by how often the word occurs in the dataset's
+training texts (``--vocab data``, :func:`promptbo.wordlists.text_word_scores`; the training
+file is the pool the objective and dev examples come from, the test split is not read). promptbo's
 strategies run through the engine directly (``suggest`` → score → ``observe``, no
 server); ``optuna-tpe`` is Optuna's seeded ``TPESampler`` with one categorical
 distribution per position over the same token list. The unprompted model (empty prompt)
@@ -66,7 +69,9 @@ TASK_STYLES: dict[str, tuple[str | None, str | None]] = {
     "subj": ("Sentence: {text}\n{prompt}\nThis sentence is: {answer}", None),
 }
 FIXED_CONFIG = ("data_dir", "template", "labels", "k", "prompt_length", "top_n", "pca_dims",
-                "limit_test", "model", "batch", "top_k")
+                "limit_test", "model", "batch", "top_k", "vocab")
+#: Values of FIXED_CONFIG entries added after results were first written.
+_CONFIG_DEFAULTS = {"vocab": "merges"}
 
 Key = tuple[int, ...]  # a prompt as the model's token ids
 MakeEvaluator = Callable[[str, int], Evaluator]  # (split, seed) -> evaluator
@@ -409,9 +414,9 @@ class Benchmark:
 
     def __init__(self, args, make_evaluator: MakeEvaluator, vocabulary: VocabularyTable,
                  results: dict[str, Any] | None = None, log=print):
-        from promptbo.demo import word_scores
         from promptbo.server.domain import HardPromptSpace
         from promptbo.server.optim.spaces import filtered_rows
+        from promptbo.wordlists import read_texts, text_word_scores, word_scores
 
         self.args = args
         self.log = log
@@ -421,7 +426,11 @@ class Benchmark:
         self.results["config"] = config_of(args)
         self.results["machine"] = machine()
         self.cache = ScoreCache(make_evaluator, vocabulary, self.results["scores"])
-        scores = word_scores(vocabulary.tokens, vocabulary.token_ids)
+        if args.vocab == "data":
+            texts = read_texts(Path(args.data_dir) / "train.jsonl")
+            scores = text_word_scores(vocabulary.tokens, texts)
+        else:
+            scores = word_scores(vocabulary.tokens, vocabulary.token_ids)
         vid = vocabulary_id(vocabulary.tokens, vocabulary.token_ids, vocabulary.embeddings)
         self.space = HardPromptSpace(args.prompt_length, vid, pca_dims=args.pca_dims,
                                      top_n=args.top_n, top_n_scores=tuple(scores.tolist()))
@@ -543,6 +552,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--strategies", default=f"gp,turbo,random,index,cmaes,{OPTUNA_TPE}")
     p.add_argument("--prompt-length", type=int, default=5)
     p.add_argument("--top-n", type=int, default=2000, help="candidate whole-word tokens")
+    p.add_argument("--vocab", choices=("merges", "data"), default="merges",
+                   help="rank candidate words by BPE merge order or by count in train.jsonl")
     p.add_argument("--pca-dims", type=int, default=16, help="the space's PCA dimensions")
     p.add_argument("--k", type=int, default=16, help="examples per class (objective, dev)")
     p.add_argument("--top-k", type=int, default=3, help="prompts re-scored on dev")
@@ -574,7 +585,7 @@ def load_previous(args) -> dict[str, Any] | None:
         return None
     previous = json.loads(path.read_text())
     old, new = previous.get("config", {}), config_of(args)
-    changed = [k for k in FIXED_CONFIG if old.get(k) != new[k]]
+    changed = [k for k in FIXED_CONFIG if old.get(k, _CONFIG_DEFAULTS.get(k)) != new[k]]
     if changed:
         sys.exit(f"--resume: {path} was written with other settings ({', '.join(changed)}); "
                  "use the same ones or another --out")

@@ -158,3 +158,22 @@ def test_partial_trace_is_replayed_not_rescored(quality):
     assert full.rows[:6] == partial.rows and len(full.rows) == 12
     assert len(tpe.study.trials) == 6
     assert max(calls.values()) == 1 and len(calls) == len(set(map(tuple, full.rows)))
+
+
+def test_vocab_data_searches_the_words_of_the_training_texts(quality, tmp_path):
+    data = tmp_path / "task"
+    data.mkdir()
+    (data / "train.jsonl").write_text('{"text": "fax gax fax", "label": 0}\n'
+                                      '{"text": "gax hax fax", "label": 1}\n')
+    args = quality.parse_args([
+        "--data-dir", str(data), "--budgets", "6", "--seeds", "0", "--strategies", "random",
+        "--prompt-length", "2", "--top-n", "2", "--vocab", "data", "--pca-dims", "2",
+        "--out", str(tmp_path / "q")])
+    vocab = _vocabulary()
+    bench = quality.Benchmark(args, lambda s, seed: FakeEvaluator(s, seed, Counter()), vocab,
+                              log=lambda _: None)
+    # " fax" (3 occurrences) and " gax" (2) are rows 5 and 6; " hax" (1) misses the top 2.
+    assert bench.allowed == [5, 6]
+    results = bench.run()
+    assert {r for rows in results["runs"]["random|0"]["rows"] for r in rows} <= {5, 6}
+    assert results["config"]["vocab"] == "data"

@@ -42,3 +42,39 @@ def test_worker_creates_a_hard_prompt_study_and_fills_its_budget(tmp_path, tiny_
     finally:
         server.stop(0)
         manager.close()
+
+
+def test_worker_ranks_candidate_words_by_the_task_texts(tmp_path, tiny_llama_dir):
+    import numpy as np
+
+    from promptbo.evaluators import create_evaluator
+    from promptbo.wordlists import read_texts, text_word_scores
+
+    texts = tmp_path / "train.jsonl"
+    texts.write_text('{"text": "a great movie , a great cast", "label": 1}\n'
+                     '{"text": "the movie was dull", "label": 0}\n')
+    ev = create_evaluator("hf-causal", model=str(tiny_llama_dir), data="demo", k=3)
+    table = ev.vocabulary()
+    ev.close()
+    scores = text_word_scores(table.tokens, read_texts(texts))
+    allowed = {table.token_ids[i] for i in np.argsort(-scores, kind="stable")[:4]}
+
+    server, port, manager = create_server(f"sqlite:///{tmp_path / 'w.db'}", ServerOptions(port=0))
+    address = f"127.0.0.1:{port}"
+    common = ("--evaluator", "hf-causal", "-o", f"model={tiny_llama_dir}", "-o", "data=demo",
+              "-o", "k=3", "--prompt-length", "2", "--strategy", "random", "--trials", "3")
+    try:
+        refused = run_worker(address, "--study", "words", *common, "--top-n-texts", str(texts))
+        assert refused.returncode != 0
+        assert "pass it with --prompt-length and --top-n" in refused.stderr
+
+        done = run_worker(address, "--study", "words", *common, "--top-n", "4",
+                          "--top-n-texts", str(texts))
+        assert done.returncode == 0, done.stderr
+        with promptbo.Client(address) as client:
+            trials = list(client.get_study("words").trials(state="completed"))
+        assert len(trials) == 3
+        assert all(set(t.prompt.token_ids) <= allowed for t in trials)
+    finally:
+        server.stop(0)
+        manager.close()

@@ -122,6 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--trials", type=int, default=0, help="the study's budget (0: none)")
     g.add_argument("--top-n", type=int, default=0,
                    help="hard: search only the N most frequent whole-word tokens")
+    g.add_argument("--top-n-texts", default="", metavar="PATH",
+                   help="hard, with --top-n: rank words by how often they occur in this file's "
+                        "texts (the training data: string fields of a .jsonl, else lines) "
+                        "instead of by BPE merge order")
     g.add_argument("--seed", type=int, default=0)
 
     p = sub.add_parser("demo", help="optimize a prompt for SmolLM2 on a small sentiment set")
@@ -263,9 +267,14 @@ def _worker(args) -> int:
 def _worker_study(client: Client, evaluator, args):
     """The worker's study: fetched, or (with --prompt-length) created from the evaluator."""
     from promptbo.client import HardPromptSpace, SoftPromptSpace
-    from promptbo.demo import word_scores
     from promptbo.errors import InvalidArgumentError, NotFoundError
+    from promptbo.wordlists import read_texts, text_word_scores, word_scores
 
+    if args.top_n_texts and not (args.top_n and args.prompt_length > 0 and not args.soft):
+        raise InvalidArgumentError(
+            "--top-n-texts ranks the candidates of a new hard-prompt study: pass it with "
+            "--prompt-length and --top-n (and without --soft)"
+        )
     if args.prompt_length <= 0:
         try:
             return client.get_study(args.study)
@@ -288,9 +297,16 @@ def _worker_study(client: Client, evaluator, args):
         table = evaluator.vocabulary()
         vocab_id = client.upload_vocabulary(table)
         if args.top_n:
+            if args.top_n_texts:
+                try:
+                    texts = read_texts(args.top_n_texts)
+                except (OSError, ValueError) as err:
+                    raise InvalidArgumentError(f"--top-n-texts: {err}") from None
+                scores = text_word_scores(table.tokens, texts)
+            else:
+                scores = word_scores(table.tokens, table.token_ids)
             space = HardPromptSpace(
-                args.prompt_length, vocab_id, top_n=args.top_n,
-                top_n_scores=word_scores(table.tokens, table.token_ids).tolist(),
+                args.prompt_length, vocab_id, top_n=args.top_n, top_n_scores=scores.tolist()
             )
         else:
             space = HardPromptSpace(args.prompt_length, vocab_id)

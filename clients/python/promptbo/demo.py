@@ -9,7 +9,6 @@ held-out split next to the unprompted model's.
 
 from __future__ import annotations
 
-import re
 import sys
 import tempfile
 from importlib import resources
@@ -19,23 +18,15 @@ import numpy as np
 
 from promptbo.client import Client, HardPromptSpace
 from promptbo.types import Prompt
+from promptbo.wordlists import word_scores
 from promptbo.worker import Worker, print_progress
 
 #: Candidate tokens: the most frequent whole English words of the model's vocabulary.
 VOCABULARY_TOP_N = 2000
-_WORD = re.compile(r"^ [A-Za-z]{2,}$")
 
 
 def demo_data_path() -> Path:
     return Path(str(resources.files("promptbo") / "data" / "sentiment_demo.jsonl"))
-
-
-def word_scores(tokens: list[str], token_ids: list[int]) -> np.ndarray:
-    """Scores that rank whole-word tokens (" great") by BPE merge order, a frequency
-    proxy; everything else (sub-words, punctuation, specials) ranks last."""
-    ids = np.asarray(token_ids, dtype=np.float64)
-    is_word = np.array([bool(_WORD.match(t)) for t in tokens])
-    return np.where(is_word, -ids, -1e12)
 
 
 def run_demo(args) -> None:
