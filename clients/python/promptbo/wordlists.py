@@ -8,9 +8,9 @@ tokens with the highest ``top_n_scores`` (one score per vocabulary row). Two ran
   vocabulary.
 - :func:`text_word_scores`: whole words by how often they occur in the task's own texts
   (the training pool, never the test split), so the candidates are the words of the
-  domain (``" film"``, ``" funny"``, ``" boring"`` for movie reviews). On SST-2 the random
-  prompts drawn from such a list vary about twice as much in quality as those from the
-  merge-order list (``docs/benchmarks.md``), which leaves a search more to find.
+  domain (``" film"``, ``" funny"``, ``" boring"`` for movie reviews), and the prompts a
+  search finds read as words. On SST-2 random prompts drawn from such a list vary more in
+  quality than those from the merge-order list (``docs/benchmarks.md``).
 
 Both give non-words (sub-words, punctuation, special tokens) the lowest score, so they are
 chosen only when ``N`` exceeds the number of words.
