@@ -177,3 +177,15 @@ def test_vocab_data_searches_the_words_of_the_training_texts(quality, tmp_path):
     results = bench.run()
     assert {r for rows in results["runs"]["random|0"]["rows"] for r in rows} <= {5, 6}
     assert results["config"]["vocab"] == "data"
+
+
+def test_resume_reads_results_written_before_the_vocab_option(quality, tmp_path):
+    args = _args(quality, tmp_path, "random")
+    args.resume = True
+    old = quality.config_of(args)
+    del old["vocab"]  # results files from before --vocab existed
+    (tmp_path / "q.json").write_text(json.dumps({"config": old, "runs": {}}))
+    assert quality.load_previous(args)["config"] == old
+    args.vocab = "data"
+    with pytest.raises(SystemExit, match="other settings \\(vocab\\)"):
+        quality.load_previous(args)
