@@ -236,9 +236,16 @@ def parse_options(pairs: list[str]) -> dict[str, str]:
 
 
 def _worker(args) -> int:
+    from promptbo.errors import InvalidArgumentError
     from promptbo.evaluators import create_evaluator
     from promptbo.worker import Worker, print_progress
 
+    # Checked before the model loads: it depends on the flags only.
+    if args.top_n_texts and not (args.top_n and args.prompt_length > 0 and not args.soft):
+        raise InvalidArgumentError(
+            "--top-n-texts ranks the candidates of a new hard-prompt study: pass it with "
+            "--prompt-length and --top-n (and without --soft)"
+        )
     client = _client(args)
     client.wait_ready(timeout=60)
     evaluator = create_evaluator(args.evaluator, **parse_options(args.option))
@@ -270,11 +277,6 @@ def _worker_study(client: Client, evaluator, args):
     from promptbo.errors import InvalidArgumentError, NotFoundError
     from promptbo.wordlists import read_texts, text_word_scores, word_scores
 
-    if args.top_n_texts and not (args.top_n and args.prompt_length > 0 and not args.soft):
-        raise InvalidArgumentError(
-            "--top-n-texts ranks the candidates of a new hard-prompt study: pass it with "
-            "--prompt-length and --top-n (and without --soft)"
-        )
     if args.prompt_length <= 0:
         try:
             return client.get_study(args.study)
