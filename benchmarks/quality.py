@@ -463,7 +463,8 @@ class Benchmark:
         (obj, obj_acc), = self.cache.score("objective", seed, [()])
         (dev, _), = self.cache.score("dev", seed, [()])
         (_, test_acc), = self.cache.score("test", seed, [()])
-        self.results["test_examples"] = self._test_size()
+        # A resumed run may find every test score cached and build no test evaluator.
+        self.results["test_examples"] = self._test_size() or self.results.get("test_examples", 0)
         self.results["unprompted"][str(seed)] = {
             "objective": obj, "objective_accuracy": obj_acc, "dev": dev,
             "test_accuracy": test_acc}

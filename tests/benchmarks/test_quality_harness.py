@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -29,6 +30,7 @@ class FakeEvaluator(Evaluator):
 
     def __init__(self, split: str, seed: int, calls: Counter):
         self.split, self.seed, self.calls = split, seed, calls
+        self.task = SimpleNamespace(examples=[None] * (7 if split == "test" else 4))
 
     def score(self, prompts):
         out = []
@@ -189,3 +191,19 @@ def test_resume_reads_results_written_before_the_vocab_option(quality, tmp_path)
     args.vocab = "data"
     with pytest.raises(SystemExit, match="other settings \\(vocab\\)"):
         quality.load_previous(args)
+
+
+def test_resume_with_a_new_seed_keeps_the_test_size(quality, tmp_path):
+    # The new seed's unprompted test score is cached, so no test evaluator is built.
+    calls: Counter = Counter()
+    vocab = _vocabulary()
+    args = _args(quality, tmp_path, "random")
+    args.seeds = [0]
+    quality.Benchmark(args, lambda s, seed: FakeEvaluator(s, seed, calls), vocab,
+                      log=lambda _: None).run()
+    args.seeds, args.resume = [0, 1], True
+    again = quality.Benchmark(args, lambda s, seed: FakeEvaluator(s, seed, calls), vocab,
+                              results=quality.load_previous(args), log=lambda _: None)
+    assert again.run()["test_examples"] == 7
+    again.write()
+    assert "on 7 test examples" in (tmp_path / "q.md").read_text()
