@@ -101,7 +101,11 @@ class HFCausalEvaluator(HFEvaluator):
             self.use_kv_cache = has_prefix and self.task.template.prompt_after_input
         else:
             self.use_kv_cache = has_prefix and mode in ("on", "true")
-        self._keeps_logits = "logits_to_keep" in inspect.signature(self.model.forward).parameters
+        forward = inspect.signature(self.model.forward).parameters
+        self._keeps_logits = "logits_to_keep" in forward
+        # transformers renamed the key/value cache argument and output field to ``cache``;
+        # older releases only know ``past_key_values``.
+        self._cache_arg = "cache" if "cache" in forward else "past_key_values"
         self._prefixes: dict[int, tuple[list, Any]] = {}
         self._prefix_bytes = 0
         self.single_token_labels = all(
@@ -184,8 +188,8 @@ class HFCausalEvaluator(HFEvaluator):
         if chunk in self._prefixes:
             return self._prefixes[chunk]
         ids, mask, pos = self._pad([[self.encoded[e].before] for e in members], soft=False)
-        cache = self._call(1, input_ids=ids, attention_mask=mask, position_ids=pos,
-                           use_cache=True).past_key_values
+        out = self._call(1, input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True)
+        cache = out[self._cache_arg]
         kv = [(layer.keys, layer.values) for layer in cache.layers]
         size = sum(k.numel() * k.element_size() * 2 for k, _ in kv)
         if self._prefix_bytes + size <= self.kv_cache_bytes:
@@ -228,7 +232,7 @@ class HFCausalEvaluator(HFEvaluator):
         if past is not None:
             kv, past_mask = past
             full = torch.cat([past_mask, mask], dim=1)
-            kwargs["past_key_values"] = DynamicCache(ddp_cache_data=kv, config=self.model.config)
+            kwargs[self._cache_arg] = DynamicCache(ddp_cache_data=kv, config=self.model.config)
             pos = (full.cumsum(-1) - 1).clamp(min=0)[:, past_mask.shape[1]:]
             mask = full
         logits = self._call(keep, **kwargs, attention_mask=mask, position_ids=pos,
