@@ -389,8 +389,9 @@ def machine() -> str:
             f"{torch.get_num_threads()} threads, Python {platform.python_version()}")
 
 
-def hf_evaluators(args) -> MakeEvaluator:
-    """``(split, seed) -> hf-causal evaluator`` for the task the arguments describe."""
+def hf_evaluators(args, holdout_examples: int = 0) -> MakeEvaluator:
+    """``(split, seed) -> hf-causal evaluator`` for the task the arguments describe; the
+    ``holdout`` split (``benchmarks/holdout.py``) keeps its first ``holdout_examples``."""
     from promptbo.evaluators import create_evaluator
 
     def make(split: str, seed: int) -> Evaluator:
@@ -400,10 +401,11 @@ def hf_evaluators(args) -> MakeEvaluator:
             opts["template"] = args.template
         if args.labels:
             opts["labels"] = args.labels
-        if split == "test":
+        if split in ("test", "holdout"):
             opts["kv_cache_mb"] = args.test_kv_cache_mb
-            if args.limit_test:
-                opts["max_examples"] = args.limit_test
+            limit = args.limit_test if split == "test" else holdout_examples
+            if limit:
+                opts["max_examples"] = limit
         return create_evaluator("hf-causal", **opts)
 
     return make

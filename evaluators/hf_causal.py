@@ -54,7 +54,8 @@ class HFCausalEvaluator(HFEvaluator):
             must be last.
         labels: label words, class order (default: the dataset's class names, else
             ``negative,positive``); scored with the template's space before ``{answer}``.
-        split: ``objective`` (default), ``dev`` or ``test``.  k: examples per class (8).
+        split: ``objective`` (default), ``dev``, ``test`` or ``holdout``.
+        k: examples per class (8).
         seed: few-shot draw seed (0).  test_data: a test file.  max_examples: cap the split.
         metric: ``log_prob`` (default), ``accuracy`` or ``macro_f1``.
         batch_size (16), device (``auto``), dtype (``auto``), vocabulary_size: see

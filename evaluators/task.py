@@ -26,11 +26,14 @@ Objective
 Splits
     From the training pool, ``k`` examples per class (drawn with ``seed``) form the
     ``objective`` set the optimizer sees and ``k`` more the disjoint ``dev`` set; ``test``
-    is the dataset's test split, or the rest of the pool when it has none.
+    is the dataset's test split, or the rest of the pool when it has none. ``holdout`` is
+    always that rest of the training pool, shuffled with ``seed``: a larger validation
+    sample that leaves the test split untouched.
 """
 
 from __future__ import annotations
 
+import random
 import string
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -42,7 +45,7 @@ from promptbo.evaluators.base import option_choice, option_int
 from promptbo.evaluators.data import Example, few_shot_splits, load_dataset, resolve_labels
 from promptbo.types import Score
 
-SPLITS = ("objective", "dev", "test")
+SPLITS = ("objective", "dev", "test", "holdout")
 METRICS = ("log_prob", "accuracy", "macro_f1")
 _FIELDS = ("prompt", "text", "text_b", "answer")
 DEFAULT_TEMPLATE = "Review: {text}\n{prompt}\nSentiment: {answer}"
@@ -288,7 +291,7 @@ def load_task(
         template: the template (default ``default_template``).
         labels: one label word per class: a list, ``"negative,positive"`` or a JSON list.
             Default: the dataset's class names (``meta.json``), else negative/positive.
-        split: ``objective``, ``dev`` or ``test``.
+        split: ``objective``, ``dev``, ``test`` or ``holdout``.
         k: examples per class in the objective and dev sets.
         seed: the few-shot draw's seed.
         test_data: a file to use as the test split.
@@ -314,6 +317,9 @@ def load_task(
         examples = objective
     elif split == "dev":
         examples = dev
+    elif split == "holdout":
+        examples = rest.copy()
+        random.Random(seed).shuffle(examples)
     else:
         examples = resolve_labels(dataset.test, words, names) if dataset.test else rest
     if max_examples not in (None, ""):

@@ -207,3 +207,39 @@ def test_resume_with_a_new_seed_keeps_the_test_size(quality, tmp_path):
     assert again.run()["test_examples"] == 7
     again.write()
     assert "on 7 test examples" in (tmp_path / "q.md").read_text()
+
+
+def test_holdout_scores_each_runs_top_prompts_and_the_selection(quality, holdout, tmp_path):
+    """benchmarks/holdout.py on a finished (fake) quality run: the top prompts by objective
+    and the selected one of every run, each scored once on the seed's held-out split."""
+    vocab = _vocabulary()
+    args = _args(quality, tmp_path, "random,cmaes")
+    results = quality.Benchmark(args, lambda s, seed: FakeEvaluator(s, seed, Counter()),
+                                vocab, log=lambda _: None).run()
+    calls: Counter = Counter()
+    cache = quality.ScoreCache(lambda s, seed: FakeEvaluator(s, seed, calls), vocab)
+
+    def key_of(rows):
+        return tuple(1000 + r for r in rows)
+
+    analysis = holdout.analyse(results, lambda seed, ps: cache.score("holdout", seed, ps),
+                               key_of, ["random", "cmaes"], [0, 1], budget=10, top=3)
+    assert max(calls.values()) == 1 and {split for split, _, _ in calls} == {"holdout"}
+    for name, run in results["runs"].items():
+        seed = int(name.split("|")[1])
+        tops = holdout.top_prompts([key_of(r) for r in run["rows"]], run["values"], 10, 3)
+        assert len(tops) == 3 and len(set(tops)) == 3
+        values = [run["values"][[key_of(r) for r in run["rows"]].index(k)] for k in tops]
+        assert values == sorted(values, reverse=True) == sorted(run["values"], reverse=True)[:3]
+        got = analysis["runs"][name]
+        # The fake scores a prompt the same on every split but dev and test.
+        assert [v for v, _ in got["top"]] == pytest.approx(values)
+        sel = results["selections"][f"{name}|10"]["prompt"]
+        assert got["selected"][0] == pytest.approx(_objective(sel) + 0.01 * seed)
+    rows = holdout.table(analysis, ["random", "cmaes"], [0, 1], top=3)
+    tops0 = analysis["runs"]["random|0"]["top"], analysis["runs"]["random|1"]["top"]
+    assert rows["random"]["top-3 best value"] == pytest.approx(
+        np.mean([max(v for v, _ in t) for t in tops0]))
+    assert rows["unprompted"]["selected value"] == pytest.approx(_objective(()) + 0.005)
+    text = holdout.markdown(rows, top=3, examples=7, budget=10)
+    assert "| random |" in text and "| unprompted |" in text

@@ -157,6 +157,24 @@ def test_folder_with_meta_labels_and_test_split(tmp_path, write_jsonl):
         load_task(str(tmp_path), labels="red,green", k=2)
 
 
+def test_holdout_is_the_rest_of_the_training_pool_shuffled_by_seed(tmp_path, write_jsonl):
+    write_jsonl(tmp_path / "train.jsonl", [{"text": f"t{i}", "label": i % 2} for i in range(40)])
+    write_jsonl(tmp_path / "test.jsonl", [{"text": f"x{i}", "label": i % 2} for i in range(6)])
+
+    def texts(split, seed=3, **kw):
+        return [ex.text for ex in load_task(str(tmp_path), split=split, k=4, seed=seed,
+                                            **kw).examples]
+
+    holdout = texts("holdout")
+    seen = set(texts("objective")) | set(texts("dev"))
+    assert len(holdout) == 24 and not seen & set(holdout)
+    assert seen | set(holdout) == {f"t{i}" for i in range(40)}  # the test file is not used
+    assert holdout != sorted(holdout, key=lambda t: int(t[1:]))  # shuffled, not pool order
+    assert texts("holdout") == holdout and texts("holdout", seed=4) != holdout
+    capped = texts("holdout", max_examples=10)
+    assert capped == holdout[:10] and {int(t[1:]) % 2 for t in capped} == {0, 1}
+
+
 # --- few-shot splits -------------------------------------------------------------------------
 
 

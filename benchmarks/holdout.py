@@ -1,0 +1,203 @@
+"""Do the prompts a search finds hold up on training examples it never saw?
+
+Reads a quality-benchmark results file (``benchmarks/quality.py``) and, for each
+(strategy, seed) run, scores on the seed's ``holdout`` split (the training examples in
+neither its objective nor its dev set; ``--examples`` of them) the ``--top`` best prompts
+by objective among the first ``--budget`` evaluations, the prompt the benchmark selected at
+that budget, and the unprompted model. The test split is never read.
+
+It separates two reasons why a strategy that wins on the objective may not win on test:
+its best prompts are not better on unseen examples (the search fits the objective's few
+examples), or they are better but the final pick misses them (selection). Per strategy,
+averaged over seeds:
+
+- ``selected``: held-out accuracy of the prompt the benchmark picked (top 3 by objective,
+  best on dev);
+- ``top-1``: of the best prompt by objective;
+- ``top-m mean``: mean over the ``--top`` best by objective;
+- ``top-m best``: the best of them on held-out (an oracle pick: a bound on what any
+  selection among them could reach);
+- ``value`` columns: the same for the mean normalised log-probability of the gold label.
+
+    python benchmarks/holdout.py --results benchmarks/results/quality-sst2.json \\
+        --strategies gp,turbo,random,cmaes --budget 100 --top 5 --examples 400
+
+writes ``<results stem>-holdout.json`` (every held-out score, resumable) and ``.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+SPLIT = "holdout"
+
+
+def _quality():
+    """``benchmarks/quality.py`` as a module (``benchmarks`` is not a package)."""
+    name = "promptbo_bench_quality"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("quality.py"))
+        assert spec and spec.loader
+        sys.modules[name] = module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+def top_prompts(keys: Sequence[tuple[int, ...]], values: Sequence[float], budget: int,
+                top: int) -> list[tuple[int, ...]]:
+    """The ``top`` distinct prompts with the best objective among the first ``budget``
+    (ties: the earlier one), best first."""
+    best: dict[tuple[int, ...], float] = {}
+    for k, v in zip(keys[:budget], values[:budget], strict=True):
+        best.setdefault(tuple(k), float(v))
+    return sorted(best, key=lambda k: -best[k])[:top]
+
+
+def analyse(results: dict[str, Any], score, key_of, strategies: Sequence[str],
+            seeds: Sequence[int], budget: int, top: int) -> dict[str, Any]:
+    """Per (strategy, seed): held-out ``(value, accuracy)`` of the selected prompt, of the
+    top ``top`` prompts by objective (best first) and of the unprompted model.
+
+    ``score(seed, prompts) -> [(value, accuracy)]`` scores on the seed's held-out split;
+    ``key_of(rows)`` turns a trace's vocabulary rows into token ids.
+    """
+    out: dict[str, Any] = {"runs": {}, "unprompted": {}}
+    for seed in seeds:
+        (out["unprompted"][str(seed)],) = score(seed, [()])
+        for s in strategies:
+            run = results["runs"].get(f"{s}|{seed}")
+            sel = results["selections"].get(f"{s}|{seed}|{budget}")
+            if run is None or sel is None or len(run["values"]) < budget:
+                continue
+            tops = top_prompts([key_of(r) for r in run["rows"]], run["values"], budget, top)
+            scored = score(seed, [tuple(sel["prompt"]), *tops])
+            out["runs"][f"{s}|{seed}"] = {
+                "selected": list(scored[0]), "top": [list(x) for x in scored[1:]],
+                "top_objective": sorted(run["values"][:budget], reverse=True)[:1]}
+    return out
+
+
+def table(analysis: dict[str, Any], strategies: Sequence[str], seeds: Sequence[int],
+          top: int) -> dict[str, dict[str, float]]:
+    """Mean over seeds of each column, per strategy (and the unprompted model)."""
+    rows: dict[str, dict[str, float]] = {}
+    for s in strategies:
+        runs = [analysis["runs"][f"{s}|{seed}"] for seed in seeds
+                if f"{s}|{seed}" in analysis["runs"]]
+        if not runs:
+            continue
+        cols: dict[str, list[float]] = {}
+        for r in runs:
+            top_v = np.array(r["top"], dtype=np.float64)  # `m x 2`: value, accuracy
+            for i, what in enumerate(("value", "accuracy")):
+                cols.setdefault(f"selected {what}", []).append(r["selected"][i])
+                cols.setdefault(f"top-1 {what}", []).append(top_v[0, i])
+                cols.setdefault(f"top-{top} mean {what}", []).append(top_v[:, i].mean())
+                cols.setdefault(f"top-{top} best {what}", []).append(top_v[:, i].max())
+        rows[s] = {k: float(np.mean(v)) for k, v in cols.items()}
+        rows[s]["selected accuracy std"] = float(np.std(cols["selected accuracy"], ddof=1)
+                                                 if len(runs) > 1 else 0.0)
+        rows[s]["seeds"] = len(runs)
+    base = [analysis["unprompted"][str(seed)] for seed in seeds
+            if str(seed) in analysis["unprompted"]]
+    if base:
+        rows["unprompted"] = {"selected value": float(np.mean([b[0] for b in base])),
+                              "selected accuracy": float(np.mean([b[1] for b in base]))}
+    return rows
+
+
+def markdown(rows: dict[str, dict[str, float]], top: int, examples: int, budget: int) -> str:
+    cols = [("selected accuracy", "selected acc (%)"), ("top-1 accuracy", "top-1 acc"),
+            (f"top-{top} mean accuracy", f"top-{top} mean acc"),
+            (f"top-{top} best accuracy", f"top-{top} best acc"),
+            ("selected value", "selected value"), ("top-1 value", "top-1 value"),
+            (f"top-{top} mean value", f"top-{top} mean value"),
+            (f"top-{top} best value", f"top-{top} best value")]
+    lines = ["| strategy | " + " | ".join(h for _, h in cols) + " |",
+             "|---|" + "---:|" * len(cols)]
+    for s, r in rows.items():
+        cells = []
+        for k, _ in cols:
+            if k not in r:
+                cells.append("–")
+            elif k == "selected accuracy" and "selected accuracy std" in r:
+                cells.append(f"{100 * r[k]:.1f} ± {100 * r['selected accuracy std']:.1f}")
+            else:
+                cells.append(f"{100 * r[k]:.1f}" if "accuracy" in k else f"{r[k]:.3f}")
+        lines.append(f"| {s} | " + " | ".join(cells) + " |")
+    lines += ["", f"Held-out split: {examples} training examples per seed in neither the "
+              f"objective nor the dev set; budget {budget}; mean over seeds (± std over seeds "
+              "for the selected prompt). value = mean normalised log-prob of the gold label."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--results", required=True, help="a benchmarks/quality.py results .json")
+    ap.add_argument("--strategies", default=None, help="default: those in the results")
+    ap.add_argument("--seeds", default=None, help="default: those in the results")
+    ap.add_argument("--budget", type=int, default=100)
+    ap.add_argument("--top", type=int, default=5, help="best prompts by objective per run")
+    ap.add_argument("--examples", type=int, default=400, help="held-out examples per seed")
+    ap.add_argument("--out", default=None, help="default: <results stem>-holdout")
+    args = ap.parse_args(argv)
+    quality = _quality()
+    path = Path(args.results)
+    results = json.loads(path.read_text())
+    config = results["config"]
+    strategies = (args.strategies.split(",") if args.strategies else config["strategies"])
+    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else config["seeds"]
+    out = Path(args.out) if args.out else path.with_name(path.stem + "-holdout")
+    saved = json.loads(out.with_suffix(".json").read_text()) if out.with_suffix(
+        ".json").exists() else {}
+    if saved and saved.get("examples") != args.examples:
+        sys.exit(f"{out.with_suffix('.json')} holds scores on {saved.get('examples')} "
+                 f"held-out examples, not {args.examples}; use that or another --out")
+
+    def log(msg: str) -> None:
+        print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+    evaluator_args = argparse.Namespace(**{**config, "test_kv_cache_mb": 4096})
+    make = quality.hf_evaluators(evaluator_args, holdout_examples=args.examples)
+    log(f"loading {config['model']} for {config['data_dir']}")
+    first = make(SPLIT, seeds[0])
+    vocabulary = first.vocabulary()
+    built = {(SPLIT, seeds[0]): first}
+    cache = quality.ScoreCache(lambda sp, sd: built.pop((sp, sd), None) or make(sp, sd),
+                               vocabulary, saved.get("scores", {}))
+    ids = np.asarray(vocabulary.token_ids, dtype=np.int64)
+    record: dict[str, Any] = {"results": str(path), "examples": args.examples,
+                              "scores": cache.store}
+
+    def score(seed: int, prompts: list[tuple[int, ...]]) -> list[tuple[float, float]]:
+        start = time.perf_counter()
+        scored = cache.score(SPLIT, seed, prompts)
+        log(f"seed {seed}: {len(prompts)} prompts on held-out "
+            f"({time.perf_counter() - start:.0f} s)")
+        out.with_suffix(".json").write_text(json.dumps(record))
+        return scored
+
+    analysis = analyse(results, score, lambda rows: tuple(int(i) for i in ids[list(rows)]),
+                       strategies, seeds, args.budget, args.top)
+    cache.close()
+    rows = table(analysis, strategies, seeds, args.top)
+    record.update(analysis=analysis, table=rows, budget=args.budget, top=args.top,
+                  machine=quality.machine())
+    out.with_suffix(".json").write_text(json.dumps(record))
+    text = markdown(rows, args.top, args.examples, args.budget)
+    out.with_suffix(".md").write_text(text)
+    print(text)
+    log(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.md')}")
+
+
+if __name__ == "__main__":
+    main()
