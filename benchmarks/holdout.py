@@ -17,6 +17,8 @@ averaged over seeds:
 - ``top-m mean``: mean over the ``--top`` best by objective;
 - ``top-m best``: the best of them on held-out (an oracle pick: a bound on what any
   selection among them could reach);
+- ``top-m mean obj.``: the objective value of those prompts, to set against their
+  held-out value (the gap is how much of the objective's gain was fitted to its examples);
 - ``value`` columns: the same for the mean normalised log-probability of the gold label.
 
     python benchmarks/holdout.py --results benchmarks/results/quality-sst2.json \\
@@ -53,13 +55,13 @@ def _quality():
 
 
 def top_prompts(keys: Sequence[tuple[int, ...]], values: Sequence[float], budget: int,
-                top: int) -> list[tuple[int, ...]]:
+                top: int) -> list[tuple[tuple[int, ...], float]]:
     """The ``top`` distinct prompts with the best objective among the first ``budget``
-    (ties: the earlier one), best first."""
+    (ties: the earlier one), best first, with their objective values."""
     best: dict[tuple[int, ...], float] = {}
     for k, v in zip(keys[:budget], values[:budget], strict=True):
         best.setdefault(tuple(k), float(v))
-    return sorted(best, key=lambda k: -best[k])[:top]
+    return sorted(best.items(), key=lambda kv: -kv[1])[:top]
 
 
 def analyse(results: dict[str, Any], score, key_of, strategies: Sequence[str],
@@ -79,10 +81,10 @@ def analyse(results: dict[str, Any], score, key_of, strategies: Sequence[str],
             if run is None or sel is None or len(run["values"]) < budget:
                 continue
             tops = top_prompts([key_of(r) for r in run["rows"]], run["values"], budget, top)
-            scored = score(seed, [tuple(sel["prompt"]), *tops])
+            scored = score(seed, [tuple(sel["prompt"]), *(k for k, _ in tops)])
             out["runs"][f"{s}|{seed}"] = {
                 "selected": list(scored[0]), "top": [list(x) for x in scored[1:]],
-                "top_objective": sorted(run["values"][:budget], reverse=True)[:1]}
+                "top_objective": [v for _, v in tops]}
     return out
 
 
@@ -103,6 +105,7 @@ def table(analysis: dict[str, Any], strategies: Sequence[str], seeds: Sequence[i
                 cols.setdefault(f"top-1 {what}", []).append(top_v[0, i])
                 cols.setdefault(f"top-{top} mean {what}", []).append(top_v[:, i].mean())
                 cols.setdefault(f"top-{top} best {what}", []).append(top_v[:, i].max())
+            cols.setdefault(f"top-{top} mean objective", []).append(np.mean(r["top_objective"]))
         rows[s] = {k: float(np.mean(v)) for k, v in cols.items()}
         rows[s]["selected accuracy std"] = float(np.std(cols["selected accuracy"], ddof=1)
                                                  if len(runs) > 1 else 0.0)
@@ -119,6 +122,7 @@ def markdown(rows: dict[str, dict[str, float]], top: int, examples: int, budget:
     cols = [("selected accuracy", "selected acc (%)"), ("top-1 accuracy", "top-1 acc"),
             (f"top-{top} mean accuracy", f"top-{top} mean acc"),
             (f"top-{top} best accuracy", f"top-{top} best acc"),
+            (f"top-{top} mean objective", f"top-{top} mean obj."),
             ("selected value", "selected value"), ("top-1 value", "top-1 value"),
             (f"top-{top} mean value", f"top-{top} mean value"),
             (f"top-{top} best value", f"top-{top} best value")]
@@ -136,7 +140,8 @@ def markdown(rows: dict[str, dict[str, float]], top: int, examples: int, budget:
         lines.append(f"| {s} | " + " | ".join(cells) + " |")
     lines += ["", f"Held-out split: {examples} training examples per seed in neither the "
               f"objective nor the dev set; budget {budget}; mean over seeds (± std over seeds "
-              "for the selected prompt). value = mean normalised log-prob of the gold label."]
+              "for the selected prompt). value and obj. = mean normalised log-prob of the gold "
+              "label, on the held-out and on the objective examples."]
     return "\n".join(lines) + "\n"
 
 
