@@ -184,11 +184,12 @@ def main(argv: Sequence[str] | None = None) -> None:
                               "scores": cache.store}
 
     def score(seed: int, prompts: list[tuple[int, ...]]) -> list[tuple[float, float]]:
-        start = time.perf_counter()
+        start, before = time.perf_counter(), cache.evaluated[SPLIT]
         scored = cache.score(SPLIT, seed, prompts)
-        log(f"seed {seed}: {len(prompts)} prompts on held-out "
-            f"({time.perf_counter() - start:.0f} s)")
-        out.with_suffix(".json").write_text(json.dumps(record))
+        if cache.evaluated[SPLIT] > before:  # new scores: report and save them
+            log(f"seed {seed}: {cache.evaluated[SPLIT] - before} prompts scored on held-out "
+                f"({time.perf_counter() - start:.0f} s)")
+            out.with_suffix(".json").write_text(json.dumps(record))
         return scored
 
     analysis = analyse(results, score, lambda rows: tuple(int(i) for i in ids[list(rows)]),

@@ -187,9 +187,10 @@ class Task:
                 f"metric must be one of {', '.join(METRICS)}, got {self.metric!r}"
             )
         if not self.examples:
+            fix = "a smaller k" if self.split == "holdout" else "a smaller k, or test_data"
             raise InvalidArgumentError(
                 f"the {self.split} split has no examples (the training pool went to the "
-                "objective and dev sets: pass a smaller k, or test_data)"
+                f"objective and dev sets: pass {fix})"
             )
         for ex in self.examples:
             if not isinstance(ex.label, int) or not 0 <= ex.label < len(self.label_words):

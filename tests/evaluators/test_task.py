@@ -173,6 +173,8 @@ def test_holdout_is_the_rest_of_the_training_pool_shuffled_by_seed(tmp_path, wri
     assert texts("holdout") == holdout and texts("holdout", seed=4) != holdout
     capped = texts("holdout", max_examples=10)
     assert capped == holdout[:10] and {int(t[1:]) % 2 for t in capped} == {0, 1}
+    with pytest.raises(InvalidArgumentError, match=r"no examples .* pass a smaller k\)"):
+        load_task(str(tmp_path), split="holdout", k=20)
 
 
 # --- few-shot splits -------------------------------------------------------------------------
