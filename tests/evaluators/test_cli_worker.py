@@ -3,10 +3,14 @@ tiny causal LM, uploads its vocabulary, creates the study and runs it to its bud
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
+import pytest
+
 import promptbo
+from promptbo.evaluators import create_evaluator
 from promptbo.server.app import ServerOptions, create_server
 
 
@@ -39,6 +43,24 @@ def test_worker_creates_a_hard_prompt_study_and_fills_its_budget(tmp_path, tiny_
             assert len(trials) == 4
             assert all(len(t.prompt.token_ids) == 2 and t.metrics.get("accuracy") is not None
                        for t in trials)
+
+        # The final pick: the 3 best prompts re-scored on the dev split (select's default).
+        picked = subprocess.run(
+            [sys.executable, "-m", "promptbo.cli", "select", "--server", address, "--study",
+             "cli", "--evaluator", "hf-causal", "-o", f"model={tiny_llama_dir}", "-o",
+             "data=demo", "-o", "k=3", "--top", "3", "--unprompted", "--json"],
+            capture_output=True, text=True, timeout=240)
+        assert picked.returncode == 0, picked.stderr
+        rows = [json.loads(line) for line in picked.stdout.splitlines()]
+        assert len(rows) == 4 and {r["split"] for r in rows} == {"dev"}
+        assert [r["value"] for r in rows] == sorted((r["value"] for r in rows), reverse=True)
+        best3 = sorted(trials, key=lambda t: -t.value)[:3]
+        assert {r["trial"] for r in rows} == {t.id for t in best3} | {None}
+        with create_evaluator("hf-causal", model=str(tiny_llama_dir), data="demo", k=3,
+                              split="dev") as dev:
+            prompt = {t.id: t.prompt for t in best3}.get(rows[0]["trial"], promptbo.Prompt())
+            expect = dev.score([prompt])[0].value
+        assert rows[0]["value"] == pytest.approx(expect, abs=1e-5)
     finally:
         server.stop(0)
         manager.close()
@@ -47,7 +69,6 @@ def test_worker_creates_a_hard_prompt_study_and_fills_its_budget(tmp_path, tiny_
 def test_worker_ranks_candidate_words_by_the_task_texts(tmp_path, tiny_llama_dir):
     import numpy as np
 
-    from promptbo.evaluators import create_evaluator
     from promptbo.wordlists import read_texts, text_word_scores
 
     texts = tmp_path / "train.jsonl"

@@ -128,6 +128,19 @@ def build_parser() -> argparse.ArgumentParser:
                         "instead of by BPE merge order")
     g.add_argument("--seed", type=int, default=0)
 
+    p = sub.add_parser(
+        "select", help="re-score a study's best prompts on another split and rank them",
+        description="Scores the study's --top best distinct prompts with an evaluator on "
+        "examples the search never saw (-o split=dev by default) and ranks them by that score.")
+    _add_connection_args(p)
+    p.add_argument("--study", required=True)
+    p.add_argument("--evaluator", required=True, help="hf-causal, hf-mlm, openai, python, command")
+    p.add_argument("-o", "--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="evaluator option, as for the worker (split: dev unless given)")
+    p.add_argument("--top", type=int, default=5, help="best prompts to re-score")
+    p.add_argument("--unprompted", action="store_true", help="also score the empty prompt")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
     p = sub.add_parser("demo", help="optimize a prompt for SmolLM2 on a small sentiment set")
     p.add_argument("--trials", type=int, default=24)
     p.add_argument("--strategy", default="gp")
@@ -218,11 +231,17 @@ def _print_trial(t, as_json: bool) -> None:
             "failure_reason": t.failure_reason, "source": t.source,
         }))
         return
-    what = repr(t.prompt.text) if not t.prompt.is_soft else f"<soft {t.prompt.vector.shape}>"
+    what = _prompt_label(t.prompt)
     value = "" if t.value is None else f"{t.value:.4f}"
     extra = " ".join(f"{k}={v:.4g}" for k, v in sorted(t.metrics.items()))
     reason = f" ({t.failure_reason})" if t.failure_reason else ""
     print(f"{t.id:5d} {t.state:9s} {value:>9s} {what} {extra}{reason}")
+
+
+def _prompt_label(prompt) -> str:
+    if prompt.vector is not None:
+        return f"<soft {prompt.vector.shape}>"
+    return repr(prompt.text)
 
 
 def parse_options(pairs: list[str]) -> dict[str, str]:
@@ -328,6 +347,47 @@ def _install_stop_handlers(worker) -> None:
     signal.signal(signal.SIGINT, on_signal)
 
 
+def _select(args) -> int:
+    import inspect
+
+    from promptbo.errors import InvalidArgumentError
+    from promptbo.evaluators import create_evaluator, get_evaluator
+    from promptbo.selection import rescore
+
+    options = parse_options(args.option)
+    if "split" in inspect.signature(get_evaluator(args.evaluator).__init__).parameters:
+        options.setdefault("split", "dev")  # the built-ins' task evaluators
+    if options.get("split") == "objective":
+        raise InvalidArgumentError(
+            "select re-scores on examples the search did not see: pass -o split=dev, "
+            "holdout or test, not objective")
+    if args.top < 1:
+        raise InvalidArgumentError(f"--top must be at least 1, got {args.top}")
+    client = _client(args)
+    study = client.get_study(args.study)  # before the model loads: a wrong name fails fast
+    with create_evaluator(args.evaluator, **options) as evaluator:
+        ranked = rescore(study, evaluator, top=args.top, unprompted=args.unprompted)
+    split = options.get("split", "score")
+    for r in ranked:
+        t = r.trial
+        if args.json:
+            print(json.dumps({
+                "trial": None if t is None else t.id, "objective": r.objective,
+                "value": r.score.value, "metrics": r.score.metrics, "text": r.prompt.text,
+                "token_ids": list(r.prompt.token_ids), "split": split}))
+            continue
+        what = "(unprompted)" if t is None else _prompt_label(r.prompt)
+        obj = "-" if r.objective is None else f"{r.objective:.4f}"
+        extra = " ".join(f"{k}={v:.4g}" for k, v in sorted(r.score.metrics.items()))
+        print(f"{'-' if t is None else t.id:>5} objective {obj:>9} {split} "
+              f"{r.score.value:.4f} {what} {extra}")
+    if not args.json:
+        trial, value = next((r.trial, r.score.value) for r in ranked if r.trial is not None)
+        print(f"selected: trial {trial.id} ({split} {value:.4f})"
+              + (" - the unprompted model scores better" if ranked[0].trial is None else ""))
+    return 0
+
+
 def _demo(args) -> int:
     from promptbo.demo import run_demo
 
@@ -337,7 +397,8 @@ def _demo(args) -> int:
     return 0
 
 
-_COMMANDS = {"serve": _serve, "study": _study, "worker": _worker, "demo": _demo}
+_COMMANDS = {"serve": _serve, "study": _study, "worker": _worker, "select": _select,
+             "demo": _demo}
 
 if __name__ == "__main__":
     sys.exit(main())

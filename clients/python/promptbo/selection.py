@@ -1,0 +1,87 @@
+"""Picking a study's final prompt: re-score its best trials on examples the search never saw.
+
+A study's best trial is the prompt that scored best on the few examples the optimizer saw,
+and part of its lead is fitted to those examples (the held-out check in
+``docs/benchmarks.md`` measures how much, per strategy). :func:`rescore` scores the study's
+``top`` best distinct prompts with a second evaluator, typically on the ``dev`` split, and
+ranks them by that score: the first is the prompt to ship. ``promptbo select`` runs it from
+the command line.
+
+Only numpy and the client are needed here; the evaluator is anything with
+``score(prompts) -> list[Score]`` (a :class:`promptbo.evaluators.base.Evaluator`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from promptbo.client import Study, Trial
+from promptbo.errors import InvalidArgumentError
+from promptbo.types import Prompt, Score
+
+_GOAL_MINIMIZE = 2  # promptbo.v1.GOAL_MINIMIZE
+
+
+class Scorer(Protocol):
+    def score(self, prompts: Sequence[Prompt]) -> list[Score]: ...
+
+
+@dataclass(frozen=True)
+class Rescored:
+    """One re-scored prompt: the study's ``trial`` (None for the unprompted reference)
+    and the second evaluator's ``score`` of its prompt."""
+
+    trial: Trial | None
+    prompt: Prompt
+    score: Score
+
+    @property
+    def objective(self) -> float | None:
+        """The trial's value in the study (what the search saw)."""
+        return None if self.trial is None else self.trial.value
+
+
+def _key(prompt: Prompt) -> bytes | tuple[int, ...]:
+    return prompt.vector.tobytes() if prompt.vector is not None else tuple(prompt.token_ids)
+
+
+def top_trials(trials: Iterable[Trial], n: int, minimize: bool = False) -> list[Trial]:
+    """The ``n`` best completed trials with distinct prompts, best first.
+
+    A prompt told more than once counts with its first (lowest-id) trial; ties in value go
+    to the lower id.
+    """
+    first: dict[bytes | tuple[int, ...], Trial] = {}
+    for t in sorted((t for t in trials if t.value is not None), key=lambda t: t.id):
+        first.setdefault(_key(t.prompt), t)
+    sign = 1.0 if minimize else -1.0
+    return sorted(first.values(), key=lambda t: (sign * float(t.value or 0.0), t.id))[:n]
+
+
+def rescore(study: Study, scorer: Scorer, top: int = 5,
+            unprompted: bool = False) -> list[Rescored]:
+    """Scores the study's ``top`` best distinct prompts with ``scorer`` (one batch) and
+    returns them ranked by that score, best first, in the study's direction; ties keep
+    the study's order. ``unprompted`` adds the empty prompt as a reference row.
+
+    Raises:
+        InvalidArgumentError: ``top`` below 1, or the study has no completed trial.
+    """
+    if top < 1:
+        raise InvalidArgumentError(f"top must be at least 1, got {top}")
+    minimize = study.info.spec.goal == _GOAL_MINIMIZE
+    best = top_trials(study.trials(state="completed"), top, minimize)
+    if not best:
+        raise InvalidArgumentError(f"study {study.name!r} has no completed trial to re-score")
+    rows: list[tuple[Trial | None, Prompt]] = [(t, t.prompt) for t in best]
+    if unprompted:
+        rows.append((None, Prompt()))
+    scores = scorer.score([p for _, p in rows])
+    if len(scores) != len(rows):
+        raise InvalidArgumentError(
+            f"the evaluator returned {len(scores)} scores for {len(rows)} prompts")
+    sign = 1.0 if minimize else -1.0
+    order = sorted(range(len(rows)), key=lambda i: (sign * scores[i].value, i))
+    return [Rescored(rows[i][0], rows[i][1], scores[i]) for i in order]
