@@ -25,6 +25,7 @@ from pathlib import Path
 
 from promptbo.client import DEFAULT_ADDRESS, Client
 from promptbo.errors import PromptboError
+from promptbo.v1 import resources_pb2 as pb
 
 
 def _configure_logging(level: str, fmt: str) -> None:
@@ -276,7 +277,7 @@ def _worker(args) -> int:
     worker = Worker(
         study, evaluator, batch_size=args.batch_size, max_trials=args.max_trials,
         progress=None if args.quiet else print_progress,
-        minimize=study.info.spec.goal == 2,
+        minimize=study.info.spec.goal == pb.GOAL_MINIMIZE,
     )
     _install_stop_handlers(worker)
     try:

@@ -20,8 +20,7 @@ from typing import Protocol
 from promptbo.client import Study, Trial
 from promptbo.errors import InvalidArgumentError
 from promptbo.types import Prompt, Score
-
-_GOAL_MINIMIZE = 2  # promptbo.v1.GOAL_MINIMIZE
+from promptbo.v1 import resources_pb2 as pb
 
 
 class Scorer(Protocol):
@@ -71,7 +70,7 @@ def rescore(study: Study, scorer: Scorer, top: int = 5,
     """
     if top < 1:
         raise InvalidArgumentError(f"top must be at least 1, got {top}")
-    minimize = study.info.spec.goal == _GOAL_MINIMIZE
+    minimize = study.info.spec.goal == pb.GOAL_MINIMIZE
     best = top_trials(study.trials(state="completed"), top, minimize)
     if not best:
         raise InvalidArgumentError(f"study {study.name!r} has no completed trial to re-score")
