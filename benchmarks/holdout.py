@@ -24,7 +24,8 @@ averaged over seeds:
     python benchmarks/holdout.py --results benchmarks/results/quality-sst2.json \\
         --strategies gp,turbo,random,cmaes --budget 100 --top 5 --examples 400
 
-writes ``<results stem>-holdout.json`` (every held-out score, resumable) and ``.md``.
+writes ``<results stem>-holdout.json`` (every held-out score, resumable), ``.md`` (the
+table) and ``.png`` (held-out against objective value of every top prompt).
 """
 
 from __future__ import annotations
@@ -145,6 +146,39 @@ def markdown(rows: dict[str, dict[str, float]], top: int, examples: int, budget:
     return "\n".join(lines) + "\n"
 
 
+def plot(analysis: dict[str, Any], strategies: Sequence[str], path: Path, title: str) -> None:
+    """Held-out value against objective value of every run's top prompts, one colour per
+    strategy; points below the diagonal lost value on the unseen examples."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 5.6))
+    xs: list[float] = []
+    for i, s in enumerate(strategies):
+        runs = [r for name, r in analysis["runs"].items() if name.split("|")[0] == s]
+        x = [v for r in runs for v in r["top_objective"]]
+        y = [t[0] for r in runs for t in r["top"]]
+        if x:
+            ax.scatter(x, y, s=14, alpha=0.7, color=f"C{i}", label=s)
+            xs += x + y
+    if xs:
+        lo, hi = min(xs), max(xs)
+        ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="held-out = objective")
+    base = [u[0] for u in analysis["unprompted"].values()]
+    if base:
+        ax.axhline(float(np.mean(base)), color="grey", lw=1, ls=":", label="unprompted (held-out)")
+    ax.set_xlabel("objective value (the examples the search saw)")
+    ax.set_ylabel("held-out value (unseen training examples)")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--results", required=True, help="a benchmarks/quality.py results .json")
@@ -201,8 +235,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     out.with_suffix(".json").write_text(json.dumps(record))
     text = markdown(rows, args.top, args.examples, args.budget)
     out.with_suffix(".md").write_text(text)
+    plot(analysis, strategies, out.with_suffix(".png"),
+         f"{path.stem}: top {args.top} prompts per run at budget {args.budget}")
     print(text)
-    log(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.md')}")
+    log(f"wrote {out.with_suffix('.json')}, {out.with_suffix('.md')} and "
+        f"{out.with_suffix('.png')}")
 
 
 if __name__ == "__main__":
