@@ -246,3 +246,5 @@ def test_holdout_scores_each_runs_top_prompts_and_the_selection(quality, holdout
     assert rows["unprompted"]["selected value"] == pytest.approx(_objective(()) + 0.005)
     text = holdout.markdown(rows, top=3, examples=7, budget=10)
     assert "| random |" in text and "| unprompted |" in text
+    holdout.plot(analysis, ["random", "cmaes"], tmp_path / "h.png", "fake")
+    assert (tmp_path / "h.png").stat().st_size > 0
