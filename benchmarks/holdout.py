@@ -22,7 +22,7 @@ averaged over seeds:
 - ``value`` columns: the same for the mean normalised log-probability of the gold label.
 
     python benchmarks/holdout.py --results benchmarks/results/quality-sst2.json \\
-        --strategies gp,turbo,random,cmaes --budget 100 --top 5 --examples 400
+        --budget 100 --top 5 --examples 400
 
 writes ``<results stem>-holdout.json`` (every held-out score, resumable), ``.md`` (the
 table) and ``.png`` (held-out against objective value of every top prompt).
@@ -55,16 +55,6 @@ def _quality():
     return sys.modules[name]
 
 
-def top_prompts(keys: Sequence[tuple[int, ...]], values: Sequence[float], budget: int,
-                top: int) -> list[tuple[tuple[int, ...], float]]:
-    """The ``top`` distinct prompts with the best objective among the first ``budget``
-    (ties: the earlier one), best first, with their objective values."""
-    best: dict[tuple[int, ...], float] = {}
-    for k, v in zip(keys[:budget], values[:budget], strict=True):
-        best.setdefault(tuple(k), float(v))
-    return sorted(best.items(), key=lambda kv: -kv[1])[:top]
-
-
 def analyse(results: dict[str, Any], score, key_of, strategies: Sequence[str],
             seeds: Sequence[int], budget: int, top: int) -> dict[str, Any]:
     """Per (strategy, seed): held-out ``(value, accuracy)`` of the selected prompt, of the
@@ -81,7 +71,8 @@ def analyse(results: dict[str, Any], score, key_of, strategies: Sequence[str],
             sel = results["selections"].get(f"{s}|{seed}|{budget}")
             if run is None or sel is None or len(run["values"]) < budget:
                 continue
-            tops = top_prompts([key_of(r) for r in run["rows"]], run["values"], budget, top)
+            tops = _quality().ranked_prompts([key_of(r) for r in run["rows"]], run["values"],
+                                             budget)[:top]
             scored = score(seed, [tuple(sel["prompt"]), *(k for k, _ in tops)])
             out["runs"][f"{s}|{seed}"] = {
                 "selected": list(scored[0]), "top": [list(x) for x in scored[1:]],

@@ -139,6 +139,16 @@ class ScoreCache:
 # --- selection -----------------------------------------------------------------------------
 
 
+def ranked_prompts(prompts: Sequence[Key], values: Sequence[float],
+                   budget: int) -> list[tuple[Key, float]]:
+    """The distinct prompts among the first ``budget`` evaluated, with the objective value
+    of their first evaluation, best first (ties: the earlier one)."""
+    best: dict[Key, float] = {}
+    for p, v in zip(prompts[:budget], values[:budget], strict=True):
+        best.setdefault(tuple(p), float(v))
+    return sorted(best.items(), key=lambda kv: -kv[1])
+
+
 def select_prompt(prompts: Sequence[Key], values: Sequence[float], budget: int,
                   dev_values: Callable[[list[Key]], list[float]],
                   top_k: int = 3) -> dict[str, Any]:
@@ -149,11 +159,8 @@ def select_prompt(prompts: Sequence[Key], values: Sequence[float], budget: int,
     the best on dev wins (ties: the better objective). Returns ``prompt``, ``objective``,
     ``dev`` and the ``candidates`` with their objective and dev values.
     """
-    best: dict[Key, float] = {}
-    for p, v in zip(prompts[:budget], values[:budget], strict=True):
-        if tuple(p) not in best:
-            best[tuple(p)] = float(v)
-    ranked = sorted(best, key=lambda p: -best[p])[:top_k]
+    best = dict(ranked_prompts(prompts, values, budget))
+    ranked = list(best)[:top_k]
     dev = dev_values(ranked)
     win = max(range(len(ranked)), key=lambda i: (dev[i], -i))
     return {

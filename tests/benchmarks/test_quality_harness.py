@@ -227,7 +227,7 @@ def test_holdout_scores_each_runs_top_prompts_and_the_selection(quality, holdout
     assert max(calls.values()) == 1 and {split for split, _, _ in calls} == {"holdout"}
     for name, run in results["runs"].items():
         seed = int(name.split("|")[1])
-        tops = holdout.top_prompts([key_of(r) for r in run["rows"]], run["values"], 10, 3)
+        tops = quality.ranked_prompts([key_of(r) for r in run["rows"]], run["values"], 10)[:3]
         assert len({k for k, _ in tops}) == 3
         values = [v for _, v in tops]
         assert values == sorted(run["values"], reverse=True)[:3]
