@@ -93,6 +93,11 @@ def test_select_command_end_to_end(tmp_path, vocab_table, capsys):
         assert [r["trial"] for r in rows] == [2, 1, None]
         assert rows[0]["objective"] == 0.8 and rows[0]["token_ids"] == [1002, 1003]
 
+        with promptbo.Client(address) as client:
+            client.create_study("fresh", promptbo.SoftPromptSpace(1, 2), strategy="random")
+        assert main(["select", "--server", address, "--study", "fresh", "--evaluator",
+                     "python", "-o", "function=no_such_module:f"]) == 2
+        assert "no completed trial" in capsys.readouterr().err  # before the evaluator loads
         assert main([*base, "-o", "split=objective"]) == 2
         assert "not objective" in capsys.readouterr().err
         assert main([*base, "--top", "0"]) == 2

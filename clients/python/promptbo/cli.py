@@ -366,6 +366,8 @@ def _select(args) -> int:
         raise InvalidArgumentError(f"--top must be at least 1, got {args.top}")
     client = _client(args)
     study = client.get_study(args.study)  # before the model loads: a wrong name fails fast
+    if not study.info.completed_count:
+        raise InvalidArgumentError(f"study {args.study!r} has no completed trial to re-score")
     with create_evaluator(args.evaluator, **options) as evaluator:
         ranked = rescore(study, evaluator, top=args.top, unprompted=args.unprompted)
     split = options.get("split", "score")
