@@ -74,6 +74,9 @@ def test_select_command_end_to_end(tmp_path, vocab_table, capsys):
         def by_last_token(prompts, bonus="0"):
             return [{"value": (p.token_ids[-1] if p.token_ids else 0) / 1000 + float(bonus),
                      "metrics": {"accuracy": 1.0}} for p in prompts]
+
+        def prefers_empty(prompts):
+            return [-len(p.token_ids) for p in prompts]
     """))
     server, port, manager = create_server(f"sqlite:///{tmp_path / 's.db'}", ServerOptions(port=0))
     address = f"127.0.0.1:{port}"
@@ -93,6 +96,10 @@ def test_select_command_end_to_end(tmp_path, vocab_table, capsys):
         assert [r["trial"] for r in rows] == [2, 1, None]
         assert rows[0]["objective"] == 0.8 and rows[0]["token_ids"] == [1002, 1003]
 
+        assert main([*base[:-1], f"function={scoring}:prefers_empty", "--unprompted"]) == 0
+        out = capsys.readouterr().out.splitlines()
+        assert "(unprompted)" in out[0]
+        assert out[-1].endswith("- the unprompted model scores better")
         with promptbo.Client(address) as client:
             client.create_study("fresh", promptbo.SoftPromptSpace(1, 2), strategy="random")
         assert main(["select", "--server", address, "--study", "fresh", "--evaluator",

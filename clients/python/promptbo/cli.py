@@ -353,7 +353,7 @@ def _select(args) -> int:
 
     from promptbo.errors import InvalidArgumentError
     from promptbo.evaluators import create_evaluator, get_evaluator
-    from promptbo.selection import rescore
+    from promptbo.selection import candidates, rescore
 
     options = parse_options(args.option)
     if "split" in inspect.signature(get_evaluator(args.evaluator).__init__).parameters:
@@ -362,14 +362,10 @@ def _select(args) -> int:
         raise InvalidArgumentError(
             "select re-scores on examples the search did not see: pass -o split=dev, "
             "holdout or test, not objective")
-    if args.top < 1:
-        raise InvalidArgumentError(f"--top must be at least 1, got {args.top}")
-    client = _client(args)
-    study = client.get_study(args.study)  # before the model loads: a wrong name fails fast
-    if not study.info.completed_count:
-        raise InvalidArgumentError(f"study {args.study!r} has no completed trial to re-score")
+    study = _client(args).get_study(args.study)
+    best = candidates(study, args.top)  # before the model loads: bad requests fail fast
     with create_evaluator(args.evaluator, **options) as evaluator:
-        ranked = rescore(study, evaluator, top=args.top, unprompted=args.unprompted)
+        ranked = rescore(study, evaluator, unprompted=args.unprompted, trials=best)
     split = options.get("split", "score")
     for r in ranked:
         t = r.trial

@@ -52,28 +52,42 @@ def top_trials(trials: Iterable[Trial], n: int, minimize: bool = False) -> list[
     A prompt told more than once counts with its first (lowest-id) trial; ties in value go
     to the lower id.
     """
-    first: dict[bytes | tuple[int, ...], Trial] = {}
-    for t in sorted((t for t in trials if t.value is not None), key=lambda t: t.id):
-        first.setdefault(_key(t.prompt), t)
+    first: dict[bytes | tuple[int, ...], tuple[Trial, float]] = {}
+    for t in sorted(trials, key=lambda t: t.id):
+        if t.value is not None:
+            first.setdefault(_key(t.prompt), (t, t.value))
     sign = 1.0 if minimize else -1.0
-    return sorted(first.values(), key=lambda t: (sign * float(t.value or 0.0), t.id))[:n]
+    ranked = sorted(first.values(), key=lambda tv: (sign * tv[1], tv[0].id))
+    return [t for t, _ in ranked[:n]]
 
 
-def rescore(study: Study, scorer: Scorer, top: int = 5,
-            unprompted: bool = False) -> list[Rescored]:
-    """Scores the study's ``top`` best distinct prompts with ``scorer`` (one batch) and
-    returns them ranked by that score, best first, in the study's direction; ties keep
-    the study's order. ``unprompted`` adds the empty prompt as a reference row.
+def candidates(study: Study, top: int) -> list[Trial]:
+    """The study's ``top`` best completed trials with distinct prompts, best first in the
+    study's direction (what :func:`rescore` scores; cheap, so check it before loading a
+    model).
 
     Raises:
         InvalidArgumentError: ``top`` below 1, or the study has no completed trial.
     """
     if top < 1:
         raise InvalidArgumentError(f"top must be at least 1, got {top}")
-    minimize = study.info.spec.goal == pb.GOAL_MINIMIZE
-    best = top_trials(study.trials(state="completed"), top, minimize)
+    best = top_trials(study.trials(state="completed"), top, _minimizes(study))
     if not best:
         raise InvalidArgumentError(f"study {study.name!r} has no completed trial to re-score")
+    return best
+
+
+def rescore(study: Study, scorer: Scorer, top: int = 5, unprompted: bool = False,
+            trials: Sequence[Trial] | None = None) -> list[Rescored]:
+    """Scores the study's ``top`` best distinct prompts (or the given ``trials``, e.g. from
+    :func:`candidates`) with ``scorer`` in one batch and returns them ranked by that score,
+    best first, in the study's direction; ties keep the study's order. ``unprompted`` adds
+    the empty prompt as a reference row.
+
+    Raises:
+        InvalidArgumentError: see :func:`candidates`; or the scorer returned a wrong count.
+    """
+    best = list(trials) if trials is not None else candidates(study, top)
     rows: list[tuple[Trial | None, Prompt]] = [(t, t.prompt) for t in best]
     if unprompted:
         rows.append((None, Prompt()))
@@ -81,6 +95,10 @@ def rescore(study: Study, scorer: Scorer, top: int = 5,
     if len(scores) != len(rows):
         raise InvalidArgumentError(
             f"the evaluator returned {len(scores)} scores for {len(rows)} prompts")
-    sign = 1.0 if minimize else -1.0
+    sign = 1.0 if _minimizes(study) else -1.0
     order = sorted(range(len(rows)), key=lambda i: (sign * scores[i].value, i))
     return [Rescored(rows[i][0], rows[i][1], scores[i]) for i in order]
+
+
+def _minimizes(study: Study) -> bool:
+    return study.info.spec.goal == pb.GOAL_MINIMIZE
