@@ -27,6 +27,7 @@ Options (strings; defaults in brackets):
 
 from __future__ import annotations
 
+import logging
 from typing import Any, ClassVar
 
 import torch
@@ -36,7 +37,10 @@ from torch import Tensor
 from promptbo.server.optim.acquisition import log_nei, optimize_in_box, score, sobol_points
 from promptbo.server.optim.base import register_strategy
 from promptbo.server.optim.box_engine import BoxEngine
+from promptbo.server.optim.robust import robust_standardize
 from promptbo.server.optim.surrogate import FitSettings, GPFitter
+
+log = logging.getLogger(__name__)
 
 #: Best observed points whose local variations seed the acquisition optimizer.
 _NUM_CENTERS = 5
@@ -82,8 +86,15 @@ class GPEngine(BoxEngine):
         if self.num_observed < max(self.num_initial, 2):
             return self.initial_design(n, avoid, gen)
         X, Y = self.training_data()
-        model = self.fitter.fit(X, Y)
-        return self.acquire(model, X, Y, n, pending, avoid, gen, self.search_bounds(model))
+        Y = robust_standardize(Y)
+        try:
+            model = self.fitter.fit(X, Y)
+            return self.acquire(model, X, Y, n, pending, avoid, gen, self.search_bounds(model))
+        except (RuntimeError, ValueError, ArithmeticError) as exc:
+            # Numerical trouble the transform did not prevent (a singular kernel, a
+            # failed Cholesky) must not fail the request: fall back to the Sobol design.
+            log.warning("%s suggestion fell back to the Sobol design: %s", self.name, exc)
+            return self.initial_design(n, avoid, gen)
 
     # --- hooks for trust-region variants -------------------------------------------------
     def training_data(self) -> tuple[Tensor, Tensor]:

@@ -1,0 +1,33 @@
+"""The robust output transform: bounded, order-preserving, affine on ordinary data."""
+
+from __future__ import annotations
+
+import torch
+
+from promptbo.server.optim.robust import LIMIT, robust_standardize
+
+
+def test_extremes_are_bounded_and_keep_their_order():
+    y = torch.tensor([1e308, -1e308, 0.0, 1e-300, 5.0, -1e160], dtype=torch.float64)
+    z = robust_standardize(y)
+    assert torch.isfinite(z).all() and z.abs().max() <= LIMIT
+    assert torch.equal(torch.argsort(z), torch.argsort(y))
+
+
+def test_an_outlier_does_not_flatten_ordinary_values():
+    y = torch.cat([torch.linspace(0, 1, 13, dtype=torch.float64), torch.tensor([1e160], dtype=torch.float64)])
+    z = robust_standardize(y)
+    assert z[:13].std() > 0.5  # still spread out, not squeezed to one number
+    assert z[13] == z.max()
+
+
+def test_ordinary_values_are_an_affine_map():
+    y = torch.tensor([0.1, 0.4, 0.2, 0.3, 0.25], dtype=torch.float64)
+    z = robust_standardize(y)
+    ratio = (z[1:] - z[0]) / (y[1:] - y[0])
+    assert torch.allclose(ratio, ratio[0].expand_as(ratio))
+
+
+def test_constants_and_empty():
+    assert torch.equal(robust_standardize(torch.full((4,), 7.0)), torch.zeros(4, dtype=torch.float64))
+    assert robust_standardize(torch.empty(0)).numel() == 0
