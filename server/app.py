@@ -20,7 +20,7 @@ import logging
 import signal
 import threading
 from concurrent import futures
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import grpc
@@ -28,9 +28,11 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from promptbo.server.async_servicer import AsyncOptimizerServicer
+from promptbo.server.limits import Limits
 from promptbo.server.manager import StudyManager
 from promptbo.server.servicer import OptimizerServicer
 from promptbo.server.storage import Storage, open_storage
+from promptbo.server.wire import SafeDecoding
 from promptbo.v1 import optimizer_service_pb2, optimizer_service_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -45,7 +47,8 @@ class ServerOptions:
     """How to run a server. ``max_workers``: threads for the calls that do not run on the
     event loop; ``auth_token``: required bearer token ("" = no auth); ``tls_cert``/
     ``tls_key``: PEM files to serve TLS (both or neither); ``prefetch``: suggestions kept
-    ready per study (see :class:`~promptbo.server.manager.StudyManager`)."""
+    ready per study (see :class:`~promptbo.server.manager.StudyManager`); ``limits``:
+    resource bounds (its ``max_message_bytes`` is replaced by this object's)."""
 
     host: str = "127.0.0.1"
     port: int = 50051
@@ -55,6 +58,7 @@ class ServerOptions:
     auth_token: str = ""
     tls_cert: str = ""
     tls_key: str = ""
+    limits: Limits = field(default_factory=Limits)
 
 
 class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
@@ -142,7 +146,8 @@ def create_server(
     if bool(opts.tls_cert) != bool(opts.tls_key):
         raise ValueError("TLS needs both --tls-cert and --tls-key")
     store = open_storage(storage) if isinstance(storage, str) else storage
-    manager = StudyManager(store, prefetch=opts.prefetch)
+    limits = replace(opts.limits, max_message_bytes=opts.max_message_bytes)
+    manager = StudyManager(store, prefetch=opts.prefetch, limits=limits)
     executor = futures.ThreadPoolExecutor(max_workers=opts.max_workers, thread_name_prefix="rpc")
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True, name="promptbo-grpc")
@@ -163,7 +168,9 @@ def create_server(
 async def _start(
     manager: StudyManager, executor: futures.ThreadPoolExecutor, opts: ServerOptions
 ) -> tuple[grpc.aio.Server, int]:
-    interceptors = [BearerTokenInterceptor(opts.auth_token)] if opts.auth_token else []
+    interceptors: list[grpc.aio.ServerInterceptor] = [SafeDecoding(f"/{SERVICE_NAME}/")]
+    if opts.auth_token:
+        interceptors.insert(0, BearerTokenInterceptor(opts.auth_token))
     server = grpc.aio.server(
         interceptors=interceptors,
         options=[

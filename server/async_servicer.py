@@ -3,10 +3,15 @@
 The server runs on ``grpc.aio``: one event loop receives every RPC. The hot worker calls
 (``SuggestTrials``, ``CompleteTrial(s)``, ``HeartbeatTrial``) run right on the loop when
 :meth:`StudyManager.quick_lock` says they cannot block for long (local storage, the study
-in memory, suggestions ready or cheap); this saves the thread hand-off and the lock and
-GIL traffic that cost a thread-pool server most of its time on small calls. Everything
-else (creating studies, uploads, listings, a GP fit on the request path) runs on a thread
-pool, so a slow call never stalls the loop.
+in memory, suggestions ready or cheap and small); this saves the thread hand-off and the
+lock and GIL traffic that cost a thread-pool server most of its time on small calls.
+Everything else (creating studies, listings, a GP fit on the request path) runs on a
+thread pool, so a slow call never stalls the loop.
+
+Streams hold no thread: ``UploadVocabulary`` checks each chunk on the loop as it arrives
+(see :mod:`~promptbo.server.upload`) and only the final assembly runs on the pool;
+``WatchStudy`` waits on an asyncio queue the manager's publisher feeds. Open watch streams
+are capped in all and per client (:class:`~promptbo.server.limits.Limits`).
 
 The sync servicer does all conversion and error mapping; this module only dispatches. Its
 ``context.abort`` raises :class:`_Abort` here, which becomes ``await context.abort`` on
@@ -17,17 +22,24 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor
 from typing import Any
 
 import grpc
 
-from promptbo.server.manager import StudyManager
-from promptbo.server.servicer import OptimizerServicer
+from promptbo.errors import PromptboError
+from promptbo.server.limits import Limits, clip
+from promptbo.server.locks import HeldLock
+from promptbo.server.manager import Event, StudyManager
+from promptbo.server.servicer import MAX_ERROR_CHARS, OptimizerServicer, grpc_code, watch_message
+from promptbo.server.upload import VocabularyUpload
+from promptbo.server.wire import MalformedRequest
 from promptbo.v1 import optimizer_service_pb2_grpc as api_grpc
 
-_END = object()
+#: Events a slow WatchStudy reader may fall behind by before its stream is closed.
+MAX_WATCH_BACKLOG = 10_000
 
 
 class _Abort(Exception):
@@ -54,18 +66,62 @@ class _SyncContext:
         return True
 
     def is_active(self) -> bool:
-        return not self._context.done()
+        if self._context.done() or self._context.cancelled():
+            return False
+        remaining = self._context.time_remaining()
+        return remaining is None or remaining > 0
+
+
+class StreamCounter:
+    """Open streams in all and per client key; :meth:`open` refuses beyond the caps."""
+
+    def __init__(self, total: int, per_client: int) -> None:
+        self.total, self.per_client = total, per_client
+        self._open: Counter[str] = Counter()
+        self._lock = threading.Lock()
+
+    def open(self, client: str) -> str:
+        """Counts a new stream; returns "" or, when a cap is reached, why it is refused."""
+        with self._lock:
+            if sum(self._open.values()) >= self.total:
+                return f"the server has {self.total} open WatchStudy streams, its limit"
+            if self._open[client] >= self.per_client:
+                return (
+                    f"this client has {self.per_client} open WatchStudy streams, the "
+                    "per-client limit; close one first"
+                )
+            self._open[client] += 1
+            return ""
+
+    def close(self, client: str) -> None:
+        with self._lock:
+            self._open[client] -= 1
+            if self._open[client] <= 0:
+                del self._open[client]
 
 
 class AsyncOptimizerServicer(api_grpc.OptimizerServiceServicer):
-    """Dispatches each RPC to ``servicer`` inline or on ``executor`` (see module doc)."""
+    """Dispatches each RPC to ``servicer`` inline or on ``executor`` (see module doc).
 
-    def __init__(self, servicer: OptimizerServicer, executor: Executor) -> None:
+    ``client_key`` names the caller of a context for the per-client stream cap (the
+    principal when tokens are configured, else the peer's address).
+    """
+
+    def __init__(
+        self,
+        servicer: OptimizerServicer,
+        executor: Executor,
+        limits: Limits | None = None,
+        client_key: Callable[[grpc.aio.ServicerContext], str] | None = None,
+    ) -> None:
         self._sync = servicer
         self._manager: StudyManager = servicer.manager
         self._executor = executor
+        limits = limits or self._manager.limits
+        self._watches = StreamCounter(limits.max_watch_streams, limits.max_watch_streams_per_client)
+        self._client_key = client_key or _peer_host
 
-    async def _call(self, name: str, request, context, quick: threading.RLock | None = None):
+    async def _call(self, name: str, request, context, quick: HeldLock | None = None):
         ctx = _SyncContext(context)
         method = getattr(self._sync, name)
         try:
@@ -79,22 +135,28 @@ class AsyncOptimizerServicer(api_grpc.OptimizerServiceServicer):
         except _Abort as err:
             await context.abort(err.code, err.details)
 
+    def _quick(self, request, count_field: str) -> HeldLock | None:
+        if isinstance(request, MalformedRequest):
+            return None
+        count = getattr(request, count_field) if count_field else 0
+        if count_field == "count":
+            count = max(count, 1)
+        return self._manager.quick_lock(request.study, count)
+
     # --- hot calls: inline when quick -------------------------------------------------
     async def SuggestTrials(self, request, context):
-        quick = self._manager.quick_lock(request.study, max(request.count, 1))
-        return await self._call("SuggestTrials", request, context, quick)
+        return await self._call("SuggestTrials", request, context, self._quick(request, "count"))
 
     async def CompleteTrial(self, request, context):
-        quick = self._manager.quick_lock(request.study, request.suggest_count)
+        quick = self._quick(request, "suggest_count")
         return await self._call("CompleteTrial", request, context, quick)
 
     async def CompleteTrials(self, request, context):
-        quick = self._manager.quick_lock(request.study, request.suggest_count)
+        quick = self._quick(request, "suggest_count")
         return await self._call("CompleteTrials", request, context, quick)
 
     async def HeartbeatTrial(self, request, context):
-        quick = self._manager.quick_lock(request.study)
-        return await self._call("HeartbeatTrial", request, context, quick)
+        return await self._call("HeartbeatTrial", request, context, self._quick(request, ""))
 
     # --- everything else: on the thread pool ------------------------------------------
     async def CreateStudy(self, request, context):
@@ -118,31 +180,67 @@ class AsyncOptimizerServicer(api_grpc.OptimizerServiceServicer):
     async def AddTrials(self, request, context):
         return await self._call("AddTrials", request, context)
 
+    # --- streams: no thread held ------------------------------------------------------
     async def UploadVocabulary(self, request_iterator: AsyncIterator, context):
-        chunks = [chunk async for chunk in request_iterator]
-        ctx = _SyncContext(context)
-        loop = asyncio.get_running_loop()
+        upload = VocabularyUpload()
         try:
-            return await loop.run_in_executor(
-                self._executor, self._sync.UploadVocabulary, iter(chunks), ctx
-            )
-        except _Abort as err:
-            await context.abort(err.code, err.details)
+            async for chunk in request_iterator:
+                upload.add(chunk)  # refuses an oversized stream at its first bad chunk
+        except PromptboError as err:
+            await context.abort(grpc_code(err), clip(str(err), MAX_ERROR_CHARS))
+        return await self._call("store_vocabulary", upload, context)
 
     async def WatchStudy(self, request, context):
-        ctx = _SyncContext(context)
-        events = self._sync.WatchStudy(request, ctx)
-        loop = asyncio.get_running_loop()
+        if isinstance(request, MalformedRequest):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.details)
+        client = self._client_key(context)
+        refused = self._watches.open(client)
+        if refused:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, refused)
         try:
-            while True:
-                msg = await loop.run_in_executor(self._executor, next, events, _END)
-                if msg is _END:
-                    return
+            async for msg in self._watch(request.study, context):
                 yield msg
-        except _Abort as err:
-            await context.abort(err.code, err.details)
         finally:
-            # Stops the generator: a next() still running on its thread returns within
-            # the watch poll interval and the generator unregisters itself.
-            for callback in ctx.callbacks:
-                callback()
+            self._watches.close(client)
+
+    async def _watch(self, study: str, context):
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[Event | None | str] = asyncio.Queue()
+
+        def deliver(event: Event | None) -> None:  # on the publishing thread
+            loop.call_soon_threadsafe(_enqueue, event)
+
+        def _enqueue(event: Event | None) -> None:
+            events.put_nowait(event if events.qsize() < MAX_WATCH_BACKLOG else "overflow")
+
+        try:
+            first, unsubscribe = await loop.run_in_executor(
+                self._executor, self._manager.subscribe, study, deliver
+            )
+        except PromptboError as err:
+            await context.abort(grpc_code(err), clip(str(err), MAX_ERROR_CHARS))
+        try:
+            if first.kind == "done":
+                yield watch_message(first)
+                return
+            while True:
+                event = await events.get()
+                if event is None:
+                    return
+                if isinstance(event, str):
+                    await context.abort(
+                        grpc.StatusCode.RESOURCE_EXHAUSTED,
+                        f"the watcher fell {MAX_WATCH_BACKLOG} events behind; reconnect",
+                    )
+                    return
+                yield watch_message(event)
+                if event.kind == "done":
+                    return
+        finally:
+            unsubscribe()
+
+
+def _peer_host(context: grpc.aio.ServicerContext) -> str:
+    """The caller's address without its port ("ipv4:127.0.0.1")."""
+    peer = context.peer() or ""
+    return peer.rsplit(":", 1)[0] if peer.count(":") >= 2 else peer

@@ -229,7 +229,7 @@ def check_study_name(name: str) -> None:
     if not name or len(name) > MAX_STUDY_NAME or any(c in name for c in "\x00\n\r/"):
         raise InvalidArgumentError(
             f"study name must be 1-{MAX_STUDY_NAME} characters without '/', newlines or NUL; "
-            f"got {name!r}"
+            f"got {name[:50]!r}{'...' if len(name) > 50 else ''}"
         )
 
 

@@ -54,8 +54,11 @@ from promptbo.server.domain import (
     Vocabulary,
     check_study_name,
 )
+from promptbo.server.limits import Limits, check_spec, max_trials_per_response, trial_bytes
+from promptbo.server.locks import HeldLock, LockTable
 from promptbo.server.runtime import StudyRuntime
 from promptbo.server.storage.base import Storage
+from promptbo.server.storage.memory import check_text
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +142,7 @@ class StudyManager:
             :func:`promptbo.server.optim.make_engine`).
         prefetch: suggestions to keep ready per study, computed in a background thread
             and refreshed when results arrive (0: compute on demand, fully reproducible).
+        limits: the server's resource bounds (see :mod:`promptbo.server.limits`).
     """
 
     def __init__(
@@ -147,8 +151,10 @@ class StudyManager:
         clock: Callable[[], float] = time.time,
         engine_factory: Callable | None = None,
         prefetch: int = 0,
+        limits: Limits | None = None,
     ) -> None:
         self.storage = storage
+        self.limits = limits or Limits()
         self.clock = clock
         if engine_factory is None:
             from promptbo.server.optim import make_engine
@@ -159,11 +165,12 @@ class StudyManager:
         self._executor = (
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch") if prefetch else None
         )
-        self._locks: dict[str, threading.RLock] = {}
-        self._locks_guard = threading.Lock()
+        self._locks = LockTable()
         self._live: dict[str, _Live] = {}
         self._vocab_cache: dict[str, Vocabulary] = {}
-        self._watchers: dict[str, list[queue.Queue]] = {}
+        # Per study: callbacks taking each Event (None: the study was deleted).
+        self._watchers: dict[str, list[Callable[[Event | None], None]]] = {}
+        self._watchers_guard = threading.Lock()
 
     def close(self) -> None:
         if self._executor is not None:
@@ -190,6 +197,10 @@ class StudyManager:
                     f"vocabulary {vocab_id!r} not found; upload it with UploadVocabulary "
                     "(client.upload_vocabulary) and use the id it returns"
                 ) from None
+            if not vocab.embeddings.flags.writeable:
+                # One owned copy for every study of this vocabulary (an engine would
+                # otherwise copy a read-only buffer for itself).
+                vocab = Vocabulary(vocab.tokens, vocab.token_ids, vocab.embeddings.copy())
             self._vocab_cache[vocab_id] = vocab
         return vocab
 
@@ -213,6 +224,12 @@ class StudyManager:
                     f"study {name!r} already exists with a different spec; choose another "
                     "name, or delete it first (promptbo study delete)"
                 )
+            if spec.lease_seconds < self.limits.min_lease_seconds:
+                raise InvalidArgumentError(
+                    f"lease_seconds must be at least {self.limits.min_lease_seconds}, got "
+                    f"{spec.lease_seconds}"
+                )
+            check_spec(spec, self.limits)
             vocab = self._check_space(spec)
             # Building the runtime validates the strategy and its options.
             runtime = StudyRuntime(spec, vocab, self._make_engine)
@@ -233,33 +250,62 @@ class StudyManager:
             live = self._get_live(name)
             return live.study, dict(live.counts), live.best
 
-    def list_studies(self) -> list[Study]:
-        return self.storage.list_studies()
+    def list_studies(self, page_size: int = 0, page_token: str = "") -> tuple[list[Study], str]:
+        """One page of studies by name, and the token of the next page ("" at the end).
+
+        A page holds at most ``page_size`` studies (0: 100) and never more than fits in
+        one response: a page ends early once its specs reach the message limit.
+        """
+        if page_size < 0 or page_size > MAX_PAGE_SIZE:
+            raise InvalidArgumentError(f"page_size must be in [0, {MAX_PAGE_SIZE}]")
+        size = page_size or 100
+        studies = sorted(
+            (s for s in self.storage.list_studies() if s.name > page_token),
+            key=lambda s: s.name,
+        )
+        page: list[Study] = []
+        budget = self.limits.response_budget // 2
+        for study in studies:
+            cost = _study_bytes(study)
+            if len(page) >= size or (page and cost > budget):
+                return page, page[-1].name
+            page.append(study)
+            budget -= cost
+        return page, ""
 
     def delete_study(self, name: str) -> None:
         with self._lock(name):
             self.storage.delete_study(name)
             self._live.pop(name, None)
-        for q in self._watchers.pop(name, []):
-            q.put(None)
+        with self._watchers_guard:
+            callbacks = self._watchers.pop(name, [])
+        for callback in callbacks:
+            callback(None)
 
     def study_counts(self, name: str) -> dict[TrialState, int]:
         return self.describe(name)[1]
 
     # --- trials ----------------------------------------------------------------------
     def suggest_trials(
-        self, name: str, count: int, client_id: str = ""
+        self, name: str, count: int, client_id: str = "",
+        cancelled: Callable[[], bool] | None = None,
     ) -> tuple[list[Trial], bool]:
         """Hands out up to ``count`` trials to ``client_id``; returns ``(trials, done)``.
 
         Order: the client's own active trials, then trials whose lease expired, then new
-        suggestions from the engine. ``done`` is True when the budget is used up.
+        suggestions from the engine. ``done`` is True when the budget is used up. At most
+        as many trials as fit in one response are handed out. ``cancelled`` (polled while
+        the engine computes) returning True stops the computation with CancelledError,
+        storing nothing and freeing the study lock.
         """
         if not 1 <= count <= MAX_SUGGEST_COUNT:
             raise InvalidArgumentError(f"count must be in [1, {MAX_SUGGEST_COUNT}], got {count}")
+        check_text("client_id", client_id)
         with self._lock(name):
             live = self._get_live(name)
             spec = live.study.spec
+            # Never store more trials than one response can carry.
+            count = min(count, max_trials_per_response(spec, self.limits))
             now = self.clock()
             active = sorted(live.active.values(), key=lambda t: t.id)
             own: list[Trial] = []
@@ -286,7 +332,7 @@ class StudyManager:
             if want > 0 and spec.max_trials:
                 want = min(want, spec.max_trials - live.counts[TrialState.COMPLETED] - len(active))
             if want > 0:
-                trials += self._new_trials(live, want, active, client_id, now)
+                trials += self._new_trials(live, want, active, client_id, now, cancelled)
         for t in trials:
             self._publish(name, "suggested", t)
         return trials, False
@@ -302,13 +348,14 @@ class StudyManager:
         return leased
 
     def _new_trials(
-        self, live: _Live, n: int, active: list[Trial], client_id: str, now: float
+        self, live: _Live, n: int, active: list[Trial], client_id: str, now: float,
+        cancelled: Callable[[], bool] | None = None,
     ) -> list[Trial]:
         rt = self._runtime(live)
         pending = [t.prompt for t in active]
         prompts = rt.take_ready(n, pending)
         if len(prompts) < n:
-            prompts += rt.suggest(n - len(prompts), pending + prompts)
+            prompts += rt.suggest(n - len(prompts), pending + prompts, cancelled)
         drafts = [
             Trial(
                 study=live.study.name, id=0, state=TrialState.ACTIVE, prompt=p,
@@ -350,6 +397,7 @@ class StudyManager:
             raise InvalidArgumentError(
                 f"send between 1 and {MAX_SUGGEST_COUNT} results at once, got {len(results)}"
             )
+        check_text("client_id", client_id)
         many = len(results) > 1
         for i, r in enumerate(results):
             where = f"result {i} (trial {r.trial_id}): " if many else ""
@@ -432,6 +480,7 @@ class StudyManager:
         )
 
     def heartbeat_trial(self, name: str, trial_id: int, client_id: str = "") -> Trial:
+        check_text("client_id", client_id)
         with self._lock(name):
             live = self._get_live(name)
             trial = live.active.get(trial_id) or self._get_trial(name, trial_id)
@@ -460,13 +509,14 @@ class StudyManager:
         size = page_size or 100
         try:
             after = int(page_token) if page_token else 0
-            if after < 0:
+            if not 0 <= after < 2**62:
                 raise ValueError
         except ValueError:
             raise InvalidArgumentError(
                 f"page_token {page_token!r} is not one this server issued; pass the "
                 "next_page_token of the previous response"
             ) from None
+        size = min(size, max_trials_per_response(self.get_study(name).spec, self.limits))
         trials = self.storage.list_trials(name, state, after_id=after, limit=size + 1)
         more = len(trials) > size
         trials = trials[:size]
@@ -479,6 +529,11 @@ class StudyManager:
         """Stores prompts with known values as completed trials and teaches the engine."""
         if not known:
             raise InvalidArgumentError("AddTrials needs at least one trial")
+        if len(known) > self.limits.max_add_trials:
+            raise InvalidArgumentError(
+                f"AddTrials takes at most {self.limits.max_add_trials} trials per request, got "
+                f"{len(known)}; send them in several requests"
+            )
         with self._lock(name):
             live = self._get_live(name)
             rt = self._runtime(live)
@@ -509,14 +564,35 @@ class StudyManager:
         return stored
 
     # --- watching --------------------------------------------------------------------
+    def subscribe(
+        self, name: str, callback: Callable[[Event | None], None]
+    ) -> tuple[Event, Callable[[], None]]:
+        """Registers ``callback`` for the study's events; returns the study's current state
+        (as a ``snapshot`` event, or ``done`` if it is complete) and the function that
+        unsubscribes. ``callback`` runs on the publishing thread and must not block; it gets
+        None when the study is deleted."""
+        study, counts, best = self.describe(name)
+        with self._watchers_guard:
+            self._watchers.setdefault(name, []).append(callback)
+
+        def unsubscribe() -> None:
+            with self._watchers_guard:
+                callbacks = self._watchers.get(name, [])
+                if callback in callbacks:
+                    callbacks.remove(callback)
+                if not callbacks:
+                    self._watchers.pop(name, None)
+
+        kind = "done" if study.state is StudyState.COMPLETED else "snapshot"
+        return Event(kind, study, None, counts, best), unsubscribe
+
     def watch(self, name: str, stop: threading.Event | None = None) -> Iterator[Event]:
         """Yields events of a study until it completes, is deleted, or ``stop`` is set."""
-        study, counts, best = self.describe(name)
         q: queue.Queue = queue.Queue()
-        self._watchers.setdefault(name, []).append(q)
+        first, unsubscribe = self.subscribe(name, q.put)
         try:
-            if study.state is StudyState.COMPLETED:
-                yield Event("done", study, None, counts, best)
+            if first.kind == "done":
+                yield first
                 return
             while stop is None or not stop.is_set():
                 try:
@@ -529,22 +605,22 @@ class StudyManager:
                 if item.kind == "done":
                     return
         finally:
-            watchers = self._watchers.get(name, [])
-            if q in watchers:
-                watchers.remove(q)
+            unsubscribe()
 
     def _publish(self, name: str, kind: str, trial: Trial | None) -> None:
-        watchers = self._watchers.get(name)
-        if not watchers:
+        with self._watchers_guard:
+            callbacks = list(self._watchers.get(name, ()))
+        if not callbacks:
             return
         live = self._live.get(name)
         if live is None:
             return
-        for q in list(watchers):
-            q.put(Event(kind, live.study, trial, dict(live.counts), live.best))
+        event = Event(kind, live.study, trial, dict(live.counts), live.best)
+        for callback in callbacks:
+            callback(event)
 
     # --- serving without a thread hand-off --------------------------------------------
-    def quick_lock(self, name: str, suggest_count: int = 0) -> threading.RLock | None:
+    def quick_lock(self, name: str, suggest_count: int = 0) -> HeldLock | None:
         """The study's lock, acquired, when its next trial call cannot block for long.
 
         Quick means: the storage is local, the study's lock is free, its state and engine
@@ -555,13 +631,16 @@ class StudyManager:
         """
         if not self.storage.local:
             return None
-        lock = self._lock(name)
-        if not lock.acquire(blocking=False):
+        lock = self._locks.try_acquire(name)
+        if lock is None:
             return None
         live = self._live.get(name)
         rt = live.runtime if live is not None else None
         quick = rt is not None and (
-            suggest_count == 0 or len(rt.ready) >= suggest_count or rt.cheap
+            suggest_count == 0
+            or len(rt.ready) >= suggest_count
+            or (rt.cheap and suggest_count * trial_bytes(rt.spec)
+                <= self.limits.max_inline_prompt_bytes)
         )
         if not quick:
             lock.release()
@@ -569,12 +648,9 @@ class StudyManager:
         return lock
 
     # --- helpers ---------------------------------------------------------------------
-    def _lock(self, name: str) -> threading.RLock:
-        with self._locks_guard:
-            lock = self._locks.get(name)
-            if lock is None:
-                lock = self._locks[name] = threading.RLock()
-            return lock
+    def _lock(self, name: str):
+        """The study's lock, as a context manager (freed when nobody holds or awaits it)."""
+        return self._locks.hold(name)
 
     def _get_live(self, name: str) -> _Live:
         """The cached state of a study, loaded on first use. Caller holds its lock."""
@@ -697,6 +773,15 @@ class StudyManager:
                 f"{where}: token ids {unknown[:5]} are not in the study's vocabulary"
             )
         return rt.render(p.token_ids)
+
+
+def _study_bytes(study: Study) -> int:
+    """Estimate of a study's size in a ListStudies response."""
+    space = study.spec.space
+    extra = 0
+    if isinstance(space, HardPromptSpace):
+        extra = 9 * len(space.top_n_scores) + 5 * len(space.allowed)
+    return 1024 + extra + sum(len(k) + len(v) for k, v in study.spec.labels.items())
 
 
 def _check_finite(what: str, v: float) -> None:

@@ -71,11 +71,17 @@ class StudyRuntime:
             self.num_observed += len(items)
 
     # --- suggestions ------------------------------------------------------------------
-    def suggest(self, n: int, pending: Sequence[Prompt]) -> list[Prompt]:
-        """``n`` new prompts, none equal to a pending one (hard prompts)."""
+    def suggest(self, n: int, pending: Sequence[Prompt],
+                cancelled: Callable[[], bool] | None = None) -> list[Prompt]:
+        """``n`` new prompts, none equal to a pending one (hard prompts). ``cancelled``
+        is polled while the engine computes (see ``Engine.should_stop``)."""
         with self.engine_lock:
             self._drain()
-            return self.decode(self.engine.suggest(n, self._pending(pending)))
+            self.engine.should_stop = cancelled
+            try:
+                return self.decode(self.engine.suggest(n, self._pending(pending)))
+            finally:
+                self.engine.should_stop = None
 
     def take_ready(self, n: int, pending: Sequence[Prompt]) -> list[Prompt]:
         """Up to ``n`` prefetched prompts, skipping any that became pending meanwhile.

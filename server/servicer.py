@@ -11,21 +11,28 @@ from __future__ import annotations
 import functools
 import logging
 import threading
+from collections.abc import Callable
 
 import grpc
-import numpy as np
 
-from promptbo.errors import STATUS_CODES, InvalidArgumentError, PromptboError
+from promptbo.errors import STATUS_CODES, PromptboError
 from promptbo.server import convert
-from promptbo.server.domain import Vocabulary
-from promptbo.server.manager import KnownTrial, StudyManager, TrialResult
+from promptbo.server.limits import clip
+from promptbo.server.manager import Event, KnownTrial, StudyManager, TrialResult
+from promptbo.server.upload import VocabularyUpload
+from promptbo.server.wire import MalformedRequest
 from promptbo.v1 import optimizer_service_pb2 as api
 from promptbo.v1 import optimizer_service_pb2_grpc as api_grpc
 
 log = logging.getLogger(__name__)
 
-MAX_VOCABULARY_SIZE = 1_000_000
-MAX_VOCABULARY_BYTES = 2 * 1024**3
+#: Longest error message sent back; longer ones (quoting a huge input) are cut.
+MAX_ERROR_CHARS = 1024
+
+
+def _gone(context) -> Callable[[], bool]:
+    """Whether the caller of ``context`` went away (cancelled, or its deadline passed)."""
+    return lambda: not context.is_active()
 
 
 def grpc_code(err: PromptboError) -> grpc.StatusCode:
@@ -38,10 +45,12 @@ def _rpc(method):
 
     @functools.wraps(method)
     def wrapper(self, request, context):
+        if isinstance(request, MalformedRequest):
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.details)
         try:
             return method(self, request, context)
         except PromptboError as err:
-            context.abort(grpc_code(err), str(err))
+            context.abort(grpc_code(err), clip(str(err), MAX_ERROR_CHARS))
         except Exception:
             log.exception("internal error in %s", method.__name__)
             context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method.__name__}")
@@ -68,17 +77,29 @@ class OptimizerServicer(api_grpc.OptimizerServiceServicer):
 
     @_rpc
     def ListStudies(self, request, context):
-        studies = [self._study_pb(s) for s in self.manager.list_studies()]
-        return api.ListStudiesResponse(studies=studies)
+        studies, token = self.manager.list_studies(request.page_size, request.page_token)
+        return api.ListStudiesResponse(
+            studies=[self._study_pb(s) for s in studies], next_page_token=token
+        )
 
     @_rpc
     def DeleteStudy(self, request, context):
         self.manager.delete_study(request.name)
         return api.DeleteStudyResponse()
 
-    @_rpc
     def UploadVocabulary(self, request_iterator, context):
-        vocab, expected = _assemble_vocabulary(request_iterator)
+        upload = VocabularyUpload()
+        try:
+            for chunk in request_iterator:
+                upload.add(chunk)
+        except PromptboError as err:
+            context.abort(grpc_code(err), clip(str(err), MAX_ERROR_CHARS))
+        return self.store_vocabulary(upload, context)
+
+    @_rpc
+    def store_vocabulary(self, upload: VocabularyUpload, context):
+        """Checks a fully received upload and stores its vocabulary."""
+        vocab, expected = upload.finish()
         vocab_id, present = self.manager.upload_vocabulary(vocab, expected)
         return api.UploadVocabularyResponse(
             vocabulary_id=vocab_id, size=vocab.size, embedding_dim=vocab.embedding_dim,
@@ -88,7 +109,7 @@ class OptimizerServicer(api_grpc.OptimizerServiceServicer):
     @_rpc
     def SuggestTrials(self, request, context):
         trials, done = self.manager.suggest_trials(
-            request.study, request.count or 1, request.client_id
+            request.study, request.count or 1, request.client_id, _gone(context)
         )
         return api.SuggestTrialsResponse(
             trials=[convert.trial_to_pb(t) for t in trials], study_done=done
@@ -101,7 +122,7 @@ class OptimizerServicer(api_grpc.OptimizerServiceServicer):
             request.failure_reason, request.client_id,
         )
         response = api.CompleteTrialResponse(trial=convert.trial_to_pb(trial))
-        self._hand_out_next(request, response)
+        self._hand_out_next(request, response, context)
         return response
 
     @_rpc
@@ -112,10 +133,10 @@ class OptimizerServicer(api_grpc.OptimizerServiceServicer):
         ]
         trials = self.manager.complete_trials(request.study, results, request.client_id)
         response = api.CompleteTrialsResponse(trials=[convert.trial_to_pb(t) for t in trials])
-        self._hand_out_next(request, response)
+        self._hand_out_next(request, response, context)
         return response
 
-    def _hand_out_next(self, request, response) -> None:
+    def _hand_out_next(self, request, response, context) -> None:
         """Fills ``next_trials``/``study_done`` of a completion's response."""
         if not request.suggest_count:
             return
@@ -123,7 +144,7 @@ class OptimizerServicer(api_grpc.OptimizerServiceServicer):
         # not turn into an error the worker would answer by re-sending the results.
         try:
             trials, done = self.manager.suggest_trials(
-                request.study, request.suggest_count, request.client_id
+                request.study, request.suggest_count, request.client_id, _gone(context)
             )
         except PromptboError as err:
             log.debug("no next trial for %r with its results: %s", request.client_id, err)
@@ -163,59 +184,22 @@ class OptimizerServicer(api_grpc.OptimizerServiceServicer):
         return api.AddTrialsResponse(trials=[convert.trial_to_pb(t) for t in trials])
 
     def WatchStudy(self, request, context):
+        if isinstance(request, MalformedRequest):
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.details)
         stop = threading.Event()
         context.add_callback(stop.set)
         try:
             for event in self.manager.watch(request.study, stop):
-                msg = api.WatchStudyResponse(
-                    event=event.kind,
-                    study=convert.study_to_pb(event.study, event.counts, event.best),
-                )
-                if event.trial is not None:
-                    msg.trial.CopyFrom(convert.trial_to_pb(event.trial))
-                yield msg
+                yield watch_message(event)
         except PromptboError as err:
-            context.abort(grpc_code(err), str(err))
+            context.abort(grpc_code(err), clip(str(err), MAX_ERROR_CHARS))
 
 
-def _assemble_vocabulary(chunks) -> tuple[Vocabulary, str]:
-    """Joins the chunks of an UploadVocabulary stream; returns the vocabulary and the
-    client's expected id. Raises InvalidArgumentError for inconsistent chunks."""
-    size = dim = 0
-    expected = ""
-    tokens: list[str] = []
-    ids: list[int] = []
-    parts: list[bytes] = []
-    nbytes = 0
-    for i, chunk in enumerate(chunks):
-        if i == 0:
-            size, dim, expected = chunk.size, chunk.embedding_dim, chunk.expected_id
-            if not (1 <= size <= MAX_VOCABULARY_SIZE) or not (1 <= dim <= 65536):
-                raise InvalidArgumentError(
-                    f"the first chunk must give size in [1, {MAX_VOCABULARY_SIZE}] and "
-                    f"embedding_dim in [1, 65536]; got size={size}, embedding_dim={dim}"
-                )
-            if size * dim * 4 > MAX_VOCABULARY_BYTES:
-                raise InvalidArgumentError("the embedding table is larger than 2 GiB")
-        elif (chunk.size and chunk.size != size) or (
-            chunk.embedding_dim and chunk.embedding_dim != dim
-        ):
-            raise InvalidArgumentError(f"chunk {i} changes size or embedding_dim mid-upload")
-        tokens.extend(chunk.tokens)
-        ids.extend(chunk.token_ids)
-        parts.append(chunk.embeddings)
-        nbytes += len(chunk.embeddings)
-        if len(tokens) > size or len(ids) > size or nbytes > size * dim * 4:
-            raise InvalidArgumentError(
-                f"chunk {i} carries more data than the declared size={size} x dim={dim}"
-            )
-    if size == 0:
-        raise InvalidArgumentError("the upload stream was empty")
-    if nbytes != size * dim * 4:
-        raise InvalidArgumentError(
-            f"got {nbytes} bytes of embeddings, expected size x dim x 4 = {size * dim * 4}"
-        )
-    if len(set(ids)) != len(ids):
-        raise InvalidArgumentError("token_ids must be unique within a vocabulary")
-    emb = np.frombuffer(b"".join(parts), dtype="<f4").reshape(size, dim)
-    return Vocabulary(tuple(tokens), tuple(ids), emb), expected
+def watch_message(event: Event) -> api.WatchStudyResponse:
+    """The WatchStudy message of a study event."""
+    msg = api.WatchStudyResponse(
+        event=event.kind, study=convert.study_to_pb(event.study, event.counts, event.best),
+    )
+    if event.trial is not None:
+        msg.trial.CopyFrom(convert.trial_to_pb(event.trial))
+    return msg

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from promptbo.errors import InvalidArgumentError
+from promptbo.errors import CancelledError, InvalidArgumentError
 from promptbo.server.domain import HardPromptSpace, SearchSpace, SoftPromptSpace
 
 
@@ -36,6 +36,15 @@ class Engine(abc.ABC):
     #: True when a suggestion costs microseconds whatever was observed (random search):
     #: the server then computes suggestions inline instead of prefetching them.
     cheap: bool = False
+    #: Set by the caller around :meth:`suggest`: returns True when nobody waits for the
+    #: result any more. Long computations poll it between steps and then raise
+    #: :class:`~promptbo.errors.CancelledError`.
+    should_stop: Callable[[], bool] | None = None
+
+    def check_stop(self) -> None:
+        """Raises CancelledError if :attr:`should_stop` says the caller is gone."""
+        if self.should_stop is not None and self.should_stop():
+            raise CancelledError("the suggestion was cancelled: its caller is gone")
 
     @property
     def uses_pending(self) -> bool:

@@ -23,6 +23,14 @@ Options (strings; defaults in brackets):
 - ``mc_samples`` [128]: quasi-MC samples of the acquisition; ``max_batch`` [8].
 - ``full_maxiter`` [100], ``warm_maxiter`` [8], ``refit_every`` [10], ``fit_subset``
   [256]: hyperparameter fitting (see :class:`~promptbo.server.optim.surrogate.GPFitter`).
+- ``max_points`` [2048]: the model is conditioned on at most this many observations (the
+  best quarter plus evenly spaced others), which bounds its memory (`n^2` kernel) whatever
+  the number of trials.
+
+Values are passed through :func:`~promptbo.server.optim.robust.robust_standardize` before
+the fit, so any finite values (``±1e308``, a huge outlier, constants) give a usable model;
+should a fit or acquisition still fail numerically, the suggestion falls back to the Sobol
+design instead of failing.
 """
 
 from __future__ import annotations
@@ -38,7 +46,7 @@ from promptbo.server.optim.acquisition import log_nei, optimize_in_box, score, s
 from promptbo.server.optim.base import register_strategy
 from promptbo.server.optim.box_engine import BoxEngine
 from promptbo.server.optim.robust import robust_standardize
-from promptbo.server.optim.surrogate import FitSettings, GPFitter
+from promptbo.server.optim.surrogate import FitSettings, GPFitter, subset_indices
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +65,7 @@ GP_OPTIONS: dict[str, tuple[type, Any, float, float]] = {
     "warm_maxiter": (int, 8, 0, 100_000),
     "refit_every": (int, 10, 1, 1_000_000),
     "fit_subset": (int, 256, 8, 1_000_000),
+    "max_points": (int, 2048, 8, 20_000),
 }
 
 
@@ -86,6 +95,10 @@ class GPEngine(BoxEngine):
         if self.num_observed < max(self.num_initial, 2):
             return self.initial_design(n, avoid, gen)
         X, Y = self.training_data()
+        self.check_stop()
+        if X.shape[0] > self.opts["max_points"]:
+            keep = subset_indices(Y, self.opts["max_points"])
+            X, Y = X[keep], Y[keep]
         Y = robust_standardize(Y)
         try:
             model = self.fitter.fit(X, Y)
@@ -128,6 +141,7 @@ class GPEngine(BoxEngine):
         chosen: list[Tensor] = []
         chosen_u: list[Tensor] = [] if pending is None else [pending]
         while sum(c.shape[0] for c in chosen) < n:
+            self.check_stop()
             q = min(n - sum(c.shape[0] for c in chosen), o["max_batch"])
             pend = torch.cat(chosen_u) if chosen_u else None
             acq = log_nei(model, X, Y, pend, _draw_seed(gen), o["mc_samples"])

@@ -45,6 +45,23 @@ def vocabulary_not_found(vocabulary_id: str) -> NotFoundError:
     )
 
 
+#: Trial ids and ``after_id`` beyond this are absent on every backend (SQL integers are
+#: 64-bit signed).
+MAX_TRIAL_ID = 2**63 - 1
+
+
+def check_text(what: str, text: str) -> None:
+    """Refuses a NUL character, which PostgreSQL cannot store in text, on every backend."""
+    if "\x00" in text:
+        raise InvalidArgumentError(f"{what} must not contain NUL characters")
+
+
+def check_trials_text(trials: Sequence[Trial]) -> None:
+    for t in trials:
+        check_text("client_id", t.client_id)
+        check_text("failure_reason", t.failure_reason)
+
+
 def check_limit(limit: int | None) -> None:
     if limit is not None and limit < 0:
         raise InvalidArgumentError(f"limit must be >= 0 or None, got {limit}")
@@ -99,6 +116,7 @@ class InMemoryStorage(Storage):
     # --- studies ------------------------------------------------------------------
     def create_study(self, study: Study) -> Study:
         check_study_name(study.name)
+        check_text("request_id", study.request_id)
         kept = _copy_study(study)
         with self._lock:
             if study.name in self._studies:
@@ -138,6 +156,7 @@ class InMemoryStorage(Storage):
 
     # --- trials -------------------------------------------------------------------
     def add_trials(self, study: str, trials: Sequence[Trial]) -> list[Trial]:
+        check_trials_text(trials)
         copies = [_copy_trial(t) for t in trials]
         with self._lock:
             self._study(study)
@@ -158,6 +177,7 @@ class InMemoryStorage(Storage):
             return _copy_trial(stored[trial_id - 1])
 
     def update_trials(self, trials: Sequence[Trial]) -> None:
+        check_trials_text(trials)
         copies = [_copy_trial(t) for t in trials]
         with self._lock:
             for t in copies:  # check every one before changing any

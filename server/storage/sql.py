@@ -57,7 +57,10 @@ from promptbo.server.domain import (
 )
 from promptbo.server.storage.base import Storage
 from promptbo.server.storage.memory import (
+    MAX_TRIAL_ID,
     check_limit,
+    check_text,
+    check_trials_text,
     study_not_found,
     trial_not_found,
     vocabulary_not_found,
@@ -461,6 +464,7 @@ class SqlStorage(Storage):
     # --- studies ---------------------------------------------------------------------
     def create_study(self, study: Study) -> Study:
         check_study_name(study.name)
+        check_text("request_id", study.request_id)
         row = _study_row(study)
         try:
             with self._write() as conn:
@@ -504,6 +508,7 @@ class SqlStorage(Storage):
 
     # --- trials ----------------------------------------------------------------------
     def add_trials(self, study: str, trials_: Sequence[Trial]) -> list[Trial]:
+        check_trials_text(trials_)
         rows = [_trial_row(t) for t in trials_]
         with self._write() as conn:
             # Locking the study row serializes id assignment across server processes.
@@ -518,6 +523,10 @@ class SqlStorage(Storage):
         return [t.evolve(study=study, id=first + i) for i, t in enumerate(trials_)]
 
     def get_trial(self, study: str, trial_id: int) -> Trial:
+        if not 0 <= trial_id <= MAX_TRIAL_ID:
+            with self._read() as conn:
+                self._study_row(conn, study)
+            raise trial_not_found(study, trial_id)
         with self._read() as conn:
             row = conn.execute(
                 sa.select(trials).where(trials.c.study == study, trials.c.id == trial_id)
@@ -528,6 +537,7 @@ class SqlStorage(Storage):
         return _trial_from_row(row)
 
     def update_trials(self, trials_: Sequence[Trial]) -> None:
+        check_trials_text(trials_)
         rows = [_trial_row(t) for t in trials_]
         with self._write() as conn:
             for row in rows:
@@ -546,6 +556,7 @@ class SqlStorage(Storage):
         limit: int | None = None,
     ) -> list[Trial]:
         check_limit(limit)
+        after_id = max(min(after_id, MAX_TRIAL_ID), -1)
         query = sa.select(trials).where(trials.c.study == study, trials.c.id > after_id)
         if state is not None:
             query = query.where(trials.c.state == state.value)

@@ -286,6 +286,35 @@ def test_list_trials_filters_pages_and_limits(store):
         store.list_trials("s", limit=-1)
 
 
+@pytest.mark.parametrize("field", ["client_id", "failure_reason"])
+def test_nul_in_trial_text_is_refused_on_every_backend(store, field):
+    store.create_study(soft_study("s"))
+    with pytest.raises(InvalidArgumentError, match=f"{field} must not contain NUL"):
+        store.add_trials("s", [draft(0, **{field: "a\x00b"})])
+    (t,) = store.add_trials("s", [draft(0)])
+    with pytest.raises(InvalidArgumentError, match="NUL"):
+        store.update_trials([t.evolve(**{field: "\x00"})])
+    assert store.list_trials("s") == [t]
+
+
+def test_nul_in_request_id_is_refused_on_every_backend(store):
+    with pytest.raises(InvalidArgumentError, match="request_id"):
+        store.create_study(soft_study("s").evolve(request_id="r\x00"))
+    assert store.list_studies() == []
+
+
+@pytest.mark.parametrize("huge", [2**63 - 1, 2**63, 2**64 + 7, 10**30])
+def test_huge_ids_are_absent_not_errors(store, huge):
+    store.create_study(soft_study("s"))
+    store.add_trials("s", [draft(0)])
+    with pytest.raises(NotFoundError):
+        store.get_trial("s", huge)
+    with pytest.raises(NotFoundError):
+        store.get_trial("s", -huge)
+    assert store.list_trials("s", after_id=huge) == []
+    assert [t.id for t in store.list_trials("s", after_id=-huge)] == [1]
+
+
 def test_count_trials_per_state(store):
     store.create_study(soft_study("s"))
     store.create_study(soft_study("empty"))

@@ -299,8 +299,15 @@ class Client:
         return Study(self, self._call("GetStudy", api.GetStudyRequest(name=name)).study)
 
     def list_studies(self) -> list[Study]:
-        resp = self._call("ListStudies", api.ListStudiesRequest())
-        return [Study(self, s) for s in resp.studies]
+        """Every study (the visible ones, with scoped tokens), fetched page by page."""
+        out: list[Study] = []
+        token = ""
+        while True:
+            resp = self._call("ListStudies", api.ListStudiesRequest(page_token=token))
+            out.extend(Study(self, s) for s in resp.studies)
+            token = resp.next_page_token
+            if not token:
+                return out
 
     def delete_study(self, name: str) -> None:
         self._call("DeleteStudy", api.DeleteStudyRequest(name=name))

@@ -12,6 +12,8 @@ the engine::
      ├── FailedPreconditionError   FAILED_PRECONDITION  the request conflicts with stored state
      ├── ResourceExhaustedError    RESOURCE_EXHAUSTED   a cap (active trials, size) is reached
      ├── UnauthenticatedError      UNAUTHENTICATED      missing or wrong bearer token
+     ├── PermissionDeniedError     PERMISSION_DENIED    the token's role or scope forbids it
+     ├── CancelledError            CANCELLED            the caller went away (deadline, cancel)
      └── UnavailableError          UNAVAILABLE          the server cannot be reached
 
 This module imports neither gRPC nor NumPy: status codes are given by their names.
@@ -50,6 +52,14 @@ class UnauthenticatedError(PromptboError):
     code = "UNAUTHENTICATED"
 
 
+class PermissionDeniedError(PromptboError):
+    code = "PERMISSION_DENIED"
+
+
+class CancelledError(PromptboError):
+    code = "CANCELLED"
+
+
 class UnavailableError(PromptboError, ConnectionError):
     code = "UNAVAILABLE"
 
@@ -64,6 +74,8 @@ STATUS_CODES: dict[type[PromptboError], str] = {
         FailedPreconditionError,
         ResourceExhaustedError,
         UnauthenticatedError,
+        PermissionDeniedError,
+        CancelledError,
         UnavailableError,
     )
 }

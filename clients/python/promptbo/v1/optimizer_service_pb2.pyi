@@ -38,14 +38,20 @@ class GetStudyResponse(_message.Message):
     def __init__(self, study: _Optional[_Union[_resources_pb2.Study, _Mapping]] = ...) -> None: ...
 
 class ListStudiesRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("page_size", "page_token")
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    page_size: int
+    page_token: str
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class ListStudiesResponse(_message.Message):
-    __slots__ = ("studies",)
+    __slots__ = ("studies", "next_page_token")
     STUDIES_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     studies: _containers.RepeatedCompositeFieldContainer[_resources_pb2.Study]
-    def __init__(self, studies: _Optional[_Iterable[_Union[_resources_pb2.Study, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, studies: _Optional[_Iterable[_Union[_resources_pb2.Study, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class DeleteStudyRequest(_message.Message):
     __slots__ = ("name",)
