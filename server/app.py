@@ -9,7 +9,9 @@
 The server is ``grpc.aio`` on an event loop of its own thread (see
 :mod:`promptbo.server.async_servicer` for which calls run on the loop and which on the
 thread pool); :class:`RunningServer` gives callers the usual blocking ``stop``/``wait``.
-Auth is an interceptor (:class:`BearerTokenInterceptor`), not code in the handlers.
+Auth is an interceptor (:class:`BearerTokenInterceptor` for one shared token,
+:class:`~promptbo.server.auth.AuthInterceptor` for principals with roles and scopes), not
+code in the handlers.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from promptbo.server.async_servicer import AsyncOptimizerServicer
+from promptbo.server.auth import AuthInterceptor, Principals
 from promptbo.server.limits import Limits
 from promptbo.server.manager import StudyManager
 from promptbo.server.servicer import OptimizerServicer
@@ -48,7 +51,8 @@ class ServerOptions:
     event loop; ``auth_token``: required bearer token ("" = no auth); ``tls_cert``/
     ``tls_key``: PEM files to serve TLS (both or neither); ``prefetch``: suggestions kept
     ready per study (see :class:`~promptbo.server.manager.StudyManager`); ``limits``:
-    resource bounds (its ``max_message_bytes`` is replaced by this object's)."""
+    resource bounds (its ``max_message_bytes`` is replaced by this object's);
+    ``principals``: named tokens with roles and scopes (instead of ``auth_token``)."""
 
     host: str = "127.0.0.1"
     port: int = 50051
@@ -59,6 +63,7 @@ class ServerOptions:
     tls_cert: str = ""
     tls_key: str = ""
     limits: Limits = field(default_factory=Limits)
+    principals: Principals | None = None
 
 
 class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
@@ -145,6 +150,8 @@ def create_server(
     opts = options or ServerOptions()
     if bool(opts.tls_cert) != bool(opts.tls_key):
         raise ValueError("TLS needs both --tls-cert and --tls-key")
+    if opts.auth_token and opts.principals is not None:
+        raise ValueError("give either one auth token or a principals file, not both")
     store = open_storage(storage) if isinstance(storage, str) else storage
     limits = replace(opts.limits, max_message_bytes=opts.max_message_bytes)
     manager = StudyManager(store, prefetch=opts.prefetch, limits=limits)
@@ -171,6 +178,8 @@ async def _start(
     interceptors: list[grpc.aio.ServerInterceptor] = [SafeDecoding(f"/{SERVICE_NAME}/")]
     if opts.auth_token:
         interceptors.insert(0, BearerTokenInterceptor(opts.auth_token))
+    if opts.principals is not None:
+        interceptors.insert(0, AuthInterceptor(opts.principals, f"/{SERVICE_NAME}/"))
     server = grpc.aio.server(
         interceptors=interceptors,
         options=[
@@ -226,7 +235,8 @@ def serve(
     signal.signal(signal.SIGINT, on_signal)
     log.info(
         "promptbo serving on %s:%d (storage %s, auth %s, tls %s)",
-        opts.host, port, _redact(storage_url), "on" if opts.auth_token else "off",
+        opts.host, port, _redact(storage_url),
+        "principals" if opts.principals else "on" if opts.auth_token else "off",
         "on" if opts.tls_cert else "off",
     )
     print(f"promptbo serving on {opts.host}:{port}", flush=True)

@@ -30,6 +30,7 @@ from typing import Any
 import grpc
 
 from promptbo.errors import PromptboError
+from promptbo.server.auth import CURRENT_PRINCIPAL
 from promptbo.server.limits import Limits, clip
 from promptbo.server.locks import HeldLock
 from promptbo.server.manager import Event, StudyManager
@@ -54,6 +55,8 @@ class _SyncContext:
     def __init__(self, context: grpc.aio.ServicerContext) -> None:
         self._context = context
         self.callbacks: list[Callable[[], Any]] = []
+        #: The caller's principal, read on the loop (contextvars do not reach the pool).
+        self.principal = CURRENT_PRINCIPAL.get()
 
     def abort(self, code: grpc.StatusCode, details: str):
         raise _Abort(code, details)
@@ -119,7 +122,7 @@ class AsyncOptimizerServicer(api_grpc.OptimizerServiceServicer):
         self._executor = executor
         limits = limits or self._manager.limits
         self._watches = StreamCounter(limits.max_watch_streams, limits.max_watch_streams_per_client)
-        self._client_key = client_key or _peer_host
+        self._client_key = client_key or _client_key
 
     async def _call(self, name: str, request, context, quick: HeldLock | None = None):
         ctx = _SyncContext(context)
@@ -240,7 +243,10 @@ class AsyncOptimizerServicer(api_grpc.OptimizerServiceServicer):
             unsubscribe()
 
 
-def _peer_host(context: grpc.aio.ServicerContext) -> str:
-    """The caller's address without its port ("ipv4:127.0.0.1")."""
+def _client_key(context: grpc.aio.ServicerContext) -> str:
+    """The caller's principal, else its address without its port ("ipv4:127.0.0.1")."""
+    principal = CURRENT_PRINCIPAL.get()
+    if principal is not None:
+        return f"principal:{principal.name}"
     peer = context.peer() or ""
     return peer.rsplit(":", 1)[0] if peer.count(":") >= 2 else peer

@@ -137,6 +137,7 @@ def trial_to_pb(t: Trial) -> pb.Trial:
         metrics=t.metrics,
         failure_reason=t.failure_reason,
         source=t.source,
+        principal=t.principal,
     )
     _set_time(msg.lease_deadline, t.lease_deadline)
     _set_time(msg.create_time, t.create_time)

@@ -163,6 +163,8 @@ class Trial:
     create_time: float = 0.0
     complete_time: float = 0.0
     source: str = "suggested"
+    #: The principal (named token) that took the trial; "" without configured tokens.
+    principal: str = ""
 
     def evolve(self, **changes) -> Trial:
         """A copy with ``changes`` applied (a hot path: no ``__init__`` round trip)."""

@@ -15,7 +15,13 @@ ACTIVE but is free: the next client that asks is handed the same prompt (its lea
 from the client holding the lease, from any client once the lease has expired (nobody
 holds it), and from a caller that gives no ``client_id``; a client whose lease expired
 while another client picked the trial up gets FAILED_PRECONDITION. A repeat of an
-identical completion is a no-op; a conflicting one is FAILED_PRECONDITION.
+identical completion is a no-op; a conflicting one is FAILED_PRECONDITION. Only the
+client holding a trial extends its lease: a heartbeat from any other client is
+FAILED_PRECONDITION, even once the lease lapsed.
+
+With principals (named tokens, :mod:`promptbo.server.auth`), every trial is bound to the
+principal that took it: another principal's completion or heartbeat is
+PERMISSION_DENIED whatever its ``client_id`` (admins excepted).
 
 Budget: with ``max_trials`` set, the manager never has more than ``max_trials``
 completed plus active trials, so the study ends with exactly ``max_trials`` completed
@@ -39,6 +45,7 @@ from promptbo.errors import (
     FailedPreconditionError,
     InvalidArgumentError,
     NotFoundError,
+    PermissionDeniedError,
     ResourceExhaustedError,
 )
 from promptbo.server.domain import (
@@ -288,7 +295,7 @@ class StudyManager:
     # --- trials ----------------------------------------------------------------------
     def suggest_trials(
         self, name: str, count: int, client_id: str = "",
-        cancelled: Callable[[], bool] | None = None,
+        cancelled: Callable[[], bool] | None = None, principal: str = "",
     ) -> tuple[list[Trial], bool]:
         """Hands out up to ``count`` trials to ``client_id``; returns ``(trials, done)``.
 
@@ -296,7 +303,9 @@ class StudyManager:
         suggestions from the engine. ``done`` is True when the budget is used up. At most
         as many trials as fit in one response are handed out. ``cancelled`` (polled while
         the engine computes) returning True stops the computation with CancelledError,
-        storing nothing and freeing the study lock.
+        storing nothing and freeing the study lock. Trials are bound to ``principal``
+        (see :meth:`complete_trials`); a client's own trials are those of its client id
+        and principal.
         """
         if not 1 <= count <= MAX_SUGGEST_COUNT:
             raise InvalidArgumentError(f"count must be in [1, {MAX_SUGGEST_COUNT}], got {count}")
@@ -310,10 +319,14 @@ class StudyManager:
             active = sorted(live.active.values(), key=lambda t: t.id)
             own: list[Trial] = []
             if client_id:
-                own = [t for t in active if t.client_id == client_id and t.lease_deadline >= now]
+                own = [
+                    t for t in active
+                    if t.client_id == client_id and t.principal == principal
+                    and t.lease_deadline >= now
+                ]
                 own = own[:count]
             if len(own) == count:
-                return self._lease(live, own, client_id, now), False
+                return self._lease(live, own, client_id, now, principal), False
             if live.study.state is StudyState.COMPLETED:
                 return [], True
             expired = [t for t in active if t.lease_deadline < now]
@@ -327,19 +340,24 @@ class StudyManager:
             if spec.max_active_trials:
                 want = min(want, spec.max_active_trials - held + len(own))
             reissued = expired[: max(want, 0)]
-            trials = self._lease(live, own + reissued, client_id, now)
+            trials = self._lease(live, own + reissued, client_id, now, principal)
             want -= len(reissued)
             if want > 0 and spec.max_trials:
                 want = min(want, spec.max_trials - live.counts[TrialState.COMPLETED] - len(active))
             if want > 0:
-                trials += self._new_trials(live, want, active, client_id, now, cancelled)
+                trials += self._new_trials(
+                    live, want, active, client_id, now, cancelled, principal
+                )
         for t in trials:
             self._publish(name, "suggested", t)
         return trials, False
 
-    def _lease(self, live: _Live, trials: list[Trial], client_id: str, now: float) -> list[Trial]:
+    def _lease(
+        self, live: _Live, trials: list[Trial], client_id: str, now: float, principal: str
+    ) -> list[Trial]:
         leased = [
-            t.evolve(client_id=client_id, lease_deadline=now + live.study.spec.lease_seconds)
+            t.evolve(client_id=client_id, lease_deadline=now + live.study.spec.lease_seconds,
+                     principal=principal)
             for t in trials
         ]
         if leased:
@@ -349,7 +367,7 @@ class StudyManager:
 
     def _new_trials(
         self, live: _Live, n: int, active: list[Trial], client_id: str, now: float,
-        cancelled: Callable[[], bool] | None = None,
+        cancelled: Callable[[], bool] | None = None, principal: str = "",
     ) -> list[Trial]:
         rt = self._runtime(live)
         pending = [t.prompt for t in active]
@@ -360,7 +378,7 @@ class StudyManager:
             Trial(
                 study=live.study.name, id=0, state=TrialState.ACTIVE, prompt=p,
                 client_id=client_id, lease_deadline=now + live.study.spec.lease_seconds,
-                create_time=now,
+                create_time=now, principal=principal,
             )
             for p in prompts
         ]
@@ -378,20 +396,25 @@ class StudyManager:
         metrics: dict[str, float] | None = None,
         failure_reason: str = "",
         client_id: str = "",
+        principal: str = "",
+        admin: bool = False,
     ) -> Trial:
         """Records a trial's result (or its failure); see the module docstring for rules."""
         result = TrialResult(trial_id, value, dict(metrics or {}), failure_reason)
-        return self.complete_trials(name, [result], client_id)[0]
+        return self.complete_trials(name, [result], client_id, principal, admin)[0]
 
     def complete_trials(
-        self, name: str, results: Sequence[TrialResult], client_id: str = ""
+        self, name: str, results: Sequence[TrialResult], client_id: str = "",
+        principal: str = "", admin: bool = False,
     ) -> list[Trial]:
         """Records several results at once: all of them, or on any error none.
 
         Every result is checked (finite numbers, the objective present, the trial known,
         not held by another worker, not completed before with a different result) before
         anything is written; the accepted ones are then written in one storage call.
-        Returns the trials in the order of ``results``.
+        Returns the trials in the order of ``results``. With principals configured, a
+        trial taken by one principal is completed only by it (or by an ``admin``):
+        PermissionDeniedError otherwise.
         """
         if not 1 <= len(results) <= MAX_SUGGEST_COUNT:
             raise InvalidArgumentError(
@@ -418,10 +441,13 @@ class StudyManager:
             now = self.clock()
             for i, r in enumerate(results):
                 trial = live.active.get(r.trial_id) or self._get_trial(name, r.trial_id)
+                _check_owner(trial, principal, admin)
                 if trial.state is not TrialState.ACTIVE:
                     out[i] = self._repeat_completion(trial, r.value, r.metrics, r.failure_reason)
                     continue
-                held_by_other = client_id and trial.client_id not in ("", client_id)
+                held_by_other = (
+                    client_id and not admin and trial.client_id not in ("", client_id)
+                )
                 if held_by_other and trial.lease_deadline >= now:
                     raise FailedPreconditionError(
                         f"trial {r.trial_id} of study {name!r} is held by another worker "
@@ -479,23 +505,32 @@ class StudyManager:
             f"with a different result; a trial is completed once"
         )
 
-    def heartbeat_trial(self, name: str, trial_id: int, client_id: str = "") -> Trial:
+    def heartbeat_trial(
+        self, name: str, trial_id: int, client_id: str = "", principal: str = "",
+        admin: bool = False,
+    ) -> Trial:
+        """Extends the lease of an active trial for the client holding it. A client that
+        does not hold the trial gets FAILED_PRECONDITION even after the lease lapsed (only
+        SuggestTrials hands a trial to another client); another principal's trial gets
+        PermissionDeniedError."""
         check_text("client_id", client_id)
         with self._lock(name):
             live = self._get_live(name)
             trial = live.active.get(trial_id) or self._get_trial(name, trial_id)
+            _check_owner(trial, principal, admin)
             if trial.state is not TrialState.ACTIVE:
                 raise FailedPreconditionError(
                     f"trial {trial_id} of study {name!r} is {trial.state.value}; "
                     "only active trials have a lease"
                 )
             now = self.clock()
-            if client_id and trial.client_id not in ("", client_id) and trial.lease_deadline >= now:
+            if client_id and trial.client_id not in ("", client_id):
                 raise FailedPreconditionError(
                     f"trial {trial_id} of study {name!r} is held by another worker "
-                    f"({trial.client_id!r})"
+                    f"({trial.client_id!r}); only its holder extends its lease"
                 )
-            return self._lease(live, [trial], client_id or trial.client_id, now)[0]
+            owner = trial.principal if admin else principal or trial.principal
+            return self._lease(live, [trial], client_id or trial.client_id, now, owner)[0]
 
     def get_trial(self, name: str, trial_id: int) -> Trial:
         return self._get_trial(name, trial_id)
@@ -773,6 +808,16 @@ class StudyManager:
                 f"{where}: token ids {unknown[:5]} are not in the study's vocabulary"
             )
         return rt.render(p.token_ids)
+
+
+def _check_owner(trial: Trial, principal: str, admin: bool) -> None:
+    """Refuses ``principal`` a trial another principal took (admins may)."""
+    if admin or not principal or not trial.principal or trial.principal == principal:
+        return
+    raise PermissionDeniedError(
+        f"trial {trial.id} of study {trial.study!r} was taken by another principal; only "
+        "it (or an admin) may complete or heartbeat it"
+    )
 
 
 def _study_bytes(study: Study) -> int:

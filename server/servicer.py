@@ -12,11 +12,13 @@ import functools
 import logging
 import threading
 from collections.abc import Callable
+from typing import Any
 
 import grpc
 
 from promptbo.errors import STATUS_CODES, PromptboError
 from promptbo.server import convert
+from promptbo.server.auth import Role
 from promptbo.server.limits import clip
 from promptbo.server.manager import Event, KnownTrial, StudyManager, TrialResult
 from promptbo.server.upload import VocabularyUpload
@@ -33,6 +35,18 @@ MAX_ERROR_CHARS = 1024
 def _gone(context) -> Callable[[], bool]:
     """Whether the caller of ``context`` went away (cancelled, or its deadline passed)."""
     return lambda: not context.is_active()
+
+
+def _owner(context, admin: bool = True) -> dict[str, Any]:
+    """The manager's ``principal`` (and ``admin``) arguments for the caller of ``context``
+    (empty without principals; see :mod:`promptbo.server.auth`)."""
+    principal = getattr(context, "principal", None)
+    if principal is None:
+        return {}
+    out: dict[str, Any] = {"principal": principal.name}
+    if admin:
+        out["admin"] = principal.role >= Role.ADMIN
+    return out
 
 
 def grpc_code(err: PromptboError) -> grpc.StatusCode:
@@ -109,7 +123,8 @@ class OptimizerServicer(api_grpc.OptimizerServiceServicer):
     @_rpc
     def SuggestTrials(self, request, context):
         trials, done = self.manager.suggest_trials(
-            request.study, request.count or 1, request.client_id, _gone(context)
+            request.study, request.count or 1, request.client_id, _gone(context),
+            **_owner(context, admin=False),
         )
         return api.SuggestTrialsResponse(
             trials=[convert.trial_to_pb(t) for t in trials], study_done=done
@@ -119,7 +134,7 @@ class OptimizerServicer(api_grpc.OptimizerServiceServicer):
     def CompleteTrial(self, request, context):
         trial = self.manager.complete_trial(
             request.study, request.trial_id, request.value, dict(request.metrics),
-            request.failure_reason, request.client_id,
+            request.failure_reason, request.client_id, **_owner(context),
         )
         response = api.CompleteTrialResponse(trial=convert.trial_to_pb(trial))
         self._hand_out_next(request, response, context)
@@ -131,7 +146,9 @@ class OptimizerServicer(api_grpc.OptimizerServiceServicer):
             TrialResult(r.trial_id, r.value, dict(r.metrics), r.failure_reason)
             for r in request.results
         ]
-        trials = self.manager.complete_trials(request.study, results, request.client_id)
+        trials = self.manager.complete_trials(
+            request.study, results, request.client_id, **_owner(context)
+        )
         response = api.CompleteTrialsResponse(trials=[convert.trial_to_pb(t) for t in trials])
         self._hand_out_next(request, response, context)
         return response
@@ -144,7 +161,8 @@ class OptimizerServicer(api_grpc.OptimizerServiceServicer):
         # not turn into an error the worker would answer by re-sending the results.
         try:
             trials, done = self.manager.suggest_trials(
-                request.study, request.suggest_count, request.client_id, _gone(context)
+                request.study, request.suggest_count, request.client_id, _gone(context),
+                **_owner(context, admin=False),
             )
         except PromptboError as err:
             log.debug("no next trial for %r with its results: %s", request.client_id, err)
@@ -154,7 +172,9 @@ class OptimizerServicer(api_grpc.OptimizerServiceServicer):
 
     @_rpc
     def HeartbeatTrial(self, request, context):
-        trial = self.manager.heartbeat_trial(request.study, request.trial_id, request.client_id)
+        trial = self.manager.heartbeat_trial(
+            request.study, request.trial_id, request.client_id, **_owner(context)
+        )
         return api.HeartbeatTrialResponse(trial=convert.trial_to_pb(trial))
 
     @_rpc

@@ -60,6 +60,7 @@ def check_trials_text(trials: Sequence[Trial]) -> None:
     for t in trials:
         check_text("client_id", t.client_id)
         check_text("failure_reason", t.failure_reason)
+        check_text("principal", t.principal)
 
 
 def check_limit(limit: int | None) -> None:

@@ -7,7 +7,9 @@ Schema (version :data:`SCHEMA_VERSION`, recorded in ``promptbo_schema``)::
     studies       name PK, spec (JSON text), state, create_time, request_id
     trials        (study, id) PK, state, prompt (JSON text), vector (blob), client_id,
                   lease_deadline, value, metrics (JSON text), failure_reason,
-                  create_time, complete_time, source; index (study, state)
+                  create_time, complete_time, source, principal; index (study, state)
+
+Version 2 added ``trials.principal``; a version-1 database is upgraded in place on open.
 
 JSON is kept in text columns written with ``ensure_ascii``, so tokens holding NUL or
 control characters and metrics holding NaN survive on both engines. A soft prompt's
@@ -66,7 +68,7 @@ from promptbo.server.storage.memory import (
     vocabulary_not_found,
 )
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 SQLITE_BUSY_TIMEOUT_MS = 120_000
 
 metadata = sa.MetaData()
@@ -119,6 +121,7 @@ trials = sa.Table(
     sa.Column("create_time", sa.Double, nullable=False),
     sa.Column("complete_time", sa.Double, nullable=False),
     sa.Column("source", sa.String(32), nullable=False),
+    sa.Column("principal", sa.Text, nullable=False, server_default=""),
 )
 trials_by_state = sa.Index("ix_trials_study_state", trials.c.study, trials.c.state)
 
@@ -257,6 +260,7 @@ def _trial_row(trial: Trial) -> dict[str, Any]:
         "create_time": float(trial.create_time),
         "complete_time": float(trial.complete_time),
         "source": trial.source,
+        "principal": trial.principal,
     }
 
 
@@ -284,6 +288,7 @@ def _trial_from_row(row: Any) -> Trial:
         create_time=row.create_time,
         complete_time=row.complete_time,
         source=row.source,
+        principal=row.principal,
     )
 
 
@@ -404,6 +409,11 @@ class SqlStorage(Storage):
             stored = conn.execute(sa.select(sa.func.max(schema_table.c.version))).scalar()
             if stored is None:
                 conn.execute(schema_table.insert().values(version=SCHEMA_VERSION))
+            elif stored == 1:  # version 2 added trials.principal
+                conn.exec_driver_sql(
+                    "ALTER TABLE trials ADD COLUMN principal TEXT NOT NULL DEFAULT ''"
+                )
+                conn.execute(schema_table.update().values(version=SCHEMA_VERSION))
             elif stored > SCHEMA_VERSION:
                 raise FailedPreconditionError(
                     f"the database has schema version {stored} but this promptbo supports "

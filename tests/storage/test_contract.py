@@ -390,7 +390,24 @@ def test_everything_persists_across_reopening(sql_backend):
     assert [t.id for t in again.add_trials("s", [draft(3)])] == [3]
     assert again.check_integrity() == []
     with again.engine.connect() as conn:
-        assert conn.exec_driver_sql("SELECT version FROM promptbo_schema").all() == [(1,)]
+        assert conn.exec_driver_sql("SELECT version FROM promptbo_schema").all() == [(2,)]
+
+
+def test_a_version_1_database_is_upgraded_in_place(sql_backend):
+    first = sql_backend.open()
+    first.create_study(soft_study("s"))
+    first.add_trials("s", [draft(1, state=C, value=2.0)])
+    with first.engine.begin() as conn:  # what version 1 looked like: no principal column
+        conn.exec_driver_sql("ALTER TABLE trials DROP COLUMN principal")
+        conn.exec_driver_sql("UPDATE promptbo_schema SET version = 1")
+    first.close()
+    again = sql_backend.open()
+    (t,) = again.list_trials("s")
+    assert t.value == 2.0 and t.principal == ""
+    (added,) = again.add_trials("s", [draft(2, principal="team-a")])
+    assert again.get_trial("s", added.id).principal == "team-a"
+    with again.engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT version FROM promptbo_schema").all() == [(2,)]
 
 
 def test_newer_schema_version_is_refused(sql_backend):

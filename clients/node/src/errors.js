@@ -12,6 +12,7 @@
  *      ├── FailedPreconditionError   FAILED_PRECONDITION  the request conflicts with stored state
  *      ├── ResourceExhaustedError    RESOURCE_EXHAUSTED   a cap (active trials, size) is reached
  *      ├── UnauthenticatedError      UNAUTHENTICATED      missing or wrong bearer token
+ *      ├── PermissionDeniedError     PERMISSION_DENIED    the token's role or scope forbids it
  *      └── UnavailableError          UNAVAILABLE          the server cannot be reached
  *
  * Any other status (DEADLINE_EXCEEDED, INTERNAL, ...) rejects with a plain `PromptboError`
@@ -55,6 +56,7 @@ const AlreadyExistsError = defineError('AlreadyExistsError', 'ALREADY_EXISTS');
 const FailedPreconditionError = defineError('FailedPreconditionError', 'FAILED_PRECONDITION');
 const ResourceExhaustedError = defineError('ResourceExhaustedError', 'RESOURCE_EXHAUSTED');
 const UnauthenticatedError = defineError('UnauthenticatedError', 'UNAUTHENTICATED');
+const PermissionDeniedError = defineError('PermissionDeniedError', 'PERMISSION_DENIED');
 const UnavailableError = defineError('UnavailableError', 'UNAVAILABLE');
 
 /** gRPC status code name -> error class: the one table of the client. */
@@ -67,6 +69,7 @@ const ERRORS_BY_CODE = Object.freeze(
       FailedPreconditionError,
       ResourceExhaustedError,
       UnauthenticatedError,
+      PermissionDeniedError,
       UnavailableError,
     ].map((cls) => [cls.code, cls]),
   ),
@@ -92,6 +95,7 @@ module.exports = {
   FailedPreconditionError,
   ResourceExhaustedError,
   UnauthenticatedError,
+  PermissionDeniedError,
   UnavailableError,
   ERRORS_BY_CODE,
   fromGrpcError,

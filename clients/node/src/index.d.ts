@@ -246,6 +246,7 @@ export class AlreadyExistsError extends PromptboError {}
 export class FailedPreconditionError extends PromptboError {}
 export class ResourceExhaustedError extends PromptboError {}
 export class UnauthenticatedError extends PromptboError {}
+export class PermissionDeniedError extends PromptboError {}
 export class UnavailableError extends PromptboError {}
 
 export const ERRORS_BY_CODE: Readonly<Record<string, typeof PromptboError>>;

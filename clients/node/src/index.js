@@ -196,7 +196,14 @@ class PromptboClient {
 
   /** Resolves with every study of the server. */
   async listStudies() {
-    return (await this._call('ListStudies', {})).studies;
+    const studies = [];
+    let pageToken = '';
+    do {
+      const page = await this._call('ListStudies', { pageToken });
+      studies.push(...page.studies);
+      pageToken = page.nextPageToken;
+    } while (pageToken);
+    return studies;
   }
 
   /** Deletes a study and its trials. */

@@ -87,6 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port-file", default="", help="write the bound port here once serving")
     p.add_argument("--max-message-mb", type=int, default=64)
     p.add_argument("--auth-token-file", help="require this bearer token on every RPC")
+    p.add_argument("--principals-file", default="",
+                   help="JSON file of named tokens with roles and study prefixes "
+                        "(see docs/operations.md); replaces --auth-token-file")
+    p.add_argument("--max-study-mb", type=int, default=1024,
+                   help="refuse study specs whose engine would need more memory")
     p.add_argument("--tls-cert", default="")
     p.add_argument("--tls-key", default="")
     p.add_argument("--prefetch", type=int, default=2,
@@ -164,11 +169,19 @@ def main(argv: list[str] | None = None) -> int:
 
 def _serve(args) -> int:
     from promptbo.server.app import ServerOptions, serve
+    from promptbo.server.auth import Principals
+    from promptbo.server.limits import Limits
 
+    try:
+        principals = Principals.load(args.principals_file) if args.principals_file else None
+    except (OSError, ValueError) as err:
+        raise SystemExit(f"error: principals file: {err}") from None
     opts = ServerOptions(
         host=args.host, port=args.port, max_message_bytes=args.max_message_mb * 1024 * 1024,
         auth_token=_read_secret(args.auth_token_file), tls_cert=args.tls_cert,
         tls_key=args.tls_key, prefetch=args.prefetch, max_workers=args.max_workers,
+        limits=Limits(max_study_memory_bytes=args.max_study_mb * 1024 * 1024),
+        principals=principals,
     )
     serve(args.storage, opts, port_file=args.port_file)
     return 0

@@ -138,7 +138,7 @@ class Prompt(_message.Message):
     def __init__(self, token_ids: _Optional[_Iterable[int]] = ..., tokens: _Optional[_Iterable[str]] = ..., text: _Optional[str] = ..., vector: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class Trial(_message.Message):
-    __slots__ = ("study", "id", "state", "prompt", "client_id", "lease_deadline", "value", "metrics", "failure_reason", "create_time", "complete_time", "source")
+    __slots__ = ("study", "id", "state", "prompt", "client_id", "lease_deadline", "value", "metrics", "failure_reason", "create_time", "complete_time", "source", "principal")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -158,6 +158,7 @@ class Trial(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     COMPLETE_TIME_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
+    PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
     study: str
     id: int
     state: TrialState
@@ -170,7 +171,8 @@ class Trial(_message.Message):
     create_time: _timestamp_pb2.Timestamp
     complete_time: _timestamp_pb2.Timestamp
     source: str
-    def __init__(self, study: _Optional[str] = ..., id: _Optional[int] = ..., state: _Optional[_Union[TrialState, str]] = ..., prompt: _Optional[_Union[Prompt, _Mapping]] = ..., client_id: _Optional[str] = ..., lease_deadline: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., value: _Optional[float] = ..., metrics: _Optional[_Mapping[str, float]] = ..., failure_reason: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., complete_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., source: _Optional[str] = ...) -> None: ...
+    principal: str
+    def __init__(self, study: _Optional[str] = ..., id: _Optional[int] = ..., state: _Optional[_Union[TrialState, str]] = ..., prompt: _Optional[_Union[Prompt, _Mapping]] = ..., client_id: _Optional[str] = ..., lease_deadline: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., value: _Optional[float] = ..., metrics: _Optional[_Mapping[str, float]] = ..., failure_reason: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., complete_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., source: _Optional[str] = ..., principal: _Optional[str] = ...) -> None: ...
 
 class Study(_message.Message):
     __slots__ = ("name", "state", "spec", "trial_count", "completed_count", "failed_count", "active_count", "best_trial", "create_time")
