@@ -45,9 +45,9 @@ def vocabulary_not_found(vocabulary_id: str) -> NotFoundError:
     )
 
 
-#: Trial ids and ``after_id`` beyond this are absent on every backend (SQL integers are
-#: 64-bit signed).
-MAX_TRIAL_ID = 2**63 - 1
+#: Trial ids and ``after_id`` beyond this are absent on every backend (the id column is a
+#: 32-bit integer on PostgreSQL).
+MAX_TRIAL_ID = 2**31 - 1
 
 
 def check_text(what: str, text: str) -> None:
