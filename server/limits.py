@@ -29,6 +29,9 @@ TRIAL_OVERHEAD_BYTES = 512
 MAX_TOKEN_BYTES = 64
 #: Bytes kept free in every response for its own fields (study, next_page_token).
 RESPONSE_HEADROOM_BYTES = 4096
+#: Memory of one soft-prompt value of an active trial held by the server (a Python float
+#: in a tuple).
+SOFT_VALUE_BYTES = 32
 #: Strategies whose state does not grow with the search dimension beyond one point.
 _LIGHT_STRATEGIES = ("random", "index")
 
@@ -46,6 +49,8 @@ class Limits:
       WatchStudy streams in all and per client (principal, else peer address).
     - ``min_lease_seconds`` [1.0]: the shortest lease a study may ask for.
     - ``max_error_echo`` [200]: characters of the caller's input an error may quote.
+    - ``max_active_trial_bytes`` [1 GiB]: memory of one study's active soft-prompt trials
+      (``SOFT_VALUE_BYTES`` per value); beyond it SuggestTrials hands out no new trials.
     """
 
     max_message_bytes: int = 64 * 1024 * 1024
@@ -56,6 +61,7 @@ class Limits:
     max_watch_streams_per_client: int = 8
     min_lease_seconds: float = 1.0
     max_error_echo: int = 200
+    max_active_trial_bytes: int = 1024**3
 
     @property
     def response_budget(self) -> int:
@@ -113,6 +119,15 @@ def check_spec(spec: StudySpec, limits: Limits) -> None:
             f"{limits.max_study_memory_bytes >> 20} MiB; lower intrinsic_dim, prompt_length "
             "or embedding_dim, or raise --max-study-mb"
         )
+
+
+def active_trial_cap(spec: StudySpec, limits: Limits) -> int:
+    """How many active trials of ``spec`` fit ``max_active_trial_bytes`` (0: no cap, hard
+    prompts are small)."""
+    space = spec.space
+    if not isinstance(space, SoftPromptSpace):
+        return 0
+    return max(1, limits.max_active_trial_bytes // (SOFT_VALUE_BYTES * space.size))
 
 
 def max_trials_per_response(spec: StudySpec, limits: Limits) -> int:

@@ -61,7 +61,13 @@ from promptbo.server.domain import (
     Vocabulary,
     check_study_name,
 )
-from promptbo.server.limits import Limits, check_spec, max_trials_per_response, trial_bytes
+from promptbo.server.limits import (
+    Limits,
+    active_trial_cap,
+    check_spec,
+    max_trials_per_response,
+    trial_bytes,
+)
 from promptbo.server.locks import HeldLock, LockTable
 from promptbo.server.runtime import StudyRuntime
 from promptbo.server.storage.base import Storage
@@ -331,14 +337,18 @@ class StudyManager:
                 return [], True
             expired = [t for t in active if t.lease_deadline < now]
             held = len(active) - len(expired)
-            if spec.max_active_trials and held >= spec.max_active_trials and not own:
+            cap, why = spec.max_active_trials, "max_active_trials"
+            memory_cap = active_trial_cap(spec, self.limits)
+            if memory_cap and (not cap or memory_cap < cap):
+                cap, why = memory_cap, "the server's memory limit for active trials"
+            if cap and held >= cap and not own:
                 raise ResourceExhaustedError(
-                    f"study {name!r} has {held} active trials, its cap max_active_trials="
-                    f"{spec.max_active_trials}; complete some first or raise the cap"
+                    f"study {name!r} has {held} active trials, its cap ({why}) is {cap}; "
+                    "complete some first or raise the cap"
                 )
             want = count - len(own)
-            if spec.max_active_trials:
-                want = min(want, spec.max_active_trials - held + len(own))
+            if cap:
+                want = min(want, cap - held + len(own))
             reissued = expired[: max(want, 0)]
             trials = self._lease(live, own + reissued, client_id, now, principal)
             want -= len(reissued)

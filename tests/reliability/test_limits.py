@@ -298,3 +298,20 @@ def test_edge_inputs_get_invalid_argument_with_short_messages(serve):
         stream = channel.stream_unary("/promptbo.v1.OptimizerService/UploadVocabulary")
         code, _ = code_of(stream, iter([b"\xff\xff\xff"]), timeout=5)
         assert code is grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_active_soft_trials_are_capped_by_their_memory(serve):
+    port, _ = serve(limits=Limits(max_active_trial_bytes=8 * MB))
+    channel, stub = stub_for(port)
+    with channel:
+        stub.CreateStudy(api.CreateStudyRequest(name="m", spec=soft_spec(64, 1024)))
+        # 64 x 1024 values x 32 bytes = 2 MiB in memory per trial: 4 fit in 8 MiB.
+        first = stub.SuggestTrials(api.SuggestTrialsRequest(study="m", count=10, client_id="a"))
+        assert len(first.trials) == 4
+        code, details = code_of(stub.SuggestTrials,
+                                api.SuggestTrialsRequest(study="m", count=1, client_id="b"))
+        assert code is grpc.StatusCode.RESOURCE_EXHAUSTED and "memory limit" in details
+        stub.CompleteTrial(api.CompleteTrialRequest(study="m", trial_id=first.trials[0].id,
+                                                    value=1.0))
+        again = stub.SuggestTrials(api.SuggestTrialsRequest(study="m", count=1, client_id="b"))
+        assert len(again.trials) == 1
