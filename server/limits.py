@@ -48,7 +48,6 @@ class Limits:
     - ``max_watch_streams`` [256] and ``max_watch_streams_per_client`` [8]: open
       WatchStudy streams in all and per client (principal, else peer address).
     - ``min_lease_seconds`` [1.0]: the shortest lease a study may ask for.
-    - ``max_error_echo`` [200]: characters of the caller's input an error may quote.
     - ``max_active_trial_bytes`` [1 GiB]: memory of one study's active soft-prompt trials
       (``SOFT_VALUE_BYTES`` per value); beyond it SuggestTrials hands out no new trials.
     """
@@ -60,7 +59,6 @@ class Limits:
     max_watch_streams: int = 256
     max_watch_streams_per_client: int = 8
     min_lease_seconds: float = 1.0
-    max_error_echo: int = 200
     max_active_trial_bytes: int = 1024**3
 
     @property
