@@ -39,6 +39,7 @@ import logging
 from typing import Any, ClassVar
 
 import torch
+from botorch.exceptions.errors import BotorchError
 from botorch.models import SingleTaskGP
 from torch import Tensor
 
@@ -103,7 +104,7 @@ class GPEngine(BoxEngine):
         try:
             model = self.fitter.fit(X, Y)
             return self.acquire(model, X, Y, n, pending, avoid, gen, self.search_bounds(model))
-        except (RuntimeError, ValueError, ArithmeticError) as exc:
+        except (RuntimeError, ValueError, ArithmeticError, BotorchError) as exc:
             # Numerical trouble the transform did not prevent (a singular kernel, a
             # failed Cholesky) must not fail the request: fall back to the Sobol design.
             log.warning("%s suggestion fell back to the Sobol design: %s", self.name, exc)

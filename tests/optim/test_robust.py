@@ -33,3 +33,20 @@ def test_constants_and_empty():
     zeros = torch.zeros(4, dtype=torch.float64)
     assert torch.equal(robust_standardize(torch.full((4,), 7.0)), zeros)
     assert robust_standardize(torch.empty(0)).numel() == 0
+
+
+def test_a_failed_fit_falls_back_to_the_sobol_design():
+    from botorch.exceptions.errors import InputDataError
+
+    from promptbo.server.domain import SoftPromptSpace
+    from promptbo.server.optim import make_engine
+
+    engine = make_engine(SoftPromptSpace(1, 2), "gp", {"num_initial": "2"}, seed=0)
+    engine.observe(engine.suggest(3), torch.tensor([1.0, 2.0, 3.0]))
+
+    def broken(X, Y):
+        raise InputDataError("Input data contains NaN values.")
+
+    engine.fitter.fit = broken  # type: ignore[attr-defined]
+    out = engine.suggest(2)
+    assert out.shape == (2, 2) and torch.isfinite(out).all()

@@ -135,3 +135,12 @@ def test_principals_file_errors_name_the_entry(tmp_path):
         {"name": "x", "token": "t"}, {"name": "y", "token": "t"}]}))
     with pytest.raises(ValueError, match="own non-empty token"):
         Principals.load(path)
+
+
+def test_serve_refuses_a_bad_principals_file(tmp_path):
+    from promptbo.cli import main
+
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps({"principals": [{"name": "x", "role": "boss", "token": "t"}]}))
+    with pytest.raises(SystemExit, match="principals file: principal 0"):
+        main(["serve", "--storage", "memory:", "--port", "0", "--principals-file", str(path)])
