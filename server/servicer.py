@@ -15,7 +15,7 @@ import threading
 import grpc
 import numpy as np
 
-from promptbo.errors import STATUS_CODES, InvalidArgumentError, PromptboError
+from promptbo.errors import STATUS_CODES, InvalidArgumentError, NotFoundError, PromptboError
 from promptbo.server import convert
 from promptbo.server.domain import Vocabulary
 from promptbo.server.manager import KnownTrial, StudyManager, TrialResult
@@ -59,7 +59,14 @@ class OptimizerServicer(api_grpc.OptimizerServiceServicer):
     @_rpc
     def CreateStudy(self, request, context):
         spec = convert.spec_from_pb(request.spec)
-        study, created = self.manager.create_study(request.name, spec, request.request_id)
+        study, created = self.manager.create_study(
+            request.name, spec, request.request_id, validate_only=request.validate_only
+        )
+        if request.validate_only:
+            try:
+                return api.CreateStudyResponse(study=self._study_pb(study))
+            except NotFoundError:  # no study of that name: the one that would be created
+                return api.CreateStudyResponse(study=convert.study_to_pb(study))
         return api.CreateStudyResponse(study=self._study_pb(study), created=created)
 
     @_rpc
@@ -75,6 +82,12 @@ class OptimizerServicer(api_grpc.OptimizerServiceServicer):
     def DeleteStudy(self, request, context):
         self.manager.delete_study(request.name)
         return api.DeleteStudyResponse()
+
+    @_rpc
+    def UpdateStudy(self, request, context):
+        fields = convert.study_update_from_pb(request.spec, request.update_mask.paths)
+        study = self.manager.update_study(request.name, **fields)
+        return api.UpdateStudyResponse(study=self._study_pb(study))
 
     @_rpc
     def UploadVocabulary(self, request_iterator, context):

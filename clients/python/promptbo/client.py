@@ -262,8 +262,14 @@ class Client:
         seed: int = 0,
         labels: dict[str, str] | None = None,
         request_id: str | None = None,
+        validate_only: bool = False,
     ) -> Study:
-        """Creates a study, or returns the existing one of that name if its spec is equal."""
+        """Creates a study, or returns the existing one of that name if its spec is equal.
+
+        With ``validate_only`` the server only checks the request (name, ranges, strategy
+        and options; an existing study's spec) and creates nothing: the returned handle
+        describes the study that would be created. A hard space's vocabulary need not be
+        uploaded yet for that check (any ``vocabulary_id`` will do)."""
         spec = pb.StudySpec(
             strategy=strategy,
             strategy_options={k: str(v) for k, v in (strategy_options or {}).items()},
@@ -291,7 +297,8 @@ class Client:
             spec.soft.bound = space.bound
             spec.soft.embedding_std = space.embedding_std
         req = api.CreateStudyRequest(
-            name=name, spec=spec, request_id=request_id or uuid.uuid4().hex
+            name=name, spec=spec, request_id=request_id or uuid.uuid4().hex,
+            validate_only=validate_only,
         )
         return Study(self, self._call("CreateStudy", req).study)
 
@@ -304,6 +311,23 @@ class Client:
 
     def delete_study(self, name: str) -> None:
         self._call("DeleteStudy", api.DeleteStudyRequest(name=name))
+
+    def update_study(
+        self, name: str, *, max_trials: int | None = None, max_active_trials: int | None = None
+    ) -> Study:
+        """Changes a study's budget (``max_trials``, 0: no limit) and/or its cap on trials
+        in flight; None leaves a field as it is. Raising the budget of a completed study
+        reactivates it."""
+        req = api.UpdateStudyRequest(name=name)
+        for path, value in (("max_trials", max_trials), ("max_active_trials", max_active_trials)):
+            if value is not None:
+                if value < 0:
+                    raise InvalidArgumentError(f"{path} must be >= 0, got {value}")
+                setattr(req.spec, path, value)
+                req.update_mask.paths.append(path)
+        if not req.update_mask.paths:
+            raise InvalidArgumentError("update_study needs max_trials and/or max_active_trials")
+        return Study(self, self._call("UpdateStudy", req).study)
 
 
 class Study:
