@@ -87,7 +87,7 @@ def test_worker_ranks_candidate_words_by_the_task_texts(tmp_path, tiny_llama_dir
     try:
         refused = run_worker(address, "--study", "words", *common, "--top-n-texts", str(texts))
         assert refused.returncode != 0
-        assert "pass it with --prompt-length and --top-n" in refused.stderr
+        assert "--top-n-texts ranks the candidates of --top-n: add --top-n N" in refused.stderr
 
         done = run_worker(address, "--study", "words", *common, "--top-n", "4",
                           "--top-n-texts", str(texts))
