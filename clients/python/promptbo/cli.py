@@ -170,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--force", action="store_true",
                    help="join a study whose recorded scoring setup differs from this worker's")
-    p.add_argument("--connect-timeout", type=float, default=15.0,
+    p.add_argument("--connect-timeout", type=float, default=30.0,
                    help="seconds to wait for the server")
     g = p.add_argument_group(
         "creating the study",
@@ -447,7 +447,12 @@ def _worker(args) -> int:
         studyspec.check_spec_arguments(args)
         studyspec.check_vocabulary_source(args, args.evaluator)
     client = _client(args)
-    client.wait_ready(timeout=args.connect_timeout)
+    try:
+        client.wait_ready(timeout=min(2.0, args.connect_timeout))
+    except UnavailableError:
+        print(f"waiting up to {args.connect_timeout:.0f}s for the promptbo server at "
+              f"{args.server} ...", file=sys.stderr)
+        client.wait_ready(timeout=max(0.0, args.connect_timeout - 2.0))
     try:
         existing: Study | None = client.get_study(args.study)
     except NotFoundError:

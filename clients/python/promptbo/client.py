@@ -145,7 +145,8 @@ class Client:
     """A connection to a promptbo server.
 
     Args:
-        target: ``host:port`` of the server.
+        target: ``host:port`` of the server (default: ``PROMPTBO_SERVER``, else
+            127.0.0.1:50051).
         token: bearer token (or set ``PROMPTBO_TOKEN``); sent as ``authorization`` metadata.
         ca_file: PEM file of the CA that signed the server's certificate; enables TLS.
         tls: use TLS with the system's roots (implied by ``ca_file``).
@@ -157,7 +158,7 @@ class Client:
 
     def __init__(
         self,
-        target: str = DEFAULT_ADDRESS,
+        target: str | None = None,
         *,
         token: str | None = None,
         ca_file: str | None = None,
@@ -167,6 +168,7 @@ class Client:
         max_message_bytes: int = 64 * 1024 * 1024,
         stub=None,
     ) -> None:
+        target = target or os.environ.get("PROMPTBO_SERVER") or DEFAULT_ADDRESS
         self.target = target
         self.timeout = timeout
         self.client_id = client_id or f"client-{uuid.uuid4().hex[:12]}"
