@@ -181,6 +181,8 @@ def test_a_completed_study_says_so_and_can_be_extended(address, capsys, scoring)
     assert "promptbo study update ext --max-trials N" in err and "best -inf" not in out
     rc, _, err = cli(capsys, *args, "--trials", "5")
     assert rc == 2 and "max_trials: 3 there, 5 here" in err
+    rc, _, err = cli(capsys, *args[:9], "--trials", "5")  # without --prompt-length
+    assert rc == 2 and "--trials describe a new study: add --prompt-length N" in err
     rc, out, _ = cli(capsys, "study", "update", "ext", "--server", address, "--max-trials", "5")
     assert rc == 0 and "study ext: active, max_trials 5" in out
     rc, out, _ = cli(capsys, *args[:9], "--quiet")

@@ -28,6 +28,7 @@ from pathlib import Path
 from promptbo.client import DEFAULT_ADDRESS, Client, Study
 from promptbo.errors import (
     FailedPreconditionError,
+    InvalidArgumentError,
     NotFoundError,
     PromptboError,
     UnavailableError,
@@ -446,6 +447,11 @@ def _worker(args) -> int:
     if creating:
         studyspec.check_spec_arguments(args)
         studyspec.check_vocabulary_source(args, args.evaluator)
+    elif studyspec.given_spec_flags(args):
+        raise InvalidArgumentError(
+            f"{', '.join(studyspec.given_spec_flags(args))} describe a new study: add "
+            "--prompt-length N to create it; to join an existing study drop them (promptbo "
+            "study update changes its budget)")
     client = _client(args)
     try:
         client.wait_ready(timeout=min(2.0, args.connect_timeout))

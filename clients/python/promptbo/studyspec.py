@@ -116,6 +116,15 @@ def add_spec_arguments(parser: argparse.ArgumentParser | Any, for_worker: bool =
                         help="a free-form label (repeatable)")
 
 
+def given_spec_flags(args: argparse.Namespace) -> list[str]:
+    """The spec flags (other than --prompt-length) set to something else than their default."""
+    parser = argparse.ArgumentParser(add_help=False)
+    add_spec_arguments(parser)
+    defaults = vars(parser.parse_args([]))
+    return ["--" + key.replace("_", "-") for key, value in defaults.items()
+            if key != "prompt_length" and getattr(args, key, value) != value]
+
+
 def check_spec_arguments(args: argparse.Namespace) -> None:
     """The checks that need only the flags. Raises InvalidArgumentError naming the flag."""
     if not 1 <= args.prompt_length <= MAX_PROMPT_LENGTH:
