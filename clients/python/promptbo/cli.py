@@ -247,6 +247,8 @@ def _serve(args) -> int:
 
     if args.port:  # checked before the storage is opened (or a database file created)
         with socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET) as probe:
+            # As gRPC binds: a port whose old connections linger in TIME_WAIT is free.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 probe.bind((args.host, args.port))
             except OSError as err:
