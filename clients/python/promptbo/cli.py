@@ -116,6 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(0: on demand, bit-for-bit reproducible)")
     p.add_argument("--max-workers", type=int, default=32,
                    help="threads for calls that do not run on the event loop")
+    p.add_argument("--http-port", type=int, default=-1,
+                   help="serve the web dashboard and Prometheus /metrics on this port "
+                        "(0: a free one; default: off)")
 
     p = sub.add_parser("study", help="create, inspect and manage studies", parents=logs)
     actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -260,6 +263,7 @@ def _serve(args) -> int:
         host=args.host, port=args.port, max_message_bytes=args.max_message_mb * 1024 * 1024,
         auth_token=_read_secret(args.auth_token_file), tls_cert=args.tls_cert,
         tls_key=args.tls_key, prefetch=args.prefetch, max_workers=args.max_workers,
+        http_port=args.http_port,
     )
     try:
         serve(args.storage, opts, port_file=args.port_file)
