@@ -143,20 +143,20 @@ def test_dashboard_in_a_real_browser_follows_a_running_study(served):
             time.sleep(0.3)
 
     thread = threading.Thread(target=work, daemon=True)
-    thread.start()
     browser = _chromium()
     try:
-        wait = WebDriverWait(browser, 30)
+        wait = WebDriverWait(browser, 60)
         browser.get(f"{base}/")
         link = wait.until(lambda b: b.find_element(By.CSS_SELECTOR, "a.study-link"))
         assert link.text == "live"
         link.click()
-        # The plot and the table grow while the worker runs.
-        wait.until(lambda b: len(b.find_elements(By.CSS_SELECTOR, "#trials tbody tr")) >= 3)
-        first = len(browser.find_elements(By.CSS_SELECTOR, "circle.trial-point"))
-        wait.until(lambda b: len(b.find_elements(By.CSS_SELECTOR, "circle.trial-point"))
-                   > first)
-        thread.join(30)
+        wait.until(lambda b: "0 completed of 12" in b.find_element(By.ID, "summary").text)
+        assert browser.find_elements(By.CSS_SELECTOR, "circle.trial-point") == []
+        # The plot and the table fill while the worker runs, without a reload.
+        thread.start()
+        wait.until(lambda b: len(b.find_elements(By.CSS_SELECTOR, "circle.trial-point")) >= 1)
+        thread.join(60)
+        wait.until(lambda b: len(b.find_elements(By.CSS_SELECTOR, "#trials tbody tr")) == 12)
         wait.until(lambda b: len(b.find_elements(By.CSS_SELECTOR, "circle.trial-point")) == 12)
         assert browser.find_element(By.ID, "best-line").get_attribute("d").startswith("M")
         assert "completed, strategy random, 12 completed of 12" in browser.find_element(
