@@ -37,6 +37,9 @@ def test_worker_creates_a_hard_prompt_study_and_fills_its_budget(tmp_path, tiny_
         )
         assert done.returncode == 0, done.stderr
         assert "4 completed" in done.stdout
+        # The summary says what the number is and names the best prompt.
+        assert "value is the mean log-probability of the right label word" in done.stdout
+        assert "  prompt:  '" in done.stdout and "metrics: accuracy=" in done.stdout
         with promptbo.Client(address) as client:
             study = client.get_study("cli")
             trials = list(study.trials(state="completed"))

@@ -518,6 +518,15 @@ def _worker(args) -> int:
     return 0
 
 
+#: What the built-in task evaluators' value is, by their ``metric`` option.
+_METRIC_MEANINGS = {
+    "log_prob": "the mean log-probability of the right label word, normalised over the label "
+                "words (0 is perfect; log(1/classes) is chance)",
+    "accuracy": "the accuracy on the objective examples",
+    "macro_f1": "the macro-averaged F1 on the objective examples",
+}
+
+
 def _print_summary(study: Study, options: dict[str, str]) -> None:
     """The study's best trial: its prompt, value, metrics and what the value is."""
     info = study.refresh()
@@ -529,8 +538,9 @@ def _print_summary(study: Study, options: dict[str, str]) -> None:
     goal = "lower" if spec.goal == pb.GOAL_MINIMIZE else "higher"
     objective = spec.objective or "value"
     meaning = f"objective '{safe(objective)}', {goal} is better"
-    if objective == "value" and "metric" in options:
-        meaning += f"; value is the evaluator's metric {safe(options['metric'])}"
+    metric = options.get("metric") or info.spec.labels.get("promptbo.setup/metric", "")
+    if objective == "value" and metric:
+        meaning += f"; value is {_METRIC_MEANINGS.get(metric, 'the metric ' + safe(metric))}"
     print(f"study {safe(study.name)}: {info.completed_count} completed"
           f"{f' of {spec.max_trials}' if spec.max_trials else ''}; best trial {best.id} "
           f"({meaning})")
