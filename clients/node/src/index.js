@@ -211,6 +211,26 @@ class PromptboClient {
   }
 
   /**
+   * Changes a study's budget (`maxTrials`, 0: no limit) and/or its cap on trials in flight
+   * (`maxActiveTrials`); fields left out stay as they are. Raising the budget of a completed
+   * study reactivates it. Resolves with the study.
+   */
+  async updateStudy(name, { maxTrials, maxActiveTrials } = {}) {
+    const spec = {};
+    const paths = [];
+    if (maxTrials !== undefined) { spec.maxTrials = maxTrials; paths.push('max_trials'); }
+    if (maxActiveTrials !== undefined) {
+      spec.maxActiveTrials = maxActiveTrials;
+      paths.push('max_active_trials');
+    }
+    if (!paths.length) {
+      throw new errors.InvalidArgumentError('updateStudy needs maxTrials and/or maxActiveTrials',
+        { code: 'INVALID_ARGUMENT' });
+    }
+    return (await this._call('UpdateStudy', { name, spec, updateMask: { paths } })).study;
+  }
+
+  /**
    * Asks for up to `count` trials to evaluate. Resolves with `{ trials, studyDone }`;
    * `studyDone` is true (and `trials` empty) once the study's budget is used up.
    * A client that asks again first gets back its own still-active trials.
