@@ -286,3 +286,21 @@ def test_trials_piped_into_head_ends_quietly(address, tmp_path, scoring):
     assert len(piped.stdout.splitlines()) == 2
     assert "Traceback" not in piped.stderr and "BrokenPipe" not in piped.stderr
 
+
+
+def test_the_client_finds_the_server_in_promptbo_server(monkeypatch, address):
+    monkeypatch.setenv("PROMPTBO_SERVER", address)
+    with promptbo.Client() as client:
+        assert client.target == address
+        assert client.list_studies() == []
+    monkeypatch.delenv("PROMPTBO_SERVER")
+    assert promptbo.Client().target == "127.0.0.1:50051"
+
+
+def test_show_prints_the_recorded_setup(address, capsys, scoring):
+    assert cli(capsys, "study", "create", "rec", "--server", address, "--soft",
+               "--prompt-length", "2", "--embedding-dim", "3", "--evaluator", "python",
+               "-o", f"function={scoring}", "-o", "offset=2")[0] == 0
+    rc, out, _ = cli(capsys, "study", "show", "rec", "--server", address)
+    assert rc == 0 and "study rec: active, strategy gp, 0 trials" in out
+    assert "scored by: evaluator=python, function=sha256:" in out and "offset=2" in out
