@@ -470,7 +470,7 @@ def _worker(args) -> int:
     except NotFoundError:
         if not creating:
             raise NotFoundError(
-                f"study {safe(args.study)!r} not found; create it with 'promptbo study create "
+                f"study '{safe(args.study)}' not found; create it with 'promptbo study create "
                 f"{safe(args.study)} --prompt-length N ...', or pass --prompt-length N (and "
                 "--strategy, --trials) to let this worker create it") from None
         existing = None
@@ -478,7 +478,7 @@ def _worker(args) -> int:
         differences = studyspec.setup_differences(existing.info.spec.labels, setup)
         if differences and not args.force:
             raise FailedPreconditionError(
-                f"study {safe(args.study)!r} is scored by another setup: "
+                f"study '{safe(args.study)}' is scored by another setup: "
                 f"{'; '.join(map(safe, differences))}. Its trials would mix two tasks; use "
                 "the study's setup, another study name, or --force to join anyway")
         recorded = {k: v for k, v in existing.info.spec.labels.items()
@@ -491,7 +491,6 @@ def _worker(args) -> int:
                   f"{i.spec.max_trials} trials); raise its budget with 'promptbo study update "
                   f"{safe(args.study)} --max-trials N' to run more", file=sys.stderr)
             return 0
-        setup = recorded or setup
     else:
         studyspec.validate_study(client, args.study, args, setup)
     evaluator = create_evaluator(args.evaluator, **options)
