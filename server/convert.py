@@ -7,6 +7,7 @@ manager never sees a message. Invalid messages raise InvalidArgumentError.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -177,10 +178,10 @@ def _set_time(field: Timestamp, seconds: float) -> None:
 
 
 #: StudySpec fields UpdateStudy can change.
-UPDATABLE_SPEC_FIELDS = ("max_trials", "max_active_trials")
+UPDATABLE_SPEC_FIELDS = ("max_trials", "max_active_trials", "labels")
 
 
-def study_update_from_pb(spec: pb.StudySpec, mask_paths: Sequence[str]) -> dict[str, int]:
+def study_update_from_pb(spec: pb.StudySpec, mask_paths: Sequence[str]) -> dict[str, Any]:
     """The changes an UpdateStudy request asks for, as keyword arguments of
     :meth:`StudyManager.update_study`. Raises InvalidArgumentError for an empty mask or a
     path that cannot be changed."""
@@ -194,4 +195,4 @@ def study_update_from_pb(spec: pb.StudySpec, mask_paths: Sequence[str]) -> dict[
             f"update_mask path(s) {', '.join(map(repr, bad))} cannot be changed; a study's "
             f"{', '.join(UPDATABLE_SPEC_FIELDS)} can (the rest defines what was searched)"
         )
-    return {p: int(getattr(spec, p)) for p in mask_paths}
+    return {p: dict(spec.labels) if p == "labels" else int(getattr(spec, p)) for p in mask_paths}

@@ -257,9 +257,11 @@ class StudyManager:
             return study, True
 
     def update_study(
-        self, name: str, max_trials: int | None = None, max_active_trials: int | None = None
+        self, name: str, max_trials: int | None = None, max_active_trials: int | None = None,
+        labels: dict[str, str] | None = None,
     ) -> Study:
-        """Changes the study's budget and/or cap (None: unchanged); returns the study.
+        """Changes the study's budget, cap and/or labels (None: unchanged; ``labels``
+        replaces them all); returns the study.
 
         ``max_trials`` must be 0 (no limit) or at least the completed plus active trials;
         raising it past the completed count makes a COMPLETED study ACTIVE again.
@@ -279,6 +281,8 @@ class StudyManager:
             if max_active_trials is not None:
                 changes["max_active_trials"] = max_active_trials
             spec = dataclasses.replace(study.spec, **changes)
+            if labels is not None:
+                spec = dataclasses.replace(spec, labels=dict(labels))
             done = bool(spec.max_trials) and live.counts[TrialState.COMPLETED] >= spec.max_trials
             study = study.evolve(
                 spec=spec, state=StudyState.COMPLETED if done else StudyState.ACTIVE

@@ -304,3 +304,18 @@ def test_show_prints_the_recorded_setup(address, capsys, scoring):
     rc, out, _ = cli(capsys, "study", "show", "rec", "--server", address)
     assert rc == 0 and "study rec: active, strategy gp, 0 trials" in out
     assert "scored by: evaluator=python, function=sha256:" in out and "offset=2" in out
+
+
+def test_the_first_worker_records_the_setup_of_a_study_made_elsewhere(address, capsys, scoring,
+                                                                       tmp_path):
+    with promptbo.Client(address) as client:
+        client.create_study("plain", promptbo.SoftPromptSpace(1, 2), strategy="random",
+                            max_trials=4, labels={"team": "nlp"})
+    join = ("worker", "--server", address, "--study", "plain", "--evaluator", "python", "-o",
+            f"function={scoring}", "--quiet", "--max-trials", "1")
+    assert cli(capsys, *join)[0] == 0
+    with promptbo.Client(address) as client:
+        labels = dict(client.get_study("plain").info.spec.labels)
+    assert labels["team"] == "nlp" and labels["promptbo.setup/evaluator"] == "python"
+    rc, _, err = cli(capsys, *join, "-o", "offset=3")
+    assert rc == 2 and "offset: '(not set)' in the study, '3' here" in err

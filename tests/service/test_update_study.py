@@ -93,3 +93,12 @@ def test_validate_only_checks_without_creating(client, vocab_table):
         client.create_study("v", promptbo.HardPromptSpace(2, "not-uploaded"),
                             strategy="random", max_trials=5, validate_only=True)
     assert [s.name for s in client.list_studies()] == ["v"]
+
+
+def test_update_replaces_the_labels(client):
+    client.create_study("lab", promptbo.SoftPromptSpace(2, 3), strategy="random",
+                        labels={"team": "nlp"})
+    study = client.update_study("lab", labels={"team": "nlp", "promptbo.setup/evaluator": "x"})
+    assert dict(study.info.spec.labels) == {"team": "nlp", "promptbo.setup/evaluator": "x"}
+    assert dict(client.get_study("lab").info.spec.labels) == dict(study.info.spec.labels)
+    assert dict(client.update_study("lab", labels={}).info.spec.labels) == {}

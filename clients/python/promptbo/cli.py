@@ -485,6 +485,9 @@ def _worker(args) -> int:
                     if k.startswith(studyspec.SETUP_PREFIX)}
         if creating:  # the flags must describe the existing study
             studyspec.validate_study(client, args.study, args, recorded)
+        if not recorded:  # the first worker of a study made elsewhere records its setup
+            existing = client.update_study(
+                args.study, labels={**existing.info.spec.labels, **setup})
         if existing.done:
             i = existing.info
             print(f"study {safe(args.study)} already completed ({i.completed_count} of "

@@ -315,12 +315,16 @@ class Client:
         self._call("DeleteStudy", api.DeleteStudyRequest(name=name))
 
     def update_study(
-        self, name: str, *, max_trials: int | None = None, max_active_trials: int | None = None
+        self, name: str, *, max_trials: int | None = None, max_active_trials: int | None = None,
+        labels: dict[str, str] | None = None,
     ) -> Study:
-        """Changes a study's budget (``max_trials``, 0: no limit) and/or its cap on trials
-        in flight; None leaves a field as it is. Raising the budget of a completed study
-        reactivates it."""
+        """Changes a study's budget (``max_trials``, 0: no limit), its cap on trials in
+        flight and/or its labels (replaced as a whole); None leaves a field as it is.
+        Raising the budget of a completed study reactivates it."""
         req = api.UpdateStudyRequest(name=name)
+        if labels is not None:
+            req.spec.labels.update(labels)
+            req.update_mask.paths.append("labels")
         for path, value in (("max_trials", max_trials), ("max_active_trials", max_active_trials)):
             if value is not None:
                 if value < 0:
@@ -328,7 +332,8 @@ class Client:
                 setattr(req.spec, path, value)
                 req.update_mask.paths.append(path)
         if not req.update_mask.paths:
-            raise InvalidArgumentError("update_study needs max_trials and/or max_active_trials")
+            raise InvalidArgumentError(
+                "update_study needs max_trials, max_active_trials and/or labels")
         return Study(self, self._call("UpdateStudy", req).study)
 
 
