@@ -143,8 +143,18 @@ def create_evaluator(name: str, **options: Any) -> Evaluator:
     Raises:
         InvalidArgumentError: unknown evaluator or option, or an option with a bad value.
     """
-    cls = get_evaluator(name)
-    params = inspect.signature(cls.__init__).parameters
+    check_options(name, options)
+    return get_evaluator(name)(**options)
+
+
+def check_options(name: str, options: dict[str, Any]) -> None:
+    """Checks, without building anything, that evaluator ``name`` exists, takes every key
+    of ``options`` and is given its required options.
+
+    Raises:
+        InvalidArgumentError: unknown evaluator or option, or a required option missing.
+    """
+    params = inspect.signature(get_evaluator(name).__init__).parameters
     if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         known = [n for n, p in params.items() if n != "self" and p.kind is not p.VAR_POSITIONAL]
         unknown = sorted(set(options) - set(known))
@@ -153,7 +163,12 @@ def create_evaluator(name: str, **options: Any) -> Evaluator:
                 f"evaluator {name!r} has no option {', '.join(map(repr, unknown))}; "
                 f"its options are: {', '.join(known)}"
             )
-    return cls(**options)
+    missing = [n for n, p in params.items() if n != "self" and p.default is p.empty
+               and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and n not in options]
+    if missing:
+        raise InvalidArgumentError(
+            f"evaluator {name!r} needs option {', '.join(missing)} (-o {missing[0]}=...)"
+        )
 
 
 # --- option conversion -------------------------------------------------------------------

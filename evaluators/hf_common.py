@@ -19,7 +19,7 @@ import numpy as np
 
 from promptbo.errors import InvalidArgumentError
 from promptbo.evaluators.base import Evaluator, option_choice, option_int
-from promptbo.evaluators.models import resolve_model
+from promptbo.evaluators.models import check_model, resolve_model
 from promptbo.evaluators.task import ANSWER, PROMPT, Task, load_task
 from promptbo.types import Prompt, Score, VocabularyTable
 
@@ -111,6 +111,7 @@ class HFEvaluator(Evaluator):
         self._check_template(self.task)
         self.device = pick_device(str(device))
         self.dtype = pick_dtype(str(dtype), self.device)
+        check_model(str(model))
         path = resolve_model(str(model))
         try:
             self.tokenizer = self._load_tokenizer(path)
@@ -232,27 +233,9 @@ class HFEvaluator(Evaluator):
         return [self.task.score_log_probs(lp[i]) for i in range(len(prompts))]
 
     def vocabulary(self) -> VocabularyTable:
-        """The tokenizer's regular tokens (no special or added tokens, none that decode to an
-        incomplete character), each with its surface string and input embedding."""
-        tok = self.tokenizer
-        skip = set(tok.all_special_ids) | set(getattr(tok, "added_tokens_decoder", {}) or {})
-        anchor = tok("a", add_special_tokens=False)["input_ids"]
-        anchor_text = tok.decode(anchor, clean_up_tokenization_spaces=False)
-        ids = [i for i in range(min(len(tok), self.n_tokens)) if i not in skip]
-        texts = tok.batch_decode([anchor + [i] for i in ids], clean_up_tokenization_spaces=False)
-        tokens, keep = [], []
-        for i, text in zip(ids, texts, strict=True):
-            if not text.startswith(anchor_text):
-                continue
-            surface = text[len(anchor_text):]
-            if not surface or "\ufffd" in surface:
-                continue
-            tokens.append(surface)
-            keep.append(i)
-            if self.vocabulary_size is not None and len(keep) >= self.vocabulary_size:
-                break
-        weight = self.embedding.weight.detach()[keep].float().cpu().numpy()
-        return VocabularyTable(tokens, keep, weight.astype(np.float32))
+        """The tokenizer's regular tokens (see :func:`vocabulary_table`)."""
+        return vocabulary_table(self.tokenizer, self.embedding.weight, self.n_tokens,
+                                self.vocabulary_size)
 
     def soft_prompt_shape(self) -> tuple[int, float]:
         weight = self.embedding.weight.detach().float()
@@ -261,3 +244,46 @@ class HFEvaluator(Evaluator):
     def close(self) -> None:
         self.model = None
         self.embedding = None
+
+
+def vocabulary_table(tokenizer, weight, n_tokens: int, vocabulary_size: int | None = None
+                     ) -> VocabularyTable:
+    """The tokenizer's regular tokens (no special or added tokens, none that decode to an
+    incomplete character), each with its surface string and its row of ``weight`` (the
+    `n_tokens x D` input embedding matrix); the first ``vocabulary_size`` of them if given."""
+    tok = tokenizer
+    skip = set(tok.all_special_ids) | set(getattr(tok, "added_tokens_decoder", {}) or {})
+    anchor = tok("a", add_special_tokens=False)["input_ids"]
+    anchor_text = tok.decode(anchor, clean_up_tokenization_spaces=False)
+    ids = [i for i in range(min(len(tok), n_tokens)) if i not in skip]
+    texts = tok.batch_decode([anchor + [i] for i in ids], clean_up_tokenization_spaces=False)
+    tokens, keep = [], []
+    for i, text in zip(ids, texts, strict=True):
+        if not text.startswith(anchor_text):
+            continue
+        surface = text[len(anchor_text):]
+        if not surface or "\ufffd" in surface:
+            continue
+        tokens.append(surface)
+        keep.append(i)
+        if vocabulary_size is not None and len(keep) >= vocabulary_size:
+            break
+    table = weight.detach()[keep].float().cpu().numpy()
+    return VocabularyTable(tokens, keep, table.astype(np.float32))
+
+
+def model_vocabulary(model: str, vocabulary_size: int | None = None) -> VocabularyTable:
+    """The vocabulary table of a transformers model (a folder, a hub name or ``smollm2``),
+    as its evaluators upload it, without a task: for hard-prompt studies scored by an
+    evaluator that has no vocabulary of its own (``python``, ``command``, ``openai``)."""
+    from transformers import AutoModel, AutoTokenizer
+
+    check_model(model)
+    path = resolve_model(str(model))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        embedding = AutoModel.from_pretrained(path).get_input_embeddings()
+    except OSError as exc:
+        raise InvalidArgumentError(f"could not load the model {model!r}: {exc}") from exc
+    return vocabulary_table(tokenizer, embedding.weight, int(embedding.weight.shape[0]),
+                            vocabulary_size)

@@ -116,3 +116,51 @@ def resolve_model(name: str) -> str:
     if name.strip().lower() == SMOLLM2_NAME:
         return str(smollm2_dir())
     return name
+
+
+def check_model(name: str) -> None:
+    """Fails fast, with what to fix, for a model name that cannot load: a path that does
+    not exist, or a hub name that is neither in the local Hugging Face cache nor (when
+    the hub may be used) on the hub. One quick look-up instead of the loader's retries.
+
+    Raises:
+        InvalidArgumentError: the model cannot be found.
+    """
+    from promptbo.errors import InvalidArgumentError
+
+    name = str(name).strip()
+    hint = "give a checkpoint folder, a Hugging Face hub name, or smollm2 (the bundled model)"
+    if name.lower() == SMOLLM2_NAME:
+        return
+    path = Path(name).expanduser()
+    if path.exists():
+        if path.is_dir() and not (path / "config.json").is_file():
+            raise InvalidArgumentError(f"model folder {name!r} has no config.json; {hint}")
+        return
+    looks_like_path = name.startswith((".", "/", "~")) or name.count("/") > 1 or not name
+    if looks_like_path:
+        raise InvalidArgumentError(f"model {name!r}: no such folder; {hint}")
+    from huggingface_hub import try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(name, "config.json"), str):
+        return
+    if os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0") or os.environ.get(
+        "TRANSFORMERS_OFFLINE", ""
+    ) not in ("", "0"):
+        raise InvalidArgumentError(
+            f"model {name!r} is not in the local Hugging Face cache and the hub is off "
+            f"(HF_HUB_OFFLINE); {hint}"
+        )
+    from huggingface_hub import model_info
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    try:
+        model_info(name, timeout=10)
+    except RepositoryNotFoundError:
+        raise InvalidArgumentError(f"model {name!r} is not on the Hugging Face hub; {hint}"
+                                   ) from None
+    except Exception as exc:  # httpx or requests errors, by hub client version
+        raise InvalidArgumentError(
+            f"model {name!r} is not in the local cache and the hub could not be reached "
+            f"({type(exc).__name__}); {hint}, or set HF_HUB_OFFLINE=1 to use the cache only"
+        ) from None

@@ -34,6 +34,10 @@ echo "== llama.cpp server for the openai evaluator"
 bash .ci/llamacpp.sh
 export PROMPTBO_REQUIRE_LLAMACPP=1
 
+echo "== Chromium for the dashboard test"
+bash .ci/browser.sh
+export PROMPTBO_REQUIRE_BROWSER=1
+
 echo "== pytest"
 python -m pytest -q "$@"
 

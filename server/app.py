@@ -64,6 +64,9 @@ class ServerOptions:
     tls_key: str = ""
     limits: Limits = field(default_factory=Limits)
     principals: Principals | None = None
+    #: Serve Prometheus metrics and the dashboard on this port (0: a free one; -1: none),
+    #: see :mod:`promptbo.server.http`.
+    http_port: int = -1
 
 
 class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
@@ -113,6 +116,7 @@ class RunningServer:
         self._stopped = threading.Event()
         self._stopping = False
         self._lock = threading.Lock()
+        self.http = None  # the DashboardServer with ServerOptions.http_port >= 0
 
     def stop(self, grace: float | None) -> threading.Event:
         """Stops accepting RPCs, lets in-flight ones finish for ``grace`` seconds (None:
@@ -121,6 +125,8 @@ class RunningServer:
             if self._stopping:
                 return self._stopped
             self._stopping = True
+        if self.http is not None:
+            self.http.close()
         done = asyncio.run_coroutine_threadsafe(self._server.stop(grace), self._loop)
 
         def finish(_) -> None:
@@ -159,9 +165,14 @@ def create_server(
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True, name="promptbo-grpc")
     thread.start()
+    metrics = None
+    if opts.http_port >= 0:
+        from promptbo.server.http import Metrics
+
+        metrics = Metrics(manager)
     try:
         server, port = asyncio.run_coroutine_threadsafe(
-            _start(manager, executor, opts), loop
+            _start(manager, executor, opts, metrics), loop
         ).result(60)
     except BaseException:
         loop.call_soon_threadsafe(loop.stop)
@@ -169,17 +180,34 @@ def create_server(
         executor.shutdown(wait=False)
         manager.close()
         raise
-    return RunningServer(loop, thread, server, executor), port, manager
+    running = RunningServer(loop, thread, server, executor)
+    if metrics is not None:
+        from promptbo.server.http import DashboardServer
+
+        try:
+            running.http = DashboardServer(manager, metrics, opts.host, opts.http_port,
+                                           opts.auth_token)
+        except OSError:
+            running.stop(0).wait(10)
+            manager.close()
+            raise
+    return running, port, manager
 
 
 async def _start(
-    manager: StudyManager, executor: futures.ThreadPoolExecutor, opts: ServerOptions
+    manager: StudyManager, executor: futures.ThreadPoolExecutor, opts: ServerOptions,
+    metrics=None,
 ) -> tuple[grpc.aio.Server, int]:
     interceptors: list[grpc.aio.ServerInterceptor] = [SafeDecoding(f"/{SERVICE_NAME}/")]
     if opts.auth_token:
         interceptors.insert(0, BearerTokenInterceptor(opts.auth_token))
     if opts.principals is not None:
         interceptors.insert(0, AuthInterceptor(opts.principals, f"/{SERVICE_NAME}/"))
+    if metrics is not None:
+        from promptbo.server.http import RpcMetricsInterceptor
+
+        # Outermost, so refusals by the interceptors below are counted too.
+        interceptors.insert(0, RpcMetricsInterceptor(metrics))
     server = grpc.aio.server(
         interceptors=interceptors,
         options=[
@@ -240,6 +268,8 @@ def serve(
         "on" if opts.tls_cert else "off",
     )
     print(f"promptbo serving on {opts.host}:{port}", flush=True)
+    if server.http is not None:
+        print(f"dashboard and /metrics on http://{opts.host}:{server.http.port}/", flush=True)
     if port_file:
         tmp = Path(port_file + ".tmp")
         tmp.write_text(str(port))

@@ -174,6 +174,9 @@ class AsyncOptimizerServicer(api_grpc.OptimizerServiceServicer):
     async def DeleteStudy(self, request, context):
         return await self._call("DeleteStudy", request, context)
 
+    async def UpdateStudy(self, request, context):
+        return await self._call("UpdateStudy", request, context)
+
     async def ListTrials(self, request, context):
         return await self._call("ListTrials", request, context)
 

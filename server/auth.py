@@ -57,6 +57,7 @@ METHOD_ROLES: dict[str, Role] = {
     "CompleteTrials": Role.WRITE,
     "HeartbeatTrial": Role.WRITE,
     "AddTrials": Role.WRITE,
+    "UpdateStudy": Role.WRITE,
     "DeleteStudy": Role.ADMIN,
 }
 

@@ -6,6 +6,9 @@ manager never sees a message. Invalid messages raise InvalidArgumentError.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from promptbo.errors import InvalidArgumentError
@@ -173,3 +176,24 @@ def study_to_pb(
 def _set_time(field: Timestamp, seconds: float) -> None:
     if seconds:
         field.FromNanoseconds(int(seconds * 1e9))
+
+
+#: StudySpec fields UpdateStudy can change.
+UPDATABLE_SPEC_FIELDS = ("max_trials", "max_active_trials", "labels")
+
+
+def study_update_from_pb(spec: pb.StudySpec, mask_paths: Sequence[str]) -> dict[str, Any]:
+    """The changes an UpdateStudy request asks for, as keyword arguments of
+    :meth:`StudyManager.update_study`. Raises InvalidArgumentError for an empty mask or a
+    path that cannot be changed."""
+    if not mask_paths:
+        raise InvalidArgumentError(
+            f"update_mask names no field; give one or more of {', '.join(UPDATABLE_SPEC_FIELDS)}"
+        )
+    bad = [p for p in mask_paths if p not in UPDATABLE_SPEC_FIELDS]
+    if bad:
+        raise InvalidArgumentError(
+            f"update_mask path(s) {', '.join(map(repr, bad))} cannot be changed; a study's "
+            f"{', '.join(UPDATABLE_SPEC_FIELDS)} can (the rest defines what was searched)"
+        )
+    return {p: dict(spec.labels) if p == "labels" else int(getattr(spec, p)) for p in mask_paths}

@@ -30,6 +30,7 @@ ones (failed trials do not count) and then moves to COMPLETED.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import queue
@@ -70,6 +71,7 @@ from promptbo.server.limits import (
 )
 from promptbo.server.locks import HeldLock, LockTable
 from promptbo.server.runtime import StudyRuntime
+from promptbo.server.specdiff import VOCABULARY_FIELDS, paths, spec_differences
 from promptbo.server.storage.base import Storage
 from promptbo.server.storage.memory import check_text
 
@@ -218,11 +220,16 @@ class StudyManager:
         return vocab
 
     # --- studies ---------------------------------------------------------------------
-    def create_study(self, name: str, spec: StudySpec, request_id: str = "") -> tuple[Study, bool]:
+    def create_study(
+        self, name: str, spec: StudySpec, request_id: str = "", validate_only: bool = False
+    ) -> tuple[Study, bool]:
         """Get-or-create. Returns ``(study, created)``.
 
         An existing study of that name is returned when its spec equals ``spec`` or the
-        ``request_id`` matches the one that created it; otherwise AlreadyExistsError.
+        ``request_id`` matches the one that created it; otherwise AlreadyExistsError naming
+        the differing fields. With ``validate_only`` nothing is stored: the checks run and
+        the study that would be created (or the existing one) is returned; a hard space
+        whose vocabulary is not uploaded yet is then checked without it.
         """
         check_study_name(name)
         with self._lock(name):
@@ -230,12 +237,26 @@ class StudyManager:
                 existing = self._get_live(name).study
             except NotFoundError:
                 existing = None
+            unknown_vocab = (
+                validate_only and isinstance(spec.space, HardPromptSpace)
+                and not self.storage.has_vocabulary(spec.space.vocabulary_id)
+            )
             if existing is not None:
                 if existing.spec == spec or (request_id and request_id == existing.request_id):
                     return existing, False
+                differences = spec_differences(existing.spec, spec)
+                if unknown_vocab:
+                    differences = [d for d in differences
+                                   if d.split(":", 1)[0] not in VOCABULARY_FIELDS]
+                if not differences:
+                    return existing, False
+                budget_only = paths(differences) <= {"max_trials", "max_active_trials"}
                 raise AlreadyExistsError(
-                    f"study {name!r} already exists with a different spec; choose another "
-                    "name, or delete it first (promptbo study delete)"
+                    f"study {name!r} already exists with a different spec: "
+                    f"{'; '.join(differences)}. "
+                    + ("Change its budget with UpdateStudy (promptbo study update "
+                       f"{name} --max-trials N)" if budget_only else
+                       "Choose another name, or delete it first (promptbo study delete)")
                 )
             if spec.lease_seconds < self.limits.min_lease_seconds:
                 raise InvalidArgumentError(
@@ -243,15 +264,66 @@ class StudyManager:
                     f"{spec.lease_seconds}"
                 )
             check_spec(spec, self.limits)
-            vocab = self._check_space(spec)
-            # Building the runtime validates the strategy and its options.
-            runtime = StudyRuntime(spec, vocab, self._make_engine)
+            if unknown_vocab:
+                from promptbo.server.optim import strategy_names
+
+                if (spec.strategy or "gp") not in strategy_names():
+                    raise InvalidArgumentError(
+                        f"unknown strategy {spec.strategy!r}; choose one of "
+                        f"{', '.join(sorted(strategy_names()))}"
+                    )
+                runtime = None
+            else:
+                vocab = self._check_space(spec)
+                # Building the runtime validates the strategy and its options.
+                runtime = StudyRuntime(spec, vocab, self._make_engine)
             study = Study(name=name, spec=spec, create_time=self.clock(), request_id=request_id)
+            if validate_only:
+                return study, False
             study = self.storage.create_study(study)
             live = self._live[name] = _Live(study, [])
             live.runtime = runtime
             self._schedule_refill(name, live)
             return study, True
+
+    def update_study(
+        self, name: str, max_trials: int | None = None, max_active_trials: int | None = None,
+        labels: dict[str, str] | None = None,
+    ) -> Study:
+        """Changes the study's budget, cap and/or labels (None: unchanged; ``labels``
+        replaces them all); returns the study.
+
+        ``max_trials`` must be 0 (no limit) or at least the completed plus active trials;
+        raising it past the completed count makes a COMPLETED study ACTIVE again.
+        """
+        with self._lock(name):
+            live = self._get_live(name)
+            study = live.study
+            changes: dict[str, int] = {}
+            if max_trials is not None:
+                held = live.counts[TrialState.COMPLETED] + live.counts[TrialState.ACTIVE]
+                if max_trials and max_trials < held:
+                    raise InvalidArgumentError(
+                        f"max_trials={max_trials} is below the {held} trials study {name!r} "
+                        "already has completed or active; give at least that, or 0 for no limit"
+                    )
+                changes["max_trials"] = max_trials
+            if max_active_trials is not None:
+                changes["max_active_trials"] = max_active_trials
+            spec = dataclasses.replace(study.spec, **changes)
+            if labels is not None:
+                spec = dataclasses.replace(spec, labels=dict(labels))
+            done = bool(spec.max_trials) and live.counts[TrialState.COMPLETED] >= spec.max_trials
+            study = study.evolve(
+                spec=spec, state=StudyState.COMPLETED if done else StudyState.ACTIVE
+            )
+            self.storage.update_study(study)
+            live.study = study
+            if live.runtime is not None:
+                live.runtime.spec = spec
+            if not done:
+                self._schedule_refill(name, live)
+            return study
 
     def get_study(self, name: str) -> Study:
         with self._lock(name):

@@ -16,7 +16,7 @@ from typing import Any
 
 import grpc
 
-from promptbo.errors import STATUS_CODES, PromptboError
+from promptbo.errors import STATUS_CODES, InvalidArgumentError, NotFoundError, PromptboError
 from promptbo.server import convert
 from promptbo.server.auth import Role
 from promptbo.server.limits import clip
@@ -82,7 +82,14 @@ class OptimizerServicer(api_grpc.OptimizerServiceServicer):
     @_rpc
     def CreateStudy(self, request, context):
         spec = convert.spec_from_pb(request.spec)
-        study, created = self.manager.create_study(request.name, spec, request.request_id)
+        study, created = self.manager.create_study(
+            request.name, spec, request.request_id, validate_only=request.validate_only
+        )
+        if request.validate_only:
+            try:
+                return api.CreateStudyResponse(study=self._study_pb(study))
+            except NotFoundError:  # no study of that name: the one that would be created
+                return api.CreateStudyResponse(study=convert.study_to_pb(study))
         return api.CreateStudyResponse(study=self._study_pb(study), created=created)
 
     @_rpc
@@ -100,6 +107,12 @@ class OptimizerServicer(api_grpc.OptimizerServiceServicer):
     def DeleteStudy(self, request, context):
         self.manager.delete_study(request.name)
         return api.DeleteStudyResponse()
+
+    @_rpc
+    def UpdateStudy(self, request, context):
+        fields = convert.study_update_from_pb(request.spec, request.update_mask.paths)
+        study = self.manager.update_study(request.name, **fields)
+        return api.UpdateStudyResponse(study=self._study_pb(study))
 
     def UploadVocabulary(self, request_iterator, context):
         upload = VocabularyUpload()

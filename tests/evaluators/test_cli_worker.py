@@ -37,6 +37,9 @@ def test_worker_creates_a_hard_prompt_study_and_fills_its_budget(tmp_path, tiny_
         )
         assert done.returncode == 0, done.stderr
         assert "4 completed" in done.stdout
+        # The summary says what the number is and names the best prompt.
+        assert "value is the mean log-probability of the right label word" in done.stdout
+        assert "  prompt:  '" in done.stdout and "metrics: accuracy=" in done.stdout
         with promptbo.Client(address) as client:
             study = client.get_study("cli")
             trials = list(study.trials(state="completed"))
@@ -87,7 +90,7 @@ def test_worker_ranks_candidate_words_by_the_task_texts(tmp_path, tiny_llama_dir
     try:
         refused = run_worker(address, "--study", "words", *common, "--top-n-texts", str(texts))
         assert refused.returncode != 0
-        assert "pass it with --prompt-length and --top-n" in refused.stderr
+        assert "--top-n-texts ranks the candidates of --top-n: add --top-n N" in refused.stderr
 
         done = run_worker(address, "--study", "words", *common, "--top-n", "4",
                           "--top-n-texts", str(texts))
@@ -96,6 +99,33 @@ def test_worker_ranks_candidate_words_by_the_task_texts(tmp_path, tiny_llama_dir
             trials = list(client.get_study("words").trials(state="completed"))
         assert len(trials) == 3
         assert all(set(t.prompt.token_ids) <= allowed for t in trials)
+    finally:
+        server.stop(0)
+        manager.close()
+
+
+@pytest.mark.slow
+def test_python_evaluator_hard_study_takes_a_models_vocabulary(tmp_path, capsys,
+                                                               tiny_llama_dir):
+    from promptbo.cli import main
+
+    scoring = tmp_path / "my_scoring.py"
+    scoring.write_text("def score(prompts):\n    return [{'value': -abs(len(p.text) - 8), "
+                       "'metrics': {'length': len(p.text)}} for p in prompts]\n")
+    server, port, manager = create_server(f"sqlite:///{tmp_path / 'h.db'}", ServerOptions(port=0))
+    address = f"127.0.0.1:{port}"
+    try:
+        rc = main(["worker", "--server", address, "--study", "py-hard",
+                   "--evaluator", "python", "-o", f"function={scoring}:score",
+                   "--vocabulary", str(tiny_llama_dir), "--prompt-length", "3",
+                   "--top-n", "40", "--trials", "4", "--strategy", "random", "--quiet"])
+        out, err = capsys.readouterr()
+        assert rc == 0, err
+        with promptbo.Client(address) as client:
+            trials = list(client.get_study("py-hard").trials(state="completed"))
+        assert len(trials) == 4 and all(len(t.prompt.token_ids) == 3 for t in trials)
+        assert all(t.metrics["length"] == len(t.prompt.text) for t in trials)
+        assert "metrics: length=" in out
     finally:
         server.stop(0)
         manager.close()

@@ -123,6 +123,18 @@ def test_update_study_replaces_it(store):
     assert store.get_study("s").state is StudyState.COMPLETED
 
 
+def test_update_study_stores_a_changed_budget(store):
+    import dataclasses
+
+    store.create_study(soft_study("b"))
+    old = soft_study("b")
+    grown = old.evolve(spec=dataclasses.replace(old.spec, max_trials=90, max_active_trials=2))
+    store.update_study(grown)
+    got = store.get_study("b")
+    assert (got.spec.max_trials, got.spec.max_active_trials) == (90, 2)
+    assert got == grown
+
+
 def test_duplicate_study_name_is_refused_and_keeps_the_original(store):
     store.create_study(soft_study("dup"))
     with pytest.raises(AlreadyExistsError, match="dup"):

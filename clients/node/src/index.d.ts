@@ -177,6 +177,7 @@ export class PromptboClient {
   getStudy(name: string): Promise<Study>;
   listStudies(): Promise<Study[]>;
   deleteStudy(name: string): Promise<void>;
+  updateStudy(name: string, changes: { maxTrials?: number; maxActiveTrials?: number }): Promise<Study>;
   suggestTrials(
     study: string,
     count?: number,

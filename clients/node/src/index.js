@@ -32,8 +32,14 @@ const protoLoader = require('@grpc/proto-loader');
 const errors = require('./errors');
 
 const DEFAULT_ADDRESS = '127.0.0.1:50051';
-/** The repository's protos/ folder, relative to this file (clients/node/src/index.js). */
-const DEFAULT_PROTO_DIR = path.resolve(__dirname, '..', '..', '..', 'protos');
+/**
+ * In a checkout, the repository's protos/ folder (relative to clients/node/src/index.js);
+ * in an installed package, the copy it ships in protos/ (made by `npm pack`).
+ */
+const REPO_PROTO_DIR = path.resolve(__dirname, '..', '..', '..', 'protos');
+const DEFAULT_PROTO_DIR = fs.existsSync(path.join(REPO_PROTO_DIR, 'promptbo', 'v1'))
+  ? REPO_PROTO_DIR
+  : path.resolve(__dirname, '..', 'protos');
 const SERVICE_PROTO = 'promptbo/v1/optimizer_service.proto';
 const LOADER_OPTIONS = Object.freeze({
   keepCase: false,
@@ -72,8 +78,8 @@ const GOALS = {
 const packageCache = new Map();
 
 /**
- * Loads the promptbo.v1 package from `protoDir` (default: the repository's protos/, or the
- * PROMPTBO_PROTO_DIR environment variable). Cached per folder.
+ * Loads the promptbo.v1 package from `protoDir` (default: the PROMPTBO_PROTO_DIR environment
+ * variable, else the repository's protos/ in a checkout, else the package's own copy). Cached per folder.
  */
 function loadProtos(protoDir) {
   const dir = path.resolve(protoDir || process.env.PROMPTBO_PROTO_DIR || DEFAULT_PROTO_DIR);
@@ -209,6 +215,26 @@ class PromptboClient {
   /** Deletes a study and its trials. */
   async deleteStudy(name) {
     await this._call('DeleteStudy', { name });
+  }
+
+  /**
+   * Changes a study's budget (`maxTrials`, 0: no limit) and/or its cap on trials in flight
+   * (`maxActiveTrials`); fields left out stay as they are. Raising the budget of a completed
+   * study reactivates it. Resolves with the study.
+   */
+  async updateStudy(name, { maxTrials, maxActiveTrials } = {}) {
+    const spec = {};
+    const paths = [];
+    if (maxTrials !== undefined) { spec.maxTrials = maxTrials; paths.push('max_trials'); }
+    if (maxActiveTrials !== undefined) {
+      spec.maxActiveTrials = maxActiveTrials;
+      paths.push('max_active_trials');
+    }
+    if (!paths.length) {
+      throw new errors.InvalidArgumentError('updateStudy needs maxTrials and/or maxActiveTrials',
+        { code: 'INVALID_ARGUMENT' });
+    }
+    return (await this._call('UpdateStudy', { name, spec, updateMask: { paths } })).study;
   }
 
   /**

@@ -157,6 +157,20 @@ describe('against a promptbo server', { timeout: 180000 }, () => {
     await assert.rejects(client.getStudy('taken'), promptbo.NotFoundError);
   });
 
+  test('updateStudy raises the budget of a completed study', async () => {
+    await client.createStudy('extended', softSpec(1));
+    const { trials } = await client.suggestTrials('extended', 1);
+    await client.completeTrial('extended', trials[0].id, 0.5);
+    assert.equal((await client.getStudy('extended')).state, 'STUDY_STATE_COMPLETED');
+    const study = await client.updateStudy('extended', { maxTrials: 2 });
+    assert.equal(study.state, 'STUDY_STATE_ACTIVE');
+    assert.equal(study.spec.maxTrials, 2);
+    assert.equal((await client.suggestTrials('extended', 1)).trials.length, 1);
+    await assert.rejects(client.updateStudy('extended'), promptbo.InvalidArgumentError);
+    await assert.rejects(client.updateStudy('extended', { maxTrials: 1 }),
+      (err) => err instanceof promptbo.InvalidArgumentError && /below the 2 trials/.test(err.message));
+  });
+
   test('addTrials warm-starts and watchStudy streams events until done', async () => {
     const name = 'watched';
     await client.createStudy(name, softSpec(3));

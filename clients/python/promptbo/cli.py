@@ -4,8 +4,10 @@
 
     promptbo serve  [--storage URL] [--host H] [--port P] [--auth-token-file F]
                     [--tls-cert C --tls-key K] [--prefetch N] [--max-workers N]
-    promptbo study  list | show NAME | best NAME | trials NAME | delete NAME   [--server H:P]
-    promptbo worker --study NAME --evaluator KIND [-o key=value ...] [--server H:P]
+    promptbo study  list | show NAME | best NAME | trials NAME | plot NAME -o F.png
+                    | create NAME [spec flags] | update NAME --max-trials N | delete NAME
+                    [--server H:P]
+    promptbo worker --study NAME --evaluator KIND [-o key=value ...] [spec flags] [--force]
     promptbo demo   [--trials N] [--strategy S]
 
 Server-side commands import the server extra lazily; the study commands need only the
@@ -23,9 +25,17 @@ import sys
 import time
 from pathlib import Path
 
-from promptbo.client import DEFAULT_ADDRESS, Client
-from promptbo.errors import PromptboError
+from promptbo.client import DEFAULT_ADDRESS, Client, Study
+from promptbo.errors import (
+    FailedPreconditionError,
+    InvalidArgumentError,
+    NotFoundError,
+    PromptboError,
+    UnavailableError,
+)
 from promptbo.v1 import resources_pb2 as pb
+
+log = logging.getLogger(__name__)
 
 
 def _configure_logging(level: str, fmt: str) -> None:
@@ -73,13 +83,25 @@ def _add_connection_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ca-file", help="PEM CA certificate; enables TLS")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="promptbo", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--log-level", default="info")
-    parser.add_argument("--log-format", choices=("text", "json"), default="text")
-    sub = parser.add_subparsers(dest="command", required=True)
+def _logging_parent(top: bool) -> argparse.ArgumentParser:
+    """--log-level/--log-format, accepted before and after the subcommand (a subcommand's
+    copy has no default, so it keeps what was given before it)."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--log-level", default="info" if top else argparse.SUPPRESS)
+    p.add_argument("--log-format", choices=("text", "json"),
+                   default="text" if top else argparse.SUPPRESS)
+    return p
 
-    p = sub.add_parser("serve", help="run the optimizer server")
+
+def build_parser() -> argparse.ArgumentParser:
+    from promptbo.studyspec import add_spec_arguments
+
+    parser = argparse.ArgumentParser(prog="promptbo", description=__doc__.split("\n\n")[0],
+                                     parents=[_logging_parent(True)])
+    sub = parser.add_subparsers(dest="command", required=True)
+    logs = [_logging_parent(False)]
+
+    p = sub.add_parser("serve", help="run the optimizer server", parents=logs)
     p.add_argument("--storage", default="sqlite:///promptbo.db",
                    help="memory:, sqlite:///FILE or postgresql://USER@HOST/DB")
     p.add_argument("--host", default="127.0.0.1")
@@ -99,15 +121,54 @@ def build_parser() -> argparse.ArgumentParser:
                         "(0: on demand, bit-for-bit reproducible)")
     p.add_argument("--max-workers", type=int, default=32,
                    help="threads for calls that do not run on the event loop")
+    p.add_argument("--http-port", type=int, default=-1,
+                   help="serve the web dashboard and Prometheus /metrics on this port "
+                        "(0: a free one; default: off)")
 
-    p = sub.add_parser("study", help="inspect and manage studies")
-    _add_connection_args(p)
-    p.add_argument("action", choices=("list", "show", "best", "trials", "delete"))
-    p.add_argument("name", nargs="?")
-    p.add_argument("--state", choices=("active", "completed", "failed"))
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p = sub.add_parser("study", help="create, inspect and manage studies", parents=logs)
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for action, text in (("list", "all studies"), ("show", "a study and its trials"),
+                         ("best", "a study's best trial"), ("trials", "a study's trials"),
+                         ("plot", "plot a study's convergence to a PNG file"),
+                         ("create", "create a study"),
+                         ("update", "raise a study's budget or cap on trials in flight"),
+                         ("delete", "delete a study and its trials")):
+        a = actions.add_parser(action, help=text, parents=logs)
+        _add_connection_args(a)
+        if action != "list":
+            a.add_argument("name", metavar="NAME")
+        if action in ("list", "show", "best"):
+            a.add_argument("--json", action="store_true", help="machine-readable output")
+        if action in ("show", "trials"):
+            a.add_argument("--state", choices=("active", "completed", "failed"))
+        if action == "trials":
+            a.add_argument("--format", choices=("table", "json", "csv"), default="table")
+            a.add_argument("--json", action="store_const", dest="format", const="json",
+                           help="same as --format json")
+        if action == "plot":
+            a.add_argument("-o", "--output", required=True, help="the PNG file to write")
+        if action == "create":
+            g = a.add_argument_group("the study's spec")
+            add_spec_arguments(g)
+            g = a.add_argument_group(
+                "the scoring setup (optional)",
+                "with --evaluator the study records what scores it, and workers with another "
+                "setup are refused; the evaluator also gives a hard study its vocabulary and "
+                "a soft study its vector size (this loads its model)")
+            g.add_argument("--evaluator", default="", help="hf-causal, hf-mlm, openai, python, "
+                           "command")
+            g.add_argument("-o", "--option", action="append", default=[], metavar="KEY=VALUE",
+                           help="evaluator option (repeatable)")
+        if action == "update":
+            a.add_argument("--max-trials", type=int, default=None,
+                           help="the new budget of completed trials (0: no limit)")
+            a.add_argument("--max-active-trials", type=int, default=None,
+                           help="the new cap on trials in flight (0: none)")
+        if action == "delete":
+            a.add_argument("--yes", "-y", action="store_true", help="do not ask to confirm")
 
-    p = sub.add_parser("worker", help="evaluate a study's trials with an evaluator")
+    p = sub.add_parser("worker", help="evaluate a study's trials with an evaluator",
+                       parents=logs)
     _add_connection_args(p)
     p.add_argument("--study", required=True)
     p.add_argument("--evaluator", required=True, help="hf-causal, hf-mlm, openai, python, command")
@@ -116,28 +177,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--max-trials", type=int, default=None)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--force", action="store_true",
+                   help="join a study whose recorded scoring setup differs from this worker's")
+    p.add_argument("--connect-timeout", type=float, default=30.0,
+                   help="seconds to wait for the server")
     g = p.add_argument_group(
         "creating the study",
-        "with --prompt-length the worker uploads the evaluator's vocabulary and creates the "
-        "study if it does not exist (an existing study of that name must have the same spec)",
+        "with --prompt-length the worker creates the study if it does not exist, as "
+        "promptbo study create would (an existing study must have the same spec)",
     )
-    g.add_argument("--prompt-length", type=int, default=0, help="tokens (or vectors) per prompt")
-    g.add_argument("--soft", action="store_true", help="a soft-prompt study (vectors)")
-    g.add_argument("--intrinsic-dim", type=int, default=0, help="soft: random subspace size")
-    g.add_argument("--strategy", default="gp")
-    g.add_argument("--trials", type=int, default=0, help="the study's budget (0: none)")
-    g.add_argument("--top-n", type=int, default=0,
-                   help="hard: search only the N most frequent whole-word tokens")
-    g.add_argument("--top-n-texts", default="", metavar="PATH",
-                   help="hard, with --top-n: rank words by how often they occur in this file's "
-                        "texts (the training data: string fields of a .jsonl, else lines) "
-                        "instead of by BPE merge order")
-    g.add_argument("--seed", type=int, default=0)
+    add_spec_arguments(g, for_worker=True)
 
     p = sub.add_parser(
         "select", help="re-score a study's best prompts on another split and rank them",
         description="Scores the study's --top best distinct prompts with an evaluator on "
-        "examples the search never saw (-o split=dev by default) and ranks them by that score.")
+        "examples the search never saw (-o split=dev by default) and ranks them by that score.",
+        parents=logs)
     _add_connection_args(p)
     p.add_argument("--study", required=True)
     p.add_argument("--evaluator", required=True, help="hf-causal, hf-mlm, openai, python, command")
@@ -147,7 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--unprompted", action="store_true", help="also score the empty prompt")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
-    p = sub.add_parser("demo", help="optimize a prompt for SmolLM2 on a small sentiment set")
+    p = sub.add_parser("demo", help="optimize a prompt for SmolLM2 on a small sentiment set",
+                       parents=logs)
     p.add_argument("--trials", type=int, default=24)
     p.add_argument("--strategy", default="gp")
     p.add_argument("--prompt-length", type=int, default=4)
@@ -162,12 +218,39 @@ def main(argv: list[str] | None = None) -> int:
     _configure_logging(args.log_level, args.log_format)
     try:
         return _COMMANDS[args.command](args)
-    except PromptboError as err:
-        print(f"error: {err}", file=sys.stderr)
+    except UnavailableError as err:
+        server = getattr(args, "server", "")
+        log.debug("unavailable: %s", err)
+        print(f"error: no promptbo server answers at {server}; start one with 'promptbo "
+              "serve', or pass --server HOST:PORT (or set PROMPTBO_SERVER)"
+              if server else f"error: {_first_line(err)}", file=sys.stderr)
         return 2
+    except PromptboError as err:
+        print(f"error: {_first_line(err)}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        # The reader went away (promptbo study trials | head): not an error of ours.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _first_line(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else type(err).__name__
+
+
+def safe(text: str) -> str:
+    """``text`` with control characters escaped, safe to print to a terminal."""
+    return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in text)
 
 
 def _serve(args) -> int:
+    import socket
+
     from promptbo.server.app import ServerOptions, serve
     from promptbo.server.auth import Principals
     from promptbo.server.limits import Limits
@@ -176,18 +259,35 @@ def _serve(args) -> int:
         principals = Principals.load(args.principals_file) if args.principals_file else None
     except (OSError, ValueError) as err:
         raise SystemExit(f"error: principals file: {err}") from None
+    if args.port:  # checked before the storage is opened (or a database file created)
+        with socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET) as probe:
+            # As gRPC binds: a port whose old connections linger in TIME_WAIT is free.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((args.host, args.port))
+            except OSError as err:
+                raise SystemExit(
+                    f"error: cannot listen on {args.host}:{args.port} ({err.strerror}); stop "
+                    "the program using it or pass --port N (0 picks a free port)"
+                ) from None
     opts = ServerOptions(
         host=args.host, port=args.port, max_message_bytes=args.max_message_mb * 1024 * 1024,
         auth_token=_read_secret(args.auth_token_file), tls_cert=args.tls_cert,
         tls_key=args.tls_key, prefetch=args.prefetch, max_workers=args.max_workers,
         limits=Limits(max_study_memory_bytes=args.max_study_mb * 1024 * 1024),
         principals=principals,
+        http_port=args.http_port,
     )
-    serve(args.storage, opts, port_file=args.port_file)
+    try:
+        serve(args.storage, opts, port_file=args.port_file)
+    except OSError as err:
+        raise SystemExit(f"error: {err}") from None
     return 0
 
 
 def _study(args) -> int:
+    from promptbo import studyspec
+
     client = _client(args)
     if args.action == "list":
         studies = client.list_studies()
@@ -197,48 +297,133 @@ def _study(args) -> int:
             i = s.info
             top = f"{i.best_trial.value:.4f}" if i.HasField("best_trial") else "-"
             state = "completed" if s.done else "active"
-            print(f"{s.name:30s} {state:9s} {i.completed_count:5d} done "
+            print(f"{safe(s.name):30s} {state:9s} {i.completed_count:5d} done "
                   f"{i.active_count:3d} active {i.failed_count:3d} failed  best {top}")
         return 0
-    if not args.name:
-        raise SystemExit(f"error: promptbo study {args.action} needs a study NAME")
-    if args.action == "delete":
-        client.delete_study(args.name)
-        print(f"deleted study {args.name}")
+    name = args.name
+    if args.action == "create":
+        return _study_create(client, args)
+    if args.action == "update":
+        if args.max_trials is None and args.max_active_trials is None:
+            raise SystemExit("error: give --max-trials N and/or --max-active-trials N")
+        study = client.update_study(name, max_trials=args.max_trials,
+                                    max_active_trials=args.max_active_trials)
+        spec = study.info.spec
+        print(f"study {safe(name)}: {'completed' if study.done else 'active'}, "
+              f"max_trials {spec.max_trials or 'none'}, "
+              f"max_active_trials {spec.max_active_trials or 'none'}, "
+              f"{study.info.completed_count} completed")
         return 0
-    study = client.get_study(args.name)
+    if args.action == "delete":
+        study = client.get_study(name)
+        if not args.yes:
+            if not sys.stdin.isatty():
+                raise SystemExit(f"error: deleting study {safe(name)} needs confirmation; "
+                                 "pass --yes")
+            answer = input(f"delete study {safe(name)} and its {study.info.trial_count} "
+                           "trials? [y/N] ")
+            if answer.strip().lower() not in ("y", "yes"):
+                print("not deleted")
+                return 1
+        client.delete_study(name)
+        print(f"deleted study {safe(name)}")
+        return 0
+    study = client.get_study(name)
     if args.action == "best":
         best = study.best_trial()
         if best is None:
             print("no completed trial yet")
             return 1
-        _print_trial(best, args.json)
+        _print_trial(best, "json" if args.json else "table")
         return 0
+    if args.action == "plot":
+        from promptbo.plots import plot_study
+
+        count = plot_study(study, args.output)
+        print(f"wrote {args.output} ({count} completed trials)")
+        return 0
+    fmt = getattr(args, "format", None) or ("json" if getattr(args, "json", False) else "table")
     if args.action == "show":
         i = study.info
-        if args.json:
+        if fmt == "json":
             print(json.dumps(_study_dict(i), indent=2))
-        else:
-            print(f"study {i.name}: {'completed' if study.done else 'active'}, "
-                  f"strategy {i.spec.strategy}, {i.trial_count} trials "
-                  f"({i.completed_count} completed, {i.active_count} active, "
-                  f"{i.failed_count} failed)")
+            return 0
+        print(f"study {safe(i.name)}: {'completed' if study.done else 'active'}, "
+              f"strategy {i.spec.strategy or 'gp'}, {i.trial_count} trials "
+              f"({i.completed_count} completed, {i.active_count} active, "
+              f"{i.failed_count} failed)")
+        setup = {k[len(studyspec.SETUP_PREFIX):]: v for k, v in i.spec.labels.items()
+                 if k.startswith(studyspec.SETUP_PREFIX)}
+        if setup:
+            print("scored by: " + ", ".join(f"{k}={safe(v)}" for k, v in sorted(setup.items())))
+    writer = None
+    if fmt == "csv":
+        import csv
+
+        writer = csv.writer(sys.stdout)
+        writer.writerow(["id", "state", "value", "text", "token_ids", "metrics",
+                         "failure_reason", "source"])
     for t in study.trials(state=args.state):
-        _print_trial(t, args.json)
+        if writer is not None:
+            writer.writerow([t.id, t.state, "" if t.value is None else repr(t.value),
+                             t.prompt.text, " ".join(map(str, t.prompt.token_ids)),
+                             json.dumps(t.metrics, sort_keys=True), t.failure_reason, t.source])
+        else:
+            _print_trial(t, fmt)
     return 0
 
 
+def _study_create(client: Client, args) -> int:
+    from promptbo import studyspec
+
+    options = parse_options(args.option)
+    if options and not args.evaluator:
+        raise SystemExit("error: -o options belong to an evaluator: add --evaluator NAME")
+    setup = studyspec.evaluator_setup(args.evaluator, options) if args.evaluator else None
+    studyspec.check_spec_arguments(args)
+    studyspec.check_vocabulary_source(args, args.evaluator)
+    studyspec.validate_study(client, args.name, args, setup)  # before anything loads
+    evaluator = None
+    needs_model = (not args.soft and not args.vocabulary and not args.vocabulary_id) or (
+        args.soft and not args.embedding_dim)
+    if args.evaluator and needs_model:
+        from promptbo.evaluators import create_evaluator
+
+        evaluator = create_evaluator(args.evaluator, **options)
+    try:
+        study = studyspec.create_study(client, args.name, args, evaluator, setup)
+    finally:
+        if evaluator is not None:
+            evaluator.close()
+    print(f"study {safe(study.name)}: {_describe_spec(study.info.spec)}")
+    return 0
+
+
+def _describe_spec(spec) -> str:
+    kind = spec.WhichOneof("space")
+    if kind == "soft":
+        space = (f"soft, {spec.soft.prompt_length} x {spec.soft.embedding_dim}"
+                 + (f" (subspace {spec.soft.intrinsic_dim})" if spec.soft.intrinsic_dim else ""))
+    else:
+        space = (f"hard, {spec.hard.prompt_length} tokens"
+                 + (f" of the top {spec.hard.filter.top_n.n}" if spec.hard.filter.top_n.n
+                    else ""))
+    goal = "minimize" if spec.goal == pb.GOAL_MINIMIZE else "maximize"
+    return (f"{space}, strategy {spec.strategy or 'gp'}, {goal} {spec.objective or 'value'}, "
+            f"budget {spec.max_trials or 'none'}")
+
+
 def _study_dict(info) -> dict:
+    """A study as JSON, with the proto's snake_case field names (as ``trials --json``)."""
     from google.protobuf.json_format import MessageToDict
 
-    d = MessageToDict(info)
-    for key in ("spec",):
-        d.get(key, {}).get("hard", {}).get("filter", {}).get("topN", {}).pop("scores", None)
+    d = MessageToDict(info, preserving_proto_field_name=True)
+    d.get("spec", {}).get("hard", {}).get("filter", {}).get("top_n", {}).pop("scores", None)
     return d
 
 
-def _print_trial(t, as_json: bool) -> None:
-    if as_json:
+def _print_trial(t, fmt: str) -> None:
+    if fmt == "json":
         print(json.dumps({
             "id": t.id, "state": t.state, "value": t.value, "metrics": t.metrics,
             "text": t.prompt.text, "token_ids": list(t.prompt.token_ids),
@@ -247,15 +432,15 @@ def _print_trial(t, as_json: bool) -> None:
         return
     what = _prompt_label(t.prompt)
     value = "" if t.value is None else f"{t.value:.4f}"
-    extra = " ".join(f"{k}={v:.4g}" for k, v in sorted(t.metrics.items()))
-    reason = f" ({t.failure_reason})" if t.failure_reason else ""
+    extra = " ".join(f"{safe(k)}={v:.4g}" for k, v in sorted(t.metrics.items()))
+    reason = f" ({safe(t.failure_reason)})" if t.failure_reason else ""
     print(f"{t.id:5d} {t.state:9s} {value:>9s} {what} {extra}{reason}")
 
 
 def _prompt_label(prompt) -> str:
     if prompt.vector is not None:
         return f"<soft {prompt.vector.shape}>"
-    return repr(prompt.text)
+    return safe(repr(prompt.text))
 
 
 def parse_options(pairs: list[str]) -> dict[str, str]:
@@ -269,21 +454,64 @@ def parse_options(pairs: list[str]) -> dict[str, str]:
 
 
 def _worker(args) -> int:
-    from promptbo.errors import InvalidArgumentError
+    from promptbo import studyspec
     from promptbo.evaluators import create_evaluator
     from promptbo.worker import Worker, print_progress
 
-    # Checked before the model loads: it depends on the flags only.
-    if args.top_n_texts and not (args.top_n and args.prompt_length > 0 and not args.soft):
+    # Everything that depends on the flags only is checked before the server is asked,
+    # and everything the server can check before the model loads.
+    creating = args.prompt_length > 0
+    options = parse_options(args.option)
+    setup = studyspec.evaluator_setup(args.evaluator, options)
+    if creating:
+        studyspec.check_spec_arguments(args)
+        studyspec.check_vocabulary_source(args, args.evaluator)
+    elif studyspec.given_spec_flags(args):
         raise InvalidArgumentError(
-            "--top-n-texts ranks the candidates of a new hard-prompt study: pass it with "
-            "--prompt-length and --top-n (and without --soft)"
-        )
+            f"{', '.join(studyspec.given_spec_flags(args))} describe a new study: add "
+            "--prompt-length N to create it; to join an existing study drop them (promptbo "
+            "study update changes its budget)")
     client = _client(args)
-    client.wait_ready(timeout=60)
-    evaluator = create_evaluator(args.evaluator, **parse_options(args.option))
     try:
-        study = _worker_study(client, evaluator, args)
+        client.wait_ready(timeout=min(2.0, args.connect_timeout))
+    except UnavailableError:
+        print(f"waiting up to {args.connect_timeout:.0f}s for the promptbo server at "
+              f"{args.server} ...", file=sys.stderr)
+        client.wait_ready(timeout=max(0.0, args.connect_timeout - 2.0))
+    try:
+        existing: Study | None = client.get_study(args.study)
+    except NotFoundError:
+        if not creating:
+            raise NotFoundError(
+                f"study '{safe(args.study)}' not found; create it with 'promptbo study create "
+                f"{safe(args.study)} --prompt-length N ...', or pass --prompt-length N (and "
+                "--strategy, --trials) to let this worker create it") from None
+        existing = None
+    if existing is not None:
+        differences = studyspec.setup_differences(existing.info.spec.labels, setup)
+        if differences and not args.force:
+            raise FailedPreconditionError(
+                f"study '{safe(args.study)}' is scored by another setup: "
+                f"{'; '.join(map(safe, differences))}. Its trials would mix two tasks; use "
+                "the study's setup, another study name, or --force to join anyway")
+        recorded = {k: v for k, v in existing.info.spec.labels.items()
+                    if k.startswith(studyspec.SETUP_PREFIX)}
+        if creating:  # the flags must describe the existing study
+            studyspec.validate_study(client, args.study, args, recorded)
+        if not recorded:  # the first worker of a study made elsewhere records its setup
+            existing = client.update_study(
+                args.study, labels={**existing.info.spec.labels, **setup})
+        if existing.done:
+            i = existing.info
+            print(f"study {safe(args.study)} already completed ({i.completed_count} of "
+                  f"{i.spec.max_trials} trials); raise its budget with 'promptbo study update "
+                  f"{safe(args.study)} --max-trials N' to run more", file=sys.stderr)
+            return 0
+    else:
+        studyspec.validate_study(client, args.study, args, setup)
+    evaluator = create_evaluator(args.evaluator, **options)
+    try:
+        study = existing or studyspec.create_study(client, args.study, args, evaluator, setup)
     except BaseException:
         evaluator.close()
         raise
@@ -299,55 +527,43 @@ def _worker(args) -> int:
         evaluator.close()
     if not args.quiet:
         print(file=sys.stderr)
-    print(f"worker done: {stats.completed} completed, {stats.failed} failed, "
-          f"best {stats.best_value:.4f} in {stats.seconds:.1f}s")
+    print(f"worker done: {stats.completed} completed, {stats.failed} failed "
+          f"in {stats.seconds:.1f}s")
+    _print_summary(study, options)
     return 0
 
 
-def _worker_study(client: Client, evaluator, args):
-    """The worker's study: fetched, or (with --prompt-length) created from the evaluator."""
-    from promptbo.client import HardPromptSpace, SoftPromptSpace
-    from promptbo.errors import InvalidArgumentError, NotFoundError
-    from promptbo.wordlists import read_texts, text_word_scores, word_scores
+#: What the built-in task evaluators' value is, by their ``metric`` option.
+_METRIC_MEANINGS = {
+    "log_prob": "the mean log-probability of the right label word, normalised over the label "
+                "words (0 is perfect; log(1/classes) is chance)",
+    "accuracy": "the accuracy on the objective examples",
+    "macro_f1": "the macro-averaged F1 on the objective examples",
+}
 
-    if args.prompt_length <= 0:
-        try:
-            return client.get_study(args.study)
-        except NotFoundError as err:
-            raise NotFoundError(
-                f"{err}; create it from Python, or pass --prompt-length N (and --strategy, "
-                "--trials) to let this worker create it"
-            ) from None
-    if args.soft:
-        shape = evaluator.soft_prompt_shape()
-        if shape is None:
-            raise InvalidArgumentError(
-                f"evaluator {args.evaluator!r} does not take soft prompts; drop --soft"
-            )
-        dim, std = shape
-        space: HardPromptSpace | SoftPromptSpace = SoftPromptSpace(
-            args.prompt_length, dim, intrinsic_dim=args.intrinsic_dim, embedding_std=std
-        )
-    else:
-        table = evaluator.vocabulary()
-        vocab_id = client.upload_vocabulary(table)
-        if args.top_n:
-            if args.top_n_texts:
-                try:
-                    texts = read_texts(args.top_n_texts)
-                except (OSError, ValueError) as err:
-                    raise InvalidArgumentError(f"--top-n-texts: {err}") from None
-                scores = text_word_scores(table.tokens, texts)
-            else:
-                scores = word_scores(table.tokens, table.token_ids)
-            space = HardPromptSpace(
-                args.prompt_length, vocab_id, top_n=args.top_n, top_n_scores=scores.tolist()
-            )
-        else:
-            space = HardPromptSpace(args.prompt_length, vocab_id)
-    return client.create_study(
-        args.study, space, strategy=args.strategy, max_trials=args.trials, seed=args.seed
-    )
+
+def _print_summary(study: Study, options: dict[str, str]) -> None:
+    """The study's best trial: its prompt, value, metrics and what the value is."""
+    info = study.refresh()
+    best = study.best_trial()
+    if best is None:
+        print(f"study {safe(study.name)}: no completed trial yet")
+        return
+    spec = info.spec
+    goal = "lower" if spec.goal == pb.GOAL_MINIMIZE else "higher"
+    objective = spec.objective or "value"
+    meaning = f"objective '{safe(objective)}', {goal} is better"
+    metric = options.get("metric") or info.spec.labels.get("promptbo.setup/metric", "")
+    if objective == "value" and metric:
+        meaning += f"; value is {_METRIC_MEANINGS.get(metric, 'the metric ' + safe(metric))}"
+    print(f"study {safe(study.name)}: {info.completed_count} completed"
+          f"{f' of {spec.max_trials}' if spec.max_trials else ''}; best trial {best.id} "
+          f"({meaning})")
+    print(f"  prompt:  {_prompt_label(best.prompt)}")
+    print(f"  value:   {best.value:.4f}")
+    if best.metrics:
+        print("  metrics: " + " ".join(f"{safe(k)}={v:.4g}"
+                                       for k, v in sorted(best.metrics.items())))
 
 
 def _install_stop_handlers(worker) -> None:

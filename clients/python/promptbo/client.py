@@ -145,7 +145,8 @@ class Client:
     """A connection to a promptbo server.
 
     Args:
-        target: ``host:port`` of the server.
+        target: ``host:port`` of the server (default: ``PROMPTBO_SERVER``, else
+            127.0.0.1:50051).
         token: bearer token (or set ``PROMPTBO_TOKEN``); sent as ``authorization`` metadata.
         ca_file: PEM file of the CA that signed the server's certificate; enables TLS.
         tls: use TLS with the system's roots (implied by ``ca_file``).
@@ -157,7 +158,7 @@ class Client:
 
     def __init__(
         self,
-        target: str = DEFAULT_ADDRESS,
+        target: str | None = None,
         *,
         token: str | None = None,
         ca_file: str | None = None,
@@ -167,6 +168,7 @@ class Client:
         max_message_bytes: int = 64 * 1024 * 1024,
         stub=None,
     ) -> None:
+        target = target or os.environ.get("PROMPTBO_SERVER") or DEFAULT_ADDRESS
         self.target = target
         self.timeout = timeout
         self.client_id = client_id or f"client-{uuid.uuid4().hex[:12]}"
@@ -262,8 +264,14 @@ class Client:
         seed: int = 0,
         labels: dict[str, str] | None = None,
         request_id: str | None = None,
+        validate_only: bool = False,
     ) -> Study:
-        """Creates a study, or returns the existing one of that name if its spec is equal."""
+        """Creates a study, or returns the existing one of that name if its spec is equal.
+
+        With ``validate_only`` the server only checks the request (name, ranges, strategy
+        and options; an existing study's spec) and creates nothing: the returned handle
+        describes the study that would be created. A hard space's vocabulary need not be
+        uploaded yet for that check (any ``vocabulary_id`` will do)."""
         spec = pb.StudySpec(
             strategy=strategy,
             strategy_options={k: str(v) for k, v in (strategy_options or {}).items()},
@@ -291,7 +299,8 @@ class Client:
             spec.soft.bound = space.bound
             spec.soft.embedding_std = space.embedding_std
         req = api.CreateStudyRequest(
-            name=name, spec=spec, request_id=request_id or uuid.uuid4().hex
+            name=name, spec=spec, request_id=request_id or uuid.uuid4().hex,
+            validate_only=validate_only,
         )
         return Study(self, self._call("CreateStudy", req).study)
 
@@ -311,6 +320,28 @@ class Client:
 
     def delete_study(self, name: str) -> None:
         self._call("DeleteStudy", api.DeleteStudyRequest(name=name))
+
+    def update_study(
+        self, name: str, *, max_trials: int | None = None, max_active_trials: int | None = None,
+        labels: dict[str, str] | None = None,
+    ) -> Study:
+        """Changes a study's budget (``max_trials``, 0: no limit), its cap on trials in
+        flight and/or its labels (replaced as a whole); None leaves a field as it is.
+        Raising the budget of a completed study reactivates it."""
+        req = api.UpdateStudyRequest(name=name)
+        if labels is not None:
+            req.spec.labels.update(labels)
+            req.update_mask.paths.append("labels")
+        for path, value in (("max_trials", max_trials), ("max_active_trials", max_active_trials)):
+            if value is not None:
+                if value < 0:
+                    raise InvalidArgumentError(f"{path} must be >= 0, got {value}")
+                setattr(req.spec, path, value)
+                req.update_mask.paths.append(path)
+        if not req.update_mask.paths:
+            raise InvalidArgumentError(
+                "update_study needs max_trials, max_active_trials and/or labels")
+        return Study(self, self._call("UpdateStudy", req).study)
 
 
 class Study:

@@ -1,3 +1,4 @@
+from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from promptbo.v1 import resources_pb2 as _resources_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
@@ -8,14 +9,16 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class CreateStudyRequest(_message.Message):
-    __slots__ = ("name", "spec", "request_id")
+    __slots__ = ("name", "spec", "request_id", "validate_only")
     NAME_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    VALIDATE_ONLY_FIELD_NUMBER: _ClassVar[int]
     name: str
     spec: _resources_pb2.StudySpec
     request_id: str
-    def __init__(self, name: _Optional[str] = ..., spec: _Optional[_Union[_resources_pb2.StudySpec, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
+    validate_only: bool
+    def __init__(self, name: _Optional[str] = ..., spec: _Optional[_Union[_resources_pb2.StudySpec, _Mapping]] = ..., request_id: _Optional[str] = ..., validate_only: _Optional[bool] = ...) -> None: ...
 
 class CreateStudyResponse(_message.Message):
     __slots__ = ("study", "created")
@@ -279,3 +282,19 @@ class WatchStudyResponse(_message.Message):
     study: _resources_pb2.Study
     trial: _resources_pb2.Trial
     def __init__(self, event: _Optional[str] = ..., study: _Optional[_Union[_resources_pb2.Study, _Mapping]] = ..., trial: _Optional[_Union[_resources_pb2.Trial, _Mapping]] = ...) -> None: ...
+
+class UpdateStudyRequest(_message.Message):
+    __slots__ = ("name", "spec", "update_mask")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_MASK_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    spec: _resources_pb2.StudySpec
+    update_mask: _field_mask_pb2.FieldMask
+    def __init__(self, name: _Optional[str] = ..., spec: _Optional[_Union[_resources_pb2.StudySpec, _Mapping]] = ..., update_mask: _Optional[_Union[_field_mask_pb2.FieldMask, _Mapping]] = ...) -> None: ...
+
+class UpdateStudyResponse(_message.Message):
+    __slots__ = ("study",)
+    STUDY_FIELD_NUMBER: _ClassVar[int]
+    study: _resources_pb2.Study
+    def __init__(self, study: _Optional[_Union[_resources_pb2.Study, _Mapping]] = ...) -> None: ...

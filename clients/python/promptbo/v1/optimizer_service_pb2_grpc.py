@@ -99,6 +99,11 @@ class OptimizerServiceStub:
                 request_serializer=promptbo_dot_v1_dot_optimizer__service__pb2.WatchStudyRequest.SerializeToString,
                 response_deserializer=promptbo_dot_v1_dot_optimizer__service__pb2.WatchStudyResponse.FromString,
                 _registered_method=True)
+        self.UpdateStudy = channel.unary_unary(
+                '/promptbo.v1.OptimizerService/UpdateStudy',
+                request_serializer=promptbo_dot_v1_dot_optimizer__service__pb2.UpdateStudyRequest.SerializeToString,
+                response_deserializer=promptbo_dot_v1_dot_optimizer__service__pb2.UpdateStudyResponse.FromString,
+                _registered_method=True)
 
 
 class OptimizerServiceServicer:
@@ -192,6 +197,14 @@ class OptimizerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UpdateStudy(self, request, context):
+        """Changes a study's budget or cap (the fields named by update_mask), e.g. to extend
+        a completed study; raising max_trials past the completed count reactivates it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OptimizerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -259,6 +272,11 @@ def add_OptimizerServiceServicer_to_server(servicer, server):
                     servicer.WatchStudy,
                     request_deserializer=promptbo_dot_v1_dot_optimizer__service__pb2.WatchStudyRequest.FromString,
                     response_serializer=promptbo_dot_v1_dot_optimizer__service__pb2.WatchStudyResponse.SerializeToString,
+            ),
+            'UpdateStudy': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateStudy,
+                    request_deserializer=promptbo_dot_v1_dot_optimizer__service__pb2.UpdateStudyRequest.FromString,
+                    response_serializer=promptbo_dot_v1_dot_optimizer__service__pb2.UpdateStudyResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -612,6 +630,33 @@ class OptimizerService:
             '/promptbo.v1.OptimizerService/WatchStudy',
             promptbo_dot_v1_dot_optimizer__service__pb2.WatchStudyRequest.SerializeToString,
             promptbo_dot_v1_dot_optimizer__service__pb2.WatchStudyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateStudy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/promptbo.v1.OptimizerService/UpdateStudy',
+            promptbo_dot_v1_dot_optimizer__service__pb2.UpdateStudyRequest.SerializeToString,
+            promptbo_dot_v1_dot_optimizer__service__pb2.UpdateStudyResponse.FromString,
             options,
             channel_credentials,
             insecure,

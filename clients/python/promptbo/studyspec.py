@@ -1,0 +1,337 @@
+"""Study specs from command-line flags, and the evaluator setup a study records.
+
+``promptbo study create`` and ``promptbo worker`` share these flags and this one path::
+
+    add_spec_arguments(parser)            # --prompt-length, --soft, --strategy, --trials, ...
+    check_spec_arguments(args)            # flag-only checks: instant
+    validate_study(client, name, args)    # the server's checks, before any model loads
+    create_study(client, name, args, evaluator=ev, setup=setup)   # may load a vocabulary
+
+The setup of a study is what decides its scores: the evaluator's name and its options
+with their defaults filled in (runtime-only ones such as ``batch_size`` or ``device``
+left out), data files replaced by a fingerprint of their content. It is stored among
+the study's labels under :data:`SETUP_PREFIX`; a worker compares its own setup with it
+(:func:`setup_differences`) so that one GP history never mixes two tasks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import inspect
+from pathlib import Path
+from typing import Any
+
+from promptbo.client import Client, HardPromptSpace, SoftPromptSpace, Study
+from promptbo.errors import InvalidArgumentError
+
+#: Labels under this prefix record the evaluator setup (``promptbo.setup/evaluator``, ...).
+SETUP_PREFIX = "promptbo.setup/"
+#: Evaluator options that change how fast or where scoring runs, not the scores.
+RUNTIME_OPTIONS = frozenset({
+    "batch_size", "device", "dtype", "concurrency", "max_retries", "backoff", "max_backoff",
+    "timeout", "api_key_env", "cwd",
+})
+#: Options naming files whose content (not path) is recorded.
+_FILE_OPTIONS = frozenset({"data", "test_data"})
+_PLACEHOLDER_VOCABULARY = "not-uploaded-yet"
+MAX_PROMPT_LENGTH = 512
+
+
+def _count(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def _pairs(pairs: list[str], flag: str) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise InvalidArgumentError(f"{flag} {pair!r} is not KEY=VALUE")
+        out[key.strip()] = value
+    return out
+
+
+def add_spec_arguments(parser: argparse.ArgumentParser | Any, for_worker: bool = False) -> None:
+    """Adds the flags of a study's spec to ``parser`` (or an argument group)."""
+    length_help = "tokens (or vectors) per prompt"
+    if for_worker:
+        length_help += "; with it the worker creates the study if it does not exist"
+    parser.add_argument("--prompt-length", type=_count, default=0, help=length_help)
+    parser.add_argument("--soft", action="store_true", help="a soft-prompt study (vectors)")
+    parser.add_argument("--embedding-dim", type=_count, default=0,
+                        help="soft: vector size (default: the evaluator's model's)")
+    parser.add_argument("--embedding-std", type=_positive_float, default=None,
+                        help="soft: scale of the model's embeddings (default: the evaluator's, "
+                             "else 1.0)")
+    parser.add_argument("--intrinsic-dim", type=_count, default=0,
+                        help="soft: search a random subspace of this size (0: all L x D)")
+    parser.add_argument("--vocabulary", default="", metavar="MODEL",
+                        help="hard: the token table of this transformers model (a folder, a hub "
+                             "name or smollm2); default: the evaluator's")
+    parser.add_argument("--vocabulary-id", default="",
+                        help="hard: an already uploaded vocabulary's id")
+    parser.add_argument("--vocabulary-size", type=_count, default=0,
+                        help="hard, with --vocabulary: keep only the first N tokens")
+    parser.add_argument("--pca-dims", type=_count, default=0,
+                        help="hard: PCA dimensions per position (0: server default)")
+    parser.add_argument("--top-n", type=_count, default=0,
+                        help="hard: search only the N most frequent whole-word tokens")
+    parser.add_argument("--top-n-texts", default="", metavar="PATH",
+                        help="hard, with --top-n: rank words by how often they occur in this "
+                             "file's texts (the training data: string fields of a .jsonl, else "
+                             "lines) instead of by BPE merge order")
+    parser.add_argument("--strategy", default="gp",
+                        help="gp, turbo, random, index, cmaes, ... (checked by the server)")
+    parser.add_argument("--strategy-option", action="append", default=[], metavar="KEY=VALUE",
+                        help="strategy option (repeatable), e.g. num_initial=10")
+    parser.add_argument("--trials", type=_count, default=0,
+                        help="the study's budget of completed trials (0: none)")
+    parser.add_argument("--max-active-trials", type=_count, default=0,
+                        help="cap on trials in flight at once (0: none)")
+    parser.add_argument("--lease-seconds", type=_positive_float, default=None,
+                        help="lease of a handed-out trial (default: the server's)")
+    parser.add_argument("--goal", choices=("maximize", "minimize"), default="maximize")
+    parser.add_argument("--objective", default="value",
+                        help="what the strategy optimizes: value, or a metric's name")
+    parser.add_argument("--seed", type=_count, default=0)
+    parser.add_argument("--label", action="append", default=[], metavar="KEY=VALUE",
+                        help="a free-form label (repeatable)")
+
+
+def given_spec_flags(args: argparse.Namespace) -> list[str]:
+    """The spec flags (other than --prompt-length) set to something else than their default."""
+    parser = argparse.ArgumentParser(add_help=False)
+    add_spec_arguments(parser)
+    defaults = vars(parser.parse_args([]))
+    return ["--" + key.replace("_", "-") for key, value in defaults.items()
+            if key != "prompt_length" and getattr(args, key, value) != value]
+
+
+def check_spec_arguments(args: argparse.Namespace) -> None:
+    """The checks that need only the flags. Raises InvalidArgumentError naming the flag."""
+    if not 1 <= args.prompt_length <= MAX_PROMPT_LENGTH:
+        raise InvalidArgumentError(
+            f"--prompt-length must be in [1, {MAX_PROMPT_LENGTH}], got {args.prompt_length}"
+        )
+    hard_only = [flag for flag, given in (
+        ("--vocabulary", args.vocabulary), ("--vocabulary-id", args.vocabulary_id),
+        ("--vocabulary-size", args.vocabulary_size), ("--pca-dims", args.pca_dims),
+        ("--top-n", args.top_n), ("--top-n-texts", args.top_n_texts)) if given]
+    soft_only = [flag for flag, given in (
+        ("--embedding-dim", args.embedding_dim), ("--embedding-std", args.embedding_std),
+        ("--intrinsic-dim", args.intrinsic_dim)) if given]
+    if args.soft and hard_only:
+        raise InvalidArgumentError(f"{', '.join(hard_only)} apply to hard prompts: drop them "
+                                   "or drop --soft")
+    if not args.soft and soft_only:
+        raise InvalidArgumentError(f"{', '.join(soft_only)} apply to soft prompts: add --soft")
+    if args.vocabulary and args.vocabulary_id:
+        raise InvalidArgumentError("give --vocabulary MODEL or --vocabulary-id ID, not both")
+    if args.vocabulary_size and not args.vocabulary:
+        raise InvalidArgumentError("--vocabulary-size applies with --vocabulary MODEL")
+    if args.top_n and args.vocabulary_id:
+        raise InvalidArgumentError(
+            "--top-n ranks the tokens of a vocabulary this command loads: use --vocabulary "
+            "MODEL (or the evaluator's) instead of --vocabulary-id")
+    if args.top_n_texts and not args.top_n:
+        raise InvalidArgumentError("--top-n-texts ranks the candidates of --top-n: add --top-n N")
+    if args.top_n_texts and not Path(args.top_n_texts).is_file():
+        raise InvalidArgumentError(f"--top-n-texts: no file {args.top_n_texts!r}")
+    if args.max_active_trials and args.trials and args.max_active_trials > args.trials:
+        raise InvalidArgumentError(
+            f"--max-active-trials {args.max_active_trials} is above --trials {args.trials}")
+    _pairs(args.strategy_option, "--strategy-option")
+    _pairs(args.label, "--label")
+    if any(k.startswith(SETUP_PREFIX) for k in _pairs(args.label, "--label")):
+        raise InvalidArgumentError(f"labels under {SETUP_PREFIX!r} are reserved for the "
+                                   "evaluator setup promptbo records")
+
+
+def check_vocabulary_source(args: argparse.Namespace, evaluator_name: str) -> None:
+    """Refuses, before anything loads, a hard study with no vocabulary to come from:
+    neither ``--vocabulary``/``--vocabulary-id`` nor an evaluator that has one."""
+    from promptbo.evaluators.base import Evaluator, get_evaluator
+
+    if args.soft or args.vocabulary or args.vocabulary_id:
+        return
+    if evaluator_name and get_evaluator(evaluator_name).vocabulary is not Evaluator.vocabulary:
+        return
+    raise InvalidArgumentError(
+        "a hard-prompt study needs a vocabulary"
+        + (f" and evaluator {evaluator_name!r} has none" if evaluator_name else "")
+        + ": pass --vocabulary MODEL (e.g. smollm2; prompts are made of that model's tokens), "
+        "--vocabulary-id ID, or --soft with --embedding-dim D")
+
+
+def _spec_kwargs(args: argparse.Namespace, setup: dict[str, str] | None) -> dict[str, Any]:
+    labels = _pairs(args.label, "--label")
+    labels.update(setup or {})
+    return dict(
+        strategy=args.strategy, strategy_options=_pairs(args.strategy_option, "--strategy-option"),
+        goal=args.goal, objective=args.objective, max_trials=args.trials,
+        max_active_trials=args.max_active_trials, lease_seconds=args.lease_seconds or 0.0,
+        seed=args.seed, labels=labels,
+    )
+
+
+def _soft_space(args: argparse.Namespace, evaluator: Any) -> SoftPromptSpace:
+    shape = evaluator.soft_prompt_shape() if evaluator is not None else None
+    dim, std = args.embedding_dim, args.embedding_std
+    if shape is not None:
+        if dim and dim != shape[0]:
+            raise InvalidArgumentError(
+                f"--embedding-dim {dim} differs from the evaluator's model ({shape[0]}); drop it")
+        dim, std = shape[0], std or shape[1]
+    if not dim:
+        raise InvalidArgumentError(
+            "a soft-prompt study needs its vector size: pass --embedding-dim D (this evaluator "
+            "does not know one)")
+    return SoftPromptSpace(args.prompt_length, dim, intrinsic_dim=args.intrinsic_dim,
+                           embedding_std=std or 1.0)
+
+
+def validate_study(client: Client, name: str, args: argparse.Namespace,
+                   setup: dict[str, str] | None = None) -> Study:
+    """Asks the server to check the study these flags describe (name, ranges, strategy and
+    options; an existing study must have an equal spec), creating nothing and loading no
+    model. Returns the handle the server describes. Raises the server's errors."""
+    check_spec_arguments(args)
+    space: HardPromptSpace | SoftPromptSpace
+    if args.soft:
+        space = SoftPromptSpace(args.prompt_length, args.embedding_dim or 1,
+                                intrinsic_dim=args.intrinsic_dim,
+                                embedding_std=args.embedding_std or 1.0)
+    else:
+        space = HardPromptSpace(args.prompt_length,
+                                args.vocabulary_id or _PLACEHOLDER_VOCABULARY,
+                                pca_dims=args.pca_dims, top_n=args.top_n,
+                                top_n_scores=[0.0] * args.top_n)
+    kwargs = _spec_kwargs(args, setup)
+    if args.soft:  # the vector size may come from the evaluator: compare the rest
+        try:
+            existing = client.get_study(name)
+        except LookupError:
+            existing = None
+        if existing is not None and existing.info.spec.WhichOneof("space") == "soft":
+            soft = existing.info.spec.soft
+            space = SoftPromptSpace(
+                args.prompt_length, args.embedding_dim or soft.embedding_dim,
+                intrinsic_dim=args.intrinsic_dim,
+                embedding_std=args.embedding_std or soft.embedding_std or 1.0,
+                bound=soft.bound)
+    return client.create_study(name, space, validate_only=True, **kwargs)
+
+
+def create_study(client: Client, name: str, args: argparse.Namespace, evaluator: Any = None,
+                 setup: dict[str, str] | None = None) -> Study:
+    """Creates the study the flags describe (or returns the equal existing one): a hard
+    space's vocabulary comes from ``--vocabulary-id``, ``--vocabulary MODEL`` (loaded here)
+    or ``evaluator.vocabulary()``; a soft space's width from ``evaluator`` or
+    ``--embedding-dim``. ``setup`` (see :func:`evaluator_setup`) is stored as labels."""
+    from promptbo.wordlists import read_texts, text_word_scores, word_scores
+
+    space: HardPromptSpace | SoftPromptSpace
+    if args.soft:
+        space = _soft_space(args, evaluator)
+    else:
+        table = None
+        if args.vocabulary:
+            from promptbo.evaluators.hf_common import model_vocabulary
+
+            table = model_vocabulary(args.vocabulary, args.vocabulary_size or None)
+        elif not args.vocabulary_id:
+            table = evaluator.vocabulary() if evaluator is not None else None
+            if table is None:
+                raise InvalidArgumentError(
+                    "a hard-prompt study needs a vocabulary and this evaluator has none: pass "
+                    "--vocabulary MODEL (e.g. smollm2; the prompt's tokens come from that "
+                    "model's tokenizer), --vocabulary-id ID, or --soft with --embedding-dim")
+        vocab_id = args.vocabulary_id if table is None else client.upload_vocabulary(table)
+        scores: list[float] = []
+        if args.top_n and table is not None:  # check_spec_arguments refuses it with an id
+            ranked = (text_word_scores(table.tokens, read_texts(args.top_n_texts))
+                      if args.top_n_texts else word_scores(table.tokens, table.token_ids))
+            scores = ranked.tolist()
+        space = HardPromptSpace(args.prompt_length, vocab_id, pca_dims=args.pca_dims,
+                                top_n=args.top_n, top_n_scores=scores)
+    return client.create_study(name, space, **_spec_kwargs(args, setup))
+
+
+# --- the evaluator setup ------------------------------------------------------------------
+
+def fingerprint(path: str | Path) -> str:
+    """``sha256:`` + 16 hex digits over a file's bytes, or a folder's files (relative
+    names and bytes, in name order)."""
+    root = Path(path).expanduser()
+    h = hashlib.sha256()
+    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+    for f in files:
+        if f is not root:
+            h.update(str(f.relative_to(root)).encode() + b"\0")
+        with f.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return "sha256:" + h.hexdigest()[:16]
+
+
+def _recorded(key: str, value: Any) -> str:
+    text = "" if value is None else str(value)
+    if key in _FILE_OPTIONS and text and Path(text).expanduser().exists():
+        return fingerprint(text)
+    if key == "function" and ".py:" in text:  # the python evaluator's file.py:callable
+        file, _, attr = text.rpartition(":")
+        if Path(file).expanduser().is_file():
+            return f"{fingerprint(file)}:{attr}"
+    return text
+
+
+def evaluator_setup(name: str, options: dict[str, Any]) -> dict[str, str]:
+    """The labels that record what scores a study: ``evaluator`` and every option that
+    changes scores, defaults filled in, data files by content fingerprint."""
+    from promptbo.evaluators.base import check_options, get_evaluator
+
+    check_options(name, options)
+    params = inspect.signature(get_evaluator(name).__init__).parameters
+    values: dict[str, Any] = {
+        n: p.default for n, p in params.items()
+        if n != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+        and p.default is not p.empty
+    }
+    values.update(options)
+    setup = {f"{SETUP_PREFIX}evaluator": name}
+    for key, value in sorted(values.items()):
+        if key not in RUNTIME_OPTIONS:
+            setup[f"{SETUP_PREFIX}{key}"] = _recorded(key, value)
+    return setup
+
+
+def setup_differences(labels: dict[str, str] | Any, setup: dict[str, str]) -> list[str]:
+    """``"key: A in the study, B here"`` for each recorded setup field that differs;
+    empty when they agree or the study recorded no setup."""
+    recorded = {k: v for k, v in dict(labels).items() if k.startswith(SETUP_PREFIX)}
+    if not recorded:
+        return []
+    out = []
+    for key in sorted(set(recorded) | set(setup)):
+        a, b = recorded.get(key, "(not set)"), setup.get(key, "(not set)")
+        if a != b:
+            out.append(f"{key[len(SETUP_PREFIX):]}: {a!r} in the study, {b!r} here")
+    return out
