@@ -246,8 +246,6 @@ def safe(text: str) -> str:
 def _serve(args) -> int:
     import socket
 
-    from promptbo.server.app import ServerOptions, serve
-
     if args.port:  # checked before the storage is opened (or a database file created)
         with socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET) as probe:
             # As gRPC binds: a port whose old connections linger in TIME_WAIT is free.
@@ -259,6 +257,8 @@ def _serve(args) -> int:
                     f"error: cannot listen on {args.host}:{args.port} ({err.strerror}); stop "
                     "the program using it or pass --port N (0 picks a free port)"
                 ) from None
+    from promptbo.server.app import ServerOptions, serve  # torch: after the quick check
+
     opts = ServerOptions(
         host=args.host, port=args.port, max_message_bytes=args.max_message_mb * 1024 * 1024,
         auth_token=_read_secret(args.auth_token_file), tls_cert=args.tls_cert,
