@@ -16,7 +16,7 @@ from typing import Any
 
 import grpc
 
-from promptbo.errors import STATUS_CODES, InvalidArgumentError, NotFoundError, PromptboError
+from promptbo.errors import STATUS_CODES, NotFoundError, PromptboError
 from promptbo.server import convert
 from promptbo.server.auth import Role
 from promptbo.server.limits import clip

@@ -251,9 +251,7 @@ def safe(text: str) -> str:
 def _serve(args) -> int:
     import socket
 
-    from promptbo.server.app import ServerOptions, serve
     from promptbo.server.auth import Principals
-    from promptbo.server.limits import Limits
 
     try:
         principals = Principals.load(args.principals_file) if args.principals_file else None
@@ -270,6 +268,9 @@ def _serve(args) -> int:
                     f"error: cannot listen on {args.host}:{args.port} ({err.strerror}); stop "
                     "the program using it or pass --port N (0 picks a free port)"
                 ) from None
+    from promptbo.server.app import ServerOptions, serve  # torch: after the quick checks
+    from promptbo.server.limits import Limits
+
     opts = ServerOptions(
         host=args.host, port=args.port, max_message_bytes=args.max_message_mb * 1024 * 1024,
         auth_token=_read_secret(args.auth_token_file), tls_cert=args.tls_cert,
