@@ -37,7 +37,7 @@ from google.protobuf.json_format import MessageToDict
 
 from promptbo.errors import NotFoundError
 from promptbo.server import convert
-from promptbo.server.domain import StudyState, TrialState
+from promptbo.server.domain import Study, StudyState, TrialState
 from promptbo.server.manager import StudyManager
 
 log = logging.getLogger(__name__)
@@ -81,7 +81,7 @@ class _StudyCollector:
 
         studies = dict.fromkeys((s.value for s in StudyState if s.value != "unspecified"), 0)
         trials = dict.fromkeys((s.value for s in TrialState), 0)
-        for study in self.manager.list_studies():
+        for study in all_studies(self.manager):
             studies[study.state.value] = studies.get(study.state.value, 0) + 1
             try:
                 counts = self.manager.study_counts(study.name)
@@ -161,9 +161,20 @@ def _study_json(manager: StudyManager, name: str) -> dict[str, Any]:
     return d
 
 
+def all_studies(manager: StudyManager) -> list[Study]:
+    """Every study, by name, read page by page."""
+    out: list[Study] = []
+    token = ""
+    while True:
+        page, token = manager.list_studies(0, token)
+        out.extend(page)
+        if not token:
+            return out
+
+
 def studies_json(manager: StudyManager) -> list[dict[str, Any]]:
     out = []
-    for s in manager.list_studies():
+    for s in all_studies(manager):
         try:
             out.append(_study_json(manager, s.name))
         except NotFoundError:
