@@ -129,6 +129,17 @@ class AsyncOptimizerServicer(api_grpc.OptimizerServiceServicer):
         except _Abort as err:
             await context.abort(err.code, err.details)
 
+    async def UploadPool(self, request_iterator: AsyncIterator, context):
+        chunks = [chunk async for chunk in request_iterator]
+        ctx = _SyncContext(context)
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(
+                self._executor, self._sync.UploadPool, iter(chunks), ctx
+            )
+        except _Abort as err:
+            await context.abort(err.code, err.details)
+
     async def WatchStudy(self, request, context):
         ctx = _SyncContext(context)
         events = self._sync.WatchStudy(request, ctx)

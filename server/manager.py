@@ -44,6 +44,8 @@ from promptbo.errors import (
 from promptbo.server.domain import (
     Goal,
     HardPromptSpace,
+    Pool,
+    PoolSpace,
     Prompt,
     SoftPromptSpace,
     Study,
@@ -163,6 +165,7 @@ class StudyManager:
         self._locks_guard = threading.Lock()
         self._live: dict[str, _Live] = {}
         self._vocab_cache: dict[str, Vocabulary] = {}
+        self._pool_cache: dict[str, Pool] = {}
         self._watchers: dict[str, list[queue.Queue]] = {}
 
     def close(self) -> None:
@@ -192,6 +195,23 @@ class StudyManager:
                 ) from None
             self._vocab_cache[vocab_id] = vocab
         return vocab
+
+    # --- candidate pools ---------------------------------------------------------------
+    def upload_pool(self, pool: Pool, expected_id: str = "") -> tuple[str, bool]:
+        """Stores a pool of candidate prompts; returns ``(id, already_present)``."""
+        if expected_id and expected_id != pool.id:
+            raise InvalidArgumentError(
+                f"pool content hashes to {pool.id} but the client expected {expected_id}; "
+                "the upload was corrupted or chunks arrived out of order"
+            )
+        added = self.storage.put_pool(pool)
+        return pool.id, not added
+
+    def _pool(self, pool_id: str) -> Pool:
+        pool = self._pool_cache.get(pool_id)
+        if pool is None:
+            pool = self._pool_cache[pool_id] = self.storage.get_pool(pool_id)
+        return pool
 
     # --- studies ---------------------------------------------------------------------
     def create_study(self, name: str, spec: StudySpec, request_id: str = "") -> tuple[Study, bool]:
@@ -607,10 +627,13 @@ class StudyManager:
             log.info("study %s reached its budget of %d trials", study.name, study.spec.max_trials)
         return study
 
-    def _check_space(self, spec: StudySpec) -> Vocabulary | None:
+    def _check_space(self, spec: StudySpec) -> Vocabulary | Pool | None:
+        """The uploaded table the study's space searches (None for soft prompts)."""
         space = spec.space
         if isinstance(space, SoftPromptSpace):
             return None
+        if isinstance(space, PoolSpace):
+            return self._pool(space.pool_id)
         vocab = self._vocabulary(space.vocabulary_id)
         if space.top_n:
             if len(space.top_n_scores) != vocab.size:
@@ -685,6 +708,14 @@ class StudyManager:
             for v in p.vector:
                 _check_finite(f"{where}: vector entry", v)
             return Prompt(vector=tuple(float(v) for v in p.vector))
+        if isinstance(space, PoolSpace):
+            size = rt.pool_size
+            if p.pool_index is None or not 0 <= p.pool_index < size:
+                raise InvalidArgumentError(
+                    f"{where}: a pool prompt needs pool_index in [0, {size}), the study's "
+                    f"pool size; got {p.pool_index}"
+                )
+            return rt.decode_pool([p.pool_index])[0]
         assert isinstance(space, HardPromptSpace)
         if len(p.token_ids) != space.prompt_length:
             raise InvalidArgumentError(

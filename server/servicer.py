@@ -19,6 +19,7 @@ from promptbo.errors import STATUS_CODES, InvalidArgumentError, PromptboError
 from promptbo.server import convert
 from promptbo.server.domain import Vocabulary
 from promptbo.server.manager import KnownTrial, StudyManager, TrialResult
+from promptbo.server.pool_upload import assemble_pool
 from promptbo.v1 import optimizer_service_pb2 as api
 from promptbo.v1 import optimizer_service_pb2_grpc as api_grpc
 
@@ -82,6 +83,15 @@ class OptimizerServicer(api_grpc.OptimizerServiceServicer):
         vocab_id, present = self.manager.upload_vocabulary(vocab, expected)
         return api.UploadVocabularyResponse(
             vocabulary_id=vocab_id, size=vocab.size, embedding_dim=vocab.embedding_dim,
+            already_present=present,
+        )
+
+    @_rpc
+    def UploadPool(self, request_iterator, context):
+        pool, expected = assemble_pool(request_iterator)
+        pool_id, present = self.manager.upload_pool(pool, expected)
+        return api.UploadPoolResponse(
+            pool_id=pool_id, size=pool.size, embedding_dim=pool.embedding_dim,
             already_present=present,
         )
 
