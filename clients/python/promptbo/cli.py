@@ -113,10 +113,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     g = p.add_argument_group(
         "creating the study",
-        "with --prompt-length the worker uploads the evaluator's vocabulary and creates the "
-        "study if it does not exist (an existing study of that name must have the same spec)",
+        "with --prompt-length the worker uploads the evaluator's vocabulary (with --pool the "
+        "pool file) and creates the study if it does not exist (an existing study of that "
+        "name must have the same spec)",
     )
     g.add_argument("--prompt-length", type=int, default=0, help="tokens (or vectors) per prompt")
+    g.add_argument("--pool", default="", metavar="FILE",
+                   help="a pool study over this pool file (from `promptbo pool build`)")
     g.add_argument("--soft", action="store_true", help="a soft-prompt study (vectors)")
     g.add_argument("--intrinsic-dim", type=int, default=0, help="soft: random subspace size")
     g.add_argument("--strategy", default="gp")
@@ -141,6 +144,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=int, default=5, help="best prompts to re-score")
     p.add_argument("--unprompted", action="store_true", help="also score the empty prompt")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = sub.add_parser("pool", help="build or upload a pool of candidate prompts",
+                       description="Builds a pool of readable candidate prompts (instructions, "
+                       "label phrases, demonstrations) with their embeddings, for pool studies.")
+    _add_connection_args(p)
+    from promptbo.evaluators.pools import add_pool_arguments
+
+    add_pool_arguments(p)
 
     p = sub.add_parser("demo", help="optimize a prompt for SmolLM2 on a small sentiment set")
     p.add_argument("--trials", type=int, default=24)
@@ -297,6 +308,14 @@ def _worker_study(client: Client, evaluator, args):
     from promptbo.errors import InvalidArgumentError, NotFoundError
     from promptbo.wordlists import read_texts, text_word_scores, word_scores
 
+    if args.pool:
+        from promptbo.client import PoolSpace
+        from promptbo.evaluators.pools import load_pool
+
+        return client.create_study(
+            args.study, PoolSpace(client.upload_pool(load_pool(args.pool))),
+            strategy=args.strategy, max_trials=args.trials, seed=args.seed,
+        )
     if args.prompt_length <= 0:
         try:
             return client.get_study(args.study)
@@ -396,8 +415,14 @@ def _demo(args) -> int:
     return 0
 
 
+def _pool(args) -> int:
+    from promptbo.evaluators.pools import pool_command
+
+    return pool_command(args, _client)
+
+
 _COMMANDS = {"serve": _serve, "study": _study, "worker": _worker, "select": _select,
-             "demo": _demo}
+             "demo": _demo, "pool": _pool}
 
 if __name__ == "__main__":
     sys.exit(main())
