@@ -329,6 +329,8 @@ class StudyManager:
         prompts = rt.take_ready(n, pending)
         if len(prompts) < n:
             prompts += rt.suggest(n - len(prompts), pending + prompts)
+        if rt.issued is not None:
+            rt.issued.update(p.key() for p in prompts)
         drafts = [
             Trial(
                 study=live.study.name, id=0, state=TrialState.ACTIVE, prompt=p,
@@ -687,12 +689,16 @@ class StudyManager:
 
         def snapshot() -> list[Prompt]:
             with self._lock(name):
+                rt.issued = set()
                 return [t.prompt for t in live.active.values()]
 
         def store(prompts: list[Prompt]) -> None:
             with self._lock(name):
-                busy = {t.prompt.key() for t in live.active.values()}
+                # Prompts handed out while the refill ran may be completed already: they
+                # are neither active nor known to the refill's snapshot.
+                busy = {t.prompt.key() for t in live.active.values()} | (rt.issued or set())
                 rt.ready = [p for p in prompts if p.key() not in busy]
+                rt.issued = None
                 rt.refilling = False
 
         self._executor.submit(rt.refill, self.prefetch, snapshot, store)

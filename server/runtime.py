@@ -58,6 +58,9 @@ class StudyRuntime:
         self._inbox: list[tuple[Prompt, float]] = []
         self.ready: list[Prompt] = []
         self.refilling = False
+        #: Keys of the prompts handed out since the running refill took its snapshot
+        #: (None when no refill runs); the refill's result leaves them out.
+        self.issued: set[tuple] | None = None
         self.num_observed = 0
 
     # --- observations -----------------------------------------------------------------

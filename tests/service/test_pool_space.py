@@ -120,3 +120,28 @@ def test_pool_study_resumes_after_a_server_restart(tmp_path):
     second, done = run(5)
     assert len(done) == 10 and len(set(done)) == 10
     assert not set(first) & set(second)
+
+
+def test_prefetching_never_hands_out_a_member_twice(tmp_path):
+    """With prefetch on, a refill whose snapshot predates a trial handed out (and completed)
+    meanwhile must not offer that trial's prompt again."""
+    from promptbo.server.domain import Pool, PoolSpace, StudySpec
+    from promptbo.server.manager import StudyManager
+    from promptbo.server.storage import InMemoryStorage
+
+    table = pool_table(n=30)
+    manager = StudyManager(InMemoryStorage(), prefetch=2)
+    try:
+        pool = Pool(tuple(table.texts), table.embeddings, table.embedding_model)
+        pool_id, _ = manager.upload_pool(pool)
+        spec = StudySpec(space=PoolSpace(pool_id), strategy="zopo",
+                         strategy_options={"num_initial": "3"}, max_trials=30)
+        manager.create_study("prefetch", spec)
+        seen = []
+        for _ in range(30):
+            (t,), _ = manager.suggest_trials("prefetch", 1, "w")
+            seen.append(t.prompt.pool_index)
+            manager.complete_trial("prefetch", t.id, -abs(t.prompt.pool_index - 9), client_id="w")
+        assert sorted(seen) == list(range(30))
+    finally:
+        manager.close()
