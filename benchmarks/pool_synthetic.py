@@ -77,9 +77,12 @@ def build_texts(size: int, seed: int = 0) -> list[str]:
     demos = [(ex.text, "positive" if int(ex.label) == 1 else "negative")
              for ex in read_examples(demo_path())]
     per = -(-size // (len(INSTRUCTIONS) * len(LABEL_PHRASES)))
+    # Repeated draws of the same demonstrations collapse: draw 20% more than needed.
     texts = combine(INSTRUCTIONS, label_phrases=LABEL_PHRASES, demonstrations=demos, k=2,
-                    demo_sets=per + 1, seed=seed, limit=size)
-    return texts[:size]
+                    demo_sets=per + per // 5 + 1, seed=seed, limit=size)
+    if len(texts) < size:
+        raise ValueError(f"only {len(texts)} distinct candidates; ask for fewer")
+    return texts
 
 
 def load_pool(size: int, cache_dir: Path = CACHE) -> tuple[np.ndarray, str]:
