@@ -240,6 +240,7 @@ def _print_trial(t, as_json: bool) -> None:
         print(json.dumps({
             "id": t.id, "state": t.state, "value": t.value, "metrics": t.metrics,
             "text": t.prompt.text, "token_ids": list(t.prompt.token_ids),
+            "pool_index": t.prompt.pool_index,
             "failure_reason": t.failure_reason, "source": t.source,
         }))
         return
