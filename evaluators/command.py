@@ -2,9 +2,11 @@
 
 The program receives one JSON object on stdin::
 
-    {"prompts": [{"token_ids": [..], "tokens": [..], "text": "..", "vector": [[..], ..]}, ..]}
+    {"prompts": [{"token_ids": [..], "tokens": [..], "text": "..", "vector": [[..], ..],
+                  "pool_index": null}, ..]}
 
-(``vector`` is null for hard prompts; a soft prompt has empty ``token_ids``/``tokens``/``text``)
+(``vector`` is null for hard prompts; a soft prompt has empty ``token_ids``/``tokens``/``text``;
+a pool prompt has its ``pool_index`` and ``text`` and empty ``token_ids``/``tokens``)
 and must print one JSON object on stdout and exit with status 0::
 
     {"scores": [0.71, {"value": 0.64, "metrics": {"accuracy": 0.8}}, ..]}
@@ -36,6 +38,7 @@ def prompts_to_json(prompts: Sequence[Prompt]) -> str:
             "tokens": list(p.tokens),
             "text": p.text,
             "vector": None if p.vector is None else [[float(x) for x in row] for row in p.vector],
+            "pool_index": p.pool_index,
         }
         for p in prompts
     ]})

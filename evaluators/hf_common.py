@@ -187,6 +187,8 @@ class HFEvaluator(Evaluator):
                     f"a soft prompt must have shape L x {dim} for this model, got {vec.shape}"
                 )
             return torch.from_numpy(vec).to(self.device, self.dtype)
+        if not prompt.token_ids and prompt.text:
+            return self._text_ids(prompt.text)
         ids = list(prompt.token_ids)
         bad = [i for i in ids if not 0 <= i < self.n_tokens]
         if bad:
@@ -195,6 +197,13 @@ class HFEvaluator(Evaluator):
                 f"{self.n_tokens} tokens; was the study's vocabulary uploaded from another model?"
             )
         return ids
+
+    def _text_ids(self, text: str) -> list[int]:
+        """The token ids of a prompt given as text (a pool candidate), with the space the
+        template has before ``{prompt}``."""
+        if self.task.template.space_before_prompt and not text[:1].isspace():
+            text = " " + text
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def _embed_row(self, parts: Sequence[Any]):
         """`T x D` input embeddings of a row given as id lists and `L x D` tensors."""

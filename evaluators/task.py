@@ -113,6 +113,12 @@ class Template:
         self.uses_text_b = counts["text_b"] > 0
 
     @property
+    def space_before_prompt(self) -> bool:
+        """Whether the template has a space right before ``{prompt}`` (after some text);
+        a prompt given as text then starts with one."""
+        return self._space_before_prompt
+
+    @property
     def answer_last(self) -> bool:
         """Whether only whitespace follows ``{answer}`` (required by causal LMs)."""
         return self._parts[-2] is ANSWER and not self._parts[-1].strip()

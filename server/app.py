@@ -96,7 +96,7 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
                 given = value.encode() if isinstance(value, str) else value
         if hmac.compare_digest(given, self._expected):
             return await continuation(handler_call_details)
-        if method.endswith("/UploadVocabulary"):
+        if method.endswith(("/UploadVocabulary", "/UploadPool")):
             return self._deny_stream_in
         if method.endswith("/WatchStudy"):
             return self._deny_stream_out

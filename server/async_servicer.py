@@ -34,6 +34,7 @@ from promptbo.server.auth import CURRENT_PRINCIPAL
 from promptbo.server.limits import Limits, clip
 from promptbo.server.locks import HeldLock
 from promptbo.server.manager import Event, StudyManager
+from promptbo.server.pool_upload import PoolUpload
 from promptbo.server.servicer import MAX_ERROR_CHARS, OptimizerServicer, grpc_code, watch_message
 from promptbo.server.upload import VocabularyUpload
 from promptbo.server.wire import MalformedRequest
@@ -195,6 +196,15 @@ class AsyncOptimizerServicer(api_grpc.OptimizerServiceServicer):
         except PromptboError as err:
             await context.abort(grpc_code(err), clip(str(err), MAX_ERROR_CHARS))
         return await self._call("store_vocabulary", upload, context)
+
+    async def UploadPool(self, request_iterator: AsyncIterator, context):
+        upload = PoolUpload()
+        try:
+            async for chunk in request_iterator:
+                upload.add(chunk)  # refuses an oversized stream at its first bad chunk
+        except PromptboError as err:
+            await context.abort(grpc_code(err), clip(str(err), MAX_ERROR_CHARS))
+        return await self._call("store_pool", upload, context)
 
     async def WatchStudy(self, request, context):
         if isinstance(request, MalformedRequest):

@@ -52,6 +52,7 @@ METHOD_ROLES: dict[str, Role] = {
     "WatchStudy": Role.READ,
     "CreateStudy": Role.WRITE,
     "UploadVocabulary": Role.WRITE,
+    "UploadPool": Role.WRITE,
     "SuggestTrials": Role.WRITE,
     "CompleteTrial": Role.WRITE,
     "CompleteTrials": Role.WRITE,

@@ -17,6 +17,7 @@ from promptbo.server.domain import (
     DEFAULT_PCA_DIMS,
     Goal,
     HardPromptSpace,
+    PoolSpace,
     Prompt,
     SoftPromptSpace,
     Study,
@@ -40,8 +41,10 @@ _TRIAL_STATES: dict[int, TrialState] = {v: k for k, v in _TRIAL_STATES_PB.items(
 
 def spec_from_pb(msg: pb.StudySpec) -> StudySpec:
     kind = msg.WhichOneof("space")
-    space: HardPromptSpace | SoftPromptSpace
-    if kind == "hard":
+    space: HardPromptSpace | SoftPromptSpace | PoolSpace
+    if kind == "pool":
+        space = PoolSpace(pool_id=msg.pool.pool_id)
+    elif kind == "hard":
         h = msg.hard
         f = h.filter.WhichOneof("filter")
         space = HardPromptSpace(
@@ -67,7 +70,7 @@ def spec_from_pb(msg: pb.StudySpec) -> StudySpec:
         )
     else:
         raise InvalidArgumentError(
-            "the study spec needs a search space: set spec.hard or spec.soft"
+            "the study spec needs a search space: set spec.hard, spec.soft or spec.pool"
         )
     if msg.goal not in _GOALS:
         raise InvalidArgumentError(f"unknown goal {msg.goal}")
@@ -98,7 +101,9 @@ def spec_to_pb(spec: StudySpec) -> pb.StudySpec:
         labels=spec.labels,
     )
     sp = spec.space
-    if isinstance(sp, HardPromptSpace):
+    if isinstance(sp, PoolSpace):
+        msg.pool.pool_id = sp.pool_id
+    elif isinstance(sp, HardPromptSpace):
         msg.hard.prompt_length = sp.prompt_length
         msg.hard.vocabulary_id = sp.vocabulary_id
         msg.hard.pca_dims = sp.pca_dims
@@ -122,11 +127,15 @@ def prompt_from_pb(msg: pb.Prompt) -> Prompt:
         tokens=tuple(msg.tokens),
         text=msg.text,
         vector=tuple(msg.vector),
+        pool_index=msg.pool_index if msg.HasField("pool_index") else None,
     )
 
 
 def prompt_to_pb(p: Prompt) -> pb.Prompt:
-    return pb.Prompt(token_ids=p.token_ids, tokens=p.tokens, text=p.text, vector=p.vector)
+    msg = pb.Prompt(token_ids=p.token_ids, tokens=p.tokens, text=p.text, vector=p.vector)
+    if p.pool_index is not None:
+        msg.pool_index = p.pool_index
+    return msg
 
 
 def trial_to_pb(t: Trial) -> pb.Trial:

@@ -16,7 +16,7 @@ from functools import cached_property
 import numpy as np
 
 from promptbo.errors import InvalidArgumentError
-from promptbo.types import vocabulary_id
+from promptbo.types import pool_id, vocabulary_id
 
 MAX_PROMPT_LENGTH = 512
 MAX_STUDY_NAME = 200
@@ -105,7 +105,22 @@ class SoftPromptSpace:
         return self.prompt_length * self.embedding_dim
 
 
-SearchSpace = HardPromptSpace | SoftPromptSpace
+@dataclass(frozen=True)
+class PoolSpace:
+    """One candidate of an uploaded pool (see :class:`Pool`), searched through the
+    candidates' embeddings; prompts are the candidates' indices and texts."""
+
+    pool_id: str
+
+    def __post_init__(self) -> None:
+        if not self.pool_id:
+            raise InvalidArgumentError(
+                "pool space needs a pool_id: upload the pool first (UploadPool, "
+                "client.upload_pool) and pass the id it returns"
+            )
+
+
+SearchSpace = HardPromptSpace | SoftPromptSpace | PoolSpace
 
 
 @dataclass(frozen=True)
@@ -139,13 +154,18 @@ class Prompt:
     tokens: tuple[str, ...] = ()
     text: str = ""
     vector: tuple[float, ...] = ()
+    #: Pool prompts: the candidate's index in the study's pool (``text`` is its text).
+    pool_index: int | None = None
 
     @property
     def is_soft(self) -> bool:
         return len(self.vector) > 0
 
     def key(self) -> tuple:
-        """A hashable identity: token ids for hard prompts, the vector for soft ones."""
+        """A hashable identity: token ids for hard prompts, the vector for soft ones, the
+        index for pool prompts."""
+        if self.pool_index is not None:
+            return (self.pool_index,)
         return self.vector if self.is_soft else self.token_ids
 
 
@@ -225,6 +245,46 @@ class Vocabulary:
     @cached_property
     def id(self) -> str:
         return vocabulary_id(self.tokens, self.token_ids, self.embeddings)
+
+
+@dataclass(frozen=True)
+class Pool:
+    """Candidate prompts: ``texts`` and a ``size x embedding_dim`` float32 table of their
+    embeddings, made by ``embedding_model`` (a free-form name, part of the content id)."""
+
+    texts: tuple[str, ...]
+    embeddings: np.ndarray
+    embedding_model: str = ""
+
+    def __post_init__(self) -> None:
+        emb = self.embeddings
+        if emb.ndim != 2:
+            raise InvalidArgumentError(f"embeddings must be 2-D, got shape {emb.shape}")
+        if emb.shape[0] == 0:
+            raise InvalidArgumentError("the pool is empty")
+        if len(self.texts) != emb.shape[0]:
+            raise InvalidArgumentError(
+                f"pool has {len(self.texts)} texts and {emb.shape[0]} embedding rows; "
+                "the two counts must be equal"
+            )
+        if not np.isfinite(emb).all():
+            raise InvalidArgumentError("the embedding table contains NaN or infinite values")
+        if len(set(self.texts)) != len(self.texts):
+            raise InvalidArgumentError(
+                "the pool's texts must be distinct; remove the duplicates before uploading"
+            )
+
+    @property
+    def size(self) -> int:
+        return int(self.embeddings.shape[0])
+
+    @property
+    def embedding_dim(self) -> int:
+        return int(self.embeddings.shape[1])
+
+    @cached_property
+    def id(self) -> str:
+        return pool_id(self.texts, self.embeddings, self.embedding_model)
 
 
 def check_study_name(name: str) -> None:

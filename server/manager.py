@@ -52,6 +52,8 @@ from promptbo.errors import (
 from promptbo.server.domain import (
     Goal,
     HardPromptSpace,
+    Pool,
+    PoolSpace,
     Prompt,
     SoftPromptSpace,
     Study,
@@ -183,6 +185,7 @@ class StudyManager:
         self._locks = LockTable()
         self._live: dict[str, _Live] = {}
         self._vocab_cache: dict[str, Vocabulary] = {}
+        self._pool_cache: dict[str, Pool] = {}
         # Per study: callbacks taking each Event (None: the study was deleted).
         self._watchers: dict[str, list[Callable[[Event | None], None]]] = {}
         self._watchers_guard = threading.Lock()
@@ -218,6 +221,23 @@ class StudyManager:
                 vocab = Vocabulary(vocab.tokens, vocab.token_ids, vocab.embeddings.copy())
             self._vocab_cache[vocab_id] = vocab
         return vocab
+
+    # --- candidate pools ---------------------------------------------------------------
+    def upload_pool(self, pool: Pool, expected_id: str = "") -> tuple[str, bool]:
+        """Stores a pool of candidate prompts; returns ``(id, already_present)``."""
+        if expected_id and expected_id != pool.id:
+            raise InvalidArgumentError(
+                f"pool content hashes to {pool.id} but the client expected {expected_id}; "
+                "the upload was corrupted or chunks arrived out of order"
+            )
+        added = self.storage.put_pool(pool)
+        return pool.id, not added
+
+    def _pool(self, pool_id: str) -> Pool:
+        pool = self._pool_cache.get(pool_id)
+        if pool is None:
+            pool = self._pool_cache[pool_id] = self.storage.get_pool(pool_id)
+        return pool
 
     # --- studies ---------------------------------------------------------------------
     def create_study(
@@ -456,6 +476,8 @@ class StudyManager:
         prompts = rt.take_ready(n, pending)
         if len(prompts) < n:
             prompts += rt.suggest(n - len(prompts), pending + prompts, cancelled)
+        if rt.issued is not None:
+            rt.issued.update(p.key() for p in prompts)
         drafts = [
             Trial(
                 study=live.study.name, id=0, state=TrialState.ACTIVE, prompt=p,
@@ -800,10 +822,13 @@ class StudyManager:
             log.info("study %s reached its budget of %d trials", study.name, study.spec.max_trials)
         return study
 
-    def _check_space(self, spec: StudySpec) -> Vocabulary | None:
+    def _check_space(self, spec: StudySpec) -> Vocabulary | Pool | None:
+        """The uploaded table the study's space searches (None for soft prompts)."""
         space = spec.space
         if isinstance(space, SoftPromptSpace):
             return None
+        if isinstance(space, PoolSpace):
+            return self._pool(space.pool_id)
         vocab = self._vocabulary(space.vocabulary_id)
         if space.top_n:
             if len(space.top_n_scores) != vocab.size:
@@ -857,12 +882,16 @@ class StudyManager:
 
         def snapshot() -> list[Prompt]:
             with self._lock(name):
+                rt.issued = set()
                 return [t.prompt for t in live.active.values()]
 
         def store(prompts: list[Prompt]) -> None:
             with self._lock(name):
-                busy = {t.prompt.key() for t in live.active.values()}
+                # Prompts handed out while the refill ran may be completed already: they
+                # are neither active nor known to the refill's snapshot.
+                busy = {t.prompt.key() for t in live.active.values()} | (rt.issued or set())
                 rt.ready = [p for p in prompts if p.key() not in busy]
+                rt.issued = None
                 rt.refilling = False
 
         self._executor.submit(rt.refill, self.prefetch, snapshot, store)
@@ -878,6 +907,14 @@ class StudyManager:
             for v in p.vector:
                 _check_finite(f"{where}: vector entry", v)
             return Prompt(vector=tuple(float(v) for v in p.vector))
+        if isinstance(space, PoolSpace):
+            size = rt.pool_size
+            if p.pool_index is None or not 0 <= p.pool_index < size:
+                raise InvalidArgumentError(
+                    f"{where}: a pool prompt needs pool_index in [0, {size}), the study's "
+                    f"pool size; got {p.pool_index}"
+                )
+            return rt.decode_pool([p.pool_index])[0]
         assert isinstance(space, HardPromptSpace)
         if len(p.token_ids) != space.prompt_length:
             raise InvalidArgumentError(

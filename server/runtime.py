@@ -2,7 +2,8 @@
 
 :class:`StudyRuntime` wraps one :class:`~promptbo.server.optim.Engine` for the study
 manager. It converts stored prompts to engine tensors and back (hard prompts: the model's
-token ids <-> vocabulary rows; soft prompts: flat float vectors), queues observations so
+token ids <-> vocabulary rows; soft prompts: flat float vectors; pool prompts: pool
+indices, as `n x 1` LongTensors), queues observations so
 that recording a result never waits for a running suggestion, and can keep a few
 suggestions ready, computed in the background, so that ``SuggestTrials`` returns at once.
 
@@ -23,7 +24,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from promptbo.server.domain import Prompt, SoftPromptSpace, StudySpec, Vocabulary
+from promptbo.server.domain import Pool, PoolSpace, Prompt, SoftPromptSpace, StudySpec, Vocabulary
 
 log = logging.getLogger(__name__)
 
@@ -33,16 +34,21 @@ class StudyRuntime:
 
     Args:
         spec: the study's spec.
-        vocab: its vocabulary (hard prompts) or None (soft prompts).
+        vocab: its vocabulary (hard prompts), its pool (pool prompts) or None (soft prompts).
         engine_factory: ``make_engine``-compatible callable.
     """
 
-    def __init__(self, spec: StudySpec, vocab: Vocabulary | None, engine_factory: Callable):
+    def __init__(
+        self, spec: StudySpec, vocab: Vocabulary | Pool | None, engine_factory: Callable
+    ):
         self.spec = spec
+        self.pool = vocab if isinstance(vocab, Pool) else None
+        vocab = None if isinstance(vocab, Pool) else vocab
         self.vocab = vocab
         self.engine = engine_factory(
             spec.space, spec.strategy, spec.strategy_options, spec.seed,
-            None if vocab is None else vocab.embeddings,
+            self.pool.embeddings if self.pool is not None
+            else None if vocab is None else vocab.embeddings,
         )
         self.row_of: dict[int, int] = (
             {} if vocab is None else {tid: row for row, tid in enumerate(vocab.token_ids)}
@@ -52,6 +58,9 @@ class StudyRuntime:
         self._inbox: list[tuple[Prompt, float]] = []
         self.ready: list[Prompt] = []
         self.refilling = False
+        #: Keys of the prompts handed out since the running refill took its snapshot
+        #: (None when no refill runs); the refill's result leaves them out.
+        self.issued: set[tuple] | None = None
         self.num_observed = 0
 
     # --- observations -----------------------------------------------------------------
@@ -128,13 +137,18 @@ class StudyRuntime:
 
     # --- encoding ---------------------------------------------------------------------
     def encode(self, prompts: Sequence[Prompt]) -> torch.Tensor:
-        """Hard: LongTensor `n x L` of vocabulary rows; soft: float tensor `n x (L*D)`."""
+        """Hard: LongTensor `n x L` of vocabulary rows; soft: float tensor `n x (L*D)`;
+        pool: LongTensor `n x 1` of pool indices."""
+        if isinstance(self.spec.space, PoolSpace):
+            return torch.tensor([[p.pool_index] for p in prompts], dtype=torch.long)
         if isinstance(self.spec.space, SoftPromptSpace):
             return torch.tensor(np.array([p.vector for p in prompts], dtype=np.float32))
         rows = [[self.row_of[tid] for tid in p.token_ids] for p in prompts]
         return torch.tensor(rows, dtype=torch.long)
 
     def decode(self, candidates: torch.Tensor) -> list[Prompt]:
+        if isinstance(self.spec.space, PoolSpace):
+            return self.decode_pool(candidates.reshape(-1).tolist())
         if isinstance(self.spec.space, SoftPromptSpace):
             arr = candidates.detach().cpu().numpy().astype(np.float32)
             return [Prompt(vector=tuple(float(v) for v in row)) for row in arr]
@@ -146,6 +160,16 @@ class StudyRuntime:
             out.append(Prompt(token_ids=tuple(vocab.token_ids[r] for r in row), tokens=tokens,
                               text="".join(tokens)))
         return out
+
+    @property
+    def pool_size(self) -> int:
+        return 0 if self.pool is None else self.pool.size
+
+    def decode_pool(self, indices: Sequence[int]) -> list[Prompt]:
+        """Pool prompts (index and text) for pool indices (all in range)."""
+        pool = self.pool
+        assert pool is not None
+        return [Prompt(text=pool.texts[i], pool_index=int(i)) for i in indices]
 
     def render(self, token_ids: Sequence[int]) -> Prompt:
         """A hard prompt from model token ids (all must be in ``row_of``)."""

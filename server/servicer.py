@@ -21,6 +21,7 @@ from promptbo.server import convert
 from promptbo.server.auth import Role
 from promptbo.server.limits import clip
 from promptbo.server.manager import Event, KnownTrial, StudyManager, TrialResult
+from promptbo.server.pool_upload import PoolUpload
 from promptbo.server.upload import VocabularyUpload
 from promptbo.server.wire import MalformedRequest
 from promptbo.v1 import optimizer_service_pb2 as api
@@ -130,6 +131,26 @@ class OptimizerServicer(api_grpc.OptimizerServiceServicer):
         vocab_id, present = self.manager.upload_vocabulary(vocab, expected)
         return api.UploadVocabularyResponse(
             vocabulary_id=vocab_id, size=vocab.size, embedding_dim=vocab.embedding_dim,
+            already_present=present,
+        )
+
+    @_rpc
+    def UploadPool(self, request_iterator, context):
+        upload = PoolUpload()
+        try:
+            for chunk in request_iterator:
+                upload.add(chunk)
+        except PromptboError as err:
+            context.abort(grpc_code(err), clip(str(err), MAX_ERROR_CHARS))
+        return self.store_pool(upload, context)
+
+    @_rpc
+    def store_pool(self, upload: PoolUpload, context):
+        """Checks a fully received pool upload and stores it."""
+        pool, expected = upload.finish()
+        pool_id, present = self.manager.upload_pool(pool, expected)
+        return api.UploadPoolResponse(
+            pool_id=pool_id, size=pool.size, embedding_dim=pool.embedding_dim,
             already_present=present,
         )
 

@@ -8,7 +8,9 @@ through :meth:`Engine.observe`.
 Candidates are encoded as
 
 - hard prompts: ``LongTensor`` of shape `n x L`, rows of the (uploaded) vocabulary;
-- soft prompts: ``Tensor`` of shape `n x (L * D)`, the flattened prompt vectors.
+- soft prompts: ``Tensor`` of shape `n x (L * D)`, the flattened prompt vectors;
+- pool prompts: ``LongTensor`` of shape `n x 1`, indices into the uploaded pool
+  (strategies of their own, see :mod:`.pool_engines`).
 
 Values are always maximized; the manager negates them for minimization studies.
 """
@@ -24,7 +26,7 @@ import torch
 from torch import Tensor
 
 from promptbo.errors import CancelledError, InvalidArgumentError
-from promptbo.server.domain import HardPromptSpace, SearchSpace, SoftPromptSpace
+from promptbo.server.domain import HardPromptSpace, PoolSpace, SearchSpace, SoftPromptSpace
 
 
 class Engine(abc.ABC):
@@ -104,12 +106,17 @@ def make_engine(
         seed: seeds every random choice; equal inputs give equal suggestions.
         embeddings: for hard prompts, the vocabulary's `V x D` float32 embedding table
             (the whole uploaded table; the engine applies the space's filter itself and
-            always returns rows of the whole table).
+            always returns rows of the whole table); for pool prompts, the pool's `N x D`
+            table.
 
     Raises:
         InvalidArgumentError: unknown strategy, bad option, or a strategy that does not
             support the space's kind.
     """
+    if isinstance(space, PoolSpace):
+        from promptbo.server.optim.pool_engines import make_pool_engine
+
+        return make_pool_engine(strategy, dict(options or {}), seed, embeddings)
     _load_builtin()
     factory = _REGISTRY.get(strategy or "gp")
     if factory is None:

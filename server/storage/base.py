@@ -1,6 +1,6 @@
 """The storage contract every backend fulfils.
 
-A :class:`Storage` keeps studies, their trials and uploaded vocabularies. Every method
+A :class:`Storage` keeps studies, their trials, uploaded vocabularies and pools. Every method
 is atomic: it either applies all of its change or none. Backends do no optimization and
 enforce no lease rules; :class:`promptbo.server.manager.StudyManager` does, holding one
 lock per study, so a backend only needs to be safe for concurrent calls from threads.
@@ -16,7 +16,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Sequence
 
-from promptbo.server.domain import Study, Trial, TrialState, Vocabulary
+from promptbo.server.domain import Pool, Study, Trial, TrialState, Vocabulary
 
 
 class Storage(abc.ABC):
@@ -35,6 +35,18 @@ class Storage(abc.ABC):
 
     @abc.abstractmethod
     def has_vocabulary(self, vocabulary_id: str) -> bool: ...
+
+    # --- candidate pools ----------------------------------------------------------
+    @abc.abstractmethod
+    def put_pool(self, pool: Pool) -> bool:
+        """Stores ``pool`` under its content id; returns False if it was present."""
+
+    @abc.abstractmethod
+    def get_pool(self, pool_id: str) -> Pool:
+        """Raises NotFoundError if no pool has that id."""
+
+    @abc.abstractmethod
+    def has_pool(self, pool_id: str) -> bool: ...
 
     # --- studies ------------------------------------------------------------------
     @abc.abstractmethod

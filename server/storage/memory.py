@@ -17,6 +17,7 @@ import numpy as np
 
 from promptbo.errors import AlreadyExistsError, InvalidArgumentError, NotFoundError
 from promptbo.server.domain import (
+    Pool,
     Prompt,
     Study,
     Trial,
@@ -61,6 +62,11 @@ def check_trials_text(trials: Sequence[Trial]) -> None:
         check_text("client_id", t.client_id)
         check_text("failure_reason", t.failure_reason)
         check_text("principal", t.principal)
+def pool_not_found(pool_id: str) -> NotFoundError:
+    return NotFoundError(
+        f"pool {pool_id!r} not found; upload it with UploadPool (client.upload_pool) and "
+        "use the id it returns"
+    )
 
 
 def check_limit(limit: int | None) -> None:
@@ -80,6 +86,7 @@ class InMemoryStorage(Storage):
     def __init__(self) -> None:
         self._lock = threading.RLock()
         self._vocabularies: dict[str, Vocabulary] = {}
+        self._pools: dict[str, Pool] = {}
         self._studies: dict[str, Study] = {}
         self._trials: dict[str, list[Trial]] = {}
 
@@ -113,6 +120,34 @@ class InMemoryStorage(Storage):
     def has_vocabulary(self, vocabulary_id: str) -> bool:
         with self._lock:
             return vocabulary_id in self._vocabularies
+
+    # --- candidate pools ----------------------------------------------------------
+    def put_pool(self, pool: Pool) -> bool:
+        pid = pool.id
+        with self._lock:
+            if pid in self._pools:
+                return False
+        table = np.array(pool.embeddings, dtype=np.float32, order="C", copy=True)
+        table.setflags(write=False)
+        kept = Pool(texts=tuple(pool.texts), embeddings=table,
+                    embedding_model=pool.embedding_model)
+        kept.__dict__["id"] = pid
+        with self._lock:
+            if pid in self._pools:
+                return False
+            self._pools[pid] = kept
+            return True
+
+    def get_pool(self, pool_id: str) -> Pool:
+        with self._lock:
+            try:
+                return self._pools[pool_id]  # immutable: tuples, read-only table
+            except KeyError:
+                raise pool_not_found(pool_id) from None
+
+    def has_pool(self, pool_id: str) -> bool:
+        with self._lock:
+            return pool_id in self._pools
 
     # --- studies ------------------------------------------------------------------
     def create_study(self, study: Study) -> Study:
@@ -230,5 +265,5 @@ def _copy_trial(trial: Trial) -> Trial:
     p = trial.prompt
     if not all(type(f) is tuple for f in (p.token_ids, p.tokens, p.vector)):
         p = Prompt(token_ids=tuple(p.token_ids), tokens=tuple(p.tokens), text=p.text,
-                   vector=tuple(p.vector))
+                   vector=tuple(p.vector), pool_index=p.pool_index)
     return trial.evolve(prompt=p, metrics=dict(trial.metrics))

@@ -4,8 +4,11 @@ Schema (version :data:`SCHEMA_VERSION`, recorded in ``promptbo_schema``)::
 
     vocabularies  id PK, size, dim, tokens (JSON text), token_ids (little-endian int64
                   blob), embeddings (little-endian float32 blob, size x dim, row-major)
+    pools         id PK, size, dim, texts (JSON text), embedding_model, embeddings
+                  (little-endian float32 blob, size x dim, row-major)
     studies       name PK, spec (JSON text), state, create_time, request_id
-    trials        (study, id) PK, state, prompt (JSON text), vector (blob), client_id,
+    trials        (study, id) PK, state, prompt (JSON text; a pool prompt's index is its
+                  "pool_index" key), vector (blob), client_id,
                   lease_deadline, value, metrics (JSON text), failure_reason,
                   create_time, complete_time, source, principal; index (study, state)
 
@@ -47,6 +50,8 @@ from promptbo.errors import (
 from promptbo.server.domain import (
     Goal,
     HardPromptSpace,
+    Pool,
+    PoolSpace,
     Prompt,
     SoftPromptSpace,
     Study,
@@ -63,6 +68,7 @@ from promptbo.server.storage.memory import (
     check_limit,
     check_text,
     check_trials_text,
+    pool_not_found,
     study_not_found,
     trial_not_found,
     vocabulary_not_found,
@@ -87,6 +93,17 @@ vocabularies = sa.Table(
     sa.Column("dim", sa.Integer, nullable=False),
     sa.Column("tokens", sa.Text, nullable=False),
     sa.Column("token_ids", sa.LargeBinary, nullable=False),
+    sa.Column("embeddings", sa.LargeBinary, nullable=False),
+)
+
+pools = sa.Table(
+    "pools",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("size", sa.Integer, nullable=False),
+    sa.Column("dim", sa.Integer, nullable=False),
+    sa.Column("texts", sa.Text, nullable=False),
+    sa.Column("embedding_model", sa.Text, nullable=False),
     sa.Column("embeddings", sa.LargeBinary, nullable=False),
 )
 
@@ -148,8 +165,10 @@ _FILE_LOCKS_GUARD = threading.Lock()
 def spec_to_json(spec: StudySpec) -> str:
     """Serializes ``spec`` (either kind of search space) to a JSON text."""
     space = spec.space
-    if isinstance(space, HardPromptSpace):
-        space_doc: dict[str, Any] = {
+    if isinstance(space, PoolSpace):
+        space_doc: dict[str, Any] = {"kind": "pool", "pool_id": space.pool_id}
+    elif isinstance(space, HardPromptSpace):
+        space_doc = {
             "kind": "hard",
             "prompt_length": space.prompt_length,
             "vocabulary_id": space.vocabulary_id,
@@ -193,9 +212,11 @@ def spec_from_json(text: str) -> StudySpec:
         for key in ("top_n_scores", "allowed"):
             if key in space_doc:
                 space_doc[key] = tuple(space_doc[key])
-        space: HardPromptSpace | SoftPromptSpace = HardPromptSpace(**space_doc)
+        space: HardPromptSpace | SoftPromptSpace | PoolSpace = HardPromptSpace(**space_doc)
     elif kind == "soft":
         space = SoftPromptSpace(**space_doc)
+    elif kind == "pool":
+        space = PoolSpace(**space_doc)
     else:
         raise FailedPreconditionError(f"stored study spec has unknown space kind {kind!r}")
     if "goal" in doc:
@@ -235,6 +256,8 @@ def _trial_row(trial: Trial) -> dict[str, Any]:
         "tokens": list(p.tokens),
         "text": p.text,
     }
+    if p.pool_index is not None:
+        prompt_doc["pool_index"] = int(p.pool_index)
     vector = None
     if len(p.vector):
         v64 = np.asarray(p.vector, dtype=np.float64)
@@ -274,6 +297,7 @@ def _trial_from_row(row: Any) -> Trial:
         tokens=tuple(doc["tokens"]),
         text=doc["text"],
         vector=vector,
+        pool_index=doc.get("pool_index"),
     )
     return Trial(
         study=row.study,
@@ -471,6 +495,50 @@ class SqlStorage(Storage):
         query = sa.select(vocabularies.c.id).where(vocabularies.c.id == vocabulary_id)
         return conn.execute(query).first() is not None
 
+    # --- candidate pools -------------------------------------------------------------
+    def put_pool(self, pool: Pool) -> bool:
+        pid = pool.id
+        if self.has_pool(pid):  # skip preparing a large table
+            return False
+        table = np.ascontiguousarray(pool.embeddings, dtype="<f4")
+        row = {
+            "id": pid,
+            "size": pool.size,
+            "dim": pool.embedding_dim,
+            "texts": _dumps(list(pool.texts)),
+            "embedding_model": pool.embedding_model,
+            "embeddings": memoryview(table.data).cast("B"),
+        }
+        try:
+            with self._write() as conn:
+                if self._has_pool(conn, pid):
+                    return False
+                conn.execute(pools.insert(), row)
+        except sa.exc.IntegrityError:  # another process stored it meanwhile
+            return False
+        return True
+
+    def get_pool(self, pool_id: str) -> Pool:
+        with self._read() as conn:
+            row = conn.execute(sa.select(pools).where(pools.c.id == pool_id)).first()
+        if row is None:
+            raise pool_not_found(pool_id)
+        pool = Pool(
+            texts=tuple(json.loads(row.texts)),
+            embeddings=np.frombuffer(row.embeddings, dtype="<f4").reshape(row.size, row.dim),
+            embedding_model=row.embedding_model,
+        )
+        pool.__dict__["id"] = row.id  # stored under its content hash: skip rehashing
+        return pool
+
+    def has_pool(self, pool_id: str) -> bool:
+        with self._read() as conn:
+            return self._has_pool(conn, pool_id)
+
+    @staticmethod
+    def _has_pool(conn: Connection, pool_id: str) -> bool:
+        return conn.execute(sa.select(pools.c.id).where(pools.c.id == pool_id)).first() is not None
+
     # --- studies ---------------------------------------------------------------------
     def create_study(self, study: Study) -> Study:
         check_study_name(study.name)
@@ -614,6 +682,7 @@ class SqlStorage(Storage):
             ).all()
             specs = conn.execute(sa.select(studies.c.name, studies.c.spec)).all()
             vocab_ids = set(conn.execute(sa.select(vocabularies.c.id)).scalars())
+            pool_ids = set(conn.execute(sa.select(pools.c.id)).scalars())
             sizes = conn.execute(
                 sa.select(
                     vocabularies.c.id,
@@ -634,6 +703,8 @@ class SqlStorage(Storage):
             space = spec_from_json(spec_text).space
             if isinstance(space, HardPromptSpace) and space.vocabulary_id not in vocab_ids:
                 problems.append(f"study {name!r}: vocabulary {space.vocabulary_id!r} is missing")
+            if isinstance(space, PoolSpace) and space.pool_id not in pool_ids:
+                problems.append(f"study {name!r}: pool {space.pool_id!r} is missing")
         for vocab_id, size, dim, emb_bytes, ids_bytes in sizes:
             if emb_bytes != size * dim * 4 or ids_bytes != size * 8:
                 problems.append(f"vocabulary {vocab_id!r}: stored tables do not match its shape")

@@ -243,3 +243,12 @@ def test_label_matching_helpers():
     assert OpenAIEvaluator._predict(" Negative.", ["positive", "negative"]) == 1
     assert OpenAIEvaluator._predict(" pos", ["positive", "negative"]) == 0
     assert OpenAIEvaluator._predict("maybe", ["positive", "negative"]) == -1
+
+
+def test_pool_prompts_are_written_into_the_template(fake):
+    pool_prompt = Prompt(text="What is the sentiment?", pool_index=4)
+    with make(fake) as ev:
+        score = ev.score([pool_prompt])[0]
+    assert score.value == pytest.approx(expected_log_prob(*GOOD))
+    bodies = [b["prompt"] for _, b, _ in fake.requests]
+    assert bodies and all("\nWhat is the sentiment?\nSentiment:" in b for b in bodies)

@@ -81,11 +81,14 @@ def test_python_result_errors(user_module):
 
 
 def test_prompts_json_document():
-    doc = json.loads(prompts_to_json([PROMPTS[0], SOFT]))
+    pool = Prompt(text="Judge the review.", pool_index=3)
+    doc = json.loads(prompts_to_json([PROMPTS[0], SOFT, pool]))
     assert doc["prompts"][0] == {"token_ids": [5, 6], "tokens": ["a", " b"], "text": "a b",
-                                 "vector": None}
+                                 "vector": None, "pool_index": None}
     assert doc["prompts"][1] == {"token_ids": [], "tokens": [], "text": "",
-                                 "vector": [[0.5, -1.0], [2.0, 0.0]]}
+                                 "vector": [[0.5, -1.0], [2.0, 0.0]], "pool_index": None}
+    assert doc["prompts"][2] == {"token_ids": [], "tokens": [], "text": "Judge the review.",
+                                 "vector": None, "pool_index": 3}
 
 
 def _script(tmp_path, body: str) -> list[str]:

@@ -114,3 +114,22 @@ def test_select_command_end_to_end(tmp_path, vocab_table, capsys):
     finally:
         server.stop(0)
         manager.close()
+
+
+def test_rescore_keeps_pool_candidates_apart(client):
+    import numpy as np
+
+    texts = ["Say the sentiment.", "Is it good?", "Judge it.", "Read it."]
+    table = promptbo.PoolTable(texts, np.eye(4, dtype=np.float32), "test")
+    study = client.create_study("pool-sel", promptbo.PoolSpace(client.upload_pool(table)),
+                                strategy="random")
+    study.add_trials([(promptbo.Prompt(pool_index=i), v)
+                      for i, v in ((0, 0.9), (1, 0.8), (0, 0.1), (2, 0.7), (3, 0.2))])
+    assert [t.prompt.pool_index for t in top_trials(study.trials(), 10)] == [0, 1, 2, 3]
+
+    class ByText:
+        def score(self, prompts):
+            return [Score({"Is it good?": 0.6}.get(p.text, 0.1)) for p in prompts]
+
+    ranked = rescore(study, ByText(), top=3)
+    assert [r.prompt.text for r in ranked] == ["Is it good?", "Say the sentiment.", "Judge it."]

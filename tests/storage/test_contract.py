@@ -27,6 +27,8 @@ from promptbo.errors import (
 from promptbo.server.domain import (
     Goal,
     HardPromptSpace,
+    Pool,
+    PoolSpace,
     Prompt,
     SoftPromptSpace,
     Study,
@@ -383,6 +385,64 @@ def test_vocabulary_roundtrip_is_exact(store):
     other = vocabulary(n=4, dim=2, seed=1)
     assert store.put_vocabulary(other) is True
     assert store.get_vocabulary(other.id).embeddings.tobytes() == other.embeddings.tobytes()
+
+
+# --- candidate pools ---------------------------------------------------------------------
+def pool(n: int = 5, dim: int = 3, seed: int = 0, model: str = "enc") -> Pool:
+    rng = np.random.default_rng(seed)
+    texts = tuple(f"{ODD_TOKENS[i % 8]} candidate {i}" for i in range(n))
+    return Pool(texts, rng.standard_normal((n, dim)).astype(np.float32), model)
+
+
+def test_pool_roundtrip_is_exact(store):
+    p = pool(n=9, dim=4)
+    original = p.embeddings.copy()
+    assert store.put_pool(p) is True
+    assert store.has_pool(p.id) and not store.has_pool("0" * 64)
+    assert store.put_pool(pool(n=9, dim=4)) is False  # same content, same id
+    p.embeddings[0, 0] = 99.0  # the caller's table is not the stored one
+    got = store.get_pool(p.id)
+    assert got.id == pool(n=9, dim=4).id
+    assert got.texts == pool(n=9, dim=4).texts and got.embedding_model == "enc"
+    assert got.embeddings.dtype == np.float32 and got.embeddings.tobytes() == original.tobytes()
+    # The embedding model is part of the identity.
+    assert pool(n=9, dim=4, model="other").id != p.id
+    with pytest.raises(NotFoundError, match="UploadPool"):
+        store.get_pool("0" * 64)
+
+
+def test_pool_studies_and_pool_prompts_roundtrip(store):
+    study = Study(name="p", spec=StudySpec(space=PoolSpace("a" * 64), strategy="zopo",
+                                           strategy_options={"width": "32"}))
+    store.create_study(study)
+    assert store.get_study("p") == study
+    prompt = Prompt(text="Classify the review.", pool_index=0)
+    added = store.add_trials("p", [Trial(study="x", id=0, state=A, prompt=prompt),
+                                   draft(1, state=C, value=1.0)])
+    got = store.list_trials("p")
+    assert got == added
+    assert got[0].prompt.pool_index == 0 and got[0].prompt.key() == (0,)
+    assert got[1].prompt.pool_index is None
+    store.update_trials([added[0].evolve(state=C, value=0.5)])
+    assert store.get_trial("p", 1).prompt == prompt
+
+
+def test_spec_json_roundtrip_of_a_pool_space():
+    spec = StudySpec(space=PoolSpace("b" * 64), strategy="gp", seed=3)
+    assert spec_from_json(spec_to_json(spec)) == spec
+
+
+def test_pool_persists_and_integrity_reports_a_missing_pool(sql_backend):
+    first = sql_backend.open()
+    p = pool()
+    first.put_pool(p)
+    first.create_study(Study(name="ok", spec=StudySpec(space=PoolSpace(p.id))))
+    first.close()
+    again = sql_backend.open()
+    assert again.get_pool(p.id).texts == p.texts
+    assert again.check_integrity() == []
+    again.create_study(Study(name="lost", spec=StudySpec(space=PoolSpace("c" * 64))))
+    assert again.check_integrity() == [f"study 'lost': pool {'c' * 64!r} is missing"]
 
 
 # --- persistence and concurrency ---------------------------------------------------------

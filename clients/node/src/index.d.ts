@@ -46,11 +46,17 @@ export interface SoftPromptSpace {
   embeddingStd?: number;
 }
 
-/** A study spec as sent: set exactly one of `hard` and `soft`. */
+/** One candidate of a pool uploaded with `uploadPool`. */
+export interface PoolSpace {
+  poolId: string;
+}
+
+/** A study spec as sent: set exactly one of `hard`, `soft` and `pool`. */
 export interface StudySpecInput {
   hard?: HardPromptSpace;
   soft?: SoftPromptSpace;
-  /** gp, turbo, random, index, cmaes ("" = gp). */
+  pool?: PoolSpace;
+  /** gp, turbo, random, index, cmaes ("" = gp); on pools: zopo, gp, random. */
   strategy?: string;
   strategyOptions?: Record<string, string>;
   goal?: GoalLike;
@@ -65,7 +71,8 @@ export interface StudySpecInput {
 export interface StudySpec {
   hard: HardPromptSpace | null;
   soft: SoftPromptSpace | null;
-  space: 'hard' | 'soft';
+  pool: PoolSpace | null;
+  space: 'hard' | 'soft' | 'pool';
   strategy: string;
   strategyOptions: Record<string, string>;
   goal: Goal;
@@ -83,6 +90,8 @@ export interface Prompt {
   text: string;
   /** Soft prompts: promptLength x embeddingDim floats, row-major. */
   vector: number[];
+  /** Pool prompts: the candidate's index in the pool (`text` is its text). */
+  poolIndex?: number;
 }
 
 export interface PromptInput {
@@ -90,6 +99,7 @@ export interface PromptInput {
   tokens?: string[];
   text?: string;
   vector?: number[];
+  poolIndex?: number;
 }
 
 export interface Trial {
@@ -174,6 +184,11 @@ export class PromptboClient {
     spec: StudySpecInput,
     options?: { requestId?: string },
   ): Promise<{ study: Study; created: boolean }>;
+  uploadPool(
+    texts: string[],
+    embeddings: ArrayLike<number>[],
+    options?: { embeddingModel?: string; chunkBytes?: number },
+  ): Promise<string>;
   getStudy(name: string): Promise<Study>;
   listStudies(): Promise<Study[]>;
   deleteStudy(name: string): Promise<void>;
@@ -259,3 +274,10 @@ export const LOADER_OPTIONS: Readonly<LoaderOptions>;
 /** The loaded promptbo.v1 package (service constructors and message types). */
 export function loadProtos(protoDir?: string): any;
 export function toDate(ts: Timestamp | null | undefined): Date | null;
+/** The content id of a pool (`table`: the N x D embeddings as one Float32Array). */
+export function poolId(
+  texts: string[],
+  table: Float32Array,
+  dim: number,
+  embeddingModel?: string,
+): string;

@@ -100,6 +100,52 @@ function loadProtos(protoDir) {
   return pkg;
 }
 
+/** The `N x D` embeddings as one little-endian Float32Array, checked against the texts. */
+function poolTable(texts, embeddings) {
+  if (!Array.isArray(texts) || texts.length === 0 || texts.length !== embeddings.length) {
+    throw new errors.InvalidArgumentError(
+      `a pool needs one embedding per text; got ${texts && texts.length} texts and ` +
+        `${embeddings && embeddings.length} embeddings`,
+      { code: 'INVALID_ARGUMENT' },
+    );
+  }
+  const dim = embeddings[0].length;
+  const table = new Float32Array(texts.length * dim);
+  embeddings.forEach((row, i) => {
+    if (row.length !== dim) {
+      throw new errors.InvalidArgumentError(
+        `embedding ${i} has ${row.length} numbers, the first has ${dim}`,
+        { code: 'INVALID_ARGUMENT' },
+      );
+    }
+    table.set(row, i * dim);
+  });
+  return { table, dim };
+}
+
+/**
+ * The content id of a pool, as the server computes it: sha256 over a tag, the table's shape
+ * (two little-endian int64), its float32 rows, then the embedding model's name and every text,
+ * each as a little-endian uint32 byte length and its UTF-8 bytes.
+ */
+function poolId(texts, table, dim, embeddingModel = '') {
+  const h = crypto.createHash('sha256');
+  h.update(Buffer.from('promptbo-pool-v1'));
+  const shape = Buffer.alloc(16);
+  shape.writeBigInt64LE(BigInt(texts.length), 0);
+  shape.writeBigInt64LE(BigInt(dim), 8);
+  h.update(shape);
+  h.update(Buffer.from(table.buffer, table.byteOffset, table.byteLength));
+  for (const t of [embeddingModel, ...texts]) {
+    const b = Buffer.from(t, 'utf8');
+    const len = Buffer.alloc(4);
+    len.writeUInt32LE(b.length, 0);
+    h.update(len);
+    h.update(b);
+  }
+  return h.digest('hex');
+}
+
 /** Converts a Timestamp message to a Date (null for an unset or zero timestamp). */
 function toDate(ts) {
   if (!ts) return null;
@@ -177,6 +223,38 @@ class PromptboClient {
   /** Closes the channel; pending calls fail with CANCELLED. */
   close() {
     this._stub.close();
+  }
+
+  /**
+   * Uploads a pool of candidate prompts for pool studies (`spec.pool = { poolId }`), in chunks
+   * of about `chunkBytes`. `texts` are the distinct candidate texts; `embeddings` is one array
+   * (or Float32Array) of equal length per text. Resolves with the pool's content id
+   * (`poolId(...)`); uploading the same pool again is a no-op that returns the same id.
+   */
+  async uploadPool(texts, embeddings, { embeddingModel = '', chunkBytes = 1 << 20 } = {}) {
+    const { table, dim } = poolTable(texts, embeddings);
+    const expectedId = poolId(texts, table, dim, embeddingModel);
+    const size = texts.length;
+    const longest = Math.max(...texts.map((t) => Buffer.byteLength(t, 'utf8')));
+    const rowsPerChunk = Math.max(1, Math.floor(chunkBytes / (dim * 4 + longest + 16)));
+    const bytes = Buffer.from(table.buffer, table.byteOffset, table.byteLength);
+    return new Promise((resolve, reject) => {
+      const deadline = new Date(Date.now() + Math.max(this.timeoutMs, 600000));
+      const call = this._stub.UploadPool(this._metadata, { deadline }, (err, response) => {
+        if (err) reject(errors.fromGrpcError(err));
+        else resolve(response.poolId);
+      });
+      for (let start = 0; start < size; start += rowsPerChunk) {
+        const stop = Math.min(size, start + rowsPerChunk);
+        const chunk = {
+          texts: texts.slice(start, stop),
+          embeddings: bytes.subarray(start * dim * 4, stop * dim * 4),
+        };
+        if (start === 0) Object.assign(chunk, { size, embeddingDim: dim, expectedId, embeddingModel });
+        call.write(chunk);
+      }
+      call.end();
+    });
   }
 
   /**
@@ -382,6 +460,7 @@ module.exports = {
   DEFAULT_PROTO_DIR,
   LOADER_OPTIONS,
   loadProtos,
+  poolId,
   toDate,
   ...errors,
 };

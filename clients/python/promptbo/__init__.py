@@ -12,6 +12,7 @@ evaluators in :mod:`promptbo.evaluators` (``promptbo[hf]``, ``promptbo[openai]``
 from promptbo.client import (
     Client,
     HardPromptSpace,
+    PoolSpace,
     SoftPromptSpace,
     Study,
     StudyDoneError,
@@ -29,7 +30,7 @@ from promptbo.errors import (
     UnauthenticatedError,
     UnavailableError,
 )
-from promptbo.types import Prompt, Score, VocabularyTable
+from promptbo.types import PoolTable, Prompt, Score, VocabularyTable
 
 __version__ = "0.1.0"
 
@@ -41,6 +42,8 @@ __all__ = [
     "InvalidArgumentError",
     "NotFoundError",
     "PermissionDeniedError",
+    "PoolSpace",
+    "PoolTable",
     "Prompt",
     "PromptboError",
     "ResourceExhaustedError",

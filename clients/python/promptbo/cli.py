@@ -183,8 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds to wait for the server")
     g = p.add_argument_group(
         "creating the study",
-        "with --prompt-length the worker creates the study if it does not exist, as "
-        "promptbo study create would (an existing study must have the same spec)",
+        "with --prompt-length (or --pool FILE) the worker creates the study if it does not "
+        "exist, as promptbo study create would (an existing study must have the same spec)",
     )
     add_spec_arguments(g, for_worker=True)
 
@@ -201,6 +201,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=int, default=5, help="best prompts to re-score")
     p.add_argument("--unprompted", action="store_true", help="also score the empty prompt")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = sub.add_parser("pool", help="build or upload a pool of candidate prompts", parents=logs,
+                       description="Builds a pool of readable candidate prompts (instructions, "
+                       "label phrases, demonstrations) with their embeddings, for pool studies.")
+    _add_connection_args(p)
+    from promptbo.evaluators.pools import add_pool_arguments
+
+    add_pool_arguments(p)
 
     p = sub.add_parser("demo", help="optimize a prompt for SmolLM2 on a small sentiment set",
                        parents=logs)
@@ -405,6 +413,8 @@ def _describe_spec(spec) -> str:
     if kind == "soft":
         space = (f"soft, {spec.soft.prompt_length} x {spec.soft.embedding_dim}"
                  + (f" (subspace {spec.soft.intrinsic_dim})" if spec.soft.intrinsic_dim else ""))
+    elif kind == "pool":
+        space = f"pool {spec.pool.pool_id[:12]}"
     else:
         space = (f"hard, {spec.hard.prompt_length} tokens"
                  + (f" of the top {spec.hard.filter.top_n.n}" if spec.hard.filter.top_n.n
@@ -428,6 +438,7 @@ def _print_trial(t, fmt: str) -> None:
         print(json.dumps({
             "id": t.id, "state": t.state, "value": t.value, "metrics": t.metrics,
             "text": t.prompt.text, "token_ids": list(t.prompt.token_ids),
+            "pool_index": t.prompt.pool_index,
             "failure_reason": t.failure_reason, "source": t.source,
         }))
         return
@@ -441,6 +452,8 @@ def _print_trial(t, fmt: str) -> None:
 def _prompt_label(prompt) -> str:
     if prompt.vector is not None:
         return f"<soft {prompt.vector.shape}>"
+    if prompt.pool_index is not None:
+        return f"#{prompt.pool_index} " + safe(repr(prompt.text))
     return safe(repr(prompt.text))
 
 
@@ -461,7 +474,7 @@ def _worker(args) -> int:
 
     # Everything that depends on the flags only is checked before the server is asked,
     # and everything the server can check before the model loads.
-    creating = args.prompt_length > 0
+    creating = args.prompt_length > 0 or bool(args.pool)
     options = parse_options(args.option)
     setup = studyspec.evaluator_setup(args.evaluator, options)
     if creating:
@@ -626,8 +639,14 @@ def _demo(args) -> int:
     return 0
 
 
+def _pool(args) -> int:
+    from promptbo.evaluators.pools import pool_command
+
+    return pool_command(args, _client)
+
+
 _COMMANDS = {"serve": _serve, "study": _study, "worker": _worker, "select": _select,
-             "demo": _demo}
+             "demo": _demo, "pool": _pool}
 
 if __name__ == "__main__":
     sys.exit(main())

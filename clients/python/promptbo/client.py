@@ -94,6 +94,14 @@ class SoftPromptSpace:
     embedding_std: float = 0.0
 
 
+@dataclass(frozen=True)
+class PoolSpace:
+    """One candidate of an uploaded pool of prompts (see :meth:`Client.upload_pool`); a
+    trial's prompt carries the candidate's ``pool_index`` and ``text``."""
+
+    pool_id: str
+
+
 @dataclass
 class Trial:
     """A trial as the client sees it; ``prompt`` is what to evaluate."""
@@ -123,7 +131,8 @@ def _trial_from_pb(msg: pb.Trial, soft_shape: tuple[int, int] | None) -> Trial:
         if soft_shape is not None:
             vector = vector.reshape(soft_shape)
     prompt = types.Prompt(
-        token_ids=tuple(p.token_ids), tokens=tuple(p.tokens), text=p.text, vector=vector
+        token_ids=tuple(p.token_ids), tokens=tuple(p.tokens), text=p.text, vector=vector,
+        pool_index=p.pool_index if p.HasField("pool_index") else None,
     )
     return Trial(
         study=msg.study, id=msg.id, state=_STATE_NAMES[msg.state], prompt=prompt,
@@ -138,6 +147,8 @@ def _prompt_to_pb(prompt: types.Prompt) -> pb.Prompt:
     msg = pb.Prompt(token_ids=prompt.token_ids, tokens=prompt.tokens, text=prompt.text)
     if prompt.vector is not None:
         msg.vector.extend(np.asarray(prompt.vector, dtype=np.float32).ravel().tolist())
+    if prompt.pool_index is not None:
+        msg.pool_index = prompt.pool_index
     return msg
 
 
@@ -248,11 +259,35 @@ class Client:
         timeout = max(self.timeout, 600.0)
         return self._call("UploadVocabulary", chunks(), timeout).vocabulary_id
 
+    # --- candidate pools ---------------------------------------------------------------
+    def upload_pool(self, table: types.PoolTable, chunk_bytes: int = UPLOAD_CHUNK_BYTES) -> str:
+        """Uploads a pool of candidate prompts in chunks (a no-op on the server if it has
+        it); returns its content id for :class:`PoolSpace`."""
+        emb = np.ascontiguousarray(table.embeddings, dtype="<f4")
+        size, dim = emb.shape
+        expected = types.pool_id(table.texts, emb, table.embedding_model)
+        longest = max((len(t.encode("utf-8")) for t in table.texts), default=0)
+        rows_per_chunk = max(1, chunk_bytes // (dim * 4 + longest + 16))
+
+        def chunks():
+            for start in range(0, size, rows_per_chunk):
+                stop = min(size, start + rows_per_chunk)
+                msg = api.UploadPoolRequest(
+                    texts=table.texts[start:stop], embeddings=emb[start:stop].tobytes()
+                )
+                if start == 0:
+                    msg.size, msg.embedding_dim, msg.expected_id = size, dim, expected
+                    msg.embedding_model = table.embedding_model
+                yield msg
+
+        timeout = max(self.timeout, 600.0)
+        return self._call("UploadPool", chunks(), timeout).pool_id
+
     # --- studies -----------------------------------------------------------------------
     def create_study(
         self,
         name: str,
-        space: HardPromptSpace | SoftPromptSpace,
+        space: HardPromptSpace | SoftPromptSpace | PoolSpace,
         *,
         strategy: str = "gp",
         strategy_options: dict[str, object] | None = None,
@@ -279,7 +314,9 @@ class Client:
             objective=objective, max_trials=max_trials, max_active_trials=max_active_trials,
             lease_seconds=lease_seconds, seed=seed, labels=labels or {},
         )
-        if isinstance(space, HardPromptSpace):
+        if isinstance(space, PoolSpace):
+            spec.pool.pool_id = space.pool_id
+        elif isinstance(space, HardPromptSpace):
             spec.hard.prompt_length = space.prompt_length
             spec.hard.vocabulary_id = space.vocabulary_id
             spec.hard.pca_dims = space.pca_dims
@@ -482,7 +519,8 @@ class Study:
     def add_trials(
         self, known: Iterable[tuple[types.Prompt, float] | tuple[types.Prompt, float, dict]]
     ) -> list[Trial]:
-        """Adds prompts with known values (warm start); hard prompts by ``token_ids``."""
+        """Adds prompts with known values (warm start); hard prompts by ``token_ids``, pool
+        prompts by ``pool_index``."""
         req = api.AddTrialsRequest(study=self.name)
         for item in known:
             prompt, value = item[0], item[1]

@@ -42,7 +42,9 @@ class Rescored:
         return None if self.trial is None else self.trial.value
 
 
-def _key(prompt: Prompt) -> bytes | tuple[int, ...]:
+def _key(prompt: Prompt) -> bytes | tuple:
+    if prompt.pool_index is not None:
+        return ("pool", prompt.pool_index)
     return prompt.vector.tobytes() if prompt.vector is not None else tuple(prompt.token_ids)
 
 
@@ -52,7 +54,7 @@ def top_trials(trials: Iterable[Trial], n: int, minimize: bool = False) -> list[
     A prompt told more than once counts with its first (lowest-id) trial; ties in value go
     to the lower id.
     """
-    first: dict[bytes | tuple[int, ...], tuple[Trial, float]] = {}
+    first: dict[bytes | tuple, tuple[Trial, float]] = {}
     for t in sorted(trials, key=lambda t: t.id):
         if t.value is not None:
             first.setdefault(_key(t.prompt), (t, t.value))

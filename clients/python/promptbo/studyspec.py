@@ -22,7 +22,7 @@ import inspect
 from pathlib import Path
 from typing import Any
 
-from promptbo.client import Client, HardPromptSpace, SoftPromptSpace, Study
+from promptbo.client import Client, HardPromptSpace, PoolSpace, SoftPromptSpace, Study
 from promptbo.errors import InvalidArgumentError
 
 #: Labels under this prefix record the evaluator setup (``promptbo.setup/evaluator``, ...).
@@ -75,6 +75,9 @@ def add_spec_arguments(parser: argparse.ArgumentParser | Any, for_worker: bool =
     if for_worker:
         length_help += "; with it the worker creates the study if it does not exist"
     parser.add_argument("--prompt-length", type=_count, default=0, help=length_help)
+    parser.add_argument("--pool", default="", metavar="FILE",
+                        help="a study over this pool of candidate prompts (a file from "
+                             "`promptbo pool build`) instead of tokens or vectors")
     parser.add_argument("--soft", action="store_true", help="a soft-prompt study (vectors)")
     parser.add_argument("--embedding-dim", type=_count, default=0,
                         help="soft: vector size (default: the evaluator's model's)")
@@ -122,12 +125,27 @@ def given_spec_flags(args: argparse.Namespace) -> list[str]:
     add_spec_arguments(parser)
     defaults = vars(parser.parse_args([]))
     return ["--" + key.replace("_", "-") for key, value in defaults.items()
-            if key != "prompt_length" and getattr(args, key, value) != value]
+            if key not in ("prompt_length", "pool") and getattr(args, key, value) != value]
 
 
 def check_spec_arguments(args: argparse.Namespace) -> None:
     """The checks that need only the flags. Raises InvalidArgumentError naming the flag."""
-    if not 1 <= args.prompt_length <= MAX_PROMPT_LENGTH:
+    if args.pool:
+        token_flags = [flag for flag, given in (
+            ("--prompt-length", args.prompt_length), ("--soft", args.soft),
+            ("--vocabulary", args.vocabulary), ("--vocabulary-id", args.vocabulary_id),
+            ("--vocabulary-size", args.vocabulary_size), ("--pca-dims", args.pca_dims),
+            ("--top-n", args.top_n), ("--top-n-texts", args.top_n_texts),
+            ("--embedding-dim", args.embedding_dim), ("--embedding-std", args.embedding_std),
+            ("--intrinsic-dim", args.intrinsic_dim)) if given]
+        if token_flags:
+            raise InvalidArgumentError(
+                f"{', '.join(token_flags)} describe token or vector prompts; a --pool study's "
+                "prompts are the pool's candidates: drop them")
+        if not Path(args.pool).expanduser().is_file():
+            raise InvalidArgumentError(f"--pool: no file {args.pool!r} (write one with "
+                                       "promptbo pool build)")
+    elif not 1 <= args.prompt_length <= MAX_PROMPT_LENGTH:
         raise InvalidArgumentError(
             f"--prompt-length must be in [1, {MAX_PROMPT_LENGTH}], got {args.prompt_length}"
         )
@@ -170,7 +188,7 @@ def check_vocabulary_source(args: argparse.Namespace, evaluator_name: str) -> No
     neither ``--vocabulary``/``--vocabulary-id`` nor an evaluator that has one."""
     from promptbo.evaluators.base import Evaluator, get_evaluator
 
-    if args.soft or args.vocabulary or args.vocabulary_id:
+    if args.pool or args.soft or args.vocabulary or args.vocabulary_id:
         return
     if evaluator_name and get_evaluator(evaluator_name).vocabulary is not Evaluator.vocabulary:
         return
@@ -208,14 +226,23 @@ def _soft_space(args: argparse.Namespace, evaluator: Any) -> SoftPromptSpace:
                            embedding_std=std or 1.0)
 
 
+def _upload_pool(client: Client, path: str) -> str:
+    """Uploads the pool file at ``path`` (a no-op when the server has it); its id."""
+    from promptbo.evaluators.pools import load_pool
+
+    return client.upload_pool(load_pool(path))
+
+
 def validate_study(client: Client, name: str, args: argparse.Namespace,
                    setup: dict[str, str] | None = None) -> Study:
     """Asks the server to check the study these flags describe (name, ranges, strategy and
     options; an existing study must have an equal spec), creating nothing and loading no
     model. Returns the handle the server describes. Raises the server's errors."""
     check_spec_arguments(args)
-    space: HardPromptSpace | SoftPromptSpace
-    if args.soft:
+    space: HardPromptSpace | SoftPromptSpace | PoolSpace
+    if args.pool:  # an upload, not a model load: the pool's id is its content hash
+        space = PoolSpace(_upload_pool(client, args.pool))
+    elif args.soft:
         space = SoftPromptSpace(args.prompt_length, args.embedding_dim or 1,
                                 intrinsic_dim=args.intrinsic_dim,
                                 embedding_std=args.embedding_std or 1.0)
@@ -248,8 +275,10 @@ def create_study(client: Client, name: str, args: argparse.Namespace, evaluator:
     ``--embedding-dim``. ``setup`` (see :func:`evaluator_setup`) is stored as labels."""
     from promptbo.wordlists import read_texts, text_word_scores, word_scores
 
-    space: HardPromptSpace | SoftPromptSpace
-    if args.soft:
+    space: HardPromptSpace | SoftPromptSpace | PoolSpace
+    if args.pool:
+        space = PoolSpace(_upload_pool(client, args.pool))
+    elif args.soft:
         space = _soft_space(args, evaluator)
     else:
         table = None

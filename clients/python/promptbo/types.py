@@ -19,13 +19,17 @@ class Prompt:
 
     Hard prompts carry ``token_ids`` (the model's token ids), ``tokens`` (their strings as
     uploaded with the vocabulary) and ``text`` (the tokens' strings joined). Soft prompts
-    carry ``vector``, a float32 array of shape `L x D`; the other fields are empty.
+    carry ``vector``, a float32 array of shape `L x D`; the other fields are empty. Pool
+    prompts carry ``pool_index`` and ``text`` (the candidate's text, written into the
+    template like a hard prompt's text).
     """
 
     token_ids: tuple[int, ...] = ()
     tokens: tuple[str, ...] = ()
     text: str = ""
     vector: np.ndarray | None = None
+    #: Pool prompts: the candidate's index in the study's pool (``text`` is its text).
+    pool_index: int | None = None
 
     @property
     def is_soft(self) -> bool:
@@ -85,3 +89,37 @@ def vocabulary_id(tokens: Sequence[str], token_ids: Sequence[int], embeddings: n
         h.update(len(b).to_bytes(4, "little"))
         h.update(b)
     return h.hexdigest()
+
+
+def pool_id(texts: Sequence[str], embeddings: np.ndarray, embedding_model: str = "") -> str:
+    """The content id of a candidate pool: sha256 over its shape, float32 table, the
+    embedding model's name and the texts (client and server compute it alike)."""
+    h = hashlib.sha256(b"promptbo-pool-v1")
+    h.update(np.asarray(embeddings.shape, dtype="<i8").tobytes())
+    h.update(np.ascontiguousarray(embeddings, dtype="<f4").tobytes())
+    for t in (embedding_model, *texts):
+        b = t.encode("utf-8")
+        h.update(len(b).to_bytes(4, "little"))
+        h.update(b)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class PoolTable:
+    """A pool of candidate prompts as uploaded to the server: ``texts[i]`` with its
+    embedding ``embeddings[i]`` (shape `N x D`), and the name of what embedded them."""
+
+    texts: list[str]
+    embeddings: np.ndarray
+    embedding_model: str = ""
+
+    def __post_init__(self) -> None:
+        if self.embeddings.ndim != 2 or len(self.texts) != self.embeddings.shape[0]:
+            raise ValueError(
+                f"pool of {len(self.texts)} texts and embeddings of shape "
+                f"{self.embeddings.shape} do not match"
+            )
+
+    @property
+    def id(self) -> str:
+        return pool_id(self.texts, self.embeddings, self.embedding_model)

@@ -298,3 +298,31 @@ class UpdateStudyResponse(_message.Message):
     STUDY_FIELD_NUMBER: _ClassVar[int]
     study: _resources_pb2.Study
     def __init__(self, study: _Optional[_Union[_resources_pb2.Study, _Mapping]] = ...) -> None: ...
+
+class UploadPoolRequest(_message.Message):
+    __slots__ = ("size", "embedding_dim", "texts", "embeddings", "expected_id", "embedding_model")
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDING_DIM_FIELD_NUMBER: _ClassVar[int]
+    TEXTS_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDINGS_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_ID_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDING_MODEL_FIELD_NUMBER: _ClassVar[int]
+    size: int
+    embedding_dim: int
+    texts: _containers.RepeatedScalarFieldContainer[str]
+    embeddings: bytes
+    expected_id: str
+    embedding_model: str
+    def __init__(self, size: _Optional[int] = ..., embedding_dim: _Optional[int] = ..., texts: _Optional[_Iterable[str]] = ..., embeddings: _Optional[bytes] = ..., expected_id: _Optional[str] = ..., embedding_model: _Optional[str] = ...) -> None: ...
+
+class UploadPoolResponse(_message.Message):
+    __slots__ = ("pool_id", "size", "embedding_dim", "already_present")
+    POOL_ID_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDING_DIM_FIELD_NUMBER: _ClassVar[int]
+    ALREADY_PRESENT_FIELD_NUMBER: _ClassVar[int]
+    pool_id: str
+    size: int
+    embedding_dim: int
+    already_present: bool
+    def __init__(self, pool_id: _Optional[str] = ..., size: _Optional[int] = ..., embedding_dim: _Optional[int] = ..., already_present: _Optional[bool] = ...) -> None: ...

@@ -104,6 +104,11 @@ class OptimizerServiceStub:
                 request_serializer=promptbo_dot_v1_dot_optimizer__service__pb2.UpdateStudyRequest.SerializeToString,
                 response_deserializer=promptbo_dot_v1_dot_optimizer__service__pb2.UpdateStudyResponse.FromString,
                 _registered_method=True)
+        self.UploadPool = channel.stream_unary(
+                '/promptbo.v1.OptimizerService/UploadPool',
+                request_serializer=promptbo_dot_v1_dot_optimizer__service__pb2.UploadPoolRequest.SerializeToString,
+                response_deserializer=promptbo_dot_v1_dot_optimizer__service__pb2.UploadPoolResponse.FromString,
+                _registered_method=True)
 
 
 class OptimizerServiceServicer:
@@ -205,6 +210,14 @@ class OptimizerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UploadPool(self, request_iterator, context):
+        """Uploads a pool of candidate prompts and their embeddings in chunks; returns its
+        content hash, shared by every study that searches the pool.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OptimizerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -277,6 +290,11 @@ def add_OptimizerServiceServicer_to_server(servicer, server):
                     servicer.UpdateStudy,
                     request_deserializer=promptbo_dot_v1_dot_optimizer__service__pb2.UpdateStudyRequest.FromString,
                     response_serializer=promptbo_dot_v1_dot_optimizer__service__pb2.UpdateStudyResponse.SerializeToString,
+            ),
+            'UploadPool': grpc.stream_unary_rpc_method_handler(
+                    servicer.UploadPool,
+                    request_deserializer=promptbo_dot_v1_dot_optimizer__service__pb2.UploadPoolRequest.FromString,
+                    response_serializer=promptbo_dot_v1_dot_optimizer__service__pb2.UploadPoolResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -657,6 +675,33 @@ class OptimizerService:
             '/promptbo.v1.OptimizerService/UpdateStudy',
             promptbo_dot_v1_dot_optimizer__service__pb2.UpdateStudyRequest.SerializeToString,
             promptbo_dot_v1_dot_optimizer__service__pb2.UpdateStudyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UploadPool(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/promptbo.v1.OptimizerService/UploadPool',
+            promptbo_dot_v1_dot_optimizer__service__pb2.UploadPoolRequest.SerializeToString,
+            promptbo_dot_v1_dot_optimizer__service__pb2.UploadPoolResponse.FromString,
             options,
             channel_credentials,
             insecure,

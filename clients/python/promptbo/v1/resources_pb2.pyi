@@ -85,8 +85,14 @@ class SoftPromptSpace(_message.Message):
     embedding_std: float
     def __init__(self, prompt_length: _Optional[int] = ..., embedding_dim: _Optional[int] = ..., intrinsic_dim: _Optional[int] = ..., bound: _Optional[float] = ..., embedding_std: _Optional[float] = ...) -> None: ...
 
+class PoolSpace(_message.Message):
+    __slots__ = ("pool_id",)
+    POOL_ID_FIELD_NUMBER: _ClassVar[int]
+    pool_id: str
+    def __init__(self, pool_id: _Optional[str] = ...) -> None: ...
+
 class StudySpec(_message.Message):
-    __slots__ = ("hard", "soft", "strategy", "strategy_options", "goal", "objective", "max_trials", "max_active_trials", "lease_seconds", "seed", "labels")
+    __slots__ = ("hard", "soft", "pool", "strategy", "strategy_options", "goal", "objective", "max_trials", "max_active_trials", "lease_seconds", "seed", "labels")
     class StrategyOptionsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -103,6 +109,7 @@ class StudySpec(_message.Message):
         def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     HARD_FIELD_NUMBER: _ClassVar[int]
     SOFT_FIELD_NUMBER: _ClassVar[int]
+    POOL_FIELD_NUMBER: _ClassVar[int]
     STRATEGY_FIELD_NUMBER: _ClassVar[int]
     STRATEGY_OPTIONS_FIELD_NUMBER: _ClassVar[int]
     GOAL_FIELD_NUMBER: _ClassVar[int]
@@ -114,6 +121,7 @@ class StudySpec(_message.Message):
     LABELS_FIELD_NUMBER: _ClassVar[int]
     hard: HardPromptSpace
     soft: SoftPromptSpace
+    pool: PoolSpace
     strategy: str
     strategy_options: _containers.ScalarMap[str, str]
     goal: Goal
@@ -123,19 +131,21 @@ class StudySpec(_message.Message):
     lease_seconds: float
     seed: int
     labels: _containers.ScalarMap[str, str]
-    def __init__(self, hard: _Optional[_Union[HardPromptSpace, _Mapping]] = ..., soft: _Optional[_Union[SoftPromptSpace, _Mapping]] = ..., strategy: _Optional[str] = ..., strategy_options: _Optional[_Mapping[str, str]] = ..., goal: _Optional[_Union[Goal, str]] = ..., objective: _Optional[str] = ..., max_trials: _Optional[int] = ..., max_active_trials: _Optional[int] = ..., lease_seconds: _Optional[float] = ..., seed: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    def __init__(self, hard: _Optional[_Union[HardPromptSpace, _Mapping]] = ..., soft: _Optional[_Union[SoftPromptSpace, _Mapping]] = ..., pool: _Optional[_Union[PoolSpace, _Mapping]] = ..., strategy: _Optional[str] = ..., strategy_options: _Optional[_Mapping[str, str]] = ..., goal: _Optional[_Union[Goal, str]] = ..., objective: _Optional[str] = ..., max_trials: _Optional[int] = ..., max_active_trials: _Optional[int] = ..., lease_seconds: _Optional[float] = ..., seed: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class Prompt(_message.Message):
-    __slots__ = ("token_ids", "tokens", "text", "vector")
+    __slots__ = ("token_ids", "tokens", "text", "vector", "pool_index")
     TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     TOKENS_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
     VECTOR_FIELD_NUMBER: _ClassVar[int]
+    POOL_INDEX_FIELD_NUMBER: _ClassVar[int]
     token_ids: _containers.RepeatedScalarFieldContainer[int]
     tokens: _containers.RepeatedScalarFieldContainer[str]
     text: str
     vector: _containers.RepeatedScalarFieldContainer[float]
-    def __init__(self, token_ids: _Optional[_Iterable[int]] = ..., tokens: _Optional[_Iterable[str]] = ..., text: _Optional[str] = ..., vector: _Optional[_Iterable[float]] = ...) -> None: ...
+    pool_index: int
+    def __init__(self, token_ids: _Optional[_Iterable[int]] = ..., tokens: _Optional[_Iterable[str]] = ..., text: _Optional[str] = ..., vector: _Optional[_Iterable[float]] = ..., pool_index: _Optional[int] = ...) -> None: ...
 
 class Trial(_message.Message):
     __slots__ = ("study", "id", "state", "prompt", "client_id", "lease_deadline", "value", "metrics", "failure_reason", "create_time", "complete_time", "source", "principal")

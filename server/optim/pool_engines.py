@@ -1,0 +1,311 @@
+"""Strategies on candidate pools (:class:`~promptbo.server.domain.PoolSpace`).
+
+A pool study picks one of ``N`` uploaded candidates per trial. Its engines see the pool's
+`N x D` embedding table and encode candidates as `n x 1` LongTensors of pool indices.
+They never return a pending candidate or one already observed while unobserved ones
+remain; once every candidate was observed they re-propose the best ones.
+
+=========  ===============================================================================
+name       what it does
+=========  ===============================================================================
+``gp``     exact GP (RBF kernel on the embeddings, hyperparameters by marginal likelihood
+           over a grid), expected improvement maximized over the unobserved pool
+``zopo``   localized zeroth-order search with an NTK-GP (:mod:`.zopo`)
+``random`` uniformly random unobserved candidates
+=========  ===============================================================================
+
+Embeddings are used as *features*: centred on the pool mean and scaled to unit length
+(:func:`pool_features`), so distances are comparable across embedding models.
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from promptbo.errors import InvalidArgumentError
+from promptbo.server.optim.base import Engine
+from promptbo.server.optim.box_engine import read_options
+from promptbo.server.optim.spaces import derive_seed
+
+PoolFactory = Callable[..., Engine]
+POOL_STRATEGIES: dict[str, PoolFactory] = {}
+
+#: Tag mixed into the seed of every suggestion's random stream.
+_SEED_TAG = 0x9001
+
+
+def register_pool_strategy(name: str) -> Callable[[PoolFactory], PoolFactory]:
+    """Class decorator registering a pool strategy under ``name``."""
+
+    def deco(factory: PoolFactory) -> PoolFactory:
+        if name in POOL_STRATEGIES:
+            raise ValueError(f"pool strategy {name!r} is already registered")
+        POOL_STRATEGIES[name] = factory
+        return factory
+
+    return deco
+
+
+def pool_strategy_names() -> list[str]:
+    from promptbo.server.optim import zopo  # noqa: F401 - registers zopo
+
+    return sorted(POOL_STRATEGIES)
+
+
+def make_pool_engine(
+    strategy: str, options: dict[str, str], seed: int, embeddings: np.ndarray | None
+) -> Engine:
+    """The engine of a pool study; ``embeddings`` is the pool's `N x D` table."""
+    names = pool_strategy_names()
+    factory = POOL_STRATEGIES.get(strategy or "gp")
+    if factory is None:
+        raise InvalidArgumentError(
+            f"strategy {strategy!r} does not search candidate pools; choose one of "
+            f"{', '.join(names)}"
+        )
+    if embeddings is None:
+        raise InvalidArgumentError("a pool engine needs the pool's embeddings")
+    return factory(embeddings=embeddings, options=dict(options), seed=seed)
+
+
+def pool_features(embeddings: np.ndarray) -> Tensor:
+    """`N x D` float64: the embeddings centred on their mean, each row scaled to unit
+    length (a row equal to the mean stays zero)."""
+    x = torch.as_tensor(np.asarray(embeddings, dtype=np.float64))
+    x = x - x.mean(0, keepdim=True)
+    norms = x.norm(dim=1, keepdim=True)
+    return x / torch.where(norms > 0, norms, torch.ones_like(norms))
+
+
+class PoolEngine(Engine):
+    """Base of the pool strategies: bookkeeping of observations and the free candidates.
+
+    Subclasses implement :meth:`_pick`, choosing one index among the free ones.
+    """
+
+    name: ClassVar[str] = ""
+    #: name -> (type, default, min, max), see :func:`read_options`.
+    OPTIONS: ClassVar[dict[str, tuple[type, Any, float, float]]] = {}
+    #: name -> allowed values (the first is the default), for options that are words.
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {}
+
+    def __init__(self, embeddings: np.ndarray, options: dict[str, str], seed: int) -> None:
+        if embeddings.ndim != 2 or embeddings.shape[0] == 0:
+            raise InvalidArgumentError(
+                f"a pool's embeddings must be a non-empty N x D table, got {embeddings.shape}"
+            )
+        unknown = sorted(set(options) - set(self.OPTIONS) - set(self.CHOICES))
+        if unknown:
+            raise InvalidArgumentError(
+                f"strategy {self.name!r} has no option {', '.join(unknown)} on pools; its "
+                f"options are {', '.join(sorted([*self.OPTIONS, *self.CHOICES])) or 'none'}"
+            )
+        numeric = {k: v for k, v in options.items() if k in self.OPTIONS}
+        self.opts = read_options(self.name, numeric, self.OPTIONS)
+        for name, allowed in self.CHOICES.items():
+            value = str(options.get(name, "") or allowed[0]).strip().lower()
+            if value not in allowed:
+                raise InvalidArgumentError(
+                    f"strategy option {name}={options[name]!r}: use one of {', '.join(allowed)}"
+                )
+            self.opts[name] = value
+        self.x = pool_features(embeddings)
+        self.size = int(self.x.shape[0])
+        self.seed = seed
+        self.obs_idx: list[int] = []
+        self.obs_y: list[float] = []
+        self.seen = np.zeros(self.size, dtype=bool)
+
+    def _indices(self, candidates: Tensor) -> list[int]:
+        if candidates.ndim != 2 or candidates.shape[1] != 1:
+            raise InvalidArgumentError(
+                f"pool candidates must be an n x 1 tensor of indices, got "
+                f"{tuple(candidates.shape)}"
+            )
+        idx = [int(i) for i in candidates.reshape(-1).tolist()]
+        bad = [i for i in idx if not 0 <= i < self.size]
+        if bad:
+            raise InvalidArgumentError(
+                f"pool indices {bad[:5]} are outside the pool of {self.size} candidates"
+            )
+        return idx
+
+    def observe(self, candidates: Tensor, values: Tensor) -> None:
+        idx = self._indices(candidates)
+        ys = [float(v) for v in values.reshape(-1).tolist()]
+        if len(ys) != len(idx):
+            raise InvalidArgumentError(f"{len(idx)} candidates but {len(ys)} values")
+        for i, y in zip(idx, ys, strict=True):
+            self._observed(i, y)
+            self.obs_idx.append(i)
+            self.obs_y.append(y)
+            self.seen[i] = True
+
+    def _observed(self, index: int, value: float) -> None:  # noqa: B027 - optional hook
+        """Called for each observation before it is recorded (e.g. to track progress)."""
+
+    def suggest(self, n: int, pending: Tensor | None = None) -> Tensor:
+        busy = [] if pending is None or pending.numel() == 0 else self._indices(pending)
+        gen = np.random.default_rng(derive_seed(self.seed, self.num_suggested, _SEED_TAG))
+        out: list[int] = []
+        for _ in range(n):
+            free = ~self.seen
+            free[busy] = False
+            if not free.any():  # every candidate observed: re-propose the best not pending
+                free = np.ones(self.size, dtype=bool)
+                free[busy] = False
+                if not free.any():
+                    free[:] = True
+                out.append(self._best_of(free))
+            else:
+                out.append(self._pick(free, busy, gen))
+            busy.append(out[-1])
+        self.num_suggested += n
+        return torch.tensor(out, dtype=torch.long).reshape(-1, 1)
+
+    def _best_of(self, mask: np.ndarray) -> int:
+        best, best_y = int(np.flatnonzero(mask)[0]), -math.inf
+        for i, y in zip(self.obs_idx, self.obs_y, strict=True):
+            if mask[i] and y > best_y:
+                best, best_y = i, y
+        return best
+
+    @abc.abstractmethod
+    def _pick(self, free: np.ndarray, pending: list[int], gen: np.random.Generator) -> int:
+        """One index with ``free[index]`` True; ``pending`` lists the indices in flight
+        (including those picked earlier in this call)."""
+
+    def _random(self, free: np.ndarray, gen: np.random.Generator) -> int:
+        choices = np.flatnonzero(free)
+        return int(choices[gen.integers(len(choices))])
+
+
+@register_pool_strategy("random")
+class RandomPoolEngine(PoolEngine):
+    """Uniformly random unobserved candidates."""
+
+    name = "random"
+    cheap = True
+
+    def _pick(self, free: np.ndarray, pending: list[int], gen: np.random.Generator) -> int:
+        return self._random(free, gen)
+
+
+# --- exact GP regression, shared with zopo -------------------------------------------
+def gp_fit(k: Tensor, y: Tensor, noise: float) -> tuple[Tensor, Tensor, float]:
+    """Cholesky factor ``L`` of ``k + noise I``, ``alpha = (k + noise I)^-1 y`` and the log
+    marginal likelihood of ``y`` (shape `n`, standardized) under the `n x n` kernel ``k``."""
+    n = k.shape[0]
+    jitter = 1e-8
+    while True:
+        chol, info = torch.linalg.cholesky_ex(k + (noise + jitter) * torch.eye(n, dtype=k.dtype))
+        if int(info) == 0:
+            break
+        jitter *= 10
+        if jitter > 1.0:
+            raise InvalidArgumentError("the pool kernel matrix is not positive definite")
+    alpha = torch.cholesky_solve(y.unsqueeze(-1), chol).squeeze(-1)
+    lml = -0.5 * float(y @ alpha) - float(chol.diagonal().log().sum()) - 0.5 * n * math.log(
+        2 * math.pi
+    )
+    return chol, alpha, lml
+
+
+def gp_posterior(
+    k_star: Tensor, k_star_diag: Tensor, chol: Tensor, alpha: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Posterior mean and standard deviation at `m` points given their `m x n` cross
+    kernel ``k_star`` and prior variances ``k_star_diag`` (shape `m`)."""
+    mean = k_star @ alpha
+    v = torch.linalg.solve_triangular(chol, k_star.T, upper=False)
+    var = (k_star_diag - (v * v).sum(0)).clamp_min(1e-12)
+    return mean, var.sqrt()
+
+
+def standardize(y: Tensor) -> Tensor:
+    std = y.std() if y.numel() > 1 else torch.tensor(1.0, dtype=y.dtype)
+    return (y - y.mean()) / (std if std > 0 else 1.0)
+
+
+def expected_improvement(mean: Tensor, std: Tensor, best: float) -> Tensor:
+    z = (mean - best) / std
+    normal = torch.distributions.Normal(0.0, 1.0)
+    return std * (z * normal.cdf(z) + normal.log_prob(z).exp())
+
+
+@register_pool_strategy("gp")
+class GpPoolEngine(PoolEngine):
+    """Exact GP over the pool's embedding features with expected improvement (or UCB).
+
+    The kernel is ``exp(-|x - x'|^2 / (2 l^2))`` on unit-length features; the lengthscale
+    ``l`` and the noise are chosen by marginal likelihood over a grid at each fit. Pending
+    candidates enter as fantasies at their posterior mean (kriging believer), which
+    lowers the uncertainty around them so parallel workers spread out.
+
+    Options: ``num_initial`` [5] random candidates first; ``acquisition`` [ei] or ucb;
+    ``beta`` [2.0] for ucb.
+    """
+
+    name = "gp"
+    OPTIONS: ClassVar[dict[str, tuple[type, Any, float, float]]] = {
+        "num_initial": (int, 5, 1, 10_000),
+        "beta": (float, 2.0, 0.0, 100.0),
+    }
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {"acquisition": ("ei", "ucb")}
+    LENGTHSCALES = (0.1, 0.15, 0.2, 0.3, 0.45, 0.7, 1.0, 1.5)
+    NOISES = (1e-3, 1e-2, 1e-1)
+
+    def __init__(self, embeddings: np.ndarray, options: dict[str, str], seed: int) -> None:
+        super().__init__(embeddings, options, seed)
+        self._hyper: tuple[float, float] | None = None
+        self._hyper_at = -1
+
+    def _kernel(self, a: Tensor, b: Tensor, lengthscale: float) -> Tensor:
+        return torch.exp(-torch.cdist(a, b).square() / (2 * lengthscale**2))
+
+    def _fit_hyper(self, xs: Tensor, ys: Tensor) -> tuple[float, float]:
+        if self._hyper is not None and self._hyper_at == len(self.obs_y):
+            return self._hyper
+        best, best_lml = (0.3, 1e-2), -math.inf
+        d2 = torch.cdist(xs, xs).square()
+        for ls in self.LENGTHSCALES:
+            k = torch.exp(-d2 / (2 * ls**2))
+            for noise in self.NOISES:
+                _, _, lml = gp_fit(k, ys, noise)
+                if lml > best_lml:
+                    best, best_lml = (ls, noise), lml
+        self._hyper, self._hyper_at = best, len(self.obs_y)
+        return best
+
+    def _pick(self, free: np.ndarray, pending: list[int], gen: np.random.Generator) -> int:
+        if len(self.obs_idx) < self.opts["num_initial"]:
+            return self._random(free, gen)
+        xs = self.x[self.obs_idx]
+        ys = standardize(torch.tensor(self.obs_y, dtype=torch.float64))
+        ls, noise = self._fit_hyper(xs, ys)
+        chol, alpha, _ = gp_fit(self._kernel(xs, xs, ls), ys, noise)
+        if pending:
+            xp = self.x[pending]
+            fantasy, _ = gp_posterior(
+                self._kernel(xp, xs, ls), torch.ones(len(pending), dtype=xs.dtype), chol, alpha
+            )
+            xs = torch.cat([xs, xp])
+            ys_all = torch.cat([ys, fantasy])
+            chol, alpha, _ = gp_fit(self._kernel(xs, xs, ls), ys_all, noise)
+        cand = np.flatnonzero(free)
+        xc = self.x[cand]
+        mean, std = gp_posterior(
+            self._kernel(xc, xs, ls), torch.ones(len(cand), dtype=xs.dtype), chol, alpha
+        )
+        if self.opts["acquisition"] == "ucb":
+            score = mean + self.opts["beta"] * std
+        else:
+            score = expected_improvement(mean, std, float(ys.max()))
+        return int(cand[int(score.argmax())])
