@@ -21,7 +21,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from promptbo.errors import InvalidArgumentError
-from promptbo.server.domain import HardPromptSpace, SoftPromptSpace, StudySpec
+from promptbo.server.domain import HardPromptSpace, PoolSpace, SoftPromptSpace, StudySpec
+from promptbo.server.pool_upload import MAX_POOL_TEXT_BYTES
 
 #: Bytes a trial message carries besides its prompt (ids, state, times, client id).
 TRIAL_OVERHEAD_BYTES = 512
@@ -72,15 +73,20 @@ def trial_bytes(spec: StudySpec) -> int:
     space = spec.space
     if isinstance(space, SoftPromptSpace):
         return TRIAL_OVERHEAD_BYTES + 4 * space.size
+    if isinstance(space, PoolSpace):
+        return TRIAL_OVERHEAD_BYTES + MAX_POOL_TEXT_BYTES
     assert isinstance(space, HardPromptSpace)
     return TRIAL_OVERHEAD_BYTES + space.prompt_length * (10 + MAX_TOKEN_BYTES)
 
 
 def search_dim(spec: StudySpec) -> int:
-    """The dimension the engine searches (before any PCA for hard prompts: an upper bound)."""
+    """The dimension the engine searches (before any PCA for hard prompts: an upper bound;
+    0 for pools, whose engines work on the pool's own table, bounded when it is uploaded)."""
     space = spec.space
     if isinstance(space, SoftPromptSpace):
         return space.intrinsic_dim or space.size
+    if isinstance(space, PoolSpace):
+        return 0
     assert isinstance(space, HardPromptSpace)
     return space.prompt_length * (space.pca_dims or 1)
 

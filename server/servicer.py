@@ -134,7 +134,6 @@ class OptimizerServicer(api_grpc.OptimizerServiceServicer):
             already_present=present,
         )
 
-    @_rpc
     def UploadPool(self, request_iterator, context):
         upload = PoolUpload()
         try:
