@@ -118,6 +118,9 @@ class AsyncOptimizerServicer(api_grpc.OptimizerServiceServicer):
     async def AddTrials(self, request, context):
         return await self._call("AddTrials", request, context)
 
+    async def GetRecommendation(self, request, context):
+        return await self._call("GetRecommendation", request, context)
+
     async def UploadVocabulary(self, request_iterator: AsyncIterator, context):
         chunks = [chunk async for chunk in request_iterator]
         ctx = _SyncContext(context)
