@@ -83,12 +83,15 @@ class HFMaskedLMEvaluator(HFEvaluator):
             )
         return ids
 
-    def _label_log_probs(self, prompts: Sequence[Prompt]) -> np.ndarray:
+    def _label_log_probs(
+        self, prompts: Sequence[Prompt], examples: Sequence[int] | None = None
+    ) -> np.ndarray:
         import torch
 
         parts = [self._prompt_part(p) for p in prompts]
         soft = any(isinstance(x, torch.Tensor) for x in parts)
-        rows = [(p, e) for p in range(len(parts)) for e in range(len(self.encoded))]
+        wanted = range(len(self.encoded)) if examples is None else examples
+        rows = [(p, e) for p in range(len(parts)) for e in wanted]
         out = np.zeros((len(prompts), len(self.encoded), len(self.task.label_words)))
         for start in range(0, len(rows), self.batch_size):
             batch = rows[start:start + self.batch_size]
