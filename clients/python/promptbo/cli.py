@@ -128,6 +128,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "texts (the training data: string fields of a .jsonl, else lines) "
                         "instead of by BPE merge order")
     g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--pool", action="store_true",
+                   help="fidelity: the evaluator's examples (e.g. -o split=pool) are the study's "
+                        "labeled pool; the server picks each trial's examples")
+    g.add_argument("--max-examples", type=int, default=0,
+                   help="with --pool: the budget in scored examples (0: none)")
+    g.add_argument("--examples-per-trial", type=int, default=0,
+                   help="with --pool: examples per trial for strategies that do not choose "
+                        "(0: the whole pool; the mf strategy chooses)")
+    p.add_argument("--no-reference", action="store_true",
+                   help="do not score the unprompted model as the study's reference")
 
     p = sub.add_parser(
         "select", help="re-score a study's best prompts on another split and rank them",
@@ -200,6 +210,8 @@ def _study(args) -> int:
             print("no completed trial yet")
             return 1
         _print_trial(best, args.json)
+        if not args.json:
+            _print_recommendation(study)
         return 0
     if args.action == "show":
         i = study.info
@@ -278,6 +290,7 @@ def _worker(args) -> int:
         study, evaluator, batch_size=args.batch_size, max_trials=args.max_trials,
         progress=None if args.quiet else print_progress,
         minimize=study.info.spec.goal == pb.GOAL_MINIMIZE,
+        reference=not args.no_reference and _classifies(evaluator),
     )
     _install_stop_handlers(worker)
     try:
@@ -288,7 +301,25 @@ def _worker(args) -> int:
         print(file=sys.stderr)
     print(f"worker done: {stats.completed} completed, {stats.failed} failed, "
           f"best {stats.best_value:.4f} in {stats.seconds:.1f}s")
+    if stats.completed:
+        _print_recommendation(study)
     return 0
+
+
+def _classifies(evaluator) -> bool:
+    """Whether the evaluator is a classification task (the built-ins'), whose studies
+    record the unprompted model as a reference."""
+    return hasattr(getattr(evaluator, "task", None), "label_words")
+
+
+def _print_recommendation(study) -> None:
+    from promptbo.report import recommendation_lines
+
+    spec = study.info.spec
+    for line in recommendation_lines(study.recommendation(), spec.goal == pb.GOAL_MINIMIZE,
+                                     spec.objective or "value"):
+        if line:
+            print(line)
 
 
 def _worker_study(client: Client, evaluator, args):
@@ -332,8 +363,20 @@ def _worker_study(client: Client, evaluator, args):
             )
         else:
             space = HardPromptSpace(args.prompt_length, vocab_id)
+    pool = 0
+    if args.pool:
+        pool = len(getattr(getattr(evaluator, "task", None), "examples", ()))
+        if not pool:
+            raise InvalidArgumentError(
+                f"--pool needs an evaluator with a task's examples (hf-causal, hf-mlm, "
+                f"openai); {args.evaluator!r} has none"
+            )
+    elif args.max_examples or args.examples_per_trial:
+        raise InvalidArgumentError("--max-examples and --examples-per-trial need --pool")
     return client.create_study(
-        args.study, space, strategy=args.strategy, max_trials=args.trials, seed=args.seed
+        args.study, space, strategy=args.strategy, max_trials=args.trials, seed=args.seed,
+        pool_size=pool, max_examples=args.max_examples,
+        examples_per_trial=args.examples_per_trial,
     )
 
 
@@ -353,7 +396,7 @@ def _select(args) -> int:
 
     from promptbo.errors import InvalidArgumentError
     from promptbo.evaluators import create_evaluator, get_evaluator
-    from promptbo.selection import candidates, rescore
+    from promptbo.selection import _key, candidates, rescore
 
     options = parse_options(args.option)
     if "split" in inspect.signature(get_evaluator(args.evaluator).__init__).parameters:
@@ -364,6 +407,11 @@ def _select(args) -> int:
             "holdout or test, not objective")
     study = _client(args).get_study(args.study)
     best = candidates(study, args.top)  # before the model loads: bad requests fail fast
+    rec = study.recommendation()
+    recommended = rec.trial
+    if recommended is not None and all(t.id != recommended.id and _key(t.prompt) != _key(
+            recommended.prompt) for t in best):
+        best.append(recommended)  # re-scored too, beside the best observed ones
     with create_evaluator(args.evaluator, **options) as evaluator:
         ranked = rescore(study, evaluator, unprompted=args.unprompted, trials=best)
     split = options.get("split", "score")
@@ -376,6 +424,9 @@ def _select(args) -> int:
                 "token_ids": list(r.prompt.token_ids), "split": split}))
             continue
         what = "(unprompted)" if t is None else _prompt_label(r.prompt)
+        if t is not None and recommended is not None and _key(t.prompt) == _key(
+                recommended.prompt):
+            what += " (recommended)"
         obj = "-" if r.objective is None else f"{r.objective:.4f}"
         extra = " ".join(f"{k}={v:.4g}" for k, v in sorted(r.score.metrics.items()))
         print(f"{'-' if t is None else t.id:>5} objective {obj:>9} {split} "
@@ -384,6 +435,13 @@ def _select(args) -> int:
         trial, value = next((r.trial, r.score.value) for r in ranked if r.trial is not None)
         print(f"selected: trial {trial.id} ({split} {value:.4f})"
               + (" - the unprompted model scores better" if ranked[0].trial is None else ""))
+        spec = study.info.spec
+        from promptbo.report import recommendation_lines
+
+        for line in recommendation_lines(rec, spec.goal == pb.GOAL_MINIMIZE,
+                                         spec.objective or "value"):
+            if line:
+                print(f"study: {line}")
     return 0
 
 

@@ -14,7 +14,7 @@ Only numpy and the client are needed here; the evaluator is anything with
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from promptbo.client import Study, Trial
@@ -88,7 +88,9 @@ def rescore(study: Study, scorer: Scorer, top: int = 5, unprompted: bool = False
         InvalidArgumentError: see :func:`candidates`; or the scorer returned a wrong count.
     """
     best = list(trials) if trials is not None else candidates(study, top)
-    rows: list[tuple[Trial | None, Prompt]] = [(t, t.prompt) for t in best]
+    # A trial's pool examples (fidelity) index the study's pool, not this split: dropped.
+    rows: list[tuple[Trial | None, Prompt]] = [(t, replace(t.prompt, examples=None))
+                                               for t in best]
     if unprompted:
         rows.append((None, Prompt()))
     scores = scorer.score([p for _, p in rows])
