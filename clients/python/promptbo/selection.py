@@ -50,11 +50,11 @@ def top_trials(trials: Iterable[Trial], n: int, minimize: bool = False) -> list[
     """The ``n`` best completed trials with distinct prompts, best first.
 
     A prompt told more than once counts with its first (lowest-id) trial; ties in value go
-    to the lower id.
+    to the lower id. The unprompted reference (source ``reference``) is no candidate.
     """
     first: dict[bytes | tuple[int, ...], tuple[Trial, float]] = {}
     for t in sorted(trials, key=lambda t: t.id):
-        if t.value is not None:
+        if t.value is not None and t.source != "reference":
             first.setdefault(_key(t.prompt), (t, t.value))
     sign = 1.0 if minimize else -1.0
     ranked = sorted(first.values(), key=lambda tv: (sign * tv[1], tv[0].id))
