@@ -18,7 +18,7 @@ from promptbo.evaluators.base import register_evaluator
 from promptbo.evaluators.hf_common import HFEvaluator
 from promptbo.types import Prompt
 
-DEFAULT_MLM_TEMPLATE = "{text} {prompt} It was {answer}."
+DEFAULT_MLM_TEMPLATE = "{prompt} {text} It was {answer}."
 
 
 @register_evaluator("hf-mlm")
@@ -27,7 +27,8 @@ class HFMaskedLMEvaluator(HFEvaluator):
 
     Options:
         model: checkpoint folder or hub name (required).
-        template: default ``"{text} {prompt} It was {answer}."``; ``{answer}`` marks the mask
+        template: default ``"{prompt} {text} It was {answer}."`` (the prompt before the
+            input, where the held-out measurement found it helps); ``{answer}`` marks the mask
             and may sit anywhere.
         labels: one single-token label word per class, e.g. ``terrible,great``.
         data, split, k, seed, test_data, max_examples, metric, batch_size, device, dtype,

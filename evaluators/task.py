@@ -58,7 +58,7 @@ from promptbo.types import Prompt, Score, mean_and_stderr
 SPLITS = ("objective", "dev", "test", "holdout", "pool")
 METRICS = ("log_prob", "accuracy", "macro_f1")
 _FIELDS = ("prompt", "text", "text_b", "answer")
-DEFAULT_TEMPLATE = "Review: {text}\n{prompt}\nSentiment: {answer}"
+DEFAULT_TEMPLATE = "{prompt}\nReview: {text}\nSentiment: {answer}"
 DEFAULT_LABELS = ("negative", "positive")
 
 
