@@ -153,8 +153,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
     p = sub.add_parser("demo", help="optimize a prompt for SmolLM2 on a small sentiment set")
-    p.add_argument("--trials", type=int, default=24)
-    p.add_argument("--strategy", default="gp")
+    p.add_argument("--trials", type=int, default=0, help="a trial budget too (0: none)")
+    p.add_argument("--examples", type=int, default=320,
+                   help="the budget in scored examples (the pool holds 32 reviews)")
+    p.add_argument("--strategy", default="mf")
     p.add_argument("--prompt-length", type=int, default=4)
     p.add_argument("--storage", default="", help="default: a SQLite file in a temp dir")
     p.add_argument("--seed", type=int, default=0)
