@@ -435,15 +435,15 @@ def _select(args) -> int:
               f"{r.score.value:.4f} {what} {extra}")
     if not args.json:
         trial, value = next((r.trial, r.score.value) for r in ranked if r.trial is not None)
-        print(f"selected: trial {trial.id} ({split} {value:.4f})"
-              + (" - the unprompted model scores better" if ranked[0].trial is None else ""))
-        spec = study.info.spec
         from promptbo.report import recommendation_lines
 
+        spec = study.info.spec
         for line in recommendation_lines(rec, spec.goal == pb.GOAL_MINIMIZE,
                                          spec.objective or "value"):
             if line:
                 print(f"study: {line}")
+        print(f"selected: trial {trial.id} ({split} {value:.4f})"
+              + (" - the unprompted model scores better" if ranked[0].trial is None else ""))
     return 0
 
 
