@@ -51,6 +51,7 @@ from promptbo.server.optim.noisy_gp import (
     pool_by_key,
     posterior_mean_sd,
 )
+from promptbo.server.optim.surrogate import hyperparameters
 
 MF_OPTIONS: dict[str, tuple[type, Any, float, float]] = {
     **GP_OPTIONS,
@@ -76,6 +77,8 @@ class MultiFidelityEngine(GPEngine):
         self._keys: list[bytes] = []
         self._cands: dict[bytes, Tensor] = {}
         self._pending_keys: set[bytes] = set()
+        self._gp_state: dict[str, Tensor] | None = None
+        self._last_full_fit = 0
         #: Examples wanted by each candidate of the last :meth:`suggest` (None: no pool).
         self.last_examples: list[int] | None = None
 
@@ -130,8 +133,7 @@ class MultiFidelityEngine(GPEngine):
         stats = self._pooled()
         model = None
         if stats is not None and len(stats[0]) >= max(self.num_initial, 2):
-            first, mean, var, _ = stats
-            model = fit_fixed_noise_gp(self.X[first], mean, var)
+            model = self._fit(*stats[:3])
         promoted, counts = self._promotions(n, stats, model)
         rows = [self._cands[k].to(self.X.device) for k in promoted]
         avoid.update(promoted)
@@ -149,6 +151,19 @@ class MultiFidelityEngine(GPEngine):
         self.last_examples = counts if self.rungs else None
         cat = [o if o.dtype == out[-1].dtype else o.to(out[-1].dtype) for o in out]
         return torch.cat(cat)
+
+    def _fit(self, first: list[int], mean: Tensor, var: Tensor) -> SingleTaskGP:
+        """The fixed-noise GP on the pooled prompts, warm-started as ``gp``'s fits are:
+        a full fit every ``refit_every`` new prompts, a few iterations otherwise."""
+        o = self.opts
+        n = len(first)
+        full = self._gp_state is None or n - self._last_full_fit >= o["refit_every"]
+        model = fit_fixed_noise_gp(self.X[first], mean, var, self._gp_state,
+                                   o["full_maxiter"] if full else o["warm_maxiter"])
+        self._gp_state = hyperparameters(model)
+        if full:
+            self._last_full_fit = n
+        return model
 
     def _sync_plain_observations(self) -> None:
         """Observations that arrived through plain :meth:`observe` get unknown noise."""

@@ -19,13 +19,14 @@ from __future__ import annotations
 import logging
 
 import torch
-from botorch.fit import fit_gpytorch_mll
 from botorch.models import SingleTaskGP
 from botorch.models.transforms.outcome import Standardize
+from botorch.optim.fit import fit_gpytorch_mll_scipy
 from gpytorch.mlls import ExactMarginalLogLikelihood
 from torch import Tensor
 
 from promptbo.server.optim.acquisition import quiet
+from promptbo.server.optim.surrogate import hyperparameters
 
 log = logging.getLogger(__name__)
 
@@ -80,22 +81,33 @@ def pool_by_key(
             torch.tensor(ns, dtype=dt))
 
 
-def fit_fixed_noise_gp(X: Tensor, Y: Tensor, Yvar: Tensor) -> SingleTaskGP:
+def fit_fixed_noise_gp(
+    X: Tensor, Y: Tensor, Yvar: Tensor, state: dict[str, Tensor] | None = None,
+    maxiter: int = 100,
+) -> SingleTaskGP:
     """A GP on `n x d` unit-box inputs with known per-point noise variances (`n`).
 
-    Hyperparameters are fitted by maximum marginal likelihood (BoTorch's defaults);
-    a failed fit keeps the priors' modes.
+    Hyperparameters start from ``state`` (a previous fit's :func:`hyperparameters`, for a
+    warm start) and are fitted by maximum marginal likelihood with at most ``maxiter``
+    L-BFGS-B iterations (0: no fit); a failed fit keeps where it started.
     """
     X = X.double()
     Y = Y.double().reshape(-1, 1)
     Yvar = Yvar.double().reshape(-1, 1).clamp(min=1e-10)
     model = SingleTaskGP(X, Y, train_Yvar=Yvar, outcome_transform=Standardize(m=1))
-    mll = ExactMarginalLogLikelihood(model.likelihood, model)
-    with quiet():
-        try:
-            fit_gpytorch_mll(mll, optimizer_kwargs={"options": {"maxiter": 100}})
-        except Exception as exc:  # numerical trouble: the prior's hyperparameters
-            log.warning("fixed-noise GP fit failed (%s); using prior hyperparameters", exc)
+    if state is not None:
+        model.load_state_dict(state, strict=False)
+    if maxiter > 0:
+        mll = ExactMarginalLogLikelihood(model.likelihood, model)
+        before = hyperparameters(model)
+        mll.train()
+        with quiet():
+            try:
+                fit_gpytorch_mll_scipy(mll, options={"maxiter": maxiter})
+            except Exception as exc:  # numerical trouble: keep the starting values
+                log.warning("fixed-noise GP fit failed (%s); keeping previous values", exc)
+                model.load_state_dict(before, strict=False)
+        mll.eval()
     model.eval()
     return model
 
