@@ -122,3 +122,48 @@ def test_fixed_fidelity_strategies_get_examples_per_trial(strategy) -> None:
     manager, _ = run_study(strategy, budget=60)
     trials = manager.storage.list_trials("s")
     assert [len(t.examples) for t in trials] == [8] * 7 + [4]
+
+
+def test_pool_study_resumes_after_a_restart_with_its_ledger(tmp_path) -> None:
+    """A new manager on the same SQLite file rebuilds the ledger (charged, reserved, the
+    examples each prompt saw) and the engine, and the budget still ends exact."""
+    from promptbo.server.storage.sql import SqlStorage
+
+    url = f"sqlite:///{tmp_path / 'pool.db'}"
+    rng = np.random.default_rng(5)
+    from promptbo.server.domain import Vocabulary
+
+    table = rng.standard_normal((40, 4)).astype(np.float32)
+    vocab = Vocabulary(tuple(f" t{i}" for i in range(40)), tuple(range(40)), table)
+    spec = StudySpec(space=HardPromptSpace(2, vocab.id, pca_dims=2), strategy="mf",
+                     strategy_options={**FAST_GP, "min_examples": "5", "eta": "2"},
+                     pool_size=20, max_examples=90, seed=2)
+    first = StudyManager(SqlStorage(url))
+    first.upload_vocabulary(vocab)
+    first.create_study("s", spec)
+
+    def tell(manager, trials):
+        manager.complete_trials("s", [
+            TrialResult(t.id, float(np.mean(t.examples)) / 20, {}, value_stderr=0.1)
+            for t in trials], "w")
+
+    for _ in range(4):
+        tell(first, first.suggest_trials("s", 2, "w")[0])
+    held, _ = first.suggest_trials("s", 1, "w")  # in flight across the restart
+    charged = first.examples_scored("s")
+    second = StudyManager(SqlStorage(url))
+    assert second.examples_scored("s") == charged
+    tell(second, held)
+    while True:
+        trials, done = second.suggest_trials("s", 2, "w")
+        if not trials:
+            assert done
+            break
+        tell(second, trials)
+    stored = second.storage.list_trials("s")
+    assert sum(len(t.examples) for t in stored) == 90 == second.examples_scored("s")
+    by_prompt: dict[tuple, set[int]] = {}
+    for t in sorted(stored, key=lambda t: t.id):
+        seen = by_prompt.setdefault(t.prompt.token_ids, set())
+        assert not seen & set(t.examples) or len(seen) + len(t.examples) > 20
+        seen |= set(t.examples)
