@@ -63,7 +63,9 @@ SPLITS = ("objective", "dev", "test")
 #: Config entries that must match for ``--resume`` (they change what a score means).
 # dataset name (meta.json) -> (template, label words); None keeps the evaluator's default.
 TASK_STYLES: dict[str, tuple[str | None, str | None]] = {
-    "sst2": (None, None),  # the evaluator's default template and the class names
+    # The template the SST-2 tables were measured with (the evaluator's default before it
+    # moved the prompt ahead of the input) and the class names.
+    "sst2": ("Review: {text}\n{prompt}\nSentiment: {answer}", None),
     "agnews": ("Article: {text}\n{prompt}\nTopic: {answer}", "World,Sports,Business,Tech"),
     "trec": ("Question: {text}\n{prompt}\nAnswer type: {answer}", None),
     "subj": ("Sentence: {text}\n{prompt}\nThis sentence is: {answer}", None),

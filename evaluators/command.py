@@ -6,10 +6,14 @@ The program receives one JSON object on stdin::
                   "pool_index": null}, ..]}
 
 (``vector`` is null for hard prompts; a soft prompt has empty ``token_ids``/``tokens``/``text``;
-a pool prompt has its ``pool_index`` and ``text`` and empty ``token_ids``/``tokens``)
+a pool prompt has its ``pool_index`` and ``text`` and empty ``token_ids``/``tokens``;
+``examples``, present only in a fidelity study, lists the pool examples to score)
 and must print one JSON object on stdout and exit with status 0::
 
     {"scores": [0.71, {"value": 0.64, "metrics": {"accuracy": 0.8}}, ..]}
+
+(a score object may also give ``"stderr"``, the value's standard error over the examples,
+and ``"examples"``, how many it averages)
 
 one entry per prompt, in order. Options: ``command`` (a shell-style string or a list,
 run without a shell), ``timeout`` in seconds (default 600), ``cwd``.
@@ -32,16 +36,20 @@ _TAIL = 2000
 
 def prompts_to_json(prompts: Sequence[Prompt]) -> str:
     """The stdin document for ``prompts``."""
-    return json.dumps({"prompts": [
-        {
-            "token_ids": [int(i) for i in p.token_ids],
-            "tokens": list(p.tokens),
-            "text": p.text,
-            "vector": None if p.vector is None else [[float(x) for x in row] for row in p.vector],
-            "pool_index": p.pool_index,
-        }
-        for p in prompts
-    ]})
+    return json.dumps({"prompts": [_prompt_doc(p) for p in prompts]})
+
+
+def _prompt_doc(p: Prompt) -> dict:
+    doc: dict = {
+        "token_ids": [int(i) for i in p.token_ids],
+        "tokens": list(p.tokens),
+        "text": p.text,
+        "vector": None if p.vector is None else [[float(x) for x in row] for row in p.vector],
+        "pool_index": p.pool_index,
+    }
+    if p.examples is not None:
+        doc["examples"] = [int(i) for i in p.examples]
+    return doc
 
 
 def _tail(text: str) -> str:

@@ -20,7 +20,7 @@ import numpy as np
 from promptbo.errors import InvalidArgumentError
 from promptbo.evaluators.base import Evaluator, option_choice, option_int
 from promptbo.evaluators.models import check_model, resolve_model
-from promptbo.evaluators.task import ANSWER, PROMPT, Task, load_task
+from promptbo.evaluators.task import ANSWER, PROMPT, Task, group_by_examples, load_task
 from promptbo.types import Prompt, Score, VocabularyTable
 
 log = logging.getLogger(__name__)
@@ -149,8 +149,12 @@ class HFEvaluator(Evaluator):
         """Ids that stand in the answer slot of the input (the mask, or nothing)."""
 
     @abc.abstractmethod
-    def _label_log_probs(self, prompts: Sequence[Prompt]) -> np.ndarray:
-        """`P x E x C` log-probabilities of each label word for each prompt and example."""
+    def _label_log_probs(
+        self, prompts: Sequence[Prompt], examples: Sequence[int] | None = None
+    ) -> np.ndarray:
+        """`P x E x C` log-probabilities of each label word for each prompt and example
+        of the task; with ``examples`` only those rows (example indices) are computed, the
+        others are left 0."""
 
     # --- encoding --------------------------------------------------------------------
     def _encode(self, example) -> EncodedExample:
@@ -228,18 +232,28 @@ class HFEvaluator(Evaluator):
         return 0
 
     # --- Evaluator -------------------------------------------------------------------
-    def label_log_probs(self, prompts: Sequence[Prompt]) -> np.ndarray:
-        """`P x E x C`: ``log p(label word c | prompt p, example e)`` over the task's examples."""
+    def label_log_probs(
+        self, prompts: Sequence[Prompt], examples: Sequence[int] | None = None
+    ) -> np.ndarray:
+        """`P x E x C`: ``log p(label word c | prompt p, example e)`` over the task's
+        examples (with ``examples``: `P x len(examples) x C`, those examples only)."""
         import torch
 
         with torch.inference_mode():
-            return self._label_log_probs(list(prompts))
+            out = self._label_log_probs(list(prompts), examples)
+        return out if examples is None else out[:, list(examples)]
 
     def score(self, prompts: Sequence[Prompt]) -> list[Score]:
+        """Scores each prompt on its ``examples`` (fidelity), or on the whole split."""
         if not prompts:
             return []
-        lp = self.label_log_probs(prompts)
-        return [self.task.score_log_probs(lp[i]) for i in range(len(prompts))]
+        out: list[Score | None] = [None] * len(prompts)
+        for examples, members in group_by_examples(prompts):
+            task = self.task if examples is None else self.task.subset(examples)
+            lp = self.label_log_probs([prompts[i] for i in members], examples)
+            for j, i in enumerate(members):
+                out[i] = task.score_log_probs(lp[j])
+        return [s for s in out if s is not None]
 
     def vocabulary(self) -> VocabularyTable:
         """The tokenizer's regular tokens (see :func:`vocabulary_table`)."""

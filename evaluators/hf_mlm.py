@@ -18,7 +18,7 @@ from promptbo.evaluators.base import register_evaluator
 from promptbo.evaluators.hf_common import HFEvaluator
 from promptbo.types import Prompt
 
-DEFAULT_MLM_TEMPLATE = "{text} {prompt} It was {answer}."
+DEFAULT_MLM_TEMPLATE = "{prompt} {text} It was {answer}."
 
 
 @register_evaluator("hf-mlm")
@@ -27,7 +27,8 @@ class HFMaskedLMEvaluator(HFEvaluator):
 
     Options:
         model: checkpoint folder or hub name (required).
-        template: default ``"{text} {prompt} It was {answer}."``; ``{answer}`` marks the mask
+        template: default ``"{prompt} {text} It was {answer}."`` (the prompt before the
+            input, where the held-out measurement found it helps); ``{answer}`` marks the mask
             and may sit anywhere.
         labels: one single-token label word per class, e.g. ``terrible,great``.
         data, split, k, seed, test_data, max_examples, metric, batch_size, device, dtype,
@@ -83,12 +84,15 @@ class HFMaskedLMEvaluator(HFEvaluator):
             )
         return ids
 
-    def _label_log_probs(self, prompts: Sequence[Prompt]) -> np.ndarray:
+    def _label_log_probs(
+        self, prompts: Sequence[Prompt], examples: Sequence[int] | None = None
+    ) -> np.ndarray:
         import torch
 
         parts = [self._prompt_part(p) for p in prompts]
         soft = any(isinstance(x, torch.Tensor) for x in parts)
-        rows = [(p, e) for p in range(len(parts)) for e in range(len(self.encoded))]
+        wanted = range(len(self.encoded)) if examples is None else examples
+        rows = [(p, e) for p in range(len(parts)) for e in wanted]
         out = np.zeros((len(prompts), len(self.encoded), len(self.task.label_words)))
         for start in range(0, len(rows), self.batch_size):
             batch = rows[start:start + self.batch_size]

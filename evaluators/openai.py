@@ -160,18 +160,25 @@ class OpenAIEvaluator(Evaluator):
                     "the openai evaluator scores hard prompts only (text); this study has soft "
                     "prompts: use hf-causal or hf-mlm"
                 )
-        jobs = [(p.text, ex) for p in prompts for ex in self.task.examples]
+        tasks = [self.task if p.examples is None else self.task.subset(p.examples)
+                 for p in prompts]
+        jobs = [(p.text, ex) for p, task in zip(prompts, tasks, strict=True)
+                for ex in task.examples]
         replies = list(self._pool.map(lambda job: self._ask(self.task.template.render_text(
             job[1], job[0])), jobs))
-        n = len(self.task.examples)
-        return [self._score(replies[i * n:(i + 1) * n]) for i in range(len(prompts))]
+        out, start = [], 0
+        for task in tasks:
+            n = len(task.examples)
+            out.append(self._score(replies[start:start + n], task))
+            start += n
+        return out
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
         self._http.close()
 
     # --- scoring ---------------------------------------------------------------------
-    def _score(self, replies: list[_Reply]) -> Score:
+    def _score(self, replies: list[_Reply], task: Task) -> Score:
         words = [_norm(w) for w in self.task.label_words]
         usage = {
             "prompt_tokens": float(sum(r.prompt_tokens for r in replies)),
@@ -187,11 +194,11 @@ class OpenAIEvaluator(Evaluator):
                     "top_logprobs=0 to score generated text by accuracy for the whole study"
                 )
             lp = np.array([self._label_log_probs(r.top or {}, words) for r in replies])
-            base = self.task.score_log_probs(lp)
+            base = task.score_log_probs(lp)
         else:
-            base = self.task.score_predictions(np.array([self._predict(r.text, words)
-                                                         for r in replies]))
-        return Score(base.value, {**base.metrics, **usage})
+            base = task.score_predictions(np.array([self._predict(r.text, words)
+                                                    for r in replies]))
+        return Score(base.value, {**base.metrics, **usage}, base.stderr, base.examples)
 
     @staticmethod
     def _label_log_probs(top: dict[str, float], words: list[str]) -> list[float]:

@@ -3,7 +3,9 @@
 ``function="package.module:name"`` (or ``"path/to/file.py:name"``) names a callable that
 takes the list of :class:`~promptbo.types.Prompt` and returns one number or
 :class:`~promptbo.types.Score` per prompt (a ``{"value": .., "metrics": {..}}`` dict also
-works). Any other option is passed to it as a keyword argument on every call::
+works, optionally with ``"stderr"`` and ``"examples"``). In a fidelity study each prompt's
+``examples`` holds the pool examples to score; score exactly those. Any other option is
+passed to it as a keyword argument on every call::
 
     promptbo worker --study s --evaluator python -o function=my_scoring:score -o scale=2
 """
@@ -72,7 +74,9 @@ def as_score(item: Any, where: str) -> Score:
     try:
         if isinstance(item, dict):
             metrics = {str(k): float(v) for k, v in (item.get("metrics") or {}).items()}
-            return Score(float(item["value"]), metrics)
+            stderr = item.get("stderr")
+            return Score(float(item["value"]), metrics,
+                         None if stderr is None else float(stderr), int(item.get("examples", 0)))
         if isinstance(item, bool):
             raise TypeError
         value = float(item)

@@ -28,7 +28,17 @@ Splits
     ``objective`` set the optimizer sees and ``k`` more the disjoint ``dev`` set; ``test``
     is the dataset's test split, or the rest of the pool when it has none. ``holdout`` is
     always that rest of the training pool, shuffled with ``seed``: a larger validation
-    sample that leaves the test split untouched.
+    sample that leaves the test split untouched. ``pool`` is the labeled pool of a
+    fidelity study: every training example outside ``dev`` (the objective set first, then
+    the rest shuffled with ``seed``; ``max_examples`` caps it, e.g. at 1000). It needs a
+    test split of its own, since without one the rest of the training pool *is* the test
+    split.
+
+Example subsets (fidelity)
+    A prompt whose ``examples`` holds indices is scored on those examples of the split
+    only (:meth:`Task.subset`); the score's ``stderr`` is the standard error of the value
+    over the per-example scores (log-probability of the gold word, or 1/0 for a correct
+    prediction; none for macro-F1) and ``examples`` their number.
 """
 
 from __future__ import annotations
@@ -36,19 +46,19 @@ from __future__ import annotations
 import random
 import string
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from promptbo.errors import InvalidArgumentError
 from promptbo.evaluators.base import option_choice, option_int
 from promptbo.evaluators.data import Example, few_shot_splits, load_dataset, resolve_labels
-from promptbo.types import Score
+from promptbo.types import Prompt, Score, mean_and_stderr
 
-SPLITS = ("objective", "dev", "test", "holdout")
+SPLITS = ("objective", "dev", "test", "holdout", "pool")
 METRICS = ("log_prob", "accuracy", "macro_f1")
 _FIELDS = ("prompt", "text", "text_b", "answer")
-DEFAULT_TEMPLATE = "Review: {text}\n{prompt}\nSentiment: {answer}"
+DEFAULT_TEMPLATE = "{prompt}\nReview: {text}\nSentiment: {answer}"
 DEFAULT_LABELS = ("negative", "positive")
 
 
@@ -230,18 +240,45 @@ class Task:
         top = lp.max(axis=1, keepdims=True)
         normalised = lp - (top + np.log(np.exp(lp - top).sum(axis=1, keepdims=True)))
         pred = normalised.argmax(axis=1)
+        per_example = {"log_prob": normalised[rows, gold], "accuracy": (pred == gold) * 1.0}
         metrics = {
             "log_prob": float(normalised[rows, gold].mean()),
             "raw_log_prob": float(lp[rows, gold].mean()),
             **self._classification_metrics(pred),
         }
-        return Score(metrics[self.metric], metrics)
+        return self._score(metrics, per_example)
+
+    def _score(self, metrics: dict[str, float], per_example: dict[str, np.ndarray]) -> Score:
+        values = per_example.get(self.metric)
+        stderr = None if values is None else mean_and_stderr(values)[1]
+        return Score(metrics[self.metric], metrics, stderr=stderr, examples=len(self.examples))
+
+    def subset(self, indices: Sequence[int]) -> Task:
+        """This task restricted to ``examples[i]`` for ``i`` in ``indices`` (a fidelity
+        study's example subset).
+
+        Raises:
+            InvalidArgumentError: an index outside the split, or no index.
+        """
+        n = len(self.examples)
+        bad = [i for i in indices if not 0 <= int(i) < n]
+        if bad or not len(indices):
+            raise InvalidArgumentError(
+                f"example indices {bad[:5] or '[]'} are not in the {self.split} split of {n} "
+                f"examples; the study's pool_size must equal the evaluator's example count"
+            )
+        return replace(self, examples=tuple(self.examples[int(i)] for i in indices))
 
     def score_predictions(self, predicted: np.ndarray) -> Score:
         """A :class:`Score` from predicted class indices (`n`, -1 for "none"); the value is
         the accuracy unless ``metric`` is ``macro_f1`` (there are no log-probabilities)."""
-        metrics = self._classification_metrics(np.asarray(predicted, dtype=np.int64))
-        return Score(metrics["macro_f1" if self.metric == "macro_f1" else "accuracy"], metrics)
+        pred = np.asarray(predicted, dtype=np.int64)
+        metrics = self._classification_metrics(pred)
+        if self.metric == "macro_f1":
+            return Score(metrics["macro_f1"], metrics, examples=len(self.examples))
+        correct = (pred == self.gold) * 1.0
+        return Score(metrics["accuracy"], metrics, stderr=mean_and_stderr(correct)[1],
+                     examples=len(self.examples))
 
     def _classification_metrics(self, pred: np.ndarray) -> dict[str, float]:
         gold = self.gold
@@ -327,8 +364,28 @@ def load_task(
     elif split == "holdout":
         examples = rest.copy()
         random.Random(seed).shuffle(examples)
+    elif split == "pool":
+        if not dataset.test:
+            raise InvalidArgumentError(
+                f"split=pool needs a dataset with a test split of its own (a folder with a "
+                f"test file, or test_data): in {data!r} the training examples outside the "
+                "objective and dev sets are the test split"
+            )
+        examples = rest.copy()
+        random.Random(seed).shuffle(examples)
+        examples = objective + examples
     else:
         examples = resolve_labels(dataset.test, words, names) if dataset.test else rest
     if max_examples not in (None, ""):
         examples = examples[: option_int("max_examples", max_examples, minimum=1)]
     return Task(tuple(examples), parsed, words, metric, split)
+
+
+def group_by_examples(prompts: Sequence[Prompt]) -> list[tuple[tuple[int, ...] | None, list[int]]]:
+    """Positions of ``prompts`` grouped by their example subset (``Prompt.examples``; None:
+    the whole split), in order of first appearance: each group is scored in one pass."""
+    groups: dict[tuple[int, ...] | None, list[int]] = {}
+    for i, p in enumerate(prompts):
+        key = None if p.examples is None else tuple(int(e) for e in p.examples)
+        groups.setdefault(key, []).append(i)
+    return list(groups.items())

@@ -188,6 +188,9 @@ class AsyncOptimizerServicer(api_grpc.OptimizerServiceServicer):
         return await self._call("AddTrials", request, context)
 
     # --- streams: no thread held ------------------------------------------------------
+    async def GetRecommendation(self, request, context):
+        return await self._call("GetRecommendation", request, context)
+
     async def UploadVocabulary(self, request_iterator: AsyncIterator, context):
         upload = VocabularyUpload()
         try:

@@ -49,6 +49,7 @@ METHOD_ROLES: dict[str, Role] = {
     "ListStudies": Role.READ,
     "ListTrials": Role.READ,
     "GetBestTrial": Role.READ,
+    "GetRecommendation": Role.READ,
     "WatchStudy": Role.READ,
     "CreateStudy": Role.WRITE,
     "UploadVocabulary": Role.WRITE,

@@ -26,6 +26,8 @@ from promptbo.server.domain import (
     Trial,
     TrialState,
 )
+from promptbo.server.recommend import Recommendation
+from promptbo.v1 import optimizer_service_pb2 as api
 from promptbo.v1 import resources_pb2 as pb
 
 _GOALS = {pb.GOAL_UNSPECIFIED: Goal.MAXIMIZE, pb.GOAL_MAXIMIZE: Goal.MAXIMIZE,
@@ -85,6 +87,9 @@ def spec_from_pb(msg: pb.StudySpec) -> StudySpec:
         lease_seconds=msg.lease_seconds or DEFAULT_LEASE_SECONDS,
         seed=msg.seed,
         labels=dict(msg.labels),
+        pool_size=msg.pool_size,
+        max_examples=msg.max_examples,
+        examples_per_trial=msg.examples_per_trial,
     )
 
 
@@ -99,6 +104,9 @@ def spec_to_pb(spec: StudySpec) -> pb.StudySpec:
         lease_seconds=spec.lease_seconds,
         seed=spec.seed,
         labels=spec.labels,
+        pool_size=spec.pool_size,
+        max_examples=spec.max_examples,
+        examples_per_trial=spec.examples_per_trial,
     )
     sp = spec.space
     if isinstance(sp, PoolSpace):
@@ -150,7 +158,11 @@ def trial_to_pb(t: Trial) -> pb.Trial:
         failure_reason=t.failure_reason,
         source=t.source,
         principal=t.principal,
+        example_indices=t.examples,
+        examples_scored=t.examples_scored,
     )
+    if t.value_stderr is not None:
+        msg.value_stderr = t.value_stderr
     _set_time(msg.lease_deadline, t.lease_deadline)
     _set_time(msg.create_time, t.create_time)
     _set_time(msg.complete_time, t.complete_time)
@@ -166,10 +178,14 @@ def trial_state_from_pb(state: int) -> TrialState | None:
 
 
 def study_to_pb(
-    study: Study, counts: dict[TrialState, int] | None = None, best: Trial | None = None
+    study: Study,
+    counts: dict[TrialState, int] | None = None,
+    best: Trial | None = None,
+    examples_scored: int = 0,
 ) -> pb.Study:
     msg = pb.Study(
-        name=study.name, state=_STUDY_STATES_PB[study.state], spec=spec_to_pb(study.spec)
+        name=study.name, state=_STUDY_STATES_PB[study.state], spec=spec_to_pb(study.spec),
+        examples_scored=examples_scored,
     )
     _set_time(msg.create_time, study.create_time)
     if counts is not None:
@@ -180,6 +196,14 @@ def study_to_pb(
     if best is not None:
         msg.best_trial.CopyFrom(trial_to_pb(best))
     return msg
+
+
+def recommendation_to_pb(rec: Recommendation) -> api.Recommendation:
+    return api.Recommendation(
+        prompt=prompt_to_pb(rec.prompt), trial=trial_to_pb(rec.trial), estimate=rec.estimate,
+        stderr=rec.stderr, lower=rec.lower, upper=rec.upper, examples=rec.examples,
+        trials=rec.trials, posterior_mean=rec.posterior_mean, method=rec.method,
+    )
 
 
 def _set_time(field: Timestamp, seconds: float) -> None:

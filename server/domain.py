@@ -22,6 +22,8 @@ MAX_PROMPT_LENGTH = 512
 MAX_STUDY_NAME = 200
 DEFAULT_LEASE_SECONDS = 300.0
 DEFAULT_PCA_DIMS = 16
+#: Largest labeled pool a study may declare (a trial's example indices travel in it).
+MAX_POOL_SIZE = 1_000_000
 
 
 class Goal(enum.Enum):
@@ -135,6 +137,12 @@ class StudySpec:
     lease_seconds: float = DEFAULT_LEASE_SECONDS
     seed: int = 0
     labels: dict[str, str] = field(default_factory=dict)
+    #: Fidelity (see :mod:`promptbo.server.fidelity`): the labeled pool's size (0: none),
+    #: the budget in scored examples (0: none) and the examples per trial of strategies
+    #: that do not choose a fidelity (0: the whole pool).
+    pool_size: int = 0
+    max_examples: int = 0
+    examples_per_trial: int = 0
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.lease_seconds) and 0 < self.lease_seconds <= 7 * 86400):
@@ -143,6 +151,22 @@ class StudySpec:
             )
         if self.max_trials < 0 or self.max_active_trials < 0:
             raise InvalidArgumentError("max_trials and max_active_trials must be >= 0")
+        if not 0 <= self.pool_size <= MAX_POOL_SIZE:
+            raise InvalidArgumentError(
+                f"pool_size must be in [0, {MAX_POOL_SIZE}], got {self.pool_size}"
+            )
+        if self.max_examples < 0 or self.examples_per_trial < 0:
+            raise InvalidArgumentError("max_examples and examples_per_trial must be >= 0")
+        if (self.max_examples or self.examples_per_trial) and not self.pool_size:
+            raise InvalidArgumentError(
+                "max_examples and examples_per_trial need a labeled pool: set pool_size to "
+                "the number of examples the evaluators can score"
+            )
+        if self.examples_per_trial > self.pool_size:
+            raise InvalidArgumentError(
+                f"examples_per_trial={self.examples_per_trial} exceeds pool_size="
+                f"{self.pool_size}"
+            )
 
 
 @dataclass(frozen=True)
@@ -185,6 +209,11 @@ class Trial:
     source: str = "suggested"
     #: The principal (named token) that took the trial; "" without configured tokens.
     principal: str = ""
+    #: Fidelity: the pool examples to score (empty: no pool), the told standard error of
+    #: ``value`` (None: not told) and the number of examples the value averages (0: not told).
+    examples: tuple[int, ...] = ()
+    value_stderr: float | None = None
+    examples_scored: int = 0
 
     def evolve(self, **changes) -> Trial:
         """A copy with ``changes`` applied (a hot path: no ``__init__`` round trip)."""

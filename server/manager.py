@@ -25,7 +25,10 @@ PERMISSION_DENIED whatever its ``client_id`` (admins excepted).
 
 Budget: with ``max_trials`` set, the manager never has more than ``max_trials``
 completed plus active trials, so the study ends with exactly ``max_trials`` completed
-ones (failed trials do not count) and then moves to COMPLETED.
+ones (failed trials do not count) and then moves to COMPLETED. A study with a labeled
+pool also has a budget in scored examples (``max_examples``); which examples each trial
+is scored on, and that budget, are kept by :class:`~promptbo.server.fidelity.ExampleLedger`.
+The unprompted model's reference trial (source ``reference``) counts against neither.
 """
 
 from __future__ import annotations
@@ -64,6 +67,7 @@ from promptbo.server.domain import (
     Vocabulary,
     check_study_name,
 )
+from promptbo.server.fidelity import ExampleLedger
 from promptbo.server.limits import (
     Limits,
     active_trial_cap,
@@ -72,6 +76,7 @@ from promptbo.server.limits import (
     trial_bytes,
 )
 from promptbo.server.locks import HeldLock, LockTable
+from promptbo.server.recommend import Recommendation, recommend
 from promptbo.server.runtime import StudyRuntime
 from promptbo.server.specdiff import VOCABULARY_FIELDS, paths, spec_differences
 from promptbo.server.storage.base import Storage
@@ -105,6 +110,8 @@ class TrialResult:
     value: float
     metrics: dict[str, float]
     failure_reason: str = ""
+    value_stderr: float | None = None
+    examples_scored: int = 0
 
 
 @dataclass(frozen=True)
@@ -114,6 +121,8 @@ class KnownTrial:
     prompt: Prompt
     value: float
     metrics: dict[str, float]
+    value_stderr: float | None = None
+    examples_scored: int = 0
 
 
 class _Live:
@@ -129,19 +138,26 @@ class _Live:
         self.best: Trial | None = None
         self.best_obj = -math.inf
         self.runtime: StudyRuntime | None = None
+        self.ledger = ExampleLedger(study.spec, trials)
+        self.reference: Trial | None = None
         for t in trials:
+            if t.source == "reference":
+                self.reference = t
+                continue
             self.counts[t.state] += 1
             if t.state is TrialState.COMPLETED:
                 self.consider_best(t)
 
     def consider_best(self, t: Trial) -> None:
         obj = _objective(self.study.spec, t.value, t.metrics, strict=False)
-        if obj is not None and obj > self.best_obj:
+        if obj is not None and obj > self.best_obj and t.source != "reference":
             self.best, self.best_obj = t, obj
 
     def finish(self, t: Trial) -> None:
         """Mirrors an ACTIVE trial's completion or failure."""
-        self.active.pop(t.id, None)
+        before = self.active.pop(t.id, None)
+        if before is not None:
+            self.ledger.finished(before, t)
         self.counts[TrialState.ACTIVE] -= 1
         self.counts[t.state] += 1
         if t.state is TrialState.COMPLETED:
@@ -387,6 +403,11 @@ class StudyManager:
         for callback in callbacks:
             callback(None)
 
+    def examples_scored(self, name: str) -> int:
+        """Examples scored by the study's completed trials (pool studies; else 0)."""
+        with self._lock(name):
+            return self._get_live(name).ledger.charged
+
     def study_counts(self, name: str) -> dict[TrialState, int]:
         return self.describe(name)[1]
 
@@ -446,6 +467,8 @@ class StudyManager:
             want -= len(reissued)
             if want > 0 and spec.max_trials:
                 want = min(want, spec.max_trials - live.counts[TrialState.COMPLETED] - len(active))
+            if want > 0 and live.ledger.remaining == 0:
+                want = 0
             if want > 0:
                 trials += self._new_trials(
                     live, want, active, client_id, now, cancelled, principal
@@ -478,15 +501,23 @@ class StudyManager:
             prompts += rt.suggest(n - len(prompts), pending + prompts, cancelled)
         if rt.issued is not None:
             rt.issued.update(p.key() for p in prompts)
-        drafts = [
-            Trial(
+        drafts = []
+        ledger = live.ledger
+        for p in prompts:
+            examples: tuple[int, ...] = ()
+            if ledger.enabled:
+                examples = ledger.allot(p.key(), rt.requested.pop(p.key(), None))
+                if not examples:
+                    break  # the scored-example budget is spoken for
+            draft = Trial(
                 study=live.study.name, id=0, state=TrialState.ACTIVE, prompt=p,
                 client_id=client_id, lease_deadline=now + live.study.spec.lease_seconds,
-                create_time=now, principal=principal,
+                create_time=now, examples=examples, principal=principal,
             )
-            for p in prompts
-        ]
-        stored = self.storage.add_trials(live.study.name, drafts)
+            if ledger.enabled:
+                ledger.created_trial(p.key(), draft)
+            drafts.append(draft)
+        stored = self.storage.add_trials(live.study.name, drafts) if drafts else []
         live.active.update((t.id, t) for t in stored)
         live.counts[TrialState.ACTIVE] += len(stored)
         self._schedule_refill(live.study.name, live)
@@ -566,21 +597,28 @@ class StudyManager:
                     objective = None
                 else:
                     objective = _objective(study.spec, r.value, r.metrics)
+                    scored = _check_fidelity(
+                        trial, r, f"result {i} (trial {r.trial_id}): " if many else ""
+                    )
                     done = trial.evolve(
                         state=TrialState.COMPLETED, value=float(r.value),
                         metrics=dict(r.metrics), complete_time=now,
+                        value_stderr=None if r.value_stderr is None else float(r.value_stderr),
+                        examples_scored=scored,
                     )
                 changed.append((i, done, objective))
             if changed:
                 self.storage.update_trials([done for _, done, _ in changed])
-            observed = [(done.prompt, obj) for _, done, obj in changed if obj is not None]
+            observed = [(done, obj) for _, done, obj in changed if obj is not None]
             for i, done, _ in changed:
                 live.finish(done)
                 out[i] = done
             if observed:
                 if live.runtime is not None:
                     live.runtime.queue_observation(
-                        [p for p, _ in observed], [o for _, o in observed]
+                        [t.prompt for t, _ in observed], [o for _, o in observed],
+                        [_noise(study.spec, t) for t, _ in observed],
+                        [t.examples_scored for t, _ in observed],
                     )
                 study = self._maybe_finish(live)
                 self._schedule_refill(name, live)
@@ -664,8 +702,12 @@ class StudyManager:
     def best_trial(self, name: str) -> Trial | None:
         return self.describe(name)[2]
 
-    def add_trials(self, name: str, known: Sequence[KnownTrial]) -> list[Trial]:
-        """Stores prompts with known values as completed trials and teaches the engine."""
+    def add_trials(
+        self, name: str, known: Sequence[KnownTrial], reference: bool = False
+    ) -> list[Trial]:
+        """Stores prompts with known values as completed trials and teaches the engine;
+        with ``reference`` records the unprompted model's score instead (one trial, empty
+        prompt, source ``reference``; see :meth:`_add_reference`)."""
         if not known:
             raise InvalidArgumentError("AddTrials needs at least one trial")
         if len(known) > self.limits.max_add_trials:
@@ -673,6 +715,8 @@ class StudyManager:
                 f"AddTrials takes at most {self.limits.max_add_trials} trials per request, got "
                 f"{len(known)}; send them in several requests"
             )
+        if reference:
+            return [self._add_reference(name, known)]
         with self._lock(name):
             live = self._get_live(name)
             rt = self._runtime(live)
@@ -688,19 +732,67 @@ class StudyManager:
                     Trial(
                         study=name, id=0, state=TrialState.COMPLETED, prompt=prompt,
                         value=float(k.value), metrics=dict(k.metrics), create_time=now,
-                        complete_time=now, source="added",
+                        complete_time=now, source="added", value_stderr=k.value_stderr,
+                        examples_scored=k.examples_scored,
                     )
                 )
             stored = self.storage.add_trials(name, drafts)
             live.counts[TrialState.COMPLETED] += len(stored)
             for t in stored:
                 live.consider_best(t)
-            rt.queue_observation([t.prompt for t in stored], objectives)
+                live.ledger.added(t)
+            rt.queue_observation(
+                [t.prompt for t in stored], objectives,
+                [_noise(live.study.spec, t) for t in stored], [t.examples_scored for t in stored],
+            )
             self._maybe_finish(live)
             self._schedule_refill(name, live)
         for t in stored:
             self._publish(name, "completed", t)
         return stored
+
+    def _add_reference(self, name: str, known: Sequence[KnownTrial]) -> Trial:
+        """Stores the unprompted model's score: not taught to the engine, not counted
+        against the budgets, never the best trial; a study has at most one."""
+        if len(known) != 1 or known[0].prompt != Prompt():
+            raise InvalidArgumentError(
+                "a reference is one trial with an empty prompt: the unprompted model's score"
+            )
+        k = known[0]
+        _check_finite("reference value", k.value)
+        for mk, mv in k.metrics.items():
+            _check_finite(f"reference metric {mk!r}", mv)
+        if k.value_stderr is not None:
+            _check_finite("reference value_stderr", k.value_stderr)
+        with self._lock(name):
+            live = self._get_live(name)
+            if live.reference is not None:
+                raise AlreadyExistsError(
+                    f"study {name!r} already has a reference (trial {live.reference.id}); "
+                    "it is recorded once"
+                )
+            now = self.clock()
+            draft = Trial(
+                study=name, id=0, state=TrialState.COMPLETED, prompt=Prompt(),
+                value=float(k.value), metrics=dict(k.metrics), create_time=now,
+                complete_time=now, source="reference", value_stderr=k.value_stderr,
+                examples_scored=k.examples_scored,
+            )
+            live.reference = self.storage.add_trials(name, [draft])[0]
+            return live.reference
+
+    def recommendation(self, name: str) -> tuple[Recommendation | None, Trial | None, Trial | None]:
+        """``(recommendation, best observed trial, reference trial)``; the recommendation
+        is None while the study has no completed trial (see :mod:`.recommend`)."""
+        with self._lock(name):
+            live = self._get_live(name)
+            spec, best, ref = live.study.spec, live.best, live.reference
+            rt = self._runtime(live)
+        completed = [
+            t for t in self.storage.list_trials(name, TrialState.COMPLETED)
+            if t.source != "reference"
+        ]
+        return recommend(spec, completed, rt), best, ref
 
     # --- watching --------------------------------------------------------------------
     def subscribe(
@@ -813,7 +905,16 @@ class StudyManager:
 
     def _maybe_finish(self, live: _Live) -> Study:
         study = live.study
-        if not study.spec.max_trials or study.state is StudyState.COMPLETED:
+        if study.state is StudyState.COMPLETED:
+            return study
+        if live.ledger.exhausted:
+            study = study.evolve(state=StudyState.COMPLETED)
+            self.storage.update_study(study)
+            live.study = study
+            log.info("study %s used its budget of %d scored examples", study.name,
+                     study.spec.max_examples)
+            return study
+        if not study.spec.max_trials:
             return study
         if live.counts[TrialState.COMPLETED] >= study.spec.max_trials:
             study = study.evolve(state=StudyState.COMPLETED)
@@ -856,15 +957,18 @@ class StudyManager:
         # Replayed in the order the live engine saw them (completion order), not id order:
         # trust regions and CMA-ES generations depend on it.
         completed = sorted(
-            (t for t in trials if t.state is TrialState.COMPLETED),
+            (t for t in trials if t.state is TrialState.COMPLETED and t.source != "reference"),
             key=lambda t: (t.complete_time, t.id),
         )
         pairs = [
-            (t.prompt, _objective(study.spec, t.value, t.metrics, strict=False)) for t in completed
+            (t, _objective(study.spec, t.value, t.metrics, strict=False)) for t in completed
         ]
-        pairs = [(p, o) for p, o in pairs if o is not None]
+        pairs = [(t, o) for t, o in pairs if o is not None]
         if pairs:
-            rt.queue_observation([p for p, _ in pairs], [o for _, o in pairs])
+            rt.queue_observation(
+                [t.prompt for t, _ in pairs], [o for _, o in pairs],
+                [_noise(study.spec, t) for t, _ in pairs], [t.examples_scored for t, _ in pairs],
+            )
         rt.engine.num_suggested = sum(1 for t in trials if t.source == "suggested")
         live.runtime = rt
         log.info("engine of study %s rebuilt from %d completed trials", study.name, len(pairs))
@@ -946,6 +1050,29 @@ def _study_bytes(study: Study) -> int:
     if isinstance(space, HardPromptSpace):
         extra = 9 * len(space.top_n_scores) + 5 * len(space.allowed)
     return 1024 + extra + sum(len(k) + len(v) for k, v in study.spec.labels.items())
+
+
+def _check_fidelity(trial: Trial, r: TrialResult, where: str) -> int:
+    """The examples a result averages (checked against the trial's example subset)."""
+    if r.value_stderr is not None:
+        _check_finite(f"{where}value_stderr", r.value_stderr)
+        if r.value_stderr < 0:
+            raise InvalidArgumentError(f"{where}value_stderr must be >= 0, got {r.value_stderr}")
+    n = len(trial.examples)
+    if n and r.examples_scored not in (0, n):
+        raise InvalidArgumentError(
+            f"{where}trial {trial.id} was to be scored on its {n} example_indices but the "
+            f"result says examples_scored={r.examples_scored}; score exactly those examples"
+        )
+    return r.examples_scored or n
+
+
+def _noise(spec: StudySpec, t: Trial) -> float | None:
+    """The observation noise variance of a completed trial's objective, when known
+    (the told standard error applies to ``value``, not to metrics)."""
+    if t.value_stderr is None or spec.objective not in ("", "value"):
+        return None
+    return float(t.value_stderr) ** 2
 
 
 def _check_finite(what: str, v: float) -> None:

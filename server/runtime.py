@@ -18,6 +18,7 @@ reproducible only with ``prefetch=0`` (the manager's default).
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from collections.abc import Callable, Sequence
 
@@ -53,10 +54,16 @@ class StudyRuntime:
         self.row_of: dict[int, int] = (
             {} if vocab is None else {tid: row for row, tid in enumerate(vocab.token_ids)}
         )
+        configure = getattr(self.engine, "configure_fidelity", None)
+        if configure is not None:
+            configure(spec.pool_size, spec.examples_per_trial)
         self.engine_lock = threading.Lock()
         self.inbox_lock = threading.Lock()
-        self._inbox: list[tuple[Prompt, float]] = []
+        self._inbox: list[tuple[Prompt, float, float | None, int]] = []
         self.ready: list[Prompt] = []
+        #: Examples the engine asked for, per suggested prompt's key (multi-fidelity
+        #: engines set ``last_examples``); the manager pops them when it makes the trial.
+        self.requested: dict[tuple, int] = {}
         self.refilling = False
         #: Keys of the prompts handed out since the running refill took its snapshot
         #: (None when no refill runs); the refill's result leaves them out.
@@ -64,20 +71,55 @@ class StudyRuntime:
         self.num_observed = 0
 
     # --- observations -----------------------------------------------------------------
-    def queue_observation(self, prompts: Sequence[Prompt], values: Sequence[float]) -> None:
-        """Records results for the engine; they reach it before its next suggestion."""
+    def queue_observation(
+        self,
+        prompts: Sequence[Prompt],
+        values: Sequence[float],
+        variances: Sequence[float | None] | None = None,
+        counts: Sequence[int] | None = None,
+    ) -> None:
+        """Records results for the engine; they reach it before its next suggestion.
+        ``variances`` (noise variance of each value, None where unknown) and ``counts``
+        (examples each value averages, 0 where unknown) reach engines that take them
+        (``observe_noisy``)."""
+        n = len(prompts)
+        var = list(variances) if variances is not None else [None] * n
+        cnt = list(counts) if counts is not None else [0] * n
         with self.inbox_lock:
-            self._inbox.extend(zip(prompts, values, strict=True))
+            self._inbox.extend(zip(prompts, values, var, cnt, strict=True))
 
     def _drain(self) -> None:
         """Feeds queued observations to the engine. Caller holds ``engine_lock``."""
         with self.inbox_lock:
             items, self._inbox = self._inbox, []
         if items:
-            x = self.encode([p for p, _ in items])
-            y = torch.as_tensor([v for _, v in items], dtype=torch.float64)
-            self.engine.observe(x, y)
+            x = self.encode([it[0] for it in items])
+            y = torch.as_tensor([it[1] for it in items], dtype=torch.float64)
+            noisy = getattr(self.engine, "observe_noisy", None)
+            if noisy is not None:
+                var = torch.as_tensor(
+                    [math.nan if it[2] is None else it[2] for it in items], dtype=torch.float64
+                )
+                cnt = torch.as_tensor([it[3] for it in items], dtype=torch.long)
+                noisy(x, y, var, cnt)
+            else:
+                self.engine.observe(x, y)
             self.num_observed += len(items)
+
+    def _suggest_locked(self, n: int, pending: Sequence[Prompt],
+                        cancelled: Callable[[], bool] | None = None) -> list[Prompt]:
+        """The engine's suggestions, remembering the examples it asks for. Caller holds
+        ``engine_lock``; ``cancelled`` is polled while the engine computes."""
+        self.engine.should_stop = cancelled
+        try:
+            prompts = self.decode(self.engine.suggest(n, self._pending(pending)))
+        finally:
+            self.engine.should_stop = None
+        wanted = getattr(self.engine, "last_examples", None)
+        if wanted is not None:
+            for p, k in zip(prompts, wanted, strict=True):
+                self.requested[p.key()] = int(k)
+        return prompts
 
     # --- suggestions ------------------------------------------------------------------
     def suggest(self, n: int, pending: Sequence[Prompt],
@@ -86,11 +128,7 @@ class StudyRuntime:
         is polled while the engine computes (see ``Engine.should_stop``)."""
         with self.engine_lock:
             self._drain()
-            self.engine.should_stop = cancelled
-            try:
-                return self.decode(self.engine.suggest(n, self._pending(pending)))
-            finally:
-                self.engine.should_stop = None
+            return self._suggest_locked(n, pending, cancelled)
 
     def take_ready(self, n: int, pending: Sequence[Prompt]) -> list[Prompt]:
         """Up to ``n`` prefetched prompts, skipping any that became pending meanwhile.
@@ -120,7 +158,7 @@ class StudyRuntime:
             pending = snapshot()
             with self.engine_lock:
                 self._drain()
-                prompts = self.decode(self.engine.suggest(count, self._pending(pending)))
+                prompts = self._suggest_locked(count, pending)
             store(prompts)
         except Exception:  # a failed prefetch only costs latency; the sync path still works
             log.exception("prefetching suggestions failed")

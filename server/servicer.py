@@ -78,7 +78,9 @@ class OptimizerServicer(api_grpc.OptimizerServiceServicer):
         self.manager = manager
 
     def _study_pb(self, study):
-        return convert.study_to_pb(*self.manager.describe(study.name))
+        return convert.study_to_pb(
+            *self.manager.describe(study.name), self.manager.examples_scored(study.name)
+        )
 
     @_rpc
     def CreateStudy(self, request, context):
@@ -165,10 +167,14 @@ class OptimizerServicer(api_grpc.OptimizerServiceServicer):
 
     @_rpc
     def CompleteTrial(self, request, context):
-        trial = self.manager.complete_trial(
-            request.study, request.trial_id, request.value, dict(request.metrics),
-            request.failure_reason, request.client_id, **_owner(context),
+        result = TrialResult(
+            request.trial_id, request.value, dict(request.metrics), request.failure_reason,
+            request.value_stderr if request.HasField("value_stderr") else None,
+            request.examples_scored,
         )
+        trial = self.manager.complete_trials(
+            request.study, [result], request.client_id, **_owner(context)
+        )[0]
         response = api.CompleteTrialResponse(trial=convert.trial_to_pb(trial))
         self._hand_out_next(request, response, context)
         return response
@@ -176,7 +182,10 @@ class OptimizerServicer(api_grpc.OptimizerServiceServicer):
     @_rpc
     def CompleteTrials(self, request, context):
         results = [
-            TrialResult(r.trial_id, r.value, dict(r.metrics), r.failure_reason)
+            TrialResult(
+                r.trial_id, r.value, dict(r.metrics), r.failure_reason,
+                r.value_stderr if r.HasField("value_stderr") else None, r.examples_scored,
+            )
             for r in request.results
         ]
         trials = self.manager.complete_trials(
@@ -230,11 +239,26 @@ class OptimizerServicer(api_grpc.OptimizerServiceServicer):
     @_rpc
     def AddTrials(self, request, context):
         known = [
-            KnownTrial(convert.prompt_from_pb(k.prompt), k.value, dict(k.metrics))
+            KnownTrial(
+                convert.prompt_from_pb(k.prompt), k.value, dict(k.metrics),
+                k.value_stderr if k.HasField("value_stderr") else None, k.examples_scored,
+            )
             for k in request.trials
         ]
-        trials = self.manager.add_trials(request.study, known)
+        trials = self.manager.add_trials(request.study, known, request.reference)
         return api.AddTrialsResponse(trials=[convert.trial_to_pb(t) for t in trials])
+
+    @_rpc
+    def GetRecommendation(self, request, context):
+        rec, best, ref = self.manager.recommendation(request.study)
+        response = api.GetRecommendationResponse()
+        if rec is not None:
+            response.recommendation.CopyFrom(convert.recommendation_to_pb(rec))
+        if best is not None:
+            response.best_observed.CopyFrom(convert.trial_to_pb(best))
+        if ref is not None:
+            response.reference.CopyFrom(convert.trial_to_pb(ref))
+        return response
 
     def WatchStudy(self, request, context):
         if isinstance(request, MalformedRequest):

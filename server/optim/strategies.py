@@ -9,11 +9,13 @@ name       what it does                                                   spaces
 ``random`` uniform random prompts (:mod:`.baselines`)                      hard, soft
 ``index``  token-index GP + UCB, a reproduction of Sabbatella et al.       hard
            (2023) for comparison (:mod:`.baselines`)
+``mf``     model-based successive halving over example budgets with a      hard, soft
+           fixed-noise GP, for labeled-pool studies (:mod:`.multifidelity`)
 =========  =============================================================  ===========
 """
 
 from __future__ import annotations
 
-from promptbo.server.optim import baselines, cmaes, gp, turbo
+from promptbo.server.optim import baselines, cmaes, gp, multifidelity, turbo
 
-__all__ = ["baselines", "cmaes", "gp", "turbo"]
+__all__ = ["baselines", "cmaes", "gp", "multifidelity", "turbo"]

@@ -7,8 +7,9 @@ Schema (version :data:`SCHEMA_VERSION`, recorded in ``promptbo_schema``)::
     pools         id PK, size, dim, texts (JSON text), embedding_model, embeddings
                   (little-endian float32 blob, size x dim, row-major)
     studies       name PK, spec (JSON text), state, create_time, request_id
-    trials        (study, id) PK, state, prompt (JSON text; a pool prompt's index is its
-                  "pool_index" key), vector (blob), client_id,
+    trials        (study, id) PK, state, prompt (JSON text: the prompt, a pool prompt's
+                  index as its "pool_index" key, and the trial's fidelity: examples,
+                  value_stderr, examples_scored), vector (blob), client_id,
                   lease_deadline, value, metrics (JSON text), failure_reason,
                   create_time, complete_time, source, principal; index (study, state)
 
@@ -200,6 +201,9 @@ def spec_to_json(spec: StudySpec) -> str:
         "seed": spec.seed,
         "labels": dict(spec.labels),
     }
+    if spec.pool_size:  # absent for studies without a pool, as before fidelity existed
+        doc.update(pool_size=spec.pool_size, max_examples=spec.max_examples,
+                   examples_per_trial=spec.examples_per_trial)
     return _dumps(doc)
 
 
@@ -269,6 +273,13 @@ def _trial_row(trial: Trial) -> dict[str, Any]:
         vec = v32 if exact32 else v64
         prompt_doc["vector_dtype"] = "<f4" if exact32 else "<f8"
         vector = vec.astype(prompt_doc["vector_dtype"], copy=False).tobytes()
+    # Fidelity rides in the prompt document (absent keys: none), so the schema is unchanged.
+    if trial.examples:
+        prompt_doc["examples"] = [int(i) for i in trial.examples]
+    if trial.value_stderr is not None:
+        prompt_doc["value_stderr"] = float(trial.value_stderr)
+    if trial.examples_scored:
+        prompt_doc["examples_scored"] = int(trial.examples_scored)
     return {
         "study": trial.study,
         "id": int(trial.id),
@@ -313,6 +324,9 @@ def _trial_from_row(row: Any) -> Trial:
         complete_time=row.complete_time,
         source=row.source,
         principal=row.principal,
+        examples=tuple(doc.get("examples", ())),
+        value_stderr=doc.get("value_stderr"),
+        examples_scored=doc.get("examples_scored", 0),
     )
 
 

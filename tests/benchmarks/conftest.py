@@ -32,3 +32,8 @@ def quality() -> ModuleType:
 @pytest.fixture(scope="session")
 def holdout() -> ModuleType:
     return _load("holdout")
+
+
+@pytest.fixture(scope="session")
+def equal_calls() -> ModuleType:
+    return _load("equal_calls")

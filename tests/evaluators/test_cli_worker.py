@@ -42,7 +42,10 @@ def test_worker_creates_a_hard_prompt_study_and_fills_its_budget(tmp_path, tiny_
         assert "  prompt:  '" in done.stdout and "metrics: accuracy=" in done.stdout
         with promptbo.Client(address) as client:
             study = client.get_study("cli")
-            trials = list(study.trials(state="completed"))
+            completed = list(study.trials(state="completed"))
+            # The worker recorded the unprompted model as the study's reference first.
+            assert [t.source for t in completed].count("reference") == 1
+            trials = [t for t in completed if t.source != "reference"]
             assert len(trials) == 4
             assert all(len(t.prompt.token_ids) == 2 and t.metrics.get("accuracy") is not None
                        for t in trials)
@@ -96,7 +99,8 @@ def test_worker_ranks_candidate_words_by_the_task_texts(tmp_path, tiny_llama_dir
                           "--top-n-texts", str(texts))
         assert done.returncode == 0, done.stderr
         with promptbo.Client(address) as client:
-            trials = list(client.get_study("words").trials(state="completed"))
+            trials = [t for t in client.get_study("words").trials(state="completed")
+                      if t.source != "reference"]
         assert len(trials) == 3
         assert all(set(t.prompt.token_ids) <= allowed for t in trials)
     finally:

@@ -15,10 +15,14 @@ from promptbo.types import Prompt  # noqa: E402
 PROMPT_TEXTS = [" Is it good or bad?", " great", "", " The story was bad and the music was fun."]
 
 
+#: The prompt after the input: the template whose prefix caches these tests exercise.
+AFTER_INPUT = "Review: {text}\n{prompt}\nSentiment: {answer}"
+
+
 @pytest.fixture(scope="module")
 def evaluator(tiny_llama_dir):
     ev = create_evaluator("hf-causal", model=str(tiny_llama_dir), data="demo", k="3",
-                          labels="negative,positive", batch_size="5")
+                          labels="negative,positive", batch_size="5", template=AFTER_INPUT)
     yield ev
     ev.close()
 
@@ -60,6 +64,18 @@ def test_token_ids_follow_the_template(evaluator):
         tuple(evaluator.tokenizer(w, add_special_tokens=False)["input_ids"])
         for w in (" negative", " positive"))
     assert evaluator.use_kv_cache and evaluator.single_token_labels
+
+
+def test_default_template_puts_the_prompt_before_the_input(tiny_llama_dir):
+    with create_evaluator("hf-causal", model=str(tiny_llama_dir), data="demo", k="3",
+                          labels="negative,positive") as ev:
+        assert ev.task.template.source == "{prompt}\nReview: {text}\nSentiment: {answer}"
+        assert not ev.task.template.prompt_after_input and not ev.use_kv_cache
+        prompt = hard(ev, " Is it good or bad?")
+        enc = ev.encoded[0]
+        text = ev.tokenizer.decode(enc.before + list(prompt.token_ids) + enc.after,
+                                   skip_special_tokens=True)
+        assert text == f" Is it good or bad?\nReview: {ev.task.examples[0].text}\nSentiment:"
 
 
 def test_scores_match_direct_forward_passes(evaluator):
@@ -104,7 +120,7 @@ def test_soft_prompt_of_token_embeddings_equals_hard_prompt(evaluator):
 
 @pytest.mark.parametrize("kv_cache", ["on", "off"])
 def test_batch_size_does_not_change_scores(tiny_llama_dir, evaluator, kv_cache):
-    one = create_evaluator("hf-causal", model=str(tiny_llama_dir), k=3,
+    one = create_evaluator("hf-causal", model=str(tiny_llama_dir), k=3, template=AFTER_INPUT,
                            labels="negative,positive", batch_size=1, kv_cache=kv_cache)
     prompts = [hard(evaluator, t) for t in PROMPT_TEXTS]
     np.testing.assert_allclose(one.label_log_probs(prompts),

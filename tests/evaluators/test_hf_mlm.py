@@ -18,7 +18,7 @@ PROMPT_TEXTS = [" Is it good or bad?", " great", "", " The story was bad and the
 @pytest.fixture(scope="module")
 def evaluator(tiny_roberta_dir):
     ev = create_evaluator("hf-mlm", model=str(tiny_roberta_dir), k=3, labels="terrible,great",
-                          batch_size=4)
+                          batch_size=4, template="{text} {prompt} It was {answer}.")
     yield ev
     ev.close()
 
@@ -67,7 +67,7 @@ def test_scores_match_direct_forward_passes(evaluator):
 
 def test_batching_gives_the_same_scores_as_one_at_a_time(tiny_roberta_dir, evaluator):
     one = create_evaluator("hf-mlm", model=str(tiny_roberta_dir), k=3, labels="terrible,great",
-                           batch_size=1)
+                           batch_size=1, template="{text} {prompt} It was {answer}.")
     prompts = [hard(evaluator, t) for t in PROMPT_TEXTS]
     batched = [s.value for s in evaluator.score(prompts)]
     single = [s.value for s in one.score(prompts)]

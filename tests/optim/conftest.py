@@ -33,7 +33,8 @@ FAST_GP = {
     "full_maxiter": "15",
     "warm_maxiter": "3",
 }
-FAST = {"gp": FAST_GP, "turbo": FAST_GP, "cmaes": {"popsize": "4"}, "index": {"num_initial": "4"}}
+FAST = {"gp": FAST_GP, "turbo": FAST_GP, "mf": FAST_GP, "cmaes": {"popsize": "4"},
+        "index": {"num_initial": "4"}}
 
 
 @pytest.fixture(autouse=True)

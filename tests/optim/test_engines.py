@@ -11,8 +11,8 @@ from promptbo.errors import InvalidArgumentError
 from promptbo.server.domain import HardPromptSpace, SoftPromptSpace
 from promptbo.server.optim import make_engine, strategy_names
 
-STRATEGIES = ["gp", "turbo", "cmaes", "random", "index"]
-SOFT_STRATEGIES = ["gp", "turbo", "cmaes", "random"]
+STRATEGIES = ["gp", "turbo", "cmaes", "random", "index", "mf"]
+SOFT_STRATEGIES = ["gp", "turbo", "cmaes", "random", "mf"]
 
 
 def keys(rows: torch.Tensor) -> list[tuple[int, ...]]:

@@ -90,6 +90,7 @@ def test_select_command_end_to_end(tmp_path, vocab_table, capsys):
         # By last token: (1004, 1005) > (1002, 1003) > (1000, 1001).
         assert [line.split()[0] for line in out[:3]] == ["4", "2", "1"]
         assert "' w4 w5'" in out[0] and out[-1].startswith("selected: trial 4 (score 2.0050)")
+        assert any(line.startswith("study: recommended: trial") for line in out)
 
         assert main([*base, "--top", "2", "--unprompted", "--json"]) == 0
         rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]

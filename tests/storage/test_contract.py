@@ -596,3 +596,28 @@ def test_urls_pick_the_backend_and_driver(tmp_path):
 def test_unreachable_postgres_is_unavailable():
     with pytest.raises(UnavailableError, match="127.0.0.1"):
         SqlStorage("postgresql://nobody@127.0.0.1:1/none?connect_timeout=2")
+
+
+# --- fidelity ------------------------------------------------------------------------------
+def test_fidelity_fields_roundtrip(store):
+    study = soft_study("pool", pool_size=1000, max_examples=4000, examples_per_trial=32)
+    store.create_study(study)
+    assert store.get_study("pool") == study
+    assert spec_from_json(spec_to_json(study.spec)) == study.spec
+    told = draft(1, state=C, value=0.75, examples=(0, 7, 999), value_stderr=0.125,
+                 examples_scored=3)
+    zero = draft(2, state=C, value=1.0, examples=(5,), value_stderr=0.0, examples_scored=1)
+    active = draft(3, examples=tuple(range(0, 1000, 2)))
+    plain = draft(4, state=C, value=0.5)
+    added = store.add_trials("pool", [told, zero, active, plain])
+    assert store.list_trials("pool") == added
+    got = store.get_trial("pool", 1)
+    assert (got.examples, got.value_stderr, got.examples_scored) == ((0, 7, 999), 0.125, 3)
+    assert store.get_trial("pool", 2).value_stderr == 0.0  # told zero is not "not told"
+    assert len(store.get_trial("pool", 3).examples) == 500
+    p = store.get_trial("pool", 4)
+    assert (p.examples, p.value_stderr, p.examples_scored) == ((), None, 0)
+
+
+def test_spec_without_pool_stores_no_fidelity_keys():
+    assert "pool_size" not in spec_to_json(soft_study().spec)

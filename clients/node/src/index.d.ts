@@ -221,6 +221,11 @@ export class PromptboClient {
   iterTrials(study: string, options?: ListTrialsOptions): AsyncGenerator<Trial, void, undefined>;
   listTrials(study: string, options?: ListTrialsOptions): Promise<Trial[]>;
   getBestTrial(study: string): Promise<Trial | null>;
+  getRecommendation(study: string): Promise<{
+    recommendation: Record<string, unknown> | null;
+    bestObserved: Trial | null;
+    reference: Trial | null;
+  }>;
   addTrials(study: string, trials: KnownTrial[]): Promise<Trial[]>;
   watchStudy(study: string): ClientReadableStream<WatchStudyResponse>;
 }

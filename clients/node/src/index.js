@@ -423,6 +423,21 @@ class PromptboClient {
   }
 
   /**
+   * Resolves with `{ recommendation, bestObserved, reference }`: the prompt the study
+   * recommends (posterior mean among the prompts backed by the most examples) with its
+   * estimate, 95% interval and example count, the best observed trial, and the unprompted
+   * reference trial (each null when absent).
+   */
+  async getRecommendation(study) {
+    const r = await this._call('GetRecommendation', { study });
+    return {
+      recommendation: r.recommendation || null,
+      bestObserved: r.bestObserved || null,
+      reference: r.reference || null,
+    };
+  }
+
+  /**
    * Adds prompts with known values as completed trials (warm starts). `trials` is a list of
    * `{ prompt, value, metrics }`; resolves with the stored trials.
    */

@@ -187,6 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
         "exist, as promptbo study create would (an existing study must have the same spec)",
     )
     add_spec_arguments(g, for_worker=True)
+    p.add_argument("--no-reference", action="store_true",
+                   help="do not score the unprompted model as the study's reference")
 
     p = sub.add_parser(
         "select", help="re-score a study's best prompts on another split and rank them",
@@ -212,8 +214,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="optimize a prompt for SmolLM2 on a small sentiment set",
                        parents=logs)
-    p.add_argument("--trials", type=int, default=24)
-    p.add_argument("--strategy", default="gp")
+    p.add_argument("--trials", type=int, default=0, help="a trial budget too (0: none)")
+    p.add_argument("--examples", type=int, default=320,
+                   help="the budget in scored examples (the pool holds 32 reviews)")
+    p.add_argument("--strategy", default="mf")
     p.add_argument("--prompt-length", type=int, default=4)
     p.add_argument("--storage", default="", help="default: a SQLite file in a temp dir")
     p.add_argument("--seed", type=int, default=0)
@@ -344,6 +348,8 @@ def _study(args) -> int:
             print("no completed trial yet")
             return 1
         _print_trial(best, "json" if args.json else "table")
+        if not args.json:
+            _print_recommendation(study)
         return 0
     if args.action == "plot":
         from promptbo.plots import plot_study
@@ -393,8 +399,9 @@ def _study_create(client: Client, args) -> int:
     studyspec.check_vocabulary_source(args, args.evaluator)
     studyspec.validate_study(client, args.name, args, setup)  # before anything loads
     evaluator = None
-    needs_model = (not args.soft and not args.vocabulary and not args.vocabulary_id) or (
-        args.soft and not args.embedding_dim)
+    needs_model = (not args.pool and not args.soft and not args.vocabulary
+                   and not args.vocabulary_id) or (args.soft and not args.embedding_dim) or (
+        args.labeled_pool)  # the labeled pool's size is the evaluator's example count
     if args.evaluator and needs_model:
         from promptbo.evaluators import create_evaluator
 
@@ -533,6 +540,7 @@ def _worker(args) -> int:
         study, evaluator, batch_size=args.batch_size, max_trials=args.max_trials,
         progress=None if args.quiet else print_progress,
         minimize=study.info.spec.goal == pb.GOAL_MINIMIZE,
+        reference=not args.no_reference and _classifies(evaluator),
     )
     _install_stop_handlers(worker)
     try:
@@ -578,6 +586,24 @@ def _print_summary(study: Study, options: dict[str, str]) -> None:
     if best.metrics:
         print("  metrics: " + " ".join(f"{safe(k)}={v:.4g}"
                                        for k, v in sorted(best.metrics.items())))
+    if info.completed_count:
+        _print_recommendation(study)
+
+
+def _classifies(evaluator) -> bool:
+    """Whether the evaluator is a classification task (the built-ins'), whose studies
+    record the unprompted model as a reference."""
+    return hasattr(getattr(evaluator, "task", None), "label_words")
+
+
+def _print_recommendation(study) -> None:
+    from promptbo.report import recommendation_lines
+
+    spec = study.info.spec
+    for line in recommendation_lines(study.recommendation(), spec.goal == pb.GOAL_MINIMIZE,
+                                     spec.objective or "value"):
+        if line:
+            print(line)
 
 
 def _install_stop_handlers(worker) -> None:
@@ -596,7 +622,7 @@ def _select(args) -> int:
 
     from promptbo.errors import InvalidArgumentError
     from promptbo.evaluators import create_evaluator, get_evaluator
-    from promptbo.selection import candidates, rescore
+    from promptbo.selection import _key, candidates, rescore
 
     options = parse_options(args.option)
     if "split" in inspect.signature(get_evaluator(args.evaluator).__init__).parameters:
@@ -607,6 +633,11 @@ def _select(args) -> int:
             "holdout or test, not objective")
     study = _client(args).get_study(args.study)
     best = candidates(study, args.top)  # before the model loads: bad requests fail fast
+    rec = study.recommendation()
+    recommended = rec.trial
+    if recommended is not None and all(t.id != recommended.id and _key(t.prompt) != _key(
+            recommended.prompt) for t in best):
+        best.append(recommended)  # re-scored too, beside the best observed ones
     with create_evaluator(args.evaluator, **options) as evaluator:
         ranked = rescore(study, evaluator, unprompted=args.unprompted, trials=best)
     split = options.get("split", "score")
@@ -619,12 +650,22 @@ def _select(args) -> int:
                 "token_ids": list(r.prompt.token_ids), "split": split}))
             continue
         what = "(unprompted)" if t is None else _prompt_label(r.prompt)
+        if t is not None and recommended is not None and _key(t.prompt) == _key(
+                recommended.prompt):
+            what += " (recommended)"
         obj = "-" if r.objective is None else f"{r.objective:.4f}"
         extra = " ".join(f"{k}={v:.4g}" for k, v in sorted(r.score.metrics.items()))
         print(f"{'-' if t is None else t.id:>5} objective {obj:>9} {split} "
               f"{r.score.value:.4f} {what} {extra}")
     if not args.json:
         trial, value = next((r.trial, r.score.value) for r in ranked if r.trial is not None)
+        from promptbo.report import recommendation_lines
+
+        spec = study.info.spec
+        for line in recommendation_lines(rec, spec.goal == pb.GOAL_MINIMIZE,
+                                         spec.objective or "value"):
+            if line:
+                print(f"study: {line}")
         print(f"selected: trial {trial.id} ({split} {value:.4f})"
               + (" - the unprompted model scores better" if ranked[0].trial is None else ""))
     return 0

@@ -116,11 +116,38 @@ class Trial:
     failure_reason: str = ""
     source: str = ""
     lease_deadline: float = 0.0
+    #: Fidelity: the told standard error of ``value`` (None: not told) and the number of
+    #: examples it averages; the examples to score are ``prompt.examples``.
+    value_stderr: float | None = None
+    examples_scored: int = 0
     _reported: types.Score | None = field(default=None, repr=False)
 
-    def report(self, value: float, metrics: dict[str, float] | None = None) -> None:
+    def report(self, value: float, metrics: dict[str, float] | None = None,
+               stderr: float | None = None, examples: int = 0) -> None:
         """Sets the result told when a :meth:`Study.trial_context` block exits."""
-        self._reported = types.Score(float(value), dict(metrics or {}))
+        self._reported = types.Score(float(value), dict(metrics or {}), stderr, examples)
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    """What :meth:`Study.recommendation` returns: the recommended prompt's ``trial``
+    (its latest), its pooled ``estimate`` over ``examples`` examples (``trials`` trials)
+    with ``stderr`` and a 95% interval ``lower``..``upper``, the surrogate's
+    ``posterior_mean`` and the ``method`` (``posterior_mean`` or ``observed_mean``);
+    ``best_observed`` is the best single trial and ``reference`` the unprompted model's
+    score, when recorded."""
+
+    trial: Trial | None
+    estimate: float
+    stderr: float
+    lower: float
+    upper: float
+    examples: int
+    trials: int
+    posterior_mean: float
+    method: str
+    best_observed: Trial | None
+    reference: Trial | None
 
 
 def _trial_from_pb(msg: pb.Trial, soft_shape: tuple[int, int] | None) -> Trial:
@@ -133,6 +160,7 @@ def _trial_from_pb(msg: pb.Trial, soft_shape: tuple[int, int] | None) -> Trial:
     prompt = types.Prompt(
         token_ids=tuple(p.token_ids), tokens=tuple(p.tokens), text=p.text, vector=vector,
         pool_index=p.pool_index if p.HasField("pool_index") else None,
+        examples=tuple(msg.example_indices) if len(msg.example_indices) else None,
     )
     return Trial(
         study=msg.study, id=msg.id, state=_STATE_NAMES[msg.state], prompt=prompt,
@@ -140,7 +168,15 @@ def _trial_from_pb(msg: pb.Trial, soft_shape: tuple[int, int] | None) -> Trial:
         value=msg.value if msg.state == pb.TRIAL_STATE_COMPLETED else None,
         metrics=dict(msg.metrics), failure_reason=msg.failure_reason, source=msg.source,
         lease_deadline=msg.lease_deadline.ToNanoseconds() / 1e9,
+        value_stderr=msg.value_stderr if msg.HasField("value_stderr") else None,
+        examples_scored=msg.examples_scored,
     )
+
+
+def _set_fidelity(msg, stderr: float | None, examples: int) -> None:
+    if stderr is not None:
+        msg.value_stderr = float(stderr)
+    msg.examples_scored = int(examples)
 
 
 def _prompt_to_pb(prompt: types.Prompt) -> pb.Prompt:
@@ -300,19 +336,29 @@ class Client:
         labels: dict[str, str] | None = None,
         request_id: str | None = None,
         validate_only: bool = False,
+        pool_size: int = 0,
+        max_examples: int = 0,
+        examples_per_trial: int = 0,
     ) -> Study:
         """Creates a study, or returns the existing one of that name if its spec is equal.
 
         With ``validate_only`` the server only checks the request (name, ranges, strategy
         and options; an existing study's spec) and creates nothing: the returned handle
         describes the study that would be created. A hard space's vocabulary need not be
-        uploaded yet for that check (any ``vocabulary_id`` will do)."""
+        uploaded yet for that check (any ``vocabulary_id`` will do).
+
+        Fidelity: ``pool_size`` declares a labeled pool of that many examples (the server
+        then picks each trial's examples, ``trial.prompt.examples``), ``max_examples`` a
+        budget in scored examples, ``examples_per_trial`` the examples of a trial for
+        strategies that do not choose (0: the whole pool)."""
         spec = pb.StudySpec(
             strategy=strategy,
             strategy_options={k: str(v) for k, v in (strategy_options or {}).items()},
             goal={"maximize": pb.GOAL_MAXIMIZE, "minimize": pb.GOAL_MINIMIZE}[goal],
             objective=objective, max_trials=max_trials, max_active_trials=max_active_trials,
             lease_seconds=lease_seconds, seed=seed, labels=labels or {},
+            pool_size=pool_size, max_examples=max_examples,
+            examples_per_trial=examples_per_trial,
         )
         if isinstance(space, PoolSpace):
             spec.pool.pool_id = space.pool_id
@@ -424,13 +470,17 @@ class Study:
         metrics: dict[str, float] | None = None,
         *,
         client_id: str | None = None,
+        stderr: float | None = None,
+        examples: int = 0,
     ) -> Trial:
-        """Reports ``value`` (and ``metrics``) for an active trial."""
+        """Reports ``value`` (and ``metrics``) for an active trial; ``stderr`` is the
+        value's standard error over the ``examples`` examples scored (fidelity)."""
         req = api.CompleteTrialRequest(
             study=self.name, trial_id=_id(trial), value=float(value),
             metrics={k: float(v) for k, v in (metrics or {}).items()},
             client_id=client_id or self.client.client_id,
         )
+        _set_fidelity(req, stderr, examples)
         return self._trial(self.client._call("CompleteTrial", req).trial)
 
     def tell_and_ask(
@@ -458,18 +508,32 @@ class Study:
 
     def tell_many(
         self,
-        results: Sequence[tuple[Trial | int, float] | tuple[Trial | int, float, dict]],
+        results: Sequence[
+            tuple[Trial | int, float]
+            | tuple[Trial | int, float, dict]
+            | tuple[Trial | int, types.Score]
+        ],
         n: int = 0,
         *,
         client_id: str | None = None,
     ) -> tuple[list[Trial], list[Trial]]:
         """Reports several results in one round trip; returns ``(told, next_trials)``.
 
-        ``results`` holds ``(trial, value)`` or ``(trial, value, metrics)``; all are
-        recorded or, on an error, none. With ``n > 0`` up to ``n`` next trials come back
-        as with :meth:`tell_and_ask`; with ``n == 0`` ``next_trials`` is empty."""
+        ``results`` holds ``(trial, value)``, ``(trial, value, metrics)`` or
+        ``(trial, Score)`` (a Score also carries the standard error and example count);
+        all are recorded or, on an error, none. With ``n > 0`` up to ``n`` next trials
+        come back as with :meth:`tell_and_ask`; with ``n == 0`` ``next_trials`` is empty."""
         msgs = []
         for r in results:
+            if len(r) == 2 and isinstance(r[1], types.Score):
+                trial, s = r[0], r[1]
+                msg = api.TrialResult(
+                    trial_id=_id(trial), value=float(s.value),
+                    metrics={k: float(v) for k, v in s.metrics.items()},
+                )
+                _set_fidelity(msg, s.stderr, s.examples)
+                msgs.append(msg)
+                continue
             trial, value, metrics = (*r, None) if len(r) == 2 else r
             msgs.append(api.TrialResult(
                 trial_id=_id(trial), value=float(value),
@@ -515,6 +579,33 @@ class Study:
     def best_trial(self) -> Trial | None:
         resp = self.client._call("GetBestTrial", api.GetBestTrialRequest(study=self.name))
         return self._trial(resp.trial) if resp.HasField("trial") else None
+
+    def recommendation(self) -> Recommendation:
+        """The recommended prompt with its estimate and interval, beside the best
+        observed trial and the unprompted reference (see :class:`Recommendation`;
+        ``trial`` is None while no trial completed)."""
+        resp = self.client._call(
+            "GetRecommendation", api.GetRecommendationRequest(study=self.name)
+        )
+        r = resp.recommendation
+        has = resp.HasField("recommendation")
+        return Recommendation(
+            trial=self._trial(r.trial) if has else None, estimate=r.estimate, stderr=r.stderr,
+            lower=r.lower, upper=r.upper, examples=r.examples, trials=r.trials,
+            posterior_mean=r.posterior_mean, method=r.method,
+            best_observed=self._trial(resp.best_observed)
+            if resp.HasField("best_observed") else None,
+            reference=self._trial(resp.reference) if resp.HasField("reference") else None,
+        )
+
+    def add_reference(self, score: types.Score) -> Trial:
+        """Records the unprompted model's ``score`` as the study's reference trial (once;
+        AlreadyExistsError after that)."""
+        req = api.AddTrialsRequest(study=self.name, reference=True)
+        k = req.trials.add(prompt=pb.Prompt(), value=float(score.value),
+                           metrics={k: float(v) for k, v in score.metrics.items()})
+        _set_fidelity(k, score.stderr, score.examples)
+        return self._trial(self.client._call("AddTrials", req).trials[0])
 
     def add_trials(
         self, known: Iterable[tuple[types.Prompt, float] | tuple[types.Prompt, float, dict]]
@@ -595,7 +686,9 @@ class TrialContext:
         if trial._reported is None:
             self.study.fail(trial, "the trial block ended without trial.report(value)")
             raise PromptboError(f"trial {trial.id} ended without trial.report(value)")
-        done = self.study.tell(trial, trial._reported.value, trial._reported.metrics)
+        rep = trial._reported
+        done = self.study.tell(trial, rep.value, rep.metrics, stderr=rep.stderr,
+                               examples=rep.examples)
         trial.state, trial.value, trial.metrics = done.state, done.value, done.metrics
         return False
 

@@ -14,7 +14,7 @@ Only numpy and the client are needed here; the evaluator is anything with
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from promptbo.client import Study, Trial
@@ -52,11 +52,11 @@ def top_trials(trials: Iterable[Trial], n: int, minimize: bool = False) -> list[
     """The ``n`` best completed trials with distinct prompts, best first.
 
     A prompt told more than once counts with its first (lowest-id) trial; ties in value go
-    to the lower id.
+    to the lower id. The unprompted reference (source ``reference``) is no candidate.
     """
     first: dict[bytes | tuple, tuple[Trial, float]] = {}
     for t in sorted(trials, key=lambda t: t.id):
-        if t.value is not None:
+        if t.value is not None and t.source != "reference":
             first.setdefault(_key(t.prompt), (t, t.value))
     sign = 1.0 if minimize else -1.0
     ranked = sorted(first.values(), key=lambda tv: (sign * tv[1], tv[0].id))
@@ -90,7 +90,9 @@ def rescore(study: Study, scorer: Scorer, top: int = 5, unprompted: bool = False
         InvalidArgumentError: see :func:`candidates`; or the scorer returned a wrong count.
     """
     best = list(trials) if trials is not None else candidates(study, top)
-    rows: list[tuple[Trial | None, Prompt]] = [(t, t.prompt) for t in best]
+    # A trial's pool examples (fidelity) index the study's pool, not this split: dropped.
+    rows: list[tuple[Trial | None, Prompt]] = [(t, replace(t.prompt, examples=None))
+                                               for t in best]
     if unprompted:
         rows.append((None, Prompt()))
     scores = scorer.score([p for _, p in rows])

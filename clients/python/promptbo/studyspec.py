@@ -117,6 +117,14 @@ def add_spec_arguments(parser: argparse.ArgumentParser | Any, for_worker: bool =
     parser.add_argument("--seed", type=_count, default=0)
     parser.add_argument("--label", action="append", default=[], metavar="KEY=VALUE",
                         help="a free-form label (repeatable)")
+    parser.add_argument("--labeled-pool", action="store_true",
+                        help="fidelity: the evaluator's examples (e.g. -o split=pool) are the "
+                             "study's labeled pool; the server picks each trial's examples")
+    parser.add_argument("--max-examples", type=_count, default=0,
+                        help="with --labeled-pool: the budget in scored examples (0: none)")
+    parser.add_argument("--examples-per-trial", type=_count, default=0,
+                        help="with --labeled-pool: examples per trial for strategies that do "
+                             "not choose (0: the whole pool; the mf strategy chooses)")
 
 
 def given_spec_flags(args: argparse.Namespace) -> list[str]:
@@ -173,6 +181,10 @@ def check_spec_arguments(args: argparse.Namespace) -> None:
         raise InvalidArgumentError("--top-n-texts ranks the candidates of --top-n: add --top-n N")
     if args.top_n_texts and not Path(args.top_n_texts).is_file():
         raise InvalidArgumentError(f"--top-n-texts: no file {args.top_n_texts!r}")
+    if (args.max_examples or args.examples_per_trial) and not args.labeled_pool:
+        raise InvalidArgumentError(
+            "--max-examples and --examples-per-trial apply to a study with a labeled pool: "
+            "add --labeled-pool")
     if args.max_active_trials and args.trials and args.max_active_trials > args.trials:
         raise InvalidArgumentError(
             f"--max-active-trials {args.max_active_trials} is above --trials {args.trials}")
@@ -199,15 +211,29 @@ def check_vocabulary_source(args: argparse.Namespace, evaluator_name: str) -> No
         "--vocabulary-id ID, or --soft with --embedding-dim D")
 
 
-def _spec_kwargs(args: argparse.Namespace, setup: dict[str, str] | None) -> dict[str, Any]:
+def _spec_kwargs(args: argparse.Namespace, setup: dict[str, str] | None,
+                 pool_size: int = 0) -> dict[str, Any]:
     labels = _pairs(args.label, "--label")
     labels.update(setup or {})
     return dict(
         strategy=args.strategy, strategy_options=_pairs(args.strategy_option, "--strategy-option"),
         goal=args.goal, objective=args.objective, max_trials=args.trials,
         max_active_trials=args.max_active_trials, lease_seconds=args.lease_seconds or 0.0,
-        seed=args.seed, labels=labels,
+        seed=args.seed, labels=labels, pool_size=pool_size, max_examples=args.max_examples,
+        examples_per_trial=args.examples_per_trial,
     )
+
+
+def _labeled_pool_size(args: argparse.Namespace, evaluator: Any) -> int:
+    """The labeled pool's size: the evaluator task's examples (0 without --labeled-pool)."""
+    if not args.labeled_pool:
+        return 0
+    size = len(getattr(getattr(evaluator, "task", None), "examples", ()))
+    if not size:
+        raise InvalidArgumentError(
+            "--labeled-pool needs an evaluator with a task's examples (hf-causal, hf-mlm, "
+            "openai); this one has none")
+    return size
 
 
 def _soft_space(args: argparse.Namespace, evaluator: Any) -> SoftPromptSpace:
@@ -251,19 +277,25 @@ def validate_study(client: Client, name: str, args: argparse.Namespace,
                                 args.vocabulary_id or _PLACEHOLDER_VOCABULARY,
                                 pca_dims=args.pca_dims, top_n=args.top_n,
                                 top_n_scores=[0.0] * args.top_n)
-    kwargs = _spec_kwargs(args, setup)
-    if args.soft:  # the vector size may come from the evaluator: compare the rest
-        try:
-            existing = client.get_study(name)
-        except LookupError:
-            existing = None
-        if existing is not None and existing.info.spec.WhichOneof("space") == "soft":
-            soft = existing.info.spec.soft
-            space = SoftPromptSpace(
-                args.prompt_length, args.embedding_dim or soft.embedding_dim,
-                intrinsic_dim=args.intrinsic_dim,
-                embedding_std=args.embedding_std or soft.embedding_std or 1.0,
-                bound=soft.bound)
+    try:
+        existing: Study | None = client.get_study(name)
+    except LookupError:
+        existing = None
+    # The labeled pool's size comes from the evaluator's data: the existing study's, or a
+    # stand-in until the evaluator loads.
+    pool_size = 0
+    if args.labeled_pool:
+        pool_size = (existing.info.spec.pool_size if existing is not None else 0) or max(
+            args.examples_per_trial, 1)
+    kwargs = _spec_kwargs(args, setup, pool_size)
+    # A soft space's vector size may come from the evaluator: compare the rest.
+    if args.soft and existing is not None and existing.info.spec.WhichOneof("space") == "soft":
+        soft = existing.info.spec.soft
+        space = SoftPromptSpace(
+            args.prompt_length, args.embedding_dim or soft.embedding_dim,
+            intrinsic_dim=args.intrinsic_dim,
+            embedding_std=args.embedding_std or soft.embedding_std or 1.0,
+            bound=soft.bound)
     return client.create_study(name, space, validate_only=True, **kwargs)
 
 
@@ -301,7 +333,8 @@ def create_study(client: Client, name: str, args: argparse.Namespace, evaluator:
             scores = ranked.tolist()
         space = HardPromptSpace(args.prompt_length, vocab_id, pca_dims=args.pca_dims,
                                 top_n=args.top_n, top_n_scores=scores)
-    return client.create_study(name, space, **_spec_kwargs(args, setup))
+    pool_size = _labeled_pool_size(args, evaluator)
+    return client.create_study(name, space, **_spec_kwargs(args, setup, pool_size))
 
 
 # --- the evaluator setup ------------------------------------------------------------------

@@ -22,6 +22,9 @@ class Prompt:
     carry ``vector``, a float32 array of shape `L x D`; the other fields are empty. Pool
     prompts carry ``pool_index`` and ``text`` (the candidate's text, written into the
     template like a hard prompt's text).
+
+    ``examples``: in a study with a labeled pool, the pool examples (indices) this prompt
+    is to be scored on, chosen by the server; None scores the evaluator's own examples.
     """
 
     token_ids: tuple[int, ...] = ()
@@ -30,6 +33,7 @@ class Prompt:
     vector: np.ndarray | None = None
     #: Pool prompts: the candidate's index in the study's pool (``text`` is its text).
     pool_index: int | None = None
+    examples: tuple[int, ...] | None = None
 
     @property
     def is_soft(self) -> bool:
@@ -42,14 +46,31 @@ class Prompt:
 @dataclass(frozen=True)
 class Score:
     """The result of evaluating one prompt: the objective ``value`` and extra ``metrics``
-    (e.g. ``accuracy``, token usage). ``value`` must be finite."""
+    (e.g. ``accuracy``, token usage). ``value`` must be finite.
+
+    ``stderr``: the standard error of ``value`` over the examples scored (None: unknown);
+    ``examples``: how many examples ``value`` averages (0: not said)."""
 
     value: float
     metrics: dict[str, float] = field(default_factory=dict)
+    stderr: float | None = None
+    examples: int = 0
 
     def __post_init__(self) -> None:
         if not math.isfinite(self.value):
             raise ValueError(f"a score's value must be finite, got {self.value}")
+        if self.stderr is not None and not (math.isfinite(self.stderr) and self.stderr >= 0):
+            raise ValueError(f"a score's stderr must be a finite number >= 0, got {self.stderr}")
+
+
+def mean_and_stderr(per_example: Sequence[float] | np.ndarray) -> tuple[float, float]:
+    """The mean of per-example scores and its standard error (sample standard deviation
+    over sqrt(n); 0 for a single example)."""
+    x = np.asarray(per_example, dtype=np.float64)
+    if x.size == 0:
+        raise ValueError("no per-example scores")
+    se = float(x.std(ddof=1) / math.sqrt(x.size)) if x.size > 1 else 0.0
+    return float(x.mean()), se
 
 
 @dataclass(frozen=True)

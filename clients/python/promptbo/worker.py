@@ -10,10 +10,16 @@ workers, on as many machines, can serve the same study.
   the worker goes on; ``max_consecutive_failures`` failures in a row stop it.
 - :meth:`Worker.stop` (wired to SIGTERM and the first Ctrl-C by the CLI) lets the current
   batch finish and be told, then returns; a second Ctrl-C fails the batch and returns.
+- Fidelity: a trial's ``prompt.examples`` (the pool examples the server chose) reach the
+  evaluator with the prompt; the score's standard error and example count are told.
+- With ``reference=True`` (the CLI's default for classification evaluators) the worker
+  first scores the empty prompt and records it as the study's unprompted reference,
+  unless the study has one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import sys
@@ -64,6 +70,7 @@ class Worker:
         retry_seconds: float = 10.0,
         give_up_seconds: float = 600.0,
         minimize: bool = False,
+        reference: bool = False,
     ) -> None:
         self.study = study
         self.evaluator = evaluator
@@ -74,6 +81,7 @@ class Worker:
         self.retry_seconds = retry_seconds
         self.give_up_seconds = give_up_seconds
         self.sign = -1.0 if minimize else 1.0
+        self.reference = reference
         self.stats = WorkerStats()
         self._stop = threading.Event()
         self._abort = threading.Event()
@@ -88,6 +96,8 @@ class Worker:
     def run(self) -> WorkerStats:
         start = time.monotonic()
         failures_in_row = 0
+        if self.reference and not self.study.done:
+            self._record_reference()
         while not self._stop.is_set():
             n = self.batch_size
             if self.max_trials is not None:
@@ -119,6 +129,20 @@ class Worker:
         return self.stats
 
     _last_reason = ""
+
+    def _record_reference(self) -> None:
+        """Scores the empty prompt on the evaluator's whole split and records it as the
+        study's reference, unless one exists (another worker's wins a race)."""
+        from promptbo.errors import AlreadyExistsError
+
+        if self._with_retry(self.study.recommendation).reference is not None:
+            return
+        scores = self._score([Prompt()])
+        if isinstance(scores, BaseException):
+            log.warning("scoring the unprompted reference failed: %s", scores)
+            return
+        with contextlib.suppress(AlreadyExistsError):  # another worker recorded one
+            self._with_retry(lambda: self.study.add_reference(scores[0]))
 
     def _run_batch(self, trials: list[Trial]) -> bool:
         beat_stop = threading.Event()
@@ -159,7 +183,7 @@ class Worker:
 
         Returns the told trials, None where a result was not accepted (another worker
         holds that trial since our lease expired); those are then told one by one."""
-        results = [(t, s.value, s.metrics) for t, s in zip(trials, scores, strict=True)]
+        results = list(zip(trials, scores, strict=True))
         ask_next = self._next_batch_size(len(trials))
         try:
             told, self._next = self._with_retry(
@@ -170,7 +194,8 @@ class Worker:
             log.warning("batch not accepted as a whole (%s); telling its results one by one",
                         err)
         return [
-            self._tell(lambda t=t, s=s: self.study.tell(t, s.value, s.metrics))
+            self._tell(lambda t=t, s=s: self.study.tell(
+                t, s.value, s.metrics, stderr=s.stderr, examples=s.examples))
             for t, s in zip(trials, scores, strict=True)
         ]
 

@@ -113,7 +113,7 @@ class SuggestTrialsResponse(_message.Message):
     def __init__(self, trials: _Optional[_Iterable[_Union[_resources_pb2.Trial, _Mapping]]] = ..., study_done: _Optional[bool] = ...) -> None: ...
 
 class CompleteTrialRequest(_message.Message):
-    __slots__ = ("study", "trial_id", "value", "metrics", "failure_reason", "client_id", "suggest_count")
+    __slots__ = ("study", "trial_id", "value", "metrics", "failure_reason", "client_id", "suggest_count", "value_stderr", "examples_scored")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -128,6 +128,8 @@ class CompleteTrialRequest(_message.Message):
     FAILURE_REASON_FIELD_NUMBER: _ClassVar[int]
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
     SUGGEST_COUNT_FIELD_NUMBER: _ClassVar[int]
+    VALUE_STDERR_FIELD_NUMBER: _ClassVar[int]
+    EXAMPLES_SCORED_FIELD_NUMBER: _ClassVar[int]
     study: str
     trial_id: int
     value: float
@@ -135,7 +137,9 @@ class CompleteTrialRequest(_message.Message):
     failure_reason: str
     client_id: str
     suggest_count: int
-    def __init__(self, study: _Optional[str] = ..., trial_id: _Optional[int] = ..., value: _Optional[float] = ..., metrics: _Optional[_Mapping[str, float]] = ..., failure_reason: _Optional[str] = ..., client_id: _Optional[str] = ..., suggest_count: _Optional[int] = ...) -> None: ...
+    value_stderr: float
+    examples_scored: int
+    def __init__(self, study: _Optional[str] = ..., trial_id: _Optional[int] = ..., value: _Optional[float] = ..., metrics: _Optional[_Mapping[str, float]] = ..., failure_reason: _Optional[str] = ..., client_id: _Optional[str] = ..., suggest_count: _Optional[int] = ..., value_stderr: _Optional[float] = ..., examples_scored: _Optional[int] = ...) -> None: ...
 
 class CompleteTrialResponse(_message.Message):
     __slots__ = ("trial", "next_trials", "study_done")
@@ -148,7 +152,7 @@ class CompleteTrialResponse(_message.Message):
     def __init__(self, trial: _Optional[_Union[_resources_pb2.Trial, _Mapping]] = ..., next_trials: _Optional[_Iterable[_Union[_resources_pb2.Trial, _Mapping]]] = ..., study_done: _Optional[bool] = ...) -> None: ...
 
 class TrialResult(_message.Message):
-    __slots__ = ("trial_id", "value", "metrics", "failure_reason")
+    __slots__ = ("trial_id", "value", "metrics", "failure_reason", "value_stderr", "examples_scored")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -160,11 +164,15 @@ class TrialResult(_message.Message):
     VALUE_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
     FAILURE_REASON_FIELD_NUMBER: _ClassVar[int]
+    VALUE_STDERR_FIELD_NUMBER: _ClassVar[int]
+    EXAMPLES_SCORED_FIELD_NUMBER: _ClassVar[int]
     trial_id: int
     value: float
     metrics: _containers.ScalarMap[str, float]
     failure_reason: str
-    def __init__(self, trial_id: _Optional[int] = ..., value: _Optional[float] = ..., metrics: _Optional[_Mapping[str, float]] = ..., failure_reason: _Optional[str] = ...) -> None: ...
+    value_stderr: float
+    examples_scored: int
+    def __init__(self, trial_id: _Optional[int] = ..., value: _Optional[float] = ..., metrics: _Optional[_Mapping[str, float]] = ..., failure_reason: _Optional[str] = ..., value_stderr: _Optional[float] = ..., examples_scored: _Optional[int] = ...) -> None: ...
 
 class CompleteTrialsRequest(_message.Message):
     __slots__ = ("study", "results", "client_id", "suggest_count")
@@ -237,15 +245,17 @@ class GetBestTrialResponse(_message.Message):
     def __init__(self, trial: _Optional[_Union[_resources_pb2.Trial, _Mapping]] = ...) -> None: ...
 
 class AddTrialsRequest(_message.Message):
-    __slots__ = ("study", "trials")
+    __slots__ = ("study", "trials", "reference")
     STUDY_FIELD_NUMBER: _ClassVar[int]
     TRIALS_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_FIELD_NUMBER: _ClassVar[int]
     study: str
     trials: _containers.RepeatedCompositeFieldContainer[KnownTrial]
-    def __init__(self, study: _Optional[str] = ..., trials: _Optional[_Iterable[_Union[KnownTrial, _Mapping]]] = ...) -> None: ...
+    reference: bool
+    def __init__(self, study: _Optional[str] = ..., trials: _Optional[_Iterable[_Union[KnownTrial, _Mapping]]] = ..., reference: _Optional[bool] = ...) -> None: ...
 
 class KnownTrial(_message.Message):
-    __slots__ = ("prompt", "value", "metrics")
+    __slots__ = ("prompt", "value", "metrics", "value_stderr", "examples_scored")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -256,10 +266,14 @@ class KnownTrial(_message.Message):
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     VALUE_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
+    VALUE_STDERR_FIELD_NUMBER: _ClassVar[int]
+    EXAMPLES_SCORED_FIELD_NUMBER: _ClassVar[int]
     prompt: _resources_pb2.Prompt
     value: float
     metrics: _containers.ScalarMap[str, float]
-    def __init__(self, prompt: _Optional[_Union[_resources_pb2.Prompt, _Mapping]] = ..., value: _Optional[float] = ..., metrics: _Optional[_Mapping[str, float]] = ...) -> None: ...
+    value_stderr: float
+    examples_scored: int
+    def __init__(self, prompt: _Optional[_Union[_resources_pb2.Prompt, _Mapping]] = ..., value: _Optional[float] = ..., metrics: _Optional[_Mapping[str, float]] = ..., value_stderr: _Optional[float] = ..., examples_scored: _Optional[int] = ...) -> None: ...
 
 class AddTrialsResponse(_message.Message):
     __slots__ = ("trials",)
@@ -326,3 +340,43 @@ class UploadPoolResponse(_message.Message):
     embedding_dim: int
     already_present: bool
     def __init__(self, pool_id: _Optional[str] = ..., size: _Optional[int] = ..., embedding_dim: _Optional[int] = ..., already_present: _Optional[bool] = ...) -> None: ...
+
+class GetRecommendationRequest(_message.Message):
+    __slots__ = ("study",)
+    STUDY_FIELD_NUMBER: _ClassVar[int]
+    study: str
+    def __init__(self, study: _Optional[str] = ...) -> None: ...
+
+class Recommendation(_message.Message):
+    __slots__ = ("prompt", "trial", "estimate", "stderr", "lower", "upper", "examples", "trials", "posterior_mean", "method")
+    PROMPT_FIELD_NUMBER: _ClassVar[int]
+    TRIAL_FIELD_NUMBER: _ClassVar[int]
+    ESTIMATE_FIELD_NUMBER: _ClassVar[int]
+    STDERR_FIELD_NUMBER: _ClassVar[int]
+    LOWER_FIELD_NUMBER: _ClassVar[int]
+    UPPER_FIELD_NUMBER: _ClassVar[int]
+    EXAMPLES_FIELD_NUMBER: _ClassVar[int]
+    TRIALS_FIELD_NUMBER: _ClassVar[int]
+    POSTERIOR_MEAN_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    prompt: _resources_pb2.Prompt
+    trial: _resources_pb2.Trial
+    estimate: float
+    stderr: float
+    lower: float
+    upper: float
+    examples: int
+    trials: int
+    posterior_mean: float
+    method: str
+    def __init__(self, prompt: _Optional[_Union[_resources_pb2.Prompt, _Mapping]] = ..., trial: _Optional[_Union[_resources_pb2.Trial, _Mapping]] = ..., estimate: _Optional[float] = ..., stderr: _Optional[float] = ..., lower: _Optional[float] = ..., upper: _Optional[float] = ..., examples: _Optional[int] = ..., trials: _Optional[int] = ..., posterior_mean: _Optional[float] = ..., method: _Optional[str] = ...) -> None: ...
+
+class GetRecommendationResponse(_message.Message):
+    __slots__ = ("recommendation", "best_observed", "reference")
+    RECOMMENDATION_FIELD_NUMBER: _ClassVar[int]
+    BEST_OBSERVED_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_FIELD_NUMBER: _ClassVar[int]
+    recommendation: Recommendation
+    best_observed: _resources_pb2.Trial
+    reference: _resources_pb2.Trial
+    def __init__(self, recommendation: _Optional[_Union[Recommendation, _Mapping]] = ..., best_observed: _Optional[_Union[_resources_pb2.Trial, _Mapping]] = ..., reference: _Optional[_Union[_resources_pb2.Trial, _Mapping]] = ...) -> None: ...

@@ -109,6 +109,11 @@ class OptimizerServiceStub:
                 request_serializer=promptbo_dot_v1_dot_optimizer__service__pb2.UploadPoolRequest.SerializeToString,
                 response_deserializer=promptbo_dot_v1_dot_optimizer__service__pb2.UploadPoolResponse.FromString,
                 _registered_method=True)
+        self.GetRecommendation = channel.unary_unary(
+                '/promptbo.v1.OptimizerService/GetRecommendation',
+                request_serializer=promptbo_dot_v1_dot_optimizer__service__pb2.GetRecommendationRequest.SerializeToString,
+                response_deserializer=promptbo_dot_v1_dot_optimizer__service__pb2.GetRecommendationResponse.FromString,
+                _registered_method=True)
 
 
 class OptimizerServiceServicer:
@@ -218,6 +223,15 @@ class OptimizerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetRecommendation(self, request, context):
+        """The prompt the study recommends (by the surrogate's posterior mean among the prompts
+        backed by the most examples), with an estimate, an interval and the number of
+        examples behind it, beside the best observed trial and the unprompted reference.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OptimizerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -295,6 +309,11 @@ def add_OptimizerServiceServicer_to_server(servicer, server):
                     servicer.UploadPool,
                     request_deserializer=promptbo_dot_v1_dot_optimizer__service__pb2.UploadPoolRequest.FromString,
                     response_serializer=promptbo_dot_v1_dot_optimizer__service__pb2.UploadPoolResponse.SerializeToString,
+            ),
+            'GetRecommendation': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRecommendation,
+                    request_deserializer=promptbo_dot_v1_dot_optimizer__service__pb2.GetRecommendationRequest.FromString,
+                    response_serializer=promptbo_dot_v1_dot_optimizer__service__pb2.GetRecommendationResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -702,6 +721,33 @@ class OptimizerService:
             '/promptbo.v1.OptimizerService/UploadPool',
             promptbo_dot_v1_dot_optimizer__service__pb2.UploadPoolRequest.SerializeToString,
             promptbo_dot_v1_dot_optimizer__service__pb2.UploadPoolResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRecommendation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/promptbo.v1.OptimizerService/GetRecommendation',
+            promptbo_dot_v1_dot_optimizer__service__pb2.GetRecommendationRequest.SerializeToString,
+            promptbo_dot_v1_dot_optimizer__service__pb2.GetRecommendationResponse.FromString,
             options,
             channel_credentials,
             insecure,

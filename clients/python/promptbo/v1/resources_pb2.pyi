@@ -92,7 +92,7 @@ class PoolSpace(_message.Message):
     def __init__(self, pool_id: _Optional[str] = ...) -> None: ...
 
 class StudySpec(_message.Message):
-    __slots__ = ("hard", "soft", "pool", "strategy", "strategy_options", "goal", "objective", "max_trials", "max_active_trials", "lease_seconds", "seed", "labels")
+    __slots__ = ("hard", "soft", "pool", "strategy", "strategy_options", "goal", "objective", "max_trials", "max_active_trials", "lease_seconds", "seed", "labels", "pool_size", "max_examples", "examples_per_trial")
     class StrategyOptionsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -119,6 +119,9 @@ class StudySpec(_message.Message):
     LEASE_SECONDS_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
+    POOL_SIZE_FIELD_NUMBER: _ClassVar[int]
+    MAX_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
+    EXAMPLES_PER_TRIAL_FIELD_NUMBER: _ClassVar[int]
     hard: HardPromptSpace
     soft: SoftPromptSpace
     pool: PoolSpace
@@ -131,7 +134,10 @@ class StudySpec(_message.Message):
     lease_seconds: float
     seed: int
     labels: _containers.ScalarMap[str, str]
-    def __init__(self, hard: _Optional[_Union[HardPromptSpace, _Mapping]] = ..., soft: _Optional[_Union[SoftPromptSpace, _Mapping]] = ..., pool: _Optional[_Union[PoolSpace, _Mapping]] = ..., strategy: _Optional[str] = ..., strategy_options: _Optional[_Mapping[str, str]] = ..., goal: _Optional[_Union[Goal, str]] = ..., objective: _Optional[str] = ..., max_trials: _Optional[int] = ..., max_active_trials: _Optional[int] = ..., lease_seconds: _Optional[float] = ..., seed: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    pool_size: int
+    max_examples: int
+    examples_per_trial: int
+    def __init__(self, hard: _Optional[_Union[HardPromptSpace, _Mapping]] = ..., soft: _Optional[_Union[SoftPromptSpace, _Mapping]] = ..., pool: _Optional[_Union[PoolSpace, _Mapping]] = ..., strategy: _Optional[str] = ..., strategy_options: _Optional[_Mapping[str, str]] = ..., goal: _Optional[_Union[Goal, str]] = ..., objective: _Optional[str] = ..., max_trials: _Optional[int] = ..., max_active_trials: _Optional[int] = ..., lease_seconds: _Optional[float] = ..., seed: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., pool_size: _Optional[int] = ..., max_examples: _Optional[int] = ..., examples_per_trial: _Optional[int] = ...) -> None: ...
 
 class Prompt(_message.Message):
     __slots__ = ("token_ids", "tokens", "text", "vector", "pool_index")
@@ -148,7 +154,7 @@ class Prompt(_message.Message):
     def __init__(self, token_ids: _Optional[_Iterable[int]] = ..., tokens: _Optional[_Iterable[str]] = ..., text: _Optional[str] = ..., vector: _Optional[_Iterable[float]] = ..., pool_index: _Optional[int] = ...) -> None: ...
 
 class Trial(_message.Message):
-    __slots__ = ("study", "id", "state", "prompt", "client_id", "lease_deadline", "value", "metrics", "failure_reason", "create_time", "complete_time", "source", "principal")
+    __slots__ = ("study", "id", "state", "prompt", "client_id", "lease_deadline", "value", "metrics", "failure_reason", "create_time", "complete_time", "source", "principal", "example_indices", "value_stderr", "examples_scored")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -169,6 +175,9 @@ class Trial(_message.Message):
     COMPLETE_TIME_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
+    EXAMPLE_INDICES_FIELD_NUMBER: _ClassVar[int]
+    VALUE_STDERR_FIELD_NUMBER: _ClassVar[int]
+    EXAMPLES_SCORED_FIELD_NUMBER: _ClassVar[int]
     study: str
     id: int
     state: TrialState
@@ -182,10 +191,13 @@ class Trial(_message.Message):
     complete_time: _timestamp_pb2.Timestamp
     source: str
     principal: str
-    def __init__(self, study: _Optional[str] = ..., id: _Optional[int] = ..., state: _Optional[_Union[TrialState, str]] = ..., prompt: _Optional[_Union[Prompt, _Mapping]] = ..., client_id: _Optional[str] = ..., lease_deadline: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., value: _Optional[float] = ..., metrics: _Optional[_Mapping[str, float]] = ..., failure_reason: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., complete_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., source: _Optional[str] = ..., principal: _Optional[str] = ...) -> None: ...
+    example_indices: _containers.RepeatedScalarFieldContainer[int]
+    value_stderr: float
+    examples_scored: int
+    def __init__(self, study: _Optional[str] = ..., id: _Optional[int] = ..., state: _Optional[_Union[TrialState, str]] = ..., prompt: _Optional[_Union[Prompt, _Mapping]] = ..., client_id: _Optional[str] = ..., lease_deadline: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., value: _Optional[float] = ..., metrics: _Optional[_Mapping[str, float]] = ..., failure_reason: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., complete_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., source: _Optional[str] = ..., principal: _Optional[str] = ..., example_indices: _Optional[_Iterable[int]] = ..., value_stderr: _Optional[float] = ..., examples_scored: _Optional[int] = ...) -> None: ...
 
 class Study(_message.Message):
-    __slots__ = ("name", "state", "spec", "trial_count", "completed_count", "failed_count", "active_count", "best_trial", "create_time")
+    __slots__ = ("name", "state", "spec", "trial_count", "completed_count", "failed_count", "active_count", "best_trial", "create_time", "examples_scored")
     NAME_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
@@ -195,6 +207,7 @@ class Study(_message.Message):
     ACTIVE_COUNT_FIELD_NUMBER: _ClassVar[int]
     BEST_TRIAL_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    EXAMPLES_SCORED_FIELD_NUMBER: _ClassVar[int]
     name: str
     state: StudyState
     spec: StudySpec
@@ -204,4 +217,5 @@ class Study(_message.Message):
     active_count: int
     best_trial: Trial
     create_time: _timestamp_pb2.Timestamp
-    def __init__(self, name: _Optional[str] = ..., state: _Optional[_Union[StudyState, str]] = ..., spec: _Optional[_Union[StudySpec, _Mapping]] = ..., trial_count: _Optional[int] = ..., completed_count: _Optional[int] = ..., failed_count: _Optional[int] = ..., active_count: _Optional[int] = ..., best_trial: _Optional[_Union[Trial, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    examples_scored: int
+    def __init__(self, name: _Optional[str] = ..., state: _Optional[_Union[StudyState, str]] = ..., spec: _Optional[_Union[StudySpec, _Mapping]] = ..., trial_count: _Optional[int] = ..., completed_count: _Optional[int] = ..., failed_count: _Optional[int] = ..., active_count: _Optional[int] = ..., best_trial: _Optional[_Union[Trial, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., examples_scored: _Optional[int] = ...) -> None: ...

@@ -1,0 +1,354 @@
+"""The "equal model calls" protocol: test accuracy of the recommended prompt per scored example.
+
+Beside the 16-shot protocol of ``benchmarks/quality.py``: every strategy gets a labeled
+pool of ``--pool`` training examples (the ``pool`` split of the task: training examples
+outside ``dev``, objective set first) and a budget counted in *scored examples*, the
+model calls a user pays for. At each budget of ``--budgets`` the prompt the strategy
+recommends at that point is scored on the test split. Columns:
+
+- ``mf``: promptbo's multi-fidelity strategy through a real :class:`StudyManager` (pool,
+  ledger, fresh examples on promotion, the GetRecommendation ranking);
+- ``gp-fixed``, ``turbo-fixed``: today's protocol, every trial scored on the same fixed
+  sample of ``--fixed`` pool examples (the first ones: the objective set), recommendation
+  by GetRecommendation (posterior mean);
+- ``random-full``: random prompts, each scored on the whole pool; the best is recommended;
+- ``optuna-tpe``: Optuna's TPE on the fixed sample, best observed recommended;
+- ``mipro-tpe``: a MIPROv2-style minibatch TPE, written after DSPy's ``MIPROv2``: each
+  trial is scored on a fresh random minibatch of ``--minibatch`` (35) pool examples and
+  TPE sees the minibatch score; every ``--full-every`` (5) trials the candidate with the
+  best mean minibatch score that has no full score yet is scored on the whole pool; the
+  recommendation is the best fully scored candidate (the best minibatch mean before any);
+- ``unprompted``: the empty prompt.
+
+Scores are cached per (prompt, pool example), so CPU is not spent twice, but every
+scoring is charged to the budget as the service would charge it. The recommendation's
+95% interval is checked against its test accuracy: the interval of the pool accuracy over
+the examples the strategy scored it on (``coverage`` in the tables).
+
+    python benchmarks/equal_calls.py --data-dir ../shared/datasets/sst2 --pool 1000 \\
+        --budgets 4000,8000 --seeds 0,1,2 \\
+        --strategies mf,gp-fixed,turbo-fixed,random-full,optuna-tpe,mipro-tpe,unprompted \\
+        --out benchmarks/results/equal-calls-sst2
+
+writes ``<out>.json`` (every run's checkpoints) and ``<out>.md`` (the table); finished
+(strategy, seed) runs in an existing ``<out>.json`` are kept (the harness resumes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import math
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+Z95 = 1.959963984540054
+STRATEGIES = ("mf", "gp-fixed", "turbo-fixed", "random-full", "optuna-tpe", "mipro-tpe",
+              "unprompted")
+
+
+def _quality():
+    """``benchmarks/quality.py`` as a module (``benchmarks`` is not a package)."""
+    name = "promptbo_bench_quality"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("quality.py"))
+        assert spec and spec.loader
+        sys.modules[name] = module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+class PoolScorer:
+    """Per-example scores of prompts on the pool, cached; ``charged`` counts every scoring.
+
+    A prompt is a tuple of model token ids. ``score(key, idx)`` returns the per-example
+    values (normalised log-prob of the gold word) and correctness (0/1) for ``idx``.
+    """
+
+    def __init__(self, pool_ev, test_ev):
+        self.pool_ev = pool_ev
+        self.test_ev = test_ev
+        self.value: dict[tuple, dict[int, float]] = {}
+        self.correct: dict[tuple, dict[int, float]] = {}
+        self.test: dict[tuple, float] = {}
+        self.charged = 0
+
+    def score(self, key: tuple, idx: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        from promptbo.types import Prompt
+
+        v = self.value.setdefault(key, {})
+        c = self.correct.setdefault(key, {})
+        missing = sorted({int(i) for i in idx} - set(v))
+        if missing:
+            lp = self.pool_ev.label_log_probs([Prompt(token_ids=key)], missing)[0]
+            task = self.pool_ev.task.subset(missing)
+            norm = lp - np.logaddexp.reduce(lp, axis=1, keepdims=True)
+            gold = task.gold
+            for j, i in enumerate(missing):
+                v[i] = float(norm[j, gold[j]])
+                c[i] = float(norm[j].argmax() == gold[j])
+        self.charged += len(idx)
+        return np.array([v[int(i)] for i in idx]), np.array([c[int(i)] for i in idx])
+
+    def accuracy_interval(self, key: tuple, idx: Sequence[int]) -> tuple[float, float, int]:
+        """Pool accuracy over ``idx`` (distinct) with its standard error, and the count."""
+        c = np.array([self.correct[key][int(i)] for i in sorted(set(idx))])
+        se = float(c.std(ddof=1) / math.sqrt(len(c))) if len(c) > 1 else 0.0
+        return float(c.mean()), se, len(c)
+
+    def test_accuracy(self, key: tuple) -> float:
+        from promptbo.types import Prompt
+
+        if key not in self.test:
+            self.test[key] = self.test_ev.score([Prompt(token_ids=key)])[0].metrics["accuracy"]
+        return self.test[key]
+
+
+class Run:
+    """One (strategy, seed): records a checkpoint each time the charged examples pass a
+    budget: the recommended prompt, its pool accuracy interval and examples."""
+
+    def __init__(self, budgets: Sequence[int]):
+        self.budgets = sorted(budgets)
+        self.checkpoints: list[dict[str, Any]] = []
+
+    def due(self, charged: int) -> list[int]:
+        done = {c["budget"] for c in self.checkpoints}
+        return [b for b in self.budgets if b <= charged and b not in done]
+
+
+def run_manager(strategy: str, seed: int, args, scorer: PoolScorer, space, vocab) -> Run:
+    """mf, gp-fixed, turbo-fixed, random-full through the study manager."""
+    from promptbo.server.domain import StudySpec
+    from promptbo.server.manager import StudyManager, TrialResult
+    from promptbo.server.storage.memory import InMemoryStorage
+    from promptbo.types import mean_and_stderr
+
+    fixed = strategy.endswith("-fixed")
+    base = strategy.removesuffix("-fixed").removesuffix("-full")
+    top = max(args.budgets)
+    manager = StudyManager(InMemoryStorage())
+    manager.upload_vocabulary(vocab)
+    spec = StudySpec(
+        space=space, strategy=base, seed=seed,
+        pool_size=0 if fixed else args.pool,
+        max_examples=0 if fixed else top,
+        examples_per_trial=args.pool if strategy == "random-full" else 0,
+        max_trials=top // args.fixed if fixed else 0,
+    )
+    manager.create_study("s", spec)
+    run = Run(args.budgets)
+    seen: dict[tuple, set[int]] = {}
+    fixed_idx = list(range(args.fixed))
+    fixed_charged = 0
+    while True:
+        trials, done = manager.suggest_trials("s", 1, "bench")
+        if not trials:
+            break
+        t = trials[0]
+        key = tuple(t.prompt.token_ids)
+        idx = fixed_idx if fixed else list(t.examples)
+        values, _ = scorer.score(key, idx)
+        seen.setdefault(key, set()).update(idx)
+        m, se = mean_and_stderr(values)
+        manager.complete_trials("s", [TrialResult(t.id, m, {}, value_stderr=se,
+                                                  examples_scored=len(idx))], "bench")
+        fixed_charged += len(idx)
+        charged = fixed_charged if fixed else manager.examples_scored("s")
+        for b in run.due(charged):
+            rec, _, _ = manager.recommendation("s")
+            assert rec is not None
+            rkey = tuple(rec.prompt.token_ids)
+            run.checkpoints.append(checkpoint(b, rkey, seen[rkey], scorer))
+        if done:
+            break
+    return run
+
+
+def checkpoint(budget: int, key: tuple, idx, scorer: PoolScorer) -> dict[str, Any]:
+    acc, se, n = scorer.accuracy_interval(key, sorted(idx))
+    return {"budget": budget, "prompt": list(key), "pool_accuracy": acc, "stderr": se,
+            "examples": n, "test_accuracy": scorer.test_accuracy(key)}
+
+
+def run_tpe(strategy: str, seed: int, args, scorer: PoolScorer, space, ids, allowed) -> Run:
+    """optuna-tpe on the fixed sample, or the MIPROv2-style minibatch TPE."""
+    q = _quality()
+    tpe = q.TPEProposer(allowed, space.prompt_length, seed)
+    rng = np.random.default_rng(seed)
+    run = Run(args.budgets)
+    top = max(args.budgets)
+    charged = 0
+    minis: dict[tuple, list[float]] = {}  # key -> minibatch means (mipro)
+    seen: dict[tuple, set[int]] = {}
+    full: dict[tuple, float] = {}
+    trials = 0
+
+    def best() -> tuple:
+        if strategy == "optuna-tpe" or not full:
+            return max(minis, key=lambda k: float(np.mean(minis[k])))
+        return max(full, key=lambda k: full[k])
+
+    while True:
+        mipro = strategy == "mipro-tpe"
+        size = min(args.minibatch, args.pool) if mipro else args.fixed
+        if charged + size > top:
+            break
+        rows = tpe.suggest(1)
+        key = tuple(int(i) for i in ids[rows[0].tolist()])
+        idx = (sorted(rng.choice(args.pool, size=size, replace=False).tolist()) if mipro
+               else list(range(args.fixed)))
+        values, _ = scorer.score(key, idx)
+        charged += len(idx)
+        seen.setdefault(key, set()).update(idx)
+        minis.setdefault(key, []).append(float(values.mean()))
+        import torch
+
+        tpe.observe(rows, torch.tensor([float(values.mean())], dtype=torch.float64))
+        trials += 1
+        if mipro and trials % args.full_every == 0:
+            pending = [k for k in minis if k not in full]
+            if pending and charged + args.pool <= top:
+                k = max(pending, key=lambda k: float(np.mean(minis[k])))
+                all_idx = list(range(args.pool))
+                v, _ = scorer.score(k, all_idx)
+                charged += args.pool
+                seen[k].update(all_idx)
+                full[k] = float(v.mean())
+        for b in run.due(charged):
+            k = best()
+            run.checkpoints.append(checkpoint(b, k, seen[k], scorer))
+    for b in run.budgets:  # budgets the last step could not reach exactly
+        if b not in {c["budget"] for c in run.checkpoints}:
+            k = best()
+            run.checkpoints.append(checkpoint(b, k, seen[k], scorer))
+    return run
+
+
+def summarize(results: dict[str, Any], strategies: Sequence[str], budgets: Sequence[int],
+              seeds: Sequence[int]) -> str:
+    lines = ["| strategy | " + " | ".join(f"test acc @ {b}" for b in budgets)
+             + " | interval covers test |", "|---|" + "---:|" * (len(budgets) + 1)]
+    for s in strategies:
+        cells, covered, total = [], 0, 0
+        for b in budgets:
+            accs = []
+            for seed in seeds:
+                run = results["runs"].get(f"{s}|{seed}")
+                if run is None:
+                    continue
+                for c in run["checkpoints"]:
+                    if c["budget"] == b:
+                        accs.append(c["test_accuracy"])
+                        lo = c["pool_accuracy"] - Z95 * c["stderr"]
+                        hi = c["pool_accuracy"] + Z95 * c["stderr"]
+                        if s != "unprompted":
+                            covered += lo <= c["test_accuracy"] <= hi
+                            total += 1
+            cells.append(f"{100 * np.mean(accs):.1f} ± {100 * np.std(accs):.1f}" if accs
+                         else "–")
+        cover = f"{covered}/{total}" if total else "–"
+        lines.append(f"| {s} | " + " | ".join(cells) + f" | {cover} |")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--data-dir", required=True)
+    p.add_argument("--pool", type=int, default=1000, help="labeled pool size")
+    p.add_argument("--budgets", default="4000,8000", help="scored examples")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--strategies", default=",".join(STRATEGIES))
+    p.add_argument("--prompt-length", type=int, default=5)
+    p.add_argument("--top-n", type=int, default=2000)
+    p.add_argument("--pca-dims", type=int, default=16)
+    p.add_argument("--k", type=int, default=16, help="dev examples per class (kept out)")
+    p.add_argument("--fixed", type=int, default=32, help="the fixed sample of *-fixed")
+    p.add_argument("--minibatch", type=int, default=35, help="mipro-tpe minibatch")
+    p.add_argument("--full-every", type=int, default=5, help="mipro-tpe full evaluations")
+    p.add_argument("--limit-test", type=int, default=0)
+    p.add_argument("--model", default="smollm2")
+    p.add_argument("--template", default=None, help="default: the dataset's TASK_STYLES entry")
+    p.add_argument("--out", default="benchmarks/results/equal-calls-sst2")
+    args = p.parse_args(argv)
+    args.budgets = sorted(int(b) for b in args.budgets.split(","))
+    seeds = [int(s) for s in args.seeds.split(",")]
+    strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
+    unknown = sorted(set(strategies) - set(STRATEGIES))
+    if unknown:
+        p.error(f"unknown strategies {unknown}; choose from {', '.join(STRATEGIES)}")
+
+    q = _quality()
+    from promptbo.evaluators import create_evaluator
+    from promptbo.server.domain import HardPromptSpace, Vocabulary
+    from promptbo.server.optim.spaces import filtered_rows
+    from promptbo.wordlists import word_scores
+
+    meta = Path(args.data_dir) / "meta.json"
+    name = json.loads(meta.read_text()).get("name", "") if meta.exists() else ""
+    template, labels = q.TASK_STYLES.get(name, (None, None))
+    template = args.template or template
+    out = Path(args.out)
+    path = out.with_suffix(".json")
+    results: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {"runs": {}}
+    results["config"] = {k: v for k, v in vars(args).items()}
+    results["machine"] = q.machine()
+    for seed in seeds:
+        opts: dict[str, Any] = {"model": args.model, "data": args.data_dir, "k": args.k,
+                                "seed": seed}
+        if template:
+            opts["template"] = template
+        if labels:
+            opts["labels"] = labels
+        pool_ev = create_evaluator("hf-causal", split="pool", max_examples=args.pool, **opts)
+        test_opts = {**opts, **({"max_examples": args.limit_test} if args.limit_test else {})}
+        test_ev = create_evaluator("hf-causal", split="test", **test_opts)
+        if len(pool_ev.task.examples) < args.pool:
+            p.error(f"the pool split has {len(pool_ev.task.examples)} examples, "
+                    f"fewer than --pool {args.pool}")
+        table = pool_ev.vocabulary()
+        vocab = Vocabulary(tuple(table.tokens), tuple(table.token_ids), table.embeddings)
+        scores = word_scores(table.tokens, table.token_ids)
+        space = HardPromptSpace(args.prompt_length, vocab.id, pca_dims=args.pca_dims,
+                                top_n=args.top_n, top_n_scores=tuple(scores.tolist()))
+        allowed = filtered_rows(space, vocab.size).tolist()
+        ids = np.asarray(table.token_ids, dtype=np.int64)
+        scorer = PoolScorer(pool_ev, test_ev)
+        for s in strategies:
+            tag = f"{s}|{seed}"
+            if tag in results["runs"]:
+                continue
+            start = time.perf_counter()
+            if s == "unprompted":
+                scorer.score((), list(range(args.pool)))
+                acc, se, n = scorer.accuracy_interval((), list(range(args.pool)))
+                run = Run(args.budgets)
+                run.checkpoints = [{"budget": b, "prompt": [], "pool_accuracy": acc,
+                                    "stderr": se, "examples": n,
+                                    "test_accuracy": scorer.test_accuracy(())}
+                                   for b in args.budgets]
+            elif s in ("optuna-tpe", "mipro-tpe"):
+                run = run_tpe(s, seed, args, scorer, space, ids, allowed)
+            else:
+                run = run_manager(s, seed, args, scorer, space, vocab)
+            results["runs"][tag] = {"checkpoints": run.checkpoints,
+                                    "seconds": time.perf_counter() - start}
+            print(f"{tag}: " + ", ".join(f"@{c['budget']} test {c['test_accuracy']:.3f}"
+                                         for c in run.checkpoints), flush=True)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(results, indent=1))
+        pool_ev.close()
+        test_ev.close()
+    table_md = summarize(results, strategies, args.budgets, seeds)
+    out.with_suffix(".md").write_text(table_md + "\n")
+    print(table_md)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,67 @@
+"""The "equal model calls" harness: the MIPROv2-style baseline keeps its protocol
+(minibatches, a full evaluation every few trials, never over budget) and the table counts
+interval coverage. A fake scorer stands in for the model (the harness's own arithmetic is
+what is tested; the model path is the hf-causal evaluator's, tested elsewhere)."""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+
+from promptbo.server.domain import HardPromptSpace
+
+
+class FakeScorer:
+    """Per-example scores from the prompt's first token: a higher id is more accurate."""
+
+    def __init__(self):
+        self.calls: list[tuple[tuple, int]] = []
+        self.charged = 0
+        self.correct: dict[tuple, dict[int, float]] = {}
+
+    def score(self, key, idx):
+        self.calls.append((key, len(idx)))
+        self.charged += len(idx)
+        q = (key[0] % 100) / 100 if key else 0.5
+        c = self.correct.setdefault(key, {})
+        for i in idx:
+            c[int(i)] = float(np.random.default_rng([int(i), *key]).random() < q)
+        v = np.array([c[int(i)] for i in idx])
+        return v - 1.0, v
+
+    def accuracy_interval(self, key, idx):
+        c = np.array([self.correct[key][int(i)] for i in sorted(set(idx))])
+        return float(c.mean()), float(c.std(ddof=1) / np.sqrt(len(c))), len(c)
+
+    def test_accuracy(self, key):
+        return (key[0] % 100) / 100 if key else 0.5
+
+
+def test_mipro_baseline_minibatches_and_full_evaluations(equal_calls):
+    args = argparse.Namespace(budgets=[400, 800], pool=100, minibatch=35, full_every=5,
+                              fixed=32)
+    scorer = FakeScorer()
+    space = HardPromptSpace(2, "v", pca_dims=2)
+    ids = np.arange(1000, 1050)
+    run = equal_calls.run_tpe("mipro-tpe", 0, args, scorer, space, ids, list(range(50)))
+    sizes = [n for _, n in scorer.calls]
+    assert scorer.charged <= 800 and sum(sizes) == scorer.charged
+    # Five minibatches of 35, then the best of them on the whole pool, and again.
+    assert sizes[:6] == [35] * 5 + [100] and sizes[6:12] == [35] * 5 + [100]
+    fully = [k for k, n in scorer.calls if n == 100]
+    assert len(fully) == len(set(fully))  # never the same candidate twice
+    assert [c["budget"] for c in run.checkpoints] == [400, 800]
+    last = run.checkpoints[-1]
+    assert tuple(last["prompt"]) in fully and last["examples"] == 100
+
+
+def test_table_reports_accuracy_and_interval_coverage(equal_calls):
+    results = {"runs": {
+        "mf|0": {"checkpoints": [{"budget": 10, "test_accuracy": 0.8, "pool_accuracy": 0.78,
+                                  "stderr": 0.02}]},
+        "mf|1": {"checkpoints": [{"budget": 10, "test_accuracy": 0.9, "pool_accuracy": 0.7,
+                                  "stderr": 0.01}]},
+    }}
+    table = equal_calls.summarize(results, ["mf"], [10], [0, 1])
+    assert "| mf | 85.0 ± 5.0 | 1/2 |" in table
