@@ -36,7 +36,7 @@ def test_worker_runs_a_pool_study_to_its_example_budget(tmp_path, tiny_llama_dir
     try:
         refused = cli("worker", "--server", address, "--quiet", "--study", "x", "--evaluator",
                       "hf-causal", *model, "--prompt-length", "2", "--max-examples", "10")
-        assert refused.returncode != 0 and "need --pool" in refused.stderr
+        assert refused.returncode != 0 and "add --labeled-pool" in refused.stderr
 
         done = cli("worker", "--server", address, "--quiet", "--study", "mf", "--evaluator",
                    "hf-causal", *model, "-o", "split=pool", "--prompt-length", "2",

@@ -116,7 +116,10 @@ def test_pool_build_and_a_worker_on_a_pool_study(tmp_path, tiny_llama_dir):
         with promptbo.Client(address) as client:
             study = client.get_study("pool")
             assert study.info.spec.pool.pool_id == table.id
-            trials = list(study.trials(state="completed"))
+            completed = list(study.trials(state="completed"))
+        # The worker also recorded the unprompted model as the study's reference.
+        assert [t.prompt.text for t in completed if t.source == "reference"] == [""]
+        trials = [t for t in completed if t.source != "reference"]
         assert len({t.prompt.pool_index for t in trials}) == 6
         assert all(t.prompt.text == table.texts[t.prompt.pool_index] for t in trials)
         # The stored value is what the evaluator computes with the text in the template,
