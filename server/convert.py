@@ -25,6 +25,7 @@ from promptbo.server.domain import (
     Trial,
     TrialState,
 )
+from promptbo.server.transfer_sources import SourceStatus
 from promptbo.v1 import resources_pb2 as pb
 
 _GOALS = {pb.GOAL_UNSPECIFIED: Goal.MAXIMIZE, pb.GOAL_MAXIMIZE: Goal.MAXIMIZE,
@@ -82,6 +83,8 @@ def spec_from_pb(msg: pb.StudySpec) -> StudySpec:
         lease_seconds=msg.lease_seconds or DEFAULT_LEASE_SECONDS,
         seed=msg.seed,
         labels=dict(msg.labels),
+        transfer_from=tuple(msg.transfer_from),
+        transfer=msg.transfer or "both",
     )
 
 
@@ -96,6 +99,8 @@ def spec_to_pb(spec: StudySpec) -> pb.StudySpec:
         lease_seconds=spec.lease_seconds,
         seed=spec.seed,
         labels=spec.labels,
+        transfer_from=spec.transfer_from,
+        transfer=spec.transfer if spec.transfer_from else "",
     )
     sp = spec.space
     if isinstance(sp, HardPromptSpace):
@@ -171,6 +176,14 @@ def study_to_pb(
     if best is not None:
         msg.best_trial.CopyFrom(trial_to_pb(best))
     return msg
+
+
+def transfer_sources_to_pb(sources: Sequence[SourceStatus]) -> list[pb.TransferSource]:
+    """``study show``'s transfer sources (a weight not known yet is sent as 0 with a note)."""
+    return [
+        pb.TransferSource(study=s.study, weight=s.weight or 0.0, trials=s.trials, note=s.note)
+        for s in sources
+    ]
 
 
 def _set_time(field: Timestamp, seconds: float) -> None:

@@ -22,6 +22,10 @@ MAX_PROMPT_LENGTH = 512
 MAX_STUDY_NAME = 200
 DEFAULT_LEASE_SECONDS = 300.0
 DEFAULT_PCA_DIMS = 16
+#: Most source studies one study may transfer from.
+MAX_TRANSFER_SOURCES = 10
+#: How a study uses its transfer sources (see :mod:`promptbo.server.optim.transfer`).
+TRANSFER_MODES = ("both", "init", "surrogate")
 
 
 class Goal(enum.Enum):
@@ -120,8 +124,23 @@ class StudySpec:
     lease_seconds: float = DEFAULT_LEASE_SECONDS
     seed: int = 0
     labels: dict[str, str] = field(default_factory=dict)
+    #: Names of earlier studies of the same space whose results warm-start this one.
+    transfer_from: tuple[str, ...] = ()
+    #: How the sources are used: "both" (default), "init" or "surrogate".
+    transfer: str = "both"
 
     def __post_init__(self) -> None:
+        if len(self.transfer_from) > MAX_TRANSFER_SOURCES:
+            raise InvalidArgumentError(
+                f"transfer_from names {len(self.transfer_from)} studies; at most "
+                f"{MAX_TRANSFER_SOURCES} are allowed"
+            )
+        if len(set(self.transfer_from)) != len(self.transfer_from):
+            raise InvalidArgumentError("transfer_from names a study more than once")
+        if self.transfer not in TRANSFER_MODES:
+            raise InvalidArgumentError(
+                f"transfer must be one of {', '.join(TRANSFER_MODES)}, got {self.transfer!r}"
+            )
         if not (math.isfinite(self.lease_seconds) and 0 < self.lease_seconds <= 7 * 86400):
             raise InvalidArgumentError(
                 f"lease_seconds must be in (0, 604800], got {self.lease_seconds}"

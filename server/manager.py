@@ -49,6 +49,7 @@ from promptbo.errors import (
     PermissionDeniedError,
     ResourceExhaustedError,
 )
+from promptbo.server import transfer_sources
 from promptbo.server.domain import (
     Goal,
     HardPromptSpace,
@@ -264,6 +265,7 @@ class StudyManager:
                     f"{spec.lease_seconds}"
                 )
             check_spec(spec, self.limits)
+            transfer_sources.check_sources(self.storage, name, spec, not unknown_vocab)
             if unknown_vocab:
                 from promptbo.server.optim import strategy_names
 
@@ -276,7 +278,7 @@ class StudyManager:
             else:
                 vocab = self._check_space(spec)
                 # Building the runtime validates the strategy and its options.
-                runtime = StudyRuntime(spec, vocab, self._make_engine)
+                runtime = StudyRuntime(spec, vocab, self._make_engine, *self._sources(spec))
             study = Study(name=name, spec=spec, create_time=self.clock(), request_id=request_id)
             if validate_only:
                 return study, False
@@ -461,8 +463,9 @@ class StudyManager:
                 study=live.study.name, id=0, state=TrialState.ACTIVE, prompt=p,
                 client_id=client_id, lease_deadline=now + live.study.spec.lease_seconds,
                 create_time=now, principal=principal,
+                source="transfer" if moved else "suggested",
             )
-            for p in prompts
+            for p, moved in zip(prompts, rt.transferred(prompts), strict=True)
         ]
         stored = self.storage.add_trials(live.study.name, drafts)
         live.active.update((t.id, t) for t in stored)
@@ -826,7 +829,8 @@ class StudyManager:
         if live.runtime is not None:
             return live.runtime
         study = live.study
-        rt = StudyRuntime(study.spec, self._check_space(study.spec), self._make_engine)
+        rt = StudyRuntime(study.spec, self._check_space(study.spec), self._make_engine,
+                          *self._sources(study.spec))
         trials = self.storage.list_trials(study.name)
         # Replayed in the order the live engine saw them (completion order), not id order:
         # trust regions and CMA-ES generations depend on it.
@@ -844,6 +848,28 @@ class StudyManager:
         live.runtime = rt
         log.info("engine of study %s rebuilt from %d completed trials", study.name, len(pairs))
         return rt
+
+    def _sources(
+        self, spec: StudySpec
+    ) -> tuple[list[transfer_sources.LoadedSource], dict[str, str]]:
+        """The study's transfer sources read from storage, and notes on unusable ones."""
+        if not spec.transfer_from:
+            return [], {}
+        return transfer_sources.load_sources(
+            self.storage, spec, lambda s, v, m: _objective(s, v, m, strict=False)
+        )
+
+    def transfer_status(self, name: str) -> list[transfer_sources.SourceStatus]:
+        """The study's transfer sources with their current weights (see ``study show``)."""
+        with self._lock(name):
+            live = self._get_live(name)
+            spec = live.study.spec
+            if not spec.transfer_from:
+                return []
+            rt = live.runtime
+            weights, counts = rt.transfer_weights() if rt is not None else (None, {})
+            notes = dict(rt.source_notes) if rt is not None else {}
+            return transfer_sources.describe(self.storage, spec, counts, weights, notes)
 
     def _schedule_refill(self, name: str, live: _Live) -> None:
         """Starts a background refresh of the study's ready suggestions (prefetch > 0)."""

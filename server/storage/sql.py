@@ -181,6 +181,9 @@ def spec_to_json(spec: StudySpec) -> str:
         "seed": spec.seed,
         "labels": dict(spec.labels),
     }
+    if spec.transfer_from:
+        doc["transfer_from"] = list(spec.transfer_from)
+        doc["transfer"] = spec.transfer
     return _dumps(doc)
 
 
@@ -200,6 +203,8 @@ def spec_from_json(text: str) -> StudySpec:
         raise FailedPreconditionError(f"stored study spec has unknown space kind {kind!r}")
     if "goal" in doc:
         doc["goal"] = Goal(doc["goal"])
+    if "transfer_from" in doc:
+        doc["transfer_from"] = tuple(doc["transfer_from"])
     return StudySpec(space=space, **doc)
 
 

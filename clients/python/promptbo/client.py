@@ -265,8 +265,14 @@ class Client:
         labels: dict[str, str] | None = None,
         request_id: str | None = None,
         validate_only: bool = False,
+        transfer_from: Sequence[str] = (),
+        transfer: str = "",
     ) -> Study:
         """Creates a study, or returns the existing one of that name if its spec is equal.
+
+        ``transfer_from`` names earlier studies of the same space whose results warm-start
+        this one; ``transfer`` says how ("both", the default, "init" or "surrogate"; see
+        docs/optimizer.md).
 
         With ``validate_only`` the server only checks the request (name, ranges, strategy
         and options; an existing study's spec) and creates nothing: the returned handle
@@ -278,6 +284,7 @@ class Client:
             goal={"maximize": pb.GOAL_MAXIMIZE, "minimize": pb.GOAL_MINIMIZE}[goal],
             objective=objective, max_trials=max_trials, max_active_trials=max_active_trials,
             lease_seconds=lease_seconds, seed=seed, labels=labels or {},
+            transfer_from=list(transfer_from), transfer=transfer,
         )
         if isinstance(space, HardPromptSpace):
             spec.hard.prompt_length = space.prompt_length
@@ -360,6 +367,13 @@ class Study:
     def refresh(self) -> pb.Study:
         self.info = self.client._call("GetStudy", api.GetStudyRequest(name=self.name)).study
         return self.info
+
+    def transfer_sources(self) -> list[pb.TransferSource]:
+        """The study's transfer sources with their current weights in its surrogate
+        (``study``, ``weight``, ``trials`` read, ``note``); empty without transfer."""
+        resp = self.client._call("GetStudy", api.GetStudyRequest(name=self.name))
+        self.info = resp.study
+        return list(resp.transfer_sources)
 
     @property
     def done(self) -> bool:

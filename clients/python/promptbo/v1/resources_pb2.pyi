@@ -86,7 +86,7 @@ class SoftPromptSpace(_message.Message):
     def __init__(self, prompt_length: _Optional[int] = ..., embedding_dim: _Optional[int] = ..., intrinsic_dim: _Optional[int] = ..., bound: _Optional[float] = ..., embedding_std: _Optional[float] = ...) -> None: ...
 
 class StudySpec(_message.Message):
-    __slots__ = ("hard", "soft", "strategy", "strategy_options", "goal", "objective", "max_trials", "max_active_trials", "lease_seconds", "seed", "labels")
+    __slots__ = ("hard", "soft", "strategy", "strategy_options", "goal", "objective", "max_trials", "max_active_trials", "lease_seconds", "seed", "labels", "transfer_from", "transfer")
     class StrategyOptionsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -112,6 +112,8 @@ class StudySpec(_message.Message):
     LEASE_SECONDS_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
+    TRANSFER_FROM_FIELD_NUMBER: _ClassVar[int]
+    TRANSFER_FIELD_NUMBER: _ClassVar[int]
     hard: HardPromptSpace
     soft: SoftPromptSpace
     strategy: str
@@ -123,7 +125,21 @@ class StudySpec(_message.Message):
     lease_seconds: float
     seed: int
     labels: _containers.ScalarMap[str, str]
-    def __init__(self, hard: _Optional[_Union[HardPromptSpace, _Mapping]] = ..., soft: _Optional[_Union[SoftPromptSpace, _Mapping]] = ..., strategy: _Optional[str] = ..., strategy_options: _Optional[_Mapping[str, str]] = ..., goal: _Optional[_Union[Goal, str]] = ..., objective: _Optional[str] = ..., max_trials: _Optional[int] = ..., max_active_trials: _Optional[int] = ..., lease_seconds: _Optional[float] = ..., seed: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    transfer_from: _containers.RepeatedScalarFieldContainer[str]
+    transfer: str
+    def __init__(self, hard: _Optional[_Union[HardPromptSpace, _Mapping]] = ..., soft: _Optional[_Union[SoftPromptSpace, _Mapping]] = ..., strategy: _Optional[str] = ..., strategy_options: _Optional[_Mapping[str, str]] = ..., goal: _Optional[_Union[Goal, str]] = ..., objective: _Optional[str] = ..., max_trials: _Optional[int] = ..., max_active_trials: _Optional[int] = ..., lease_seconds: _Optional[float] = ..., seed: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., transfer_from: _Optional[_Iterable[str]] = ..., transfer: _Optional[str] = ...) -> None: ...
+
+class TransferSource(_message.Message):
+    __slots__ = ("study", "weight", "trials", "note")
+    STUDY_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    TRIALS_FIELD_NUMBER: _ClassVar[int]
+    NOTE_FIELD_NUMBER: _ClassVar[int]
+    study: str
+    weight: float
+    trials: int
+    note: str
+    def __init__(self, study: _Optional[str] = ..., weight: _Optional[float] = ..., trials: _Optional[int] = ..., note: _Optional[str] = ...) -> None: ...
 
 class Prompt(_message.Message):
     __slots__ = ("token_ids", "tokens", "text", "vector")
