@@ -448,7 +448,8 @@ def _print_trial(t, fmt: str) -> None:
     value = "" if t.value is None else f"{t.value:.4f}"
     extra = " ".join(f"{safe(k)}={v:.4g}" for k, v in sorted(t.metrics.items()))
     reason = f" ({safe(t.failure_reason)})" if t.failure_reason else ""
-    print(f"{t.id:5d} {t.state:9s} {value:>9s} {what} {extra}{reason}")
+    mark = " [transfer]" if t.source == "transfer" else ""  # a transfer source's prompt
+    print(f"{t.id:5d} {t.state:9s} {value:>9s} {what} {extra}{reason}{mark}")
 
 
 def _prompt_label(prompt) -> str:
