@@ -934,6 +934,7 @@ def _study_bytes(study: Study) -> int:
     extra = 0
     if isinstance(space, HardPromptSpace):
         extra = 9 * len(space.top_n_scores) + 5 * len(space.allowed)
+    extra += sum(len(n) + 2 for n in study.spec.transfer_from)
     return 1024 + extra + sum(len(k) + len(v) for k, v in study.spec.labels.items())
 
 
