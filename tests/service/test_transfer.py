@@ -164,3 +164,28 @@ def test_transfer_survives_restart_and_a_deleted_source(tmp_path):
         client.close()
         server.stop(None).wait()
         storage.close()
+
+
+def test_hard_prompts_with_another_filter_and_the_gp_surrogate(client, vocab_table):
+    vocab_id = client.upload_vocabulary(vocab_table)
+    source = client.create_study("wide", promptbo.HardPromptSpace(2, vocab_id),
+                                 strategy="random", seed=1)
+
+    def score(trial) -> float:  # prefers low token ids
+        return -float(sum(trial.prompt.token_ids) - 2000)
+
+    for trial in source.ask(20):
+        source.tell(trial, score(trial))
+    allowed = list(range(32, 64))  # the target only allows the upper half of the table
+    target = client.create_study(
+        "narrow", promptbo.HardPromptSpace(2, vocab_id, allowed=allowed),
+        transfer_from=["wide"], seed=2)
+    for _ in range(8):
+        (trial,) = target.ask(1)
+        assert all(1032 <= t < 1064 for t in trial.prompt.token_ids)
+        target.tell(trial, score(trial))
+    trials = list(target.trials())
+    assert [t.source for t in trials] == ["transfer"] * 5 + ["suggested"] * 3
+    assert len({tuple(t.prompt.token_ids) for t in trials}) == 8
+    (status,) = target.transfer_sources()
+    assert status.trials == 20 and 0.0 <= status.weight <= 1.0 and status.note == ""
