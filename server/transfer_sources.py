@@ -58,8 +58,7 @@ def mismatch(target: StudySpec, source: StudySpec, vocabulary: bool = True) -> s
     ``vocabulary=False`` skips comparing hard spaces' vocabularies."""
     a, b = target.space, source.space
     if type(a) is not type(b):
-        kind = {HardPromptSpace: "hard", SoftPromptSpace: "soft"}
-        return f"its space is {kind[type(b)]} prompts, this study's is {kind[type(a)]} prompts"
+        return f"its space is {_kind(b)}, this study's is {_kind(a)}"
     if isinstance(a, HardPromptSpace):
         assert isinstance(b, HardPromptSpace)
         if vocabulary and a.vocabulary_id != b.vocabulary_id:
@@ -68,7 +67,9 @@ def mismatch(target: StudySpec, source: StudySpec, vocabulary: bool = True) -> s
         if a.prompt_length != b.prompt_length:
             return f"its prompt_length is {b.prompt_length}, this study's is {a.prompt_length}"
         return ""
-    assert isinstance(a, SoftPromptSpace) and isinstance(b, SoftPromptSpace)
+    if not isinstance(a, SoftPromptSpace) or not isinstance(b, SoftPromptSpace):
+        # Another kind of space: its prompts transfer when the spaces are equal.
+        return "" if a == b else f"its {_kind(b)} space differs from this study's"
     if (a.prompt_length, a.embedding_dim) != (b.prompt_length, b.embedding_dim):
         return (f"its soft prompts are {b.prompt_length} x {b.embedding_dim}, this study's "
                 f"are {a.prompt_length} x {a.embedding_dim}")
@@ -150,6 +151,14 @@ def describe(
         weight = None if weights is None else weights.get(source, 0.0)
         out.append(SourceStatus(source, weight, counts.get(source, 0), note))
     return out
+
+
+def _kind(space: object) -> str:
+    if isinstance(space, HardPromptSpace):
+        return "hard prompts"
+    if isinstance(space, SoftPromptSpace):
+        return "soft prompts"
+    return type(space).__name__
 
 
 def _exists(storage: Storage, name: str) -> bool:
