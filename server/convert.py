@@ -27,6 +27,7 @@ from promptbo.server.domain import (
     TrialState,
 )
 from promptbo.server.recommend import Recommendation
+from promptbo.server.transfer_sources import SourceStatus
 from promptbo.v1 import optimizer_service_pb2 as api
 from promptbo.v1 import resources_pb2 as pb
 
@@ -90,6 +91,8 @@ def spec_from_pb(msg: pb.StudySpec) -> StudySpec:
         pool_size=msg.pool_size,
         max_examples=msg.max_examples,
         examples_per_trial=msg.examples_per_trial,
+        transfer_from=tuple(msg.transfer_from),
+        transfer=msg.transfer or "both",
     )
 
 
@@ -107,6 +110,8 @@ def spec_to_pb(spec: StudySpec) -> pb.StudySpec:
         pool_size=spec.pool_size,
         max_examples=spec.max_examples,
         examples_per_trial=spec.examples_per_trial,
+        transfer_from=spec.transfer_from,
+        transfer=spec.transfer if spec.transfer_from else "",
     )
     sp = spec.space
     if isinstance(sp, PoolSpace):
@@ -204,6 +209,14 @@ def recommendation_to_pb(rec: Recommendation) -> api.Recommendation:
         stderr=rec.stderr, lower=rec.lower, upper=rec.upper, examples=rec.examples,
         trials=rec.trials, posterior_mean=rec.posterior_mean, method=rec.method,
     )
+
+
+def transfer_sources_to_pb(sources: Sequence[SourceStatus]) -> list[pb.TransferSource]:
+    """``study show``'s transfer sources (a weight not known yet is sent as 0 with a note)."""
+    return [
+        pb.TransferSource(study=s.study, weight=s.weight or 0.0, trials=s.trials, note=s.note)
+        for s in sources
+    ]
 
 
 def _set_time(field: Timestamp, seconds: float) -> None:

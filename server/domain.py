@@ -24,6 +24,10 @@ DEFAULT_LEASE_SECONDS = 300.0
 DEFAULT_PCA_DIMS = 16
 #: Largest labeled pool a study may declare (a trial's example indices travel in it).
 MAX_POOL_SIZE = 1_000_000
+#: Most source studies one study may transfer from.
+MAX_TRANSFER_SOURCES = 10
+#: How a study uses its transfer sources (see :mod:`promptbo.server.optim.transfer`).
+TRANSFER_MODES = ("both", "init", "surrogate")
 
 
 class Goal(enum.Enum):
@@ -143,8 +147,23 @@ class StudySpec:
     pool_size: int = 0
     max_examples: int = 0
     examples_per_trial: int = 0
+    #: Names of earlier studies of the same space whose results warm-start this one.
+    transfer_from: tuple[str, ...] = ()
+    #: How the sources are used: "both" (default), "init" or "surrogate".
+    transfer: str = "both"
 
     def __post_init__(self) -> None:
+        if len(self.transfer_from) > MAX_TRANSFER_SOURCES:
+            raise InvalidArgumentError(
+                f"transfer_from names {len(self.transfer_from)} studies; at most "
+                f"{MAX_TRANSFER_SOURCES} are allowed"
+            )
+        if len(set(self.transfer_from)) != len(self.transfer_from):
+            raise InvalidArgumentError("transfer_from names a study more than once")
+        if self.transfer not in TRANSFER_MODES:
+            raise InvalidArgumentError(
+                f"transfer must be one of {', '.join(TRANSFER_MODES)}, got {self.transfer!r}"
+            )
         if not (math.isfinite(self.lease_seconds) and 0 < self.lease_seconds <= 7 * 86400):
             raise InvalidArgumentError(
                 f"lease_seconds must be in (0, 604800], got {self.lease_seconds}"

@@ -52,6 +52,7 @@ from promptbo.errors import (
     PermissionDeniedError,
     ResourceExhaustedError,
 )
+from promptbo.server import transfer_sources
 from promptbo.server.domain import (
     Goal,
     HardPromptSpace,
@@ -300,6 +301,7 @@ class StudyManager:
                     f"{spec.lease_seconds}"
                 )
             check_spec(spec, self.limits)
+            transfer_sources.check_sources(self.storage, name, spec, not unknown_vocab)
             if unknown_vocab:
                 from promptbo.server.optim import strategy_names
 
@@ -312,7 +314,7 @@ class StudyManager:
             else:
                 vocab = self._check_space(spec)
                 # Building the runtime validates the strategy and its options.
-                runtime = StudyRuntime(spec, vocab, self._make_engine)
+                runtime = StudyRuntime(spec, vocab, self._make_engine, *self._sources(spec))
             study = Study(name=name, spec=spec, create_time=self.clock(), request_id=request_id)
             if validate_only:
                 return study, False
@@ -503,7 +505,7 @@ class StudyManager:
             rt.issued.update(p.key() for p in prompts)
         drafts = []
         ledger = live.ledger
-        for p in prompts:
+        for p, moved in zip(prompts, rt.transferred(prompts), strict=True):
             examples: tuple[int, ...] = ()
             if ledger.enabled:
                 examples = ledger.allot(p.key(), rt.requested.pop(p.key(), None))
@@ -513,6 +515,7 @@ class StudyManager:
                 study=live.study.name, id=0, state=TrialState.ACTIVE, prompt=p,
                 client_id=client_id, lease_deadline=now + live.study.spec.lease_seconds,
                 create_time=now, examples=examples, principal=principal,
+                source="transfer" if moved else "suggested",
             )
             if ledger.enabled:
                 ledger.created_trial(p.key(), draft)
@@ -952,7 +955,8 @@ class StudyManager:
         if live.runtime is not None:
             return live.runtime
         study = live.study
-        rt = StudyRuntime(study.spec, self._check_space(study.spec), self._make_engine)
+        rt = StudyRuntime(study.spec, self._check_space(study.spec), self._make_engine,
+                          *self._sources(study.spec))
         trials = self.storage.list_trials(study.name)
         # Replayed in the order the live engine saw them (completion order), not id order:
         # trust regions and CMA-ES generations depend on it.
@@ -973,6 +977,28 @@ class StudyManager:
         live.runtime = rt
         log.info("engine of study %s rebuilt from %d completed trials", study.name, len(pairs))
         return rt
+
+    def _sources(
+        self, spec: StudySpec
+    ) -> tuple[list[transfer_sources.LoadedSource], dict[str, str]]:
+        """The study's transfer sources read from storage, and notes on unusable ones."""
+        if not spec.transfer_from:
+            return [], {}
+        return transfer_sources.load_sources(
+            self.storage, spec, lambda s, v, m: _objective(s, v, m, strict=False)
+        )
+
+    def transfer_status(self, name: str) -> list[transfer_sources.SourceStatus]:
+        """The study's transfer sources with their current weights (see ``study show``)."""
+        with self._lock(name):
+            live = self._get_live(name)
+            spec = live.study.spec
+            if not spec.transfer_from:
+                return []
+            rt = live.runtime
+            weights, counts = rt.transfer_weights() if rt is not None else (None, {})
+            notes = dict(rt.source_notes) if rt is not None else {}
+            return transfer_sources.describe(self.storage, spec, counts, weights, notes)
 
     def _schedule_refill(self, name: str, live: _Live) -> None:
         """Starts a background refresh of the study's ready suggestions (prefetch > 0)."""
@@ -1049,6 +1075,7 @@ def _study_bytes(study: Study) -> int:
     extra = 0
     if isinstance(space, HardPromptSpace):
         extra = 9 * len(space.top_n_scores) + 5 * len(space.allowed)
+    extra += sum(len(n) + 2 for n in study.spec.transfer_from)
     return 1024 + extra + sum(len(k) + len(v) for k, v in study.spec.labels.items())
 
 

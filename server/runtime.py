@@ -21,11 +21,16 @@ import logging
 import math
 import threading
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from promptbo.server.domain import Pool, PoolSpace, Prompt, SoftPromptSpace, StudySpec, Vocabulary
+from promptbo.server.transfer_sources import LoadedSource
+
+if TYPE_CHECKING:
+    from promptbo.server.optim.transfer import SourceData
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +44,9 @@ class StudyRuntime:
         engine_factory: ``make_engine``-compatible callable.
     """
 
-    def __init__(
-        self, spec: StudySpec, vocab: Vocabulary | Pool | None, engine_factory: Callable
-    ):
+    def __init__(self, spec: StudySpec, vocab: Vocabulary | Pool | None,
+                 engine_factory: Callable, sources: Sequence[LoadedSource] = (),
+                 source_notes: dict[str, str] | None = None):
         self.spec = spec
         self.pool = vocab if isinstance(vocab, Pool) else None
         vocab = None if isinstance(vocab, Pool) else vocab
@@ -57,6 +62,13 @@ class StudyRuntime:
         configure = getattr(self.engine, "configure_fidelity", None)
         if configure is not None:
             configure(spec.pool_size, spec.examples_per_trial)
+        #: Why a transfer source is not used (by name); see :mod:`..transfer_sources`.
+        self.source_notes = dict(source_notes or {})
+        if spec.transfer_from:
+            from promptbo.server.optim.transfer import TransferEngine
+
+            self.engine = TransferEngine(self.engine, [self._source_data(s) for s in sources],
+                                         spec.transfer, spec.strategy)
         self.engine_lock = threading.Lock()
         self.inbox_lock = threading.Lock()
         self._inbox: list[tuple[Prompt, float, float | None, int]] = []
@@ -172,6 +184,38 @@ class StudyRuntime:
 
     def _pending(self, pending: Sequence[Prompt]) -> torch.Tensor | None:
         return self.encode(pending) if pending and self.engine.uses_pending else None
+
+    # --- transfer ---------------------------------------------------------------------
+    def _source_data(self, source: LoadedSource) -> SourceData:
+        from promptbo.server.optim.transfer import SourceData
+
+        if self.vocab is not None:  # the same vocabulary, but be safe with stray ids
+            pairs = [(p, v) for p, v in zip(source.prompts, source.values, strict=True)
+                     if all(t in self.row_of for t in p.token_ids)]
+        else:
+            pairs = list(zip(source.prompts, source.values, strict=True))
+        space = self.spec.space
+        if pairs:
+            encoded = self.encode([p for p, _ in pairs])
+        elif isinstance(space, SoftPromptSpace):
+            encoded = torch.empty(0, space.size, dtype=torch.float32)
+        else:
+            encoded = torch.empty(0, space.prompt_length, dtype=torch.long)
+        values = torch.tensor([v for _, v in pairs], dtype=torch.float64)
+        return SourceData(source.name, encoded, values)
+
+    def transferred(self, prompts: Sequence[Prompt]) -> list[bool]:
+        """Whether each prompt was handed out as a transfer source's prompt."""
+        check = getattr(self.engine, "is_transferred", None)
+        if check is None or not prompts:
+            return [False] * len(prompts)
+        return check(self.encode(prompts))
+
+    def transfer_weights(self) -> tuple[dict[str, float] | None, dict[str, int]]:
+        """The sources' current weights (None before the first model) and trial counts."""
+        if not self.spec.transfer_from:
+            return None, {}
+        return getattr(self.engine, "weights", None), dict(getattr(self.engine, "counts", {}))
 
     # --- encoding ---------------------------------------------------------------------
     def encode(self, prompts: Sequence[Prompt]) -> torch.Tensor:

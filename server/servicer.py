@@ -97,7 +97,12 @@ class OptimizerServicer(api_grpc.OptimizerServiceServicer):
 
     @_rpc
     def GetStudy(self, request, context):
-        return api.GetStudyResponse(study=self._study_pb(self.manager.get_study(request.name)))
+        return api.GetStudyResponse(
+            study=self._study_pb(self.manager.get_study(request.name)),
+            transfer_sources=convert.transfer_sources_to_pb(
+                self.manager.transfer_status(request.name)
+            ),
+        )
 
     @_rpc
     def ListStudies(self, request, context):

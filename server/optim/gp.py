@@ -36,11 +36,13 @@ design instead of failing.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
 from botorch.exceptions.errors import BotorchError
 from botorch.models import SingleTaskGP
+from botorch.models.model import Model
 from torch import Tensor
 
 from promptbo.server.optim.acquisition import log_nei, optimize_in_box, score, sobol_points
@@ -76,6 +78,9 @@ class GPEngine(BoxEngine):
 
     name: ClassVar[str] = "gp"
     OPTIONS: ClassVar[dict[str, tuple[type, Any, float, float]]] = GP_OPTIONS
+    #: Replaces the plain GP fit when set (transfer learning, :mod:`.transfer`): takes the
+    #: standardized `n x dim` inputs and `n` values and returns the surrogate model.
+    surrogate: Callable[[Tensor, Tensor], Model] | None = None
 
     def _setup(self) -> None:
         super()._setup()
@@ -102,7 +107,7 @@ class GPEngine(BoxEngine):
             X, Y = X[keep], Y[keep]
         Y = robust_standardize(Y)
         try:
-            model = self.fitter.fit(X, Y)
+            model: Any = (self.surrogate or self.fitter.fit)(X, Y)
             return self.acquire(model, X, Y, n, pending, avoid, gen, self.search_bounds(model))
         except (RuntimeError, ValueError, ArithmeticError, BotorchError) as exc:
             # Numerical trouble the transform did not prevent (a singular kernel, a

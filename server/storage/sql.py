@@ -204,6 +204,9 @@ def spec_to_json(spec: StudySpec) -> str:
     if spec.pool_size:  # absent for studies without a pool, as before fidelity existed
         doc.update(pool_size=spec.pool_size, max_examples=spec.max_examples,
                    examples_per_trial=spec.examples_per_trial)
+    if spec.transfer_from:
+        doc["transfer_from"] = list(spec.transfer_from)
+        doc["transfer"] = spec.transfer
     return _dumps(doc)
 
 
@@ -225,6 +228,8 @@ def spec_from_json(text: str) -> StudySpec:
         raise FailedPreconditionError(f"stored study spec has unknown space kind {kind!r}")
     if "goal" in doc:
         doc["goal"] = Goal(doc["goal"])
+    if "transfer_from" in doc:
+        doc["transfer_from"] = tuple(doc["transfer_from"])
     return StudySpec(space=space, **doc)
 
 

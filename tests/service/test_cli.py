@@ -319,3 +319,27 @@ def test_the_first_worker_records_the_setup_of_a_study_made_elsewhere(address, c
     assert labels["team"] == "nlp" and labels["promptbo.setup/evaluator"] == "python"
     rc, _, err = cli(capsys, *join, "-o", "offset=3")
     assert rc == 2 and "offset: '(not set)' in the study, '3' here" in err
+
+
+def test_transfer_from_on_worker_and_study_create(address, capsys, scoring):
+    common = ["--evaluator", "python", "-o", f"function={scoring}", "--soft", "--embedding-dim",
+              "2", "--prompt-length", "1", "--quiet"]
+    assert cli(capsys, "worker", "--server", address, "--study", "src", *common, "--trials",
+               "12", "--strategy", "random")[0] == 0
+    rc, _, err = cli(capsys, "study", "create", "bad", "--server", address, "--soft",
+                     "--embedding-dim", "2", "--prompt-length", "1", "--transfer-from", "src,nope")
+    assert rc != 0 and "transfer source study 'nope' not found" in err
+    rc, out, err = cli(capsys, "study", "create", "made", "--server", address, "--soft",
+                       "--embedding-dim", "2", "--prompt-length", "1", "--transfer-from", "src",
+                       "--transfer", "init")
+    assert rc == 0, err
+    assert "transfer (init) from src" in out
+    assert cli(capsys, "worker", "--server", address, "--study", "tgt", *common, "--trials", "8",
+               "--transfer-from", "src")[0] == 0
+    rc, out, _ = cli(capsys, "study", "show", "tgt", "--server", address)
+    assert rc == 0 and "transfer (both) from:" in out
+    assert "  src: weight " in out and ", 12 trials" in out
+    assert out.count("[transfer]") == 5  # the transferred trials are marked in the listing
+    rc, out, _ = cli(capsys, "study", "show", "tgt", "--server", address, "--json")
+    (source,) = json.loads(out)["transfer_sources"]
+    assert source["study"] == "src" and source["trials"] == 12

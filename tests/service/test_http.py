@@ -85,6 +85,19 @@ def test_dashboard_json_is_snake_case_and_read_only(served):
     assert fetch(f"{base}/api/studies/nope")[0] == 404
 
 
+def test_dashboard_json_marks_transferred_trials(served):
+    client, base = served
+    source = client.create_study("src", promptbo.SoftPromptSpace(1, 2), strategy="random")
+    for trial in source.ask(3):
+        source.tell(trial, float(trial.id))
+    target = client.create_study("tgt", promptbo.SoftPromptSpace(1, 2), strategy="random",
+                                 transfer_from=["src"])
+    target.ask(1)
+    detail = json.loads(fetch(f"{base}/api/studies/tgt")[1])
+    assert [t["source"] for t in detail["trials"]] == ["transfer"]
+    assert detail["study"]["spec"]["transfer_from"] == ["src"]
+
+
 def test_the_http_side_honours_the_auth_token(tmp_path):
     server, port, manager = create_server(
         "memory:", ServerOptions(port=0, http_port=0, auth_token="s3cret"))

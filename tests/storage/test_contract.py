@@ -106,8 +106,16 @@ def test_spec_json_roundtrip_is_exact():
         soft_study().spec,
         hard_study("h").spec,
         StudySpec(space=HardPromptSpace(1, "x", allowed=(3, 1, 2))),
+        soft_study(transfer_from=("a", "b"), transfer="init").spec,
     ):
         assert spec_from_json(spec_to_json(spec)) == spec
+
+
+def test_transfer_sources_roundtrip(store):
+    study = soft_study("t", transfer_from=("src-a", "src-b"), transfer="surrogate")
+    store.create_study(study)
+    got = store.get_study("t")
+    assert got == study and isinstance(got.spec.transfer_from, tuple)
 
 
 def test_list_studies_is_ordered_by_name(store):

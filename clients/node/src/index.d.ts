@@ -66,6 +66,10 @@ export interface StudySpecInput {
   leaseSeconds?: number;
   seed?: Int64Like;
   labels?: Record<string, string>;
+  /** Earlier studies of the same space whose results warm-start this one. */
+  transferFrom?: string[];
+  /** How the sources are used: 'both' (default), 'init' or 'surrogate'. */
+  transfer?: 'both' | 'init' | 'surrogate' | '';
 }
 
 export interface StudySpec {
@@ -82,6 +86,18 @@ export interface StudySpec {
   leaseSeconds: number;
   seed: Int64;
   labels: Record<string, string>;
+  transferFrom: string[];
+  transfer: string;
+}
+
+/** A transfer source of a study and its current weight in the study's surrogate. */
+export interface TransferSource {
+  study: string;
+  weight: number;
+  /** Completed trials read from the source. */
+  trials: number;
+  /** Why the source is not used, or that its weight is not computed yet ("" otherwise). */
+  note: string;
 }
 
 export interface Prompt {
@@ -190,6 +206,7 @@ export class PromptboClient {
     options?: { embeddingModel?: string; chunkBytes?: number },
   ): Promise<string>;
   getStudy(name: string): Promise<Study>;
+  getTransferSources(name: string): Promise<TransferSource[]>;
   listStudies(): Promise<Study[]>;
   deleteStudy(name: string): Promise<void>;
   updateStudy(name: string, changes: { maxTrials?: number; maxActiveTrials?: number }): Promise<Study>;

@@ -260,7 +260,9 @@ class PromptboClient {
   /**
    * Creates a study, or returns the existing one of that name when its spec is equal (or when
    * `requestId` matches the call that created it). Resolves with `{ study, created }`.
-   * `spec.goal` accepts 'maximize'/'minimize' as well as the enum names.
+   * `spec.goal` accepts 'maximize'/'minimize' as well as the enum names. `spec.transferFrom`
+   * names earlier studies of the same space to warm-start from; `spec.transfer` says how
+   * ('both' (default), 'init' or 'surrogate').
    */
   async createStudy(name, spec, { requestId } = {}) {
     const s = { ...spec };
@@ -276,6 +278,16 @@ class PromptboClient {
   /** Resolves with the study named `name`; NotFoundError if there is none. */
   async getStudy(name) {
     return (await this._call('GetStudy', { name })).study;
+  }
+
+  /**
+   * Resolves with the study's transfer sources (`spec.transferFrom`), each
+   * `{ study, weight, trials, note }`: its current weight in the study's surrogate, the
+   * completed trials read from it, and why it is not used (or that its weight is not known
+   * yet). Empty for a study without transfer.
+   */
+  async getTransferSources(name) {
+    return (await this._call('GetStudy', { name })).transferSources;
   }
 
   /** Resolves with every study of the server. */

@@ -207,6 +207,24 @@ describe('against a promptbo server', { timeout: 180000 }, () => {
     assert.ok(names.includes(name));
   });
 
+  test('createStudy transfers from an earlier study', async () => {
+    const spec = { soft: { promptLength: 2, embeddingDim: 4 }, seed: 5 };
+    await client.createStudy('source', { ...spec, strategy: 'random' });
+    const { trials } = await client.suggestTrials('source', 6);
+    for (const t of trials) await client.completeTrial('source', t.id, score(t.prompt.vector));
+    await assert.rejects(client.createStudy('target', { ...spec, transferFrom: ['missing'] }),
+      (err) => err instanceof promptbo.NotFoundError && /'missing' not found/.test(err.message));
+    const { study } = await client.createStudy('target',
+      { ...spec, transferFrom: ['source'], transfer: 'init' });
+    assert.deepEqual(study.spec.transferFrom, ['source']);
+    assert.equal(study.spec.transfer, 'init');
+    const first = (await client.suggestTrials('target', 2)).trials;
+    assert.deepEqual(first.map((t) => t.source), ['transfer', 'transfer']);
+    const [src] = await client.getTransferSources('target');
+    assert.equal(src.study, 'source');
+    assert.equal(src.trials, 6);
+  });
+
   test('cancelling a watch ends the stream without an error', async () => {
     await client.createStudy('idle', softSpec(0));
     const stream = client.watchStudy('idle');

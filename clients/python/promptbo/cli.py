@@ -359,9 +359,15 @@ def _study(args) -> int:
         return 0
     fmt = getattr(args, "format", None) or ("json" if getattr(args, "json", False) else "table")
     if args.action == "show":
+        sources = study.transfer_sources() if study.info.spec.transfer_from else []
         i = study.info
         if fmt == "json":
-            print(json.dumps(_study_dict(i), indent=2))
+            doc = _study_dict(i)
+            if sources:
+                doc["transfer_sources"] = [
+                    {"study": s.study, "weight": s.weight, "trials": s.trials, "note": s.note}
+                    for s in sources]
+            print(json.dumps(doc, indent=2))
             return 0
         print(f"study {safe(i.name)}: {'completed' if study.done else 'active'}, "
               f"strategy {i.spec.strategy or 'gp'}, {i.trial_count} trials "
@@ -371,6 +377,11 @@ def _study(args) -> int:
                  if k.startswith(studyspec.SETUP_PREFIX)}
         if setup:
             print("scored by: " + ", ".join(f"{k}={safe(v)}" for k, v in sorted(setup.items())))
+        if sources:
+            print(f"transfer ({i.spec.transfer or 'both'}) from:")
+            for s in sources:
+                print(f"  {safe(s.study)}: weight {s.weight:.2f}, {s.trials} trials"
+                      + (f" ({safe(s.note)})" if s.note else ""))
     writer = None
     if fmt == "csv":
         import csv
@@ -428,7 +439,9 @@ def _describe_spec(spec) -> str:
                     else ""))
     goal = "minimize" if spec.goal == pb.GOAL_MINIMIZE else "maximize"
     return (f"{space}, strategy {spec.strategy or 'gp'}, {goal} {spec.objective or 'value'}, "
-            f"budget {spec.max_trials or 'none'}")
+            f"budget {spec.max_trials or 'none'}"
+            + (f", transfer ({spec.transfer or 'both'}) from {', '.join(spec.transfer_from)}"
+               if spec.transfer_from else ""))
 
 
 def _study_dict(info) -> dict:
@@ -453,7 +466,8 @@ def _print_trial(t, fmt: str) -> None:
     value = "" if t.value is None else f"{t.value:.4f}"
     extra = " ".join(f"{safe(k)}={v:.4g}" for k, v in sorted(t.metrics.items()))
     reason = f" ({safe(t.failure_reason)})" if t.failure_reason else ""
-    print(f"{t.id:5d} {t.state:9s} {value:>9s} {what} {extra}{reason}")
+    mark = " [transfer]" if t.source == "transfer" else ""  # a transfer source's prompt
+    print(f"{t.id:5d} {t.state:9s} {value:>9s} {what} {extra}{reason}{mark}")
 
 
 def _prompt_label(prompt) -> str:

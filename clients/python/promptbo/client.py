@@ -339,8 +339,14 @@ class Client:
         pool_size: int = 0,
         max_examples: int = 0,
         examples_per_trial: int = 0,
+        transfer_from: Sequence[str] = (),
+        transfer: str = "",
     ) -> Study:
         """Creates a study, or returns the existing one of that name if its spec is equal.
+
+        ``transfer_from`` names earlier studies of the same space whose results warm-start
+        this one; ``transfer`` says how ("both", the default, "init" or "surrogate"; see
+        docs/optimizer.md).
 
         With ``validate_only`` the server only checks the request (name, ranges, strategy
         and options; an existing study's spec) and creates nothing: the returned handle
@@ -359,6 +365,7 @@ class Client:
             lease_seconds=lease_seconds, seed=seed, labels=labels or {},
             pool_size=pool_size, max_examples=max_examples,
             examples_per_trial=examples_per_trial,
+            transfer_from=list(transfer_from), transfer=transfer,
         )
         if isinstance(space, PoolSpace):
             spec.pool.pool_id = space.pool_id
@@ -443,6 +450,13 @@ class Study:
     def refresh(self) -> pb.Study:
         self.info = self.client._call("GetStudy", api.GetStudyRequest(name=self.name)).study
         return self.info
+
+    def transfer_sources(self) -> list[pb.TransferSource]:
+        """The study's transfer sources with their current weights in its surrogate
+        (``study``, ``weight``, ``trials`` read, ``note``); empty without transfer."""
+        resp = self.client._call("GetStudy", api.GetStudyRequest(name=self.name))
+        self.info = resp.study
+        return list(resp.transfer_sources)
 
     @property
     def done(self) -> bool:

@@ -125,6 +125,12 @@ def add_spec_arguments(parser: argparse.ArgumentParser | Any, for_worker: bool =
     parser.add_argument("--examples-per-trial", type=_count, default=0,
                         help="with --labeled-pool: examples per trial for strategies that do "
                              "not choose (0: the whole pool; the mf strategy chooses)")
+    parser.add_argument("--transfer-from", default="", metavar="STUDY[,STUDY...]",
+                        help="warm-start from these earlier studies of the same space (their "
+                             "best prompts first, then a model weighted by how well each "
+                             "ranks this study's results)")
+    parser.add_argument("--transfer", choices=("both", "init", "surrogate"), default="both",
+                        help="with --transfer-from: how the sources are used (default both)")
 
 
 def given_spec_flags(args: argparse.Namespace) -> list[str]:
@@ -189,6 +195,8 @@ def check_spec_arguments(args: argparse.Namespace) -> None:
         raise InvalidArgumentError(
             f"--max-active-trials {args.max_active_trials} is above --trials {args.trials}")
     _pairs(args.strategy_option, "--strategy-option")
+    if args.transfer != "both" and not transfer_names(args):
+        raise InvalidArgumentError("--transfer applies with --transfer-from STUDY[,STUDY...]")
     _pairs(args.label, "--label")
     if any(k.startswith(SETUP_PREFIX) for k in _pairs(args.label, "--label")):
         raise InvalidArgumentError(f"labels under {SETUP_PREFIX!r} are reserved for the "
@@ -220,8 +228,14 @@ def _spec_kwargs(args: argparse.Namespace, setup: dict[str, str] | None,
         goal=args.goal, objective=args.objective, max_trials=args.trials,
         max_active_trials=args.max_active_trials, lease_seconds=args.lease_seconds or 0.0,
         seed=args.seed, labels=labels, pool_size=pool_size, max_examples=args.max_examples,
-        examples_per_trial=args.examples_per_trial,
+        examples_per_trial=args.examples_per_trial, transfer_from=transfer_names(args),
+        transfer=args.transfer if transfer_names(args) else "",
     )
+
+
+def transfer_names(args: argparse.Namespace) -> list[str]:
+    """The study names of ``--transfer-from`` (comma-separated)."""
+    return [n.strip() for n in getattr(args, "transfer_from", "").split(",") if n.strip()]
 
 
 def _labeled_pool_size(args: argparse.Namespace, evaluator: Any) -> int:

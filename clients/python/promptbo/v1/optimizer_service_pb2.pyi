@@ -35,10 +35,12 @@ class GetStudyRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ...) -> None: ...
 
 class GetStudyResponse(_message.Message):
-    __slots__ = ("study",)
+    __slots__ = ("study", "transfer_sources")
     STUDY_FIELD_NUMBER: _ClassVar[int]
+    TRANSFER_SOURCES_FIELD_NUMBER: _ClassVar[int]
     study: _resources_pb2.Study
-    def __init__(self, study: _Optional[_Union[_resources_pb2.Study, _Mapping]] = ...) -> None: ...
+    transfer_sources: _containers.RepeatedCompositeFieldContainer[_resources_pb2.TransferSource]
+    def __init__(self, study: _Optional[_Union[_resources_pb2.Study, _Mapping]] = ..., transfer_sources: _Optional[_Iterable[_Union[_resources_pb2.TransferSource, _Mapping]]] = ...) -> None: ...
 
 class ListStudiesRequest(_message.Message):
     __slots__ = ("page_size", "page_token")

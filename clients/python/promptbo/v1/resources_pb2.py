@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bpromptbo/v1/resources.proto\x12\x0bpromptbo.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xca\x01\n\x10VocabularyFilter\x12\x33\n\x05top_n\x18\x01 \x01(\x0b\x32\".promptbo.v1.VocabularyFilter.TopNH\x00\x12\x38\n\x07\x61llowed\x18\x02 \x01(\x0b\x32%.promptbo.v1.VocabularyFilter.AllowedH\x00\x1a!\n\x04TopN\x12\t\n\x01n\x18\x01 \x01(\r\x12\x0e\n\x06scores\x18\x02 \x03(\x02\x1a\x1a\n\x07\x41llowed\x12\x0f\n\x07indices\x18\x01 \x03(\rB\x08\n\x06\x66ilter\"\x80\x01\n\x0fHardPromptSpace\x12\x15\n\rprompt_length\x18\x01 \x01(\r\x12\x15\n\rvocabulary_id\x18\x02 \x01(\t\x12\x10\n\x08pca_dims\x18\x03 \x01(\r\x12-\n\x06\x66ilter\x18\x04 \x01(\x0b\x32\x1d.promptbo.v1.VocabularyFilter\"|\n\x0fSoftPromptSpace\x12\x15\n\rprompt_length\x18\x01 \x01(\r\x12\x15\n\rembedding_dim\x18\x02 \x01(\r\x12\x15\n\rintrinsic_dim\x18\x03 \x01(\r\x12\r\n\x05\x62ound\x18\x04 \x01(\x02\x12\x15\n\rembedding_std\x18\x05 \x01(\x02\"\x1c\n\tPoolSpace\x12\x0f\n\x07pool_id\x18\x01 \x01(\t\"\xd9\x04\n\tStudySpec\x12,\n\x04hard\x18\x01 \x01(\x0b\x32\x1c.promptbo.v1.HardPromptSpaceH\x00\x12,\n\x04soft\x18\x02 \x01(\x0b\x32\x1c.promptbo.v1.SoftPromptSpaceH\x00\x12&\n\x04pool\x18\x1e \x01(\x0b\x32\x16.promptbo.v1.PoolSpaceH\x00\x12\x10\n\x08strategy\x18\x03 \x01(\t\x12\x45\n\x10strategy_options\x18\x04 \x03(\x0b\x32+.promptbo.v1.StudySpec.StrategyOptionsEntry\x12\x1f\n\x04goal\x18\x05 \x01(\x0e\x32\x11.promptbo.v1.Goal\x12\x11\n\tobjective\x18\x06 \x01(\t\x12\x12\n\nmax_trials\x18\x07 \x01(\r\x12\x19\n\x11max_active_trials\x18\x08 \x01(\r\x12\x15\n\rlease_seconds\x18\t \x01(\x01\x12\x0c\n\x04seed\x18\n \x01(\x04\x12\x32\n\x06labels\x18\x0b \x03(\x0b\x32\".promptbo.v1.StudySpec.LabelsEntry\x12\x11\n\tpool_size\x18\x14 \x01(\r\x12\x14\n\x0cmax_examples\x18\x15 \x01(\x04\x12\x1a\n\x12\x65xamples_per_trial\x18\x16 \x01(\r\x1a\x36\n\x14StrategyOptionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x07\n\x05space\"u\n\x06Prompt\x12\x11\n\ttoken_ids\x18\x01 \x03(\x03\x12\x0e\n\x06tokens\x18\x02 \x03(\t\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\x12\n\x06vector\x18\x04 \x03(\x02\x42\x02\x10\x01\x12\x17\n\npool_index\x18\x1e \x01(\rH\x00\x88\x01\x01\x42\r\n\x0b_pool_index\"\xa8\x04\n\x05Trial\x12\r\n\x05study\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\x04\x12&\n\x05state\x18\x03 \x01(\x0e\x32\x17.promptbo.v1.TrialState\x12#\n\x06prompt\x18\x04 \x01(\x0b\x32\x13.promptbo.v1.Prompt\x12\x11\n\tclient_id\x18\x05 \x01(\t\x12\x32\n\x0elease_deadline\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05value\x18\x07 \x01(\x01\x12\x30\n\x07metrics\x18\x08 \x03(\x0b\x32\x1f.promptbo.v1.Trial.MetricsEntry\x12\x16\n\x0e\x66\x61ilure_reason\x18\t \x01(\t\x12/\n\x0b\x63reate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\rcomplete_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06source\x18\x0c \x01(\t\x12\x11\n\tprincipal\x18\x32 \x01(\t\x12\x1b\n\x0f\x65xample_indices\x18\x14 \x03(\rB\x02\x10\x01\x12\x19\n\x0cvalue_stderr\x18\x15 \x01(\x01H\x00\x88\x01\x01\x12\x17\n\x0f\x65xamples_scored\x18\x16 \x01(\r\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x42\x0f\n\r_value_stderr\"\xaf\x02\n\x05Study\x12\x0c\n\x04name\x18\x01 \x01(\t\x12&\n\x05state\x18\x02 \x01(\x0e\x32\x17.promptbo.v1.StudyState\x12$\n\x04spec\x18\x03 \x01(\x0b\x32\x16.promptbo.v1.StudySpec\x12\x13\n\x0btrial_count\x18\x04 \x01(\r\x12\x17\n\x0f\x63ompleted_count\x18\x05 \x01(\r\x12\x14\n\x0c\x66\x61iled_count\x18\x06 \x01(\r\x12\x14\n\x0c\x61\x63tive_count\x18\x07 \x01(\r\x12&\n\nbest_trial\x18\x08 \x01(\x0b\x32\x12.promptbo.v1.Trial\x12/\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0f\x65xamples_scored\x18\x14 \x01(\x04*B\n\x04Goal\x12\x14\n\x10GOAL_UNSPECIFIED\x10\x00\x12\x11\n\rGOAL_MAXIMIZE\x10\x01\x12\x11\n\rGOAL_MINIMIZE\x10\x02*\\\n\nStudyState\x12\x1b\n\x17STUDY_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12STUDY_STATE_ACTIVE\x10\x01\x12\x19\n\x15STUDY_STATE_COMPLETED\x10\x02*t\n\nTrialState\x12\x1b\n\x17TRIAL_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12TRIAL_STATE_ACTIVE\x10\x01\x12\x19\n\x15TRIAL_STATE_COMPLETED\x10\x02\x12\x16\n\x12TRIAL_STATE_FAILED\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bpromptbo/v1/resources.proto\x12\x0bpromptbo.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xca\x01\n\x10VocabularyFilter\x12\x33\n\x05top_n\x18\x01 \x01(\x0b\x32\".promptbo.v1.VocabularyFilter.TopNH\x00\x12\x38\n\x07\x61llowed\x18\x02 \x01(\x0b\x32%.promptbo.v1.VocabularyFilter.AllowedH\x00\x1a!\n\x04TopN\x12\t\n\x01n\x18\x01 \x01(\r\x12\x0e\n\x06scores\x18\x02 \x03(\x02\x1a\x1a\n\x07\x41llowed\x12\x0f\n\x07indices\x18\x01 \x03(\rB\x08\n\x06\x66ilter\"\x80\x01\n\x0fHardPromptSpace\x12\x15\n\rprompt_length\x18\x01 \x01(\r\x12\x15\n\rvocabulary_id\x18\x02 \x01(\t\x12\x10\n\x08pca_dims\x18\x03 \x01(\r\x12-\n\x06\x66ilter\x18\x04 \x01(\x0b\x32\x1d.promptbo.v1.VocabularyFilter\"|\n\x0fSoftPromptSpace\x12\x15\n\rprompt_length\x18\x01 \x01(\r\x12\x15\n\rembedding_dim\x18\x02 \x01(\r\x12\x15\n\rintrinsic_dim\x18\x03 \x01(\r\x12\r\n\x05\x62ound\x18\x04 \x01(\x02\x12\x15\n\rembedding_std\x18\x05 \x01(\x02\"\x1c\n\tPoolSpace\x12\x0f\n\x07pool_id\x18\x01 \x01(\t\"\x82\x05\n\tStudySpec\x12,\n\x04hard\x18\x01 \x01(\x0b\x32\x1c.promptbo.v1.HardPromptSpaceH\x00\x12,\n\x04soft\x18\x02 \x01(\x0b\x32\x1c.promptbo.v1.SoftPromptSpaceH\x00\x12&\n\x04pool\x18\x1e \x01(\x0b\x32\x16.promptbo.v1.PoolSpaceH\x00\x12\x10\n\x08strategy\x18\x03 \x01(\t\x12\x45\n\x10strategy_options\x18\x04 \x03(\x0b\x32+.promptbo.v1.StudySpec.StrategyOptionsEntry\x12\x1f\n\x04goal\x18\x05 \x01(\x0e\x32\x11.promptbo.v1.Goal\x12\x11\n\tobjective\x18\x06 \x01(\t\x12\x12\n\nmax_trials\x18\x07 \x01(\r\x12\x19\n\x11max_active_trials\x18\x08 \x01(\r\x12\x15\n\rlease_seconds\x18\t \x01(\x01\x12\x0c\n\x04seed\x18\n \x01(\x04\x12\x32\n\x06labels\x18\x0b \x03(\x0b\x32\".promptbo.v1.StudySpec.LabelsEntry\x12\x11\n\tpool_size\x18\x14 \x01(\r\x12\x14\n\x0cmax_examples\x18\x15 \x01(\x04\x12\x1a\n\x12\x65xamples_per_trial\x18\x16 \x01(\r\x12\x15\n\rtransfer_from\x18< \x03(\t\x12\x10\n\x08transfer\x18= \x01(\t\x1a\x36\n\x14StrategyOptionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x07\n\x05space\"M\n\x0eTransferSource\x12\r\n\x05study\x18\x01 \x01(\t\x12\x0e\n\x06weight\x18\x02 \x01(\x01\x12\x0e\n\x06trials\x18\x03 \x01(\r\x12\x0c\n\x04note\x18\x04 \x01(\t\"u\n\x06Prompt\x12\x11\n\ttoken_ids\x18\x01 \x03(\x03\x12\x0e\n\x06tokens\x18\x02 \x03(\t\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\x12\n\x06vector\x18\x04 \x03(\x02\x42\x02\x10\x01\x12\x17\n\npool_index\x18\x1e \x01(\rH\x00\x88\x01\x01\x42\r\n\x0b_pool_index\"\xa8\x04\n\x05Trial\x12\r\n\x05study\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\x04\x12&\n\x05state\x18\x03 \x01(\x0e\x32\x17.promptbo.v1.TrialState\x12#\n\x06prompt\x18\x04 \x01(\x0b\x32\x13.promptbo.v1.Prompt\x12\x11\n\tclient_id\x18\x05 \x01(\t\x12\x32\n\x0elease_deadline\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05value\x18\x07 \x01(\x01\x12\x30\n\x07metrics\x18\x08 \x03(\x0b\x32\x1f.promptbo.v1.Trial.MetricsEntry\x12\x16\n\x0e\x66\x61ilure_reason\x18\t \x01(\t\x12/\n\x0b\x63reate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\rcomplete_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06source\x18\x0c \x01(\t\x12\x11\n\tprincipal\x18\x32 \x01(\t\x12\x1b\n\x0f\x65xample_indices\x18\x14 \x03(\rB\x02\x10\x01\x12\x19\n\x0cvalue_stderr\x18\x15 \x01(\x01H\x00\x88\x01\x01\x12\x17\n\x0f\x65xamples_scored\x18\x16 \x01(\r\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x42\x0f\n\r_value_stderr\"\xaf\x02\n\x05Study\x12\x0c\n\x04name\x18\x01 \x01(\t\x12&\n\x05state\x18\x02 \x01(\x0e\x32\x17.promptbo.v1.StudyState\x12$\n\x04spec\x18\x03 \x01(\x0b\x32\x16.promptbo.v1.StudySpec\x12\x13\n\x0btrial_count\x18\x04 \x01(\r\x12\x17\n\x0f\x63ompleted_count\x18\x05 \x01(\r\x12\x14\n\x0c\x66\x61iled_count\x18\x06 \x01(\r\x12\x14\n\x0c\x61\x63tive_count\x18\x07 \x01(\r\x12&\n\nbest_trial\x18\x08 \x01(\x0b\x32\x12.promptbo.v1.Trial\x12/\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0f\x65xamples_scored\x18\x14 \x01(\x04*B\n\x04Goal\x12\x14\n\x10GOAL_UNSPECIFIED\x10\x00\x12\x11\n\rGOAL_MAXIMIZE\x10\x01\x12\x11\n\rGOAL_MINIMIZE\x10\x02*\\\n\nStudyState\x12\x1b\n\x17STUDY_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12STUDY_STATE_ACTIVE\x10\x01\x12\x19\n\x15STUDY_STATE_COMPLETED\x10\x02*t\n\nTrialState\x12\x1b\n\x17TRIAL_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12TRIAL_STATE_ACTIVE\x10\x01\x12\x19\n\x15TRIAL_STATE_COMPLETED\x10\x02\x12\x16\n\x12TRIAL_STATE_FAILED\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,12 +42,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TRIAL_METRICSENTRY']._serialized_options = b'8\001'
   _globals['_TRIAL'].fields_by_name['example_indices']._loaded_options = None
   _globals['_TRIAL'].fields_by_name['example_indices']._serialized_options = b'\020\001'
-  _globals['_GOAL']._serialized_start=2153
-  _globals['_GOAL']._serialized_end=2219
-  _globals['_STUDYSTATE']._serialized_start=2221
-  _globals['_STUDYSTATE']._serialized_end=2313
-  _globals['_TRIALSTATE']._serialized_start=2315
-  _globals['_TRIALSTATE']._serialized_end=2431
+  _globals['_GOAL']._serialized_start=2273
+  _globals['_GOAL']._serialized_end=2339
+  _globals['_STUDYSTATE']._serialized_start=2341
+  _globals['_STUDYSTATE']._serialized_end=2433
+  _globals['_TRIALSTATE']._serialized_start=2435
+  _globals['_TRIALSTATE']._serialized_end=2551
   _globals['_VOCABULARYFILTER']._serialized_start=78
   _globals['_VOCABULARYFILTER']._serialized_end=280
   _globals['_VOCABULARYFILTER_TOPN']._serialized_start=209
@@ -61,17 +61,19 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_POOLSPACE']._serialized_start=539
   _globals['_POOLSPACE']._serialized_end=567
   _globals['_STUDYSPEC']._serialized_start=570
-  _globals['_STUDYSPEC']._serialized_end=1171
-  _globals['_STUDYSPEC_STRATEGYOPTIONSENTRY']._serialized_start=1061
-  _globals['_STUDYSPEC_STRATEGYOPTIONSENTRY']._serialized_end=1115
-  _globals['_STUDYSPEC_LABELSENTRY']._serialized_start=1117
-  _globals['_STUDYSPEC_LABELSENTRY']._serialized_end=1162
-  _globals['_PROMPT']._serialized_start=1173
-  _globals['_PROMPT']._serialized_end=1290
-  _globals['_TRIAL']._serialized_start=1293
-  _globals['_TRIAL']._serialized_end=1845
-  _globals['_TRIAL_METRICSENTRY']._serialized_start=1782
-  _globals['_TRIAL_METRICSENTRY']._serialized_end=1828
-  _globals['_STUDY']._serialized_start=1848
-  _globals['_STUDY']._serialized_end=2151
+  _globals['_STUDYSPEC']._serialized_end=1212
+  _globals['_STUDYSPEC_STRATEGYOPTIONSENTRY']._serialized_start=1102
+  _globals['_STUDYSPEC_STRATEGYOPTIONSENTRY']._serialized_end=1156
+  _globals['_STUDYSPEC_LABELSENTRY']._serialized_start=1158
+  _globals['_STUDYSPEC_LABELSENTRY']._serialized_end=1203
+  _globals['_TRANSFERSOURCE']._serialized_start=1214
+  _globals['_TRANSFERSOURCE']._serialized_end=1291
+  _globals['_PROMPT']._serialized_start=1293
+  _globals['_PROMPT']._serialized_end=1410
+  _globals['_TRIAL']._serialized_start=1413
+  _globals['_TRIAL']._serialized_end=1965
+  _globals['_TRIAL_METRICSENTRY']._serialized_start=1902
+  _globals['_TRIAL_METRICSENTRY']._serialized_end=1948
+  _globals['_STUDY']._serialized_start=1968
+  _globals['_STUDY']._serialized_end=2271
 # @@protoc_insertion_point(module_scope)

@@ -92,7 +92,7 @@ class PoolSpace(_message.Message):
     def __init__(self, pool_id: _Optional[str] = ...) -> None: ...
 
 class StudySpec(_message.Message):
-    __slots__ = ("hard", "soft", "pool", "strategy", "strategy_options", "goal", "objective", "max_trials", "max_active_trials", "lease_seconds", "seed", "labels", "pool_size", "max_examples", "examples_per_trial")
+    __slots__ = ("hard", "soft", "pool", "strategy", "strategy_options", "goal", "objective", "max_trials", "max_active_trials", "lease_seconds", "seed", "labels", "pool_size", "max_examples", "examples_per_trial", "transfer_from", "transfer")
     class StrategyOptionsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -122,6 +122,8 @@ class StudySpec(_message.Message):
     POOL_SIZE_FIELD_NUMBER: _ClassVar[int]
     MAX_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
     EXAMPLES_PER_TRIAL_FIELD_NUMBER: _ClassVar[int]
+    TRANSFER_FROM_FIELD_NUMBER: _ClassVar[int]
+    TRANSFER_FIELD_NUMBER: _ClassVar[int]
     hard: HardPromptSpace
     soft: SoftPromptSpace
     pool: PoolSpace
@@ -137,7 +139,21 @@ class StudySpec(_message.Message):
     pool_size: int
     max_examples: int
     examples_per_trial: int
-    def __init__(self, hard: _Optional[_Union[HardPromptSpace, _Mapping]] = ..., soft: _Optional[_Union[SoftPromptSpace, _Mapping]] = ..., pool: _Optional[_Union[PoolSpace, _Mapping]] = ..., strategy: _Optional[str] = ..., strategy_options: _Optional[_Mapping[str, str]] = ..., goal: _Optional[_Union[Goal, str]] = ..., objective: _Optional[str] = ..., max_trials: _Optional[int] = ..., max_active_trials: _Optional[int] = ..., lease_seconds: _Optional[float] = ..., seed: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., pool_size: _Optional[int] = ..., max_examples: _Optional[int] = ..., examples_per_trial: _Optional[int] = ...) -> None: ...
+    transfer_from: _containers.RepeatedScalarFieldContainer[str]
+    transfer: str
+    def __init__(self, hard: _Optional[_Union[HardPromptSpace, _Mapping]] = ..., soft: _Optional[_Union[SoftPromptSpace, _Mapping]] = ..., pool: _Optional[_Union[PoolSpace, _Mapping]] = ..., strategy: _Optional[str] = ..., strategy_options: _Optional[_Mapping[str, str]] = ..., goal: _Optional[_Union[Goal, str]] = ..., objective: _Optional[str] = ..., max_trials: _Optional[int] = ..., max_active_trials: _Optional[int] = ..., lease_seconds: _Optional[float] = ..., seed: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., pool_size: _Optional[int] = ..., max_examples: _Optional[int] = ..., examples_per_trial: _Optional[int] = ..., transfer_from: _Optional[_Iterable[str]] = ..., transfer: _Optional[str] = ...) -> None: ...
+
+class TransferSource(_message.Message):
+    __slots__ = ("study", "weight", "trials", "note")
+    STUDY_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    TRIALS_FIELD_NUMBER: _ClassVar[int]
+    NOTE_FIELD_NUMBER: _ClassVar[int]
+    study: str
+    weight: float
+    trials: int
+    note: str
+    def __init__(self, study: _Optional[str] = ..., weight: _Optional[float] = ..., trials: _Optional[int] = ..., note: _Optional[str] = ...) -> None: ...
 
 class Prompt(_message.Message):
     __slots__ = ("token_ids", "tokens", "text", "vector", "pool_index")

@@ -1,0 +1,377 @@
+"""Transfer learning from earlier studies: warm-start initialization and an RGPE surrogate.
+
+A study created with ``transfer_from`` gets a :class:`TransferEngine` wrapped around its
+strategy's engine. The wrapper is given each source study's observations (``SourceData``:
+candidates in the target's encoding, values to maximize) and uses them in up to two ways
+(the study's ``transfer`` mode):
+
+``init``
+    The study's first ``num_initial`` trials are the sources' best prompts instead of the
+    Sobol design. Prompts are ranked by the sum over sources of ``2 q - 1``, ``q`` being the
+    prompt's rank quantile in that source (1 = its best), so a prompt good on several
+    sources comes before one good on a single source, and a prompt a source found bad is
+    pushed back. Hard prompts are projected into the target's filter (nearest allowed
+    tokens), soft prompts into its subspace.
+``surrogate`` (``gp`` strategy only)
+    After a short initial design (``min(num_initial, 5)`` points) the GP is replaced by a
+    ranking-weighted ensemble (RGPE, Feurer et al. 2018) of one GP per source (fitted once
+    on that source's standardized values) and the study's own GP. The ensemble's posterior
+    is ``N(sum_i w_i mu_i, sum_i w_i^2 Sigma_i)``. The weights are recomputed at every
+    suggestion from how well each model ranks the study's own observations: ``S`` samples
+    of each source GP's posterior at the observed points and of the study GP's
+    leave-one-out predictions give ranking losses (misordered pairs); a model's weight is
+    the share of samples in which it has the lowest loss (ties shared). A source whose
+    median loss is above the study GP's median loss gets weight 0, so a source unrelated
+    to the study fades out as its own observations accumulate.
+``both`` (default)
+    Initialization from the sources (``min(num_initial, 5)`` prompts) and then the RGPE
+    surrogate. With a strategy other than ``gp``, ``both`` means ``init``.
+
+Nothing here reads storage or knows gRPC: the server loads the sources' trials from its
+storage (so transfer survives restarts) and passes them in.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from botorch.models import SingleTaskGP
+from botorch.models.gpytorch import GPyTorchModel
+from botorch.models.transforms.outcome import Standardize
+from gpytorch.distributions import MultivariateNormal
+from gpytorch.models import GP
+from linear_operator.operators import SumLinearOperator
+from torch import Tensor
+from torch.nn import ModuleList
+
+from promptbo.errors import InvalidArgumentError
+from promptbo.server.optim.base import Engine
+from promptbo.server.optim.box_engine import BoxEngine
+from promptbo.server.optim.gp import GPEngine
+from promptbo.server.optim.robust import robust_standardize
+from promptbo.server.optim.spaces import derive_seed
+from promptbo.server.optim.surrogate import (
+    FitSettings,
+    GPFitter,
+    hyperparameters,
+    subset_indices,
+)
+
+log = logging.getLogger(__name__)
+
+#: Initial points before the first RGPE model (the sources stand in for a longer design).
+TRANSFER_INITIAL = 5
+#: Posterior samples per model for the ranking losses.
+NUM_RANK_SAMPLES = 256
+#: At most this many of the study's observations are used to compute the weights.
+MAX_RANK_POINTS = 100
+#: At most this many observations per source GP.
+MAX_SOURCE_POINTS = 256
+
+
+@dataclass(frozen=True)
+class SourceData:
+    """One source study's observations in the target engine's encoding.
+
+    ``candidates``: `n x L` vocabulary rows (hard) or `n x (L*D)` vectors (soft);
+    ``values``: `n` finite floats, larger is better.
+    """
+
+    name: str
+    candidates: Tensor
+    values: Tensor
+
+
+def rank_prompts(sources: Sequence[SourceData], keys: Sequence[Sequence[bytes]]) -> list[
+    tuple[int, int]
+]:
+    """Source prompts ordered for transfer initialization, best first.
+
+    Args:
+        sources: the sources.
+        keys: per source, the identity of each of its candidates (equal prompts of
+            different sources have equal keys).
+
+    Returns:
+        ``(source index, row)`` of each distinct prompt (its first occurrence), sorted by
+        the sum over sources of ``2 q - 1`` (``q``: the prompt's rank quantile there, 1 for
+        the best), then by its best quantile, then by first occurrence.
+    """
+    score: dict[bytes, float] = {}
+    best_q: dict[bytes, float] = {}
+    first: dict[bytes, tuple[int, int]] = {}
+    for s, (src, ks) in enumerate(zip(sources, keys, strict=True)):
+        n = src.values.shape[0]
+        if n == 0:
+            continue
+        order = torch.argsort(src.values, stable=True)
+        q = torch.empty(n, dtype=torch.float64)
+        q[order] = torch.arange(1, n + 1, dtype=torch.float64) / n
+        per_source: dict[bytes, float] = {}
+        for row, key in enumerate(ks):
+            per_source[key] = max(per_source.get(key, 0.0), float(q[row]))
+            first.setdefault(key, (s, row))
+        for key, qk in per_source.items():
+            score[key] = score.get(key, 0.0) + 2.0 * qk - 1.0
+            best_q[key] = max(best_q.get(key, 0.0), qk)
+    ordered = sorted(first, key=lambda k: (-score[k], -best_q[k], first[k]))
+    return [first[k] for k in ordered]
+
+
+def ranking_loss(samples: Tensor, y: Tensor) -> Tensor:
+    """Misordered pairs of each sample (`S x n`) against the observed values (`n`): `S`."""
+    pred = samples.unsqueeze(-1) < samples.unsqueeze(-2)
+    true = (y.unsqueeze(-1) < y.unsqueeze(-2)).unsqueeze(0)
+    return (pred ^ true).sum(dim=(-1, -2))
+
+
+def loo_predictions(model: SingleTaskGP) -> tuple[Tensor, Tensor]:
+    """Leave-one-out predictive means and variances (`n` each) of an exact GP at its own
+    training points, with its fitted hyperparameters (closed form, in the model's
+    transformed outcome scale)."""
+    X = model.train_inputs[0]
+    y = model.train_targets
+    with torch.no_grad():
+        K = model.covar_module(X).to_dense()
+        noise = model.likelihood.noise.reshape(-1)[0]
+        K = K + noise * torch.eye(K.shape[-1], dtype=K.dtype)
+        L, info = torch.linalg.cholesky_ex(K)
+        if int(info) != 0:
+            K = K + 1e-6 * torch.eye(K.shape[-1], dtype=K.dtype)
+            L = torch.linalg.cholesky(K)
+        Kinv = torch.cholesky_inverse(L)
+        resid = y - model.mean_module(X)
+        alpha = Kinv @ resid
+        diag = torch.diagonal(Kinv).clamp_min(1e-12)
+        return y - alpha / diag, 1.0 / diag
+
+
+def sample_posterior(model: torch.nn.Module, X: Tensor, num: int, gen: torch.Generator) -> Tensor:
+    """``num`` joint samples (`num x n`) of ``model``'s posterior at ``X`` (`n x d`)."""
+    with torch.no_grad():
+        post = model.posterior(X)  # type: ignore[operator]
+        mean = post.mean.reshape(-1)
+        cov = post.distribution.covariance_matrix.reshape(mean.shape[0], mean.shape[0])
+        eye = torch.eye(mean.shape[0], dtype=cov.dtype)
+        L, info = torch.linalg.cholesky_ex(cov + 1e-8 * eye)
+        if int(info) != 0:
+            L = torch.diag(torch.diagonal(cov).clamp_min(1e-12).sqrt())
+        z = torch.randn(num, mean.shape[0], generator=gen, dtype=mean.dtype)
+        return mean + z @ L.T
+
+
+def rgpe_weights(
+    sources: Sequence[torch.nn.Module], target: SingleTaskGP, num_samples: int, seed: int
+) -> Tensor:
+    """RGPE weights of the sources' models and the target model (`len(sources) + 1`, the
+    target last; they sum to 1), from ranking losses on the target's training points."""
+    X = target.train_inputs[0]
+    y = target.train_targets
+    gen = torch.Generator().manual_seed(seed % (2**63))
+    losses = []
+    for model in sources:
+        losses.append(ranking_loss(sample_posterior(model, X, num_samples, gen), y).double())
+    mean, var = loo_predictions(target)
+    z = torch.randn(num_samples, mean.shape[0], generator=gen, dtype=mean.dtype)
+    losses.append(ranking_loss(mean + z * var.sqrt(), y).double())
+    loss = torch.stack(losses)  # (m + 1) x S
+    target_median = loss[-1].median()
+    for i in range(len(sources)):
+        if loss[i].median() > target_median:
+            loss[i] = float("inf")
+    best = loss == loss.min(dim=0, keepdim=True).values
+    share = best.double() / best.sum(dim=0, keepdim=True)
+    return share.mean(dim=1)
+
+
+class EnsembleModel(GP, GPyTorchModel):
+    """``N(sum_i w_i mu_i(x), sum_i w_i^2 Sigma_i(x))`` over fitted single-output GPs."""
+
+    _num_outputs = 1
+
+    def __init__(self, models: Sequence[torch.nn.Module], weights: Tensor) -> None:
+        super().__init__()
+        self.models = ModuleList(models)
+        self.weights = weights.double()
+
+    @property
+    def batch_shape(self) -> torch.Size:
+        return torch.Size([])
+
+    def forward(self, x: Tensor) -> MultivariateNormal:
+        means, covs = [], []
+        for w, model in zip(self.weights, self.models, strict=True):
+            post = model.posterior(x)  # type: ignore[operator]
+            means.append(w * post.mean.squeeze(-1))
+            covs.append(post.distribution.lazy_covariance_matrix * (w * w))
+        mean = torch.stack(means).sum(0)
+        cov = covs[0] if len(covs) == 1 else SumLinearOperator(*covs)
+        return MultivariateNormal(mean, cov)
+
+
+class TransferEngine(Engine):
+    """Wraps a strategy's engine with transfer from source studies (see the module doc).
+
+    Args:
+        inner: the study's own engine (a unit-box engine).
+        sources: the sources' observations, in ``inner``'s encoding.
+        mode: ``both``, ``init`` or ``surrogate``.
+        strategy: the study's strategy name (the surrogate needs ``gp``).
+    """
+
+    def __init__(
+        self, inner: Engine, sources: Sequence[SourceData], mode: str, strategy: str
+    ) -> None:
+        if not isinstance(inner, BoxEngine):
+            raise InvalidArgumentError(f"strategy {strategy!r} does not support transfer")
+        surrogate = mode in ("both", "surrogate") and type(inner) is GPEngine
+        if mode == "surrogate" and not surrogate:
+            raise InvalidArgumentError(
+                f"transfer=surrogate needs the gp strategy, not {strategy!r}; use "
+                "transfer=init with this strategy"
+            )
+        self.inner = inner
+        self.mode = mode
+        self.sources = [s for s in sources if s.values.shape[0]]
+        self.names = [s.name for s in sources]
+        self.counts = {s.name: int(s.values.shape[0]) for s in sources}
+        num_initial = int(getattr(inner, "num_initial", 10))
+        init = mode in ("both", "init")
+        if surrogate:
+            assert isinstance(inner, GPEngine)
+            num_initial = min(num_initial, TRANSFER_INITIAL)
+            inner.num_initial = num_initial
+            if self.sources:
+                inner.surrogate = self._ensemble
+        self.init_count = num_initial if init else 0
+        self.init_candidates = self._initial_candidates() if init else None
+        self._source_models: list[SingleTaskGP | None] | None = None
+        self._transferred: set[bytes] = set()
+        self._observed: set[bytes] = set()
+        #: Current weight per source name (None until the first model is built).
+        self.weights: dict[str, float] | None = None
+        self.target_weight: float | None = None
+
+    # --- Engine API ---------------------------------------------------------------------
+    @property  # type: ignore[override]
+    def num_suggested(self) -> int:  # type: ignore[override]
+        return self.inner.num_suggested
+
+    @num_suggested.setter
+    def num_suggested(self, value: int) -> None:
+        self.inner.num_suggested = value
+
+    @property
+    def cheap(self) -> bool:  # type: ignore[override]
+        return self.inner.cheap
+
+    def observe(self, candidates: Tensor, values: Tensor) -> None:
+        self.inner.observe(candidates, values)
+        if self.init_candidates is not None:
+            assert isinstance(self.inner, BoxEngine)
+            self._observed.update(self.inner.box.keys(candidates))
+
+    def suggest(self, n: int, pending: Tensor | None = None) -> Tensor:
+        inner = self.inner
+        assert isinstance(inner, BoxEngine)
+        inner.should_stop = self.should_stop
+        taken = self._take_initial(n, pending)
+        rest = n - taken.shape[0]
+        if rest <= 0:
+            return taken
+        if taken.shape[0]:
+            pending = taken if pending is None else torch.cat([pending, taken])
+        return torch.cat([taken, inner.suggest(rest, pending)])
+
+    def is_transferred(self, candidates: Tensor) -> list[bool]:
+        """Whether each candidate was handed out as a source's prompt (init)."""
+        assert isinstance(self.inner, BoxEngine)
+        return [k in self._transferred for k in self.inner.box.keys(candidates)]
+
+    # --- initialization ---------------------------------------------------------------
+    def _initial_candidates(self) -> Tensor | None:
+        inner = self.inner
+        assert isinstance(inner, BoxEngine)
+        if not self.sources:
+            return None
+        keys = [inner.box.keys(s.candidates) for s in self.sources]
+        order = rank_prompts(self.sources, keys)[: 4 * max(self.init_count, 1)]
+        if not order:
+            return None
+        raw = torch.stack([self.sources[s].candidates[r] for s, r in order])
+        gen = torch.Generator().manual_seed(derive_seed(inner.seed, 0x7A5F))
+        # Into the target's space: nearest allowed tokens / the target's subspace.
+        return inner.box.project(inner.box.to_unit(raw), set(), gen)[0]
+
+    def _take_initial(self, n: int, pending: Tensor | None) -> Tensor:
+        inner = self.inner
+        assert isinstance(inner, BoxEngine)
+        cands = self.init_candidates
+        empty = inner.box.project(torch.empty(0, inner.box.dim), set(), torch.Generator())[0]
+        npending = 0 if pending is None else pending.shape[0]
+        room = min(n, self.init_count - inner.num_observed - npending)
+        if cands is None or room <= 0:
+            return empty
+        busy = self._observed | self._transferred
+        if pending is not None and npending:
+            busy.update(inner.box.keys(pending))
+        picked: list[Tensor] = []
+        for row, key in zip(cands, inner.box.keys(cands), strict=True):
+            if len(picked) >= room:
+                break
+            if key not in busy:
+                picked.append(row)
+                busy.add(key)
+                self._transferred.add(key)
+        return torch.stack(picked) if picked else empty
+
+    # --- surrogate --------------------------------------------------------------------
+    def _fit_sources(self) -> list[SingleTaskGP | None]:
+        inner = self.inner
+        assert isinstance(inner, GPEngine)
+        models: list[SingleTaskGP | None] = []
+        for src in self.sources:
+            y = src.values.double()
+            X = inner.box.to_unit(src.candidates)
+            keep = subset_indices(y, MAX_SOURCE_POINTS)
+            X, y = X[keep], y[keep]
+            if y.shape[0] < 2:
+                models.append(None)
+                continue
+            try:
+                fitter = GPFitter(FitSettings(full_maxiter=inner.opts["full_maxiter"]))
+                models.append(fitter.fit(X, robust_standardize(y)))
+            except (RuntimeError, ValueError, ArithmeticError) as exc:
+                log.warning("transfer source %s: GP fit failed (%s); not used", src.name, exc)
+                models.append(None)
+        return models
+
+    def _ensemble(self, X: Tensor, Y: Tensor) -> torch.nn.Module:
+        inner = self.inner
+        assert isinstance(inner, GPEngine)
+        target = inner.fitter.fit(X, Y)
+        if self._source_models is None:
+            self._source_models = self._fit_sources()
+        usable = [(s, m) for s, m in zip(self.sources, self._source_models, strict=True)
+                  if m is not None]
+        rank_target = target
+        if X.shape[0] > MAX_RANK_POINTS:
+            keep = subset_indices(Y, MAX_RANK_POINTS)
+            rank_target = SingleTaskGP(X[keep], Y[keep].reshape(-1, 1),
+                                       outcome_transform=Standardize(m=1))
+            rank_target.load_state_dict(hyperparameters(target), strict=False)
+            rank_target.eval()
+        seed = derive_seed(inner.seed, inner.num_suggested, 0x26BE)
+        w = rgpe_weights([m for _, m in usable], rank_target, NUM_RANK_SAMPLES, seed)
+        weights = dict.fromkeys(self.names, 0.0)
+        for (src, _), wi in zip(usable, w[:-1].tolist(), strict=True):
+            weights[src.name] = wi
+        self.weights, self.target_weight = weights, float(w[-1])
+        chosen = [(m, wi) for (_, m), wi in zip(usable, w[:-1], strict=True) if wi > 0]
+        if not chosen:
+            return target
+        models = [m for m, _ in chosen] + [target]
+        return EnsembleModel(models, torch.stack([wi for _, wi in chosen] + [w[-1]]))

@@ -1,0 +1,175 @@
+"""A study's transfer sources: checked when it is created, read from storage when its
+engine is built.
+
+A study names earlier studies in ``spec.transfer_from``. At creation each must exist
+(NOT_FOUND naming it) and have a compatible space (INVALID_ARGUMENT naming the mismatch):
+the same kind; hard prompts the same vocabulary and ``prompt_length`` (the filters and
+PCA may differ: source prompts are projected into the target's filter); soft prompts the
+same ``prompt_length`` and ``embedding_dim``. A source deleted (or replaced by an
+incompatible study) later is skipped with a warning when the engine is rebuilt, and
+:func:`describe` says so; the target keeps working.
+
+The sources' completed trials are read from storage every time the target's engine is
+built, so transfer survives a server restart. Their values are turned into numbers to
+maximize with each source's own goal and objective.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from promptbo.errors import InvalidArgumentError, NotFoundError
+from promptbo.server.domain import (
+    HardPromptSpace,
+    PoolSpace,
+    Prompt,
+    SoftPromptSpace,
+    StudySpec,
+    TrialState,
+)
+from promptbo.server.storage.base import Storage
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LoadedSource:
+    """One source's completed trials: prompts and values to maximize."""
+
+    name: str
+    prompts: list[Prompt]
+    values: list[float]
+
+
+@dataclass(frozen=True)
+class SourceStatus:
+    """What ``study show`` lists per source: its weight in the surrogate (None when not
+    computed yet), completed trials read, and a note ("" when all is well)."""
+
+    study: str
+    weight: float | None
+    trials: int
+    note: str = ""
+
+
+def mismatch(target: StudySpec, source: StudySpec, vocabulary: bool = True) -> str:
+    """Why ``source``'s prompts cannot be used in ``target``'s space ("" if they can);
+    ``vocabulary=False`` skips comparing hard spaces' vocabularies."""
+    a, b = target.space, source.space
+    if type(a) is not type(b):
+        return f"its space is {_kind(b)}, this study's is {_kind(a)}"
+    if isinstance(a, HardPromptSpace):
+        assert isinstance(b, HardPromptSpace)
+        if vocabulary and a.vocabulary_id != b.vocabulary_id:
+            return (f"its vocabulary is {b.vocabulary_id[:12]}..., this study's is "
+                    f"{a.vocabulary_id[:12]}... (transfer needs the same model vocabulary)")
+        if a.prompt_length != b.prompt_length:
+            return f"its prompt_length is {b.prompt_length}, this study's is {a.prompt_length}"
+        return ""
+    if not isinstance(a, SoftPromptSpace) or not isinstance(b, SoftPromptSpace):
+        # Another kind of space: its prompts transfer when the spaces are equal.
+        return "" if a == b else f"its {_kind(b)} space differs from this study's"
+    if (a.prompt_length, a.embedding_dim) != (b.prompt_length, b.embedding_dim):
+        return (f"its soft prompts are {b.prompt_length} x {b.embedding_dim}, this study's "
+                f"are {a.prompt_length} x {a.embedding_dim}")
+    return ""
+
+
+def check_sources(storage: Storage, name: str, spec: StudySpec, vocabulary: bool = True) -> None:
+    """Refuses sources that do not exist or do not fit ``spec``'s space (``vocabulary``:
+    whether to compare vocabularies; False while validating flags before one is uploaded).
+
+    Raises:
+        InvalidArgumentError: the study names itself, or a source's space differs.
+        NotFoundError: a source does not exist.
+    """
+    if spec.transfer_from and isinstance(spec.space, PoolSpace):
+        raise InvalidArgumentError(
+            "transfer_from is for hard- and soft-prompt studies; a pool study cannot transfer "
+            "yet: add the source's best candidates with AddTrials instead"
+        )
+    for source in spec.transfer_from:
+        if source == name:
+            raise InvalidArgumentError(f"study {name!r} cannot transfer from itself")
+        try:
+            study = storage.get_study(source)
+        except NotFoundError:
+            raise NotFoundError(
+                f"transfer source study {source!r} not found; create and run it first, or "
+                "remove it from transfer_from"
+            ) from None
+        why = mismatch(spec, study.spec, vocabulary)
+        if why:
+            raise InvalidArgumentError(
+                f"transfer source study {source!r} does not fit this study: {why}"
+            )
+
+
+def load_sources(
+    storage: Storage, spec: StudySpec,
+    objective: Callable[[StudySpec, float | None, dict[str, float]], float | None],
+) -> tuple[list[LoadedSource], dict[str, str]]:
+    """The sources' completed trials, and a note per source that could not be read.
+
+    ``objective(source_spec, value, metrics)`` gives the number to maximize (None skips
+    the trial).
+    """
+    loaded: list[LoadedSource] = []
+    notes: dict[str, str] = {}
+    for source in spec.transfer_from:
+        try:
+            study = storage.get_study(source)
+        except NotFoundError:
+            notes[source] = "deleted; no longer used"
+            log.warning("transfer source study %s no longer exists; it is not used", source)
+            continue
+        why = mismatch(spec, study.spec)
+        if why:
+            notes[source] = f"not used: {why}"
+            log.warning("transfer source study %s is not used: %s", source, why)
+            continue
+        prompts, values = [], []
+        for t in storage.list_trials(source):
+            if t.state is not TrialState.COMPLETED:
+                continue
+            v = objective(study.spec, t.value, t.metrics)
+            if v is not None:
+                prompts.append(t.prompt)
+                values.append(v)
+        loaded.append(LoadedSource(source, prompts, values))
+    return loaded, notes
+
+
+def describe(
+    storage: Storage, spec: StudySpec, counts: dict[str, int], weights: dict[str, float] | None,
+    notes: dict[str, str],
+) -> list[SourceStatus]:
+    """The status of each of ``spec``'s sources for ``study show``."""
+    out = []
+    for source in spec.transfer_from:
+        note = notes.get(source, "")
+        if not note and not _exists(storage, source):
+            note = "deleted; its trials are used until the server restarts"
+        if not note and weights is None:
+            note = "weight computed once the study's model is built"
+        weight = None if weights is None else weights.get(source, 0.0)
+        out.append(SourceStatus(source, weight, counts.get(source, 0), note))
+    return out
+
+
+def _kind(space: object) -> str:
+    if isinstance(space, HardPromptSpace):
+        return "hard prompts"
+    if isinstance(space, SoftPromptSpace):
+        return "soft prompts"
+    return type(space).__name__
+
+
+def _exists(storage: Storage, name: str) -> bool:
+    try:
+        storage.get_study(name)
+    except NotFoundError:
+        return False
+    return True
