@@ -52,6 +52,7 @@ from promptbo.errors import (
     PermissionDeniedError,
     ResourceExhaustedError,
 )
+from promptbo.server import telemetry
 from promptbo.server.domain import (
     Goal,
     HardPromptSpace,
@@ -463,6 +464,7 @@ class StudyManager:
             if cap:
                 want = min(want, cap - held + len(own))
             reissued = expired[: max(want, 0)]
+            telemetry.lease_expired(name, len(reissued))
             trials = self._lease(live, own + reissued, client_id, now, principal)
             want -= len(reissued)
             if want > 0 and spec.max_trials:
