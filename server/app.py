@@ -179,6 +179,8 @@ def create_server(
         thread.join(10)
         executor.shutdown(wait=False)
         manager.close()
+        if metrics is not None:
+            metrics.close()
         raise
     running = RunningServer(loop, thread, server, executor)
     if metrics is not None:
@@ -188,6 +190,7 @@ def create_server(
             running.http = DashboardServer(manager, metrics, opts.host, opts.http_port,
                                            opts.auth_token)
         except OSError:
+            metrics.close()
             running.stop(0).wait(10)
             manager.close()
             raise

@@ -7,7 +7,10 @@ server (standard library) on the same host:
   extra): ``promptbo_rpc_total{method,code}`` and ``promptbo_rpc_seconds{method}`` (a
   histogram; a WatchStudy stream counts its whole duration), counted by
   :class:`RpcMetricsInterceptor`; ``promptbo_studies{state}`` and
-  ``promptbo_trials{state}``, read from the study manager at each scrape.
+  ``promptbo_trials{state}``, read from the study manager at each scrape;
+  ``promptbo_suggestion_seconds{strategy}`` and ``promptbo_gp_fit_seconds{strategy}``
+  (histograms of engine time, background prefetch included) and
+  ``promptbo_leases_expired_total``, fed through :mod:`promptbo.server.telemetry`.
 - ``GET /``: the dashboard, one page that polls the JSON below every two seconds: the
   studies with their state and counts, and per study a convergence plot (every completed
   trial's objective and the best so far), the best prompts, the sortable trials table and
@@ -36,7 +39,7 @@ import grpc
 from google.protobuf.json_format import MessageToDict
 
 from promptbo.errors import NotFoundError
-from promptbo.server import convert
+from promptbo.server import convert, telemetry
 from promptbo.server.domain import Study, StudyState, TrialState
 from promptbo.server.manager import StudyManager
 
@@ -58,7 +61,35 @@ class Metrics:
             "promptbo_rpc_seconds", "RPC handling time in seconds, by method", ["method"],
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5,
                      5, 10, 30), registry=self.registry)
+        engine_buckets = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30,
+                          60, 120)
+        self.suggestion = Histogram(
+            "promptbo_suggestion_seconds",
+            "Seconds an engine spent computing one batch of suggestions (background "
+            "prefetch included), by strategy", ["strategy"], buckets=engine_buckets,
+            registry=self.registry)
+        self.fit = Histogram(
+            "promptbo_gp_fit_seconds", "Seconds spent fitting one GP surrogate, by strategy",
+            ["strategy"], buckets=engine_buckets, registry=self.registry)
+        self.leases = Counter(
+            "promptbo_leases_expired",
+            "Trials whose lease lapsed and that were handed out again", registry=self.registry)
         self.registry.register(_StudyCollector(manager))
+        telemetry.add_observer(self)
+
+    def close(self) -> None:
+        """Stops receiving engine and lease observations."""
+        telemetry.remove_observer(self)
+
+    # --- telemetry.Observer ---------------------------------------------------------------
+    def observe_suggestion(self, strategy: str, seconds: float) -> None:
+        self.suggestion.labels(strategy).observe(seconds)
+
+    def observe_fit(self, strategy: str, seconds: float) -> None:
+        self.fit.labels(strategy).observe(seconds)
+
+    def lease_expired(self, study: str, count: int) -> None:
+        self.leases.inc(count)
 
     def observe(self, method: str, code: str, seconds: float) -> None:
         self.rpcs.labels(method, code).inc()
@@ -276,3 +307,4 @@ class DashboardServer(ThreadingHTTPServer):
         self.shutdown()
         self.server_close()
         self._thread.join(5)
+        self.metrics.close()

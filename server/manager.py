@@ -52,7 +52,7 @@ from promptbo.errors import (
     PermissionDeniedError,
     ResourceExhaustedError,
 )
-from promptbo.server import transfer_sources
+from promptbo.server import telemetry, transfer_sources
 from promptbo.server.domain import (
     Goal,
     HardPromptSpace,
@@ -465,6 +465,7 @@ class StudyManager:
             if cap:
                 want = min(want, cap - held + len(own))
             reissued = expired[: max(want, 0)]
+            telemetry.lease_expired(name, len(reissued))
             trials = self._lease(live, own + reissued, client_id, now, principal)
             want -= len(reissued)
             if want > 0 and spec.max_trials:

@@ -20,12 +20,14 @@ from __future__ import annotations
 import logging
 import math
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
+from promptbo.server import telemetry
 from promptbo.server.domain import Pool, PoolSpace, Prompt, SoftPromptSpace, StudySpec, Vocabulary
 from promptbo.server.transfer_sources import LoadedSource
 
@@ -48,6 +50,8 @@ class StudyRuntime:
                  engine_factory: Callable, sources: Sequence[LoadedSource] = (),
                  source_notes: dict[str, str] | None = None):
         self.spec = spec
+        #: The strategy's name, as telemetry labels it.
+        self.strategy = spec.strategy or "gp"
         self.pool = vocab if isinstance(vocab, Pool) else None
         vocab = None if isinstance(vocab, Pool) else vocab
         self.vocab = vocab
@@ -108,14 +112,16 @@ class StudyRuntime:
             x = self.encode([it[0] for it in items])
             y = torch.as_tensor([it[1] for it in items], dtype=torch.float64)
             noisy = getattr(self.engine, "observe_noisy", None)
-            if noisy is not None:
-                var = torch.as_tensor(
-                    [math.nan if it[2] is None else it[2] for it in items], dtype=torch.float64
-                )
-                cnt = torch.as_tensor([it[3] for it in items], dtype=torch.long)
-                noisy(x, y, var, cnt)
-            else:
-                self.engine.observe(x, y)
+            with telemetry.strategy_context(self.strategy):  # engines that fit on observe
+                if noisy is not None:
+                    var = torch.as_tensor(
+                        [math.nan if it[2] is None else it[2] for it in items],
+                        dtype=torch.float64,
+                    )
+                    cnt = torch.as_tensor([it[3] for it in items], dtype=torch.long)
+                    noisy(x, y, var, cnt)
+                else:
+                    self.engine.observe(x, y)
             self.num_observed += len(items)
 
     def _suggest_locked(self, n: int, pending: Sequence[Prompt],
@@ -123,10 +129,13 @@ class StudyRuntime:
         """The engine's suggestions, remembering the examples it asks for. Caller holds
         ``engine_lock``; ``cancelled`` is polled while the engine computes."""
         self.engine.should_stop = cancelled
+        t0 = time.perf_counter()
         try:
-            prompts = self.decode(self.engine.suggest(n, self._pending(pending)))
+            with telemetry.strategy_context(self.strategy):
+                prompts = self.decode(self.engine.suggest(n, self._pending(pending)))
         finally:
             self.engine.should_stop = None
+        telemetry.observe_suggestion(self.strategy, time.perf_counter() - t0)
         wanted = getattr(self.engine, "last_examples", None)
         if wanted is not None:
             for p, k in zip(prompts, wanted, strict=True):

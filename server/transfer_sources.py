@@ -90,6 +90,11 @@ def check_sources(storage: Storage, name: str, spec: StudySpec, vocabulary: bool
             "transfer_from is for hard- and soft-prompt studies; a pool study cannot transfer "
             "yet: add the source's best candidates with AddTrials instead"
         )
+    if spec.transfer_from and spec.strategy == "mf":
+        raise InvalidArgumentError(
+            "transfer_from does not combine with the mf strategy yet (its minibatch ledger "
+            "and noisy observations bypass the transfer ensemble); use gp or turbo"
+        )
     for source in spec.transfer_from:
         if source == name:
             raise InvalidArgumentError(f"study {name!r} cannot transfer from itself")

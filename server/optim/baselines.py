@@ -41,6 +41,7 @@ from gpytorch.priors import GammaPrior
 from torch import Tensor
 
 from promptbo.errors import InvalidArgumentError
+from promptbo.server import telemetry
 from promptbo.server.domain import HardPromptSpace, SearchSpace
 from promptbo.server.optim.base import register_strategy
 from promptbo.server.optim.box_engine import BoxEngine
@@ -165,7 +166,8 @@ class IndexEngine(BoxEngine):
         if self.opts["fit"]:
             from botorch.fit import fit_gpytorch_mll
 
-            fit_gpytorch_mll(ExactMarginalLogLikelihood(model.likelihood, model))
+            with telemetry.fit_timer():
+                fit_gpytorch_mll(ExactMarginalLogLikelihood(model.likelihood, model))
         model.eval()
         ucb = UpperConfidenceBound(model, beta=self.opts["beta"], maximize=True)
         bounds = torch.tensor([[0.0] * box.dim, [scale] * box.dim], dtype=torch.float64)

@@ -43,6 +43,7 @@ import torch
 from botorch.models import SingleTaskGP
 from torch import Tensor
 
+from promptbo.server import telemetry
 from promptbo.server.optim.base import register_strategy
 from promptbo.server.optim.gp import GP_OPTIONS, GPEngine
 from promptbo.server.optim.noisy_gp import (
@@ -158,8 +159,9 @@ class MultiFidelityEngine(GPEngine):
         o = self.opts
         n = len(first)
         full = self._gp_state is None or n - self._last_full_fit >= o["refit_every"]
-        model = fit_fixed_noise_gp(self.X[first], mean, var, self._gp_state,
-                                   o["full_maxiter"] if full else o["warm_maxiter"])
+        with telemetry.fit_timer():
+            model = fit_fixed_noise_gp(self.X[first], mean, var, self._gp_state,
+                                       o["full_maxiter"] if full else o["warm_maxiter"])
         self._gp_state = hyperparameters(model)
         if full:
             self._last_full_fit = n

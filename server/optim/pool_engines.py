@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from promptbo.errors import InvalidArgumentError
+from promptbo.server import telemetry
 from promptbo.server.optim.base import Engine
 from promptbo.server.optim.box_engine import read_options
 from promptbo.server.optim.spaces import derive_seed
@@ -289,8 +290,9 @@ class GpPoolEngine(PoolEngine):
             return self._random(free, gen)
         xs = self.x[self.obs_idx]
         ys = standardize(torch.tensor(self.obs_y, dtype=torch.float64))
-        ls, noise = self._fit_hyper(xs, ys)
-        chol, alpha, _ = gp_fit(self._kernel(xs, xs, ls), ys, noise)
+        with telemetry.fit_timer():
+            ls, noise = self._fit_hyper(xs, ys)
+            chol, alpha, _ = gp_fit(self._kernel(xs, xs, ls), ys, noise)
         if pending:
             xp = self.x[pending]
             fantasy, _ = gp_posterior(

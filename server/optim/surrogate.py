@@ -29,6 +29,8 @@ from botorch.optim.fit import fit_gpytorch_mll_scipy
 from gpytorch.mlls import ExactMarginalLogLikelihood
 from torch import Tensor
 
+from promptbo.server import telemetry
+
 log = logging.getLogger(__name__)
 
 #: Exact inference up to this many points (GPyTorch's default switches to CG at 800).
@@ -65,15 +67,16 @@ class GPFitter:
         full = self._state is None or n - self._last_full_n >= s.refit_every
         maxiter = s.full_maxiter if full else s.warm_maxiter
         subset = subset_indices(Y.squeeze(-1), s.fit_subset)
-        if maxiter > 0:
-            fit_model = self._model(X[subset], Y[subset])
-            self._optimize(fit_model, maxiter)
-            self._state = hyperparameters(fit_model)
-            self.num_fits += 1
-            if full:
-                self._last_full_n = n
-        model = self._model(X, Y)
-        model.eval()
+        with telemetry.fit_timer():
+            if maxiter > 0:
+                fit_model = self._model(X[subset], Y[subset])
+                self._optimize(fit_model, maxiter)
+                self._state = hyperparameters(fit_model)
+                self.num_fits += 1
+                if full:
+                    self._last_full_n = n
+            model = self._model(X, Y)
+            model.eval()
         return model
 
     def _model(self, X: Tensor, Y: Tensor) -> SingleTaskGP:

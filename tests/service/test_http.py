@@ -66,6 +66,61 @@ def test_metrics_count_rpcs_by_method_and_code_and_report_studies(served):
     assert got[("promptbo_trials", (("state", "completed"),))] == 3
 
 
+def test_metrics_time_suggestions_and_gp_fits_and_count_expired_leases(served):
+    client, base = served
+    # Two Sobol points, then three suggestions that each fit the GP.
+    gp = client.create_study("g", promptbo.SoftPromptSpace(1, 2), strategy="gp",
+                             strategy_options={"num_initial": 2}, max_trials=5)
+    for i in range(5):
+        (trial,) = gp.ask(1)
+        gp.tell(trial, float(i % 3) - float(abs(trial.prompt.vector).sum()))
+    # A lease of the server's minimum lapses and the trial goes to another client.
+    short = client.create_study("l", promptbo.SoftPromptSpace(1, 2), strategy="random",
+                                lease_seconds=ServerOptions().limits.min_lease_seconds)
+    (first,) = short.ask(1, client_id="a")
+    time.sleep(ServerOptions().limits.min_lease_seconds + 0.2)
+    (again,) = short.ask(1, client_id="b")
+    assert again.id == first.id
+    status, body = fetch(f"{base}/metrics")
+    assert status == 200
+    got = samples(body.decode())
+    assert got[("promptbo_suggestion_seconds_count", (("strategy", "gp"),))] == 5
+    assert got[("promptbo_suggestion_seconds_count", (("strategy", "random"),))] == 1
+    assert got[("promptbo_suggestion_seconds_sum", (("strategy", "gp"),))] > 0
+    assert got[("promptbo_gp_fit_seconds_count", (("strategy", "gp"),))] == 3
+    assert got[("promptbo_gp_fit_seconds_bucket", (("le", "+Inf"), ("strategy", "gp")))] == 3
+    assert ("promptbo_gp_fit_seconds_count", (("strategy", "random"),)) not in got
+    assert got[("promptbo_leases_expired_total", ())] == 1
+
+
+def test_metrics_count_background_prefetch_suggestions_and_fits(tmp_path):
+    server, port, manager = create_server(
+        "memory:", ServerOptions(port=0, http_port=0, prefetch=1))
+    client = promptbo.Client(f"127.0.0.1:{port}")
+    try:
+        study = client.create_study("p", promptbo.SoftPromptSpace(1, 2), strategy="gp",
+                                    strategy_options={"num_initial": 2}, max_trials=10)
+        # Each ask computes at most one batch in the request; every ask starts a refill.
+        for trial in study.ask(2):
+            study.tell(trial, -float(abs(trial.prompt.vector).sum()))
+        study.ask(1)  # its refill fits the GP on the two results
+        base = f"http://127.0.0.1:{server.http.port}"
+        deadline = time.monotonic() + 20
+        while True:
+            got = samples(fetch(f"{base}/metrics")[1].decode())
+            computed = got.get(("promptbo_suggestion_seconds_count", (("strategy", "gp"),)), 0)
+            fits = got.get(("promptbo_gp_fit_seconds_count", (("strategy", "gp"),)), 0)
+            if (computed >= 3 and fits >= 1) or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert computed >= 3  # more batches than the two asks computed: refills count
+        assert fits >= 1
+    finally:
+        client.close()
+        server.stop(0).wait(10)
+        manager.close()
+
+
 def test_dashboard_json_is_snake_case_and_read_only(served):
     client, base = served
     study = client.create_study("j", promptbo.SoftPromptSpace(1, 2), strategy="random",
