@@ -19,7 +19,7 @@ pytest.importorskip("transformers")
 
 
 def _with_examples(p: Prompt, examples) -> Prompt:
-    return Prompt(p.token_ids, p.tokens, p.text, p.vector, tuple(examples))
+    return Prompt(p.token_ids, p.tokens, p.text, p.vector, examples=tuple(examples))
 
 
 @pytest.mark.parametrize("kind", ["causal", "mlm"])
