@@ -36,7 +36,7 @@ from promptbo.server.locks import HeldLock
 from promptbo.server.manager import Event, StudyManager
 from promptbo.server.pool_upload import PoolUpload
 from promptbo.server.servicer import MAX_ERROR_CHARS, OptimizerServicer, grpc_code, watch_message
-from promptbo.server.upload import VocabularyUpload
+from promptbo.server.upload import TableUpload, VocabularyUpload
 from promptbo.server.wire import MalformedRequest
 from promptbo.v1 import optimizer_service_pb2_grpc as api_grpc
 
@@ -187,27 +187,27 @@ class AsyncOptimizerServicer(api_grpc.OptimizerServiceServicer):
     async def AddTrials(self, request, context):
         return await self._call("AddTrials", request, context)
 
-    # --- streams: no thread held ------------------------------------------------------
     async def GetRecommendation(self, request, context):
         return await self._call("GetRecommendation", request, context)
 
+    # --- streams: no thread held ------------------------------------------------------
     async def UploadVocabulary(self, request_iterator: AsyncIterator, context):
-        upload = VocabularyUpload()
-        try:
-            async for chunk in request_iterator:
-                upload.add(chunk)  # refuses an oversized stream at its first bad chunk
-        except PromptboError as err:
-            await context.abort(grpc_code(err), clip(str(err), MAX_ERROR_CHARS))
+        upload = await self._receive(VocabularyUpload(), request_iterator, context)
         return await self._call("store_vocabulary", upload, context)
 
     async def UploadPool(self, request_iterator: AsyncIterator, context):
-        upload = PoolUpload()
+        upload = await self._receive(PoolUpload(), request_iterator, context)
+        return await self._call("store_pool", upload, context)
+
+    @staticmethod
+    async def _receive(upload: TableUpload, request_iterator: AsyncIterator, context):
+        """``upload`` with every chunk of the stream; aborts at the first bad chunk."""
         try:
             async for chunk in request_iterator:
                 upload.add(chunk)  # refuses an oversized stream at its first bad chunk
         except PromptboError as err:
             await context.abort(grpc_code(err), clip(str(err), MAX_ERROR_CHARS))
-        return await self._call("store_pool", upload, context)
+        return upload
 
     async def WatchStudy(self, request, context):
         if isinstance(request, MalformedRequest):

@@ -12,7 +12,7 @@ import functools
 import logging
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 
@@ -22,12 +22,14 @@ from promptbo.server.auth import Role
 from promptbo.server.limits import clip
 from promptbo.server.manager import Event, KnownTrial, StudyManager, TrialResult
 from promptbo.server.pool_upload import PoolUpload
-from promptbo.server.upload import VocabularyUpload
+from promptbo.server.upload import TableUpload, VocabularyUpload
 from promptbo.server.wire import MalformedRequest
 from promptbo.v1 import optimizer_service_pb2 as api
 from promptbo.v1 import optimizer_service_pb2_grpc as api_grpc
 
 log = logging.getLogger(__name__)
+
+_Upload = TypeVar("_Upload", bound=TableUpload)
 
 #: Longest error message sent back; longer ones (quoting a huge input) are cut.
 MAX_ERROR_CHARS = 1024
@@ -48,6 +50,16 @@ def _owner(context, admin: bool = True) -> dict[str, Any]:
     if admin:
         out["admin"] = principal.role >= Role.ADMIN
     return out
+
+
+def _receive(upload: _Upload, request_iterator, context) -> _Upload:
+    """``upload`` with every chunk of the stream; aborts at the first bad chunk."""
+    try:
+        for chunk in request_iterator:
+            upload.add(chunk)
+    except PromptboError as err:
+        context.abort(grpc_code(err), clip(str(err), MAX_ERROR_CHARS))
+    return upload
 
 
 def grpc_code(err: PromptboError) -> grpc.StatusCode:
@@ -123,13 +135,8 @@ class OptimizerServicer(api_grpc.OptimizerServiceServicer):
         return api.UpdateStudyResponse(study=self._study_pb(study))
 
     def UploadVocabulary(self, request_iterator, context):
-        upload = VocabularyUpload()
-        try:
-            for chunk in request_iterator:
-                upload.add(chunk)
-        except PromptboError as err:
-            context.abort(grpc_code(err), clip(str(err), MAX_ERROR_CHARS))
-        return self.store_vocabulary(upload, context)
+        return self.store_vocabulary(_receive(VocabularyUpload(), request_iterator, context),
+                                     context)
 
     @_rpc
     def store_vocabulary(self, upload: VocabularyUpload, context):
@@ -142,13 +149,7 @@ class OptimizerServicer(api_grpc.OptimizerServiceServicer):
         )
 
     def UploadPool(self, request_iterator, context):
-        upload = PoolUpload()
-        try:
-            for chunk in request_iterator:
-                upload.add(chunk)
-        except PromptboError as err:
-            context.abort(grpc_code(err), clip(str(err), MAX_ERROR_CHARS))
-        return self.store_pool(upload, context)
+        return self.store_pool(_receive(PoolUpload(), request_iterator, context), context)
 
     @_rpc
     def store_pool(self, upload: PoolUpload, context):
