@@ -100,20 +100,22 @@ def test_metrics_count_background_prefetch_suggestions_and_fits(tmp_path):
     try:
         study = client.create_study("p", promptbo.SoftPromptSpace(1, 2), strategy="gp",
                                     strategy_options={"num_initial": 2}, max_trials=10)
-        # Each ask computes at most one batch in the request; every ask starts a refill.
         for trial in study.ask(2):
             study.tell(trial, -float(abs(trial.prompt.vector).sum()))
-        study.ask(1)  # its refill fits the GP on the two results
+        (third,) = study.ask(1)  # its refill fits the GP on the two results
+        study.tell(third, -float(abs(third.prompt.vector).sum()))
+        study.ask(1)  # a GP fit on three results, by a refill or in this request
         base = f"http://127.0.0.1:{server.http.port}"
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 60
         while True:
             got = samples(fetch(f"{base}/metrics")[1].decode())
             computed = got.get(("promptbo_suggestion_seconds_count", (("strategy", "gp"),)), 0)
             fits = got.get(("promptbo_gp_fit_seconds_count", (("strategy", "gp"),)), 0)
-            if (computed >= 3 and fits >= 1) or time.monotonic() > deadline:
+            if (computed >= 4 and fits >= 1) or time.monotonic() > deadline:
                 break
             time.sleep(0.05)
-        assert computed >= 3  # more batches than the two asks computed: refills count
+        # The first ask computes inline and every ask starts a refill: 1 + 3 batches.
+        assert computed >= 4
         assert fits >= 1
     finally:
         client.close()
