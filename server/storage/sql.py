@@ -33,7 +33,7 @@ import contextlib
 import json
 import os
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -160,6 +160,11 @@ _UPDATE_TRIAL = (
 # One lock per SQLite file, shared by every SqlStorage of this process that opens it.
 _FILE_LOCKS: dict[str, threading.Lock] = {}
 _FILE_LOCKS_GUARD = threading.Lock()
+
+
+def _table(row) -> np.ndarray:
+    """The ``size x dim`` float32 embedding table of a vocabulary or pool row."""
+    return np.frombuffer(row.embeddings, dtype="<f4").reshape(row.size, row.dim)
 
 
 # --- study specs as JSON -------------------------------------------------------------
@@ -466,97 +471,91 @@ class SqlStorage(Storage):
     def close(self) -> None:
         self.engine.dispose()
 
-    # --- vocabularies ----------------------------------------------------------------
-    def put_vocabulary(self, vocabulary: Vocabulary) -> bool:
-        vocab_id = vocabulary.id
-        if self.has_vocabulary(vocab_id):  # skip preparing a large table
+    # --- vocabularies and pools: content-addressed tables ------------------------------
+    def _put_table(self, sa_table: sa.Table, row_id: str, row: Callable[[], dict]) -> bool:
+        """Stores the row ``row()`` of a content-addressed table unless ``row_id`` is there;
+        whether it was added. ``row`` is called only when needed (it prepares a large
+        embedding table)."""
+        if self._has_row(sa_table, row_id):
             return False
-        table = np.ascontiguousarray(vocabulary.embeddings, dtype="<f4")
-        row = {
-            "id": vocab_id,
-            "size": vocabulary.size,
-            "dim": vocabulary.embedding_dim,
-            "tokens": _dumps(list(vocabulary.tokens)),
-            "token_ids": np.asarray(vocabulary.token_ids, dtype="<i8").tobytes(),
-            "embeddings": memoryview(table.data).cast("B"),  # no copy of the table
-        }
+        values = row()
         try:
             with self._write() as conn:
-                if self._has_vocabulary(conn, vocab_id):
+                if self._has_row(sa_table, row_id, conn):
                     return False
-                conn.execute(vocabularies.insert(), row)
+                conn.execute(sa_table.insert(), values)
         except sa.exc.IntegrityError:  # another process stored it meanwhile
             return False
         return True
 
-    def get_vocabulary(self, vocabulary_id: str) -> Vocabulary:
+    def _has_row(self, sa_table: sa.Table, row_id: str, conn: Connection | None = None) -> bool:
+        query = sa.select(sa_table.c.id).where(sa_table.c.id == row_id)
+        if conn is not None:
+            return conn.execute(query).first() is not None
+        with self._read() as read:
+            return read.execute(query).first() is not None
+
+    def _get_row(self, sa_table: sa.Table, row_id: str):
         with self._read() as conn:
-            row = conn.execute(
-                sa.select(vocabularies).where(vocabularies.c.id == vocabulary_id)
-            ).first()
+            return conn.execute(sa.select(sa_table).where(sa_table.c.id == row_id)).first()
+
+    def put_vocabulary(self, vocabulary: Vocabulary) -> bool:
+        def row() -> dict:
+            table = np.ascontiguousarray(vocabulary.embeddings, dtype="<f4")
+            return {
+                "id": vocabulary.id,
+                "size": vocabulary.size,
+                "dim": vocabulary.embedding_dim,
+                "tokens": _dumps(list(vocabulary.tokens)),
+                "token_ids": np.asarray(vocabulary.token_ids, dtype="<i8").tobytes(),
+                "embeddings": memoryview(table.data).cast("B"),  # no copy of the table
+            }
+
+        return self._put_table(vocabularies, vocabulary.id, row)
+
+    def get_vocabulary(self, vocabulary_id: str) -> Vocabulary:
+        row = self._get_row(vocabularies, vocabulary_id)
         if row is None:
             raise vocabulary_not_found(vocabulary_id)
-        table = np.frombuffer(row.embeddings, dtype="<f4").reshape(row.size, row.dim)
         vocab = Vocabulary(
             tokens=tuple(json.loads(row.tokens)),
             token_ids=tuple(np.frombuffer(row.token_ids, dtype="<i8").tolist()),
-            embeddings=table,
+            embeddings=_table(row),
         )
         vocab.__dict__["id"] = row.id  # stored under its content hash: skip rehashing
         return vocab
 
     def has_vocabulary(self, vocabulary_id: str) -> bool:
-        with self._read() as conn:
-            return self._has_vocabulary(conn, vocabulary_id)
+        return self._has_row(vocabularies, vocabulary_id)
 
-    @staticmethod
-    def _has_vocabulary(conn: Connection, vocabulary_id: str) -> bool:
-        query = sa.select(vocabularies.c.id).where(vocabularies.c.id == vocabulary_id)
-        return conn.execute(query).first() is not None
-
-    # --- candidate pools -------------------------------------------------------------
     def put_pool(self, pool: Pool) -> bool:
-        pid = pool.id
-        if self.has_pool(pid):  # skip preparing a large table
-            return False
-        table = np.ascontiguousarray(pool.embeddings, dtype="<f4")
-        row = {
-            "id": pid,
-            "size": pool.size,
-            "dim": pool.embedding_dim,
-            "texts": _dumps(list(pool.texts)),
-            "embedding_model": pool.embedding_model,
-            "embeddings": memoryview(table.data).cast("B"),
-        }
-        try:
-            with self._write() as conn:
-                if self._has_pool(conn, pid):
-                    return False
-                conn.execute(pools.insert(), row)
-        except sa.exc.IntegrityError:  # another process stored it meanwhile
-            return False
-        return True
+        def row() -> dict:
+            table = np.ascontiguousarray(pool.embeddings, dtype="<f4")
+            return {
+                "id": pool.id,
+                "size": pool.size,
+                "dim": pool.embedding_dim,
+                "texts": _dumps(list(pool.texts)),
+                "embedding_model": pool.embedding_model,
+                "embeddings": memoryview(table.data).cast("B"),
+            }
+
+        return self._put_table(pools, pool.id, row)
 
     def get_pool(self, pool_id: str) -> Pool:
-        with self._read() as conn:
-            row = conn.execute(sa.select(pools).where(pools.c.id == pool_id)).first()
+        row = self._get_row(pools, pool_id)
         if row is None:
             raise pool_not_found(pool_id)
         pool = Pool(
             texts=tuple(json.loads(row.texts)),
-            embeddings=np.frombuffer(row.embeddings, dtype="<f4").reshape(row.size, row.dim),
+            embeddings=_table(row),
             embedding_model=row.embedding_model,
         )
         pool.__dict__["id"] = row.id  # stored under its content hash: skip rehashing
         return pool
 
     def has_pool(self, pool_id: str) -> bool:
-        with self._read() as conn:
-            return self._has_pool(conn, pool_id)
-
-    @staticmethod
-    def _has_pool(conn: Connection, pool_id: str) -> bool:
-        return conn.execute(sa.select(pools.c.id).where(pools.c.id == pool_id)).first() is not None
+        return self._has_row(pools, pool_id)
 
     # --- studies ---------------------------------------------------------------------
     def create_study(self, study: Study) -> Study:
