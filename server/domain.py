@@ -260,6 +260,27 @@ class Study:
         return replace(self, **changes)
 
 
+def _check_table(emb: np.ndarray, what: str) -> int:
+    """Refuses an embedding table that is not 2-D, empty or not finite; its row count."""
+    if emb.ndim != 2:
+        raise InvalidArgumentError(f"embeddings must be 2-D, got shape {emb.shape}")
+    if emb.shape[0] == 0:
+        raise InvalidArgumentError(f"{what} is empty")
+    if not np.isfinite(emb).all():
+        raise InvalidArgumentError("the embedding table contains NaN or infinite values")
+    return int(emb.shape[0])
+
+
+def _rows(table: Vocabulary | Pool) -> int:
+    """Rows of the table (vocabulary entries or pool candidates)."""
+    return int(table.embeddings.shape[0])
+
+
+def _columns(table: Vocabulary | Pool) -> int:
+    """Columns of the table: the embedding dimension."""
+    return int(table.embeddings.shape[1])
+
+
 @dataclass(frozen=True)
 class Vocabulary:
     """Token strings, the model's token ids and a ``size x embedding_dim`` float32 table."""
@@ -269,26 +290,15 @@ class Vocabulary:
     embeddings: np.ndarray
 
     def __post_init__(self) -> None:
-        emb = self.embeddings
-        if emb.ndim != 2:
-            raise InvalidArgumentError(f"embeddings must be 2-D, got shape {emb.shape}")
-        if emb.shape[0] == 0:
-            raise InvalidArgumentError("the vocabulary is empty")
-        if not (len(self.tokens) == len(self.token_ids) == emb.shape[0]):
+        rows = _check_table(self.embeddings, "the vocabulary")
+        if not (len(self.tokens) == len(self.token_ids) == rows):
             raise InvalidArgumentError(
                 f"vocabulary has {len(self.tokens)} tokens, {len(self.token_ids)} token ids "
-                f"and {emb.shape[0]} embedding rows; the three counts must be equal"
+                f"and {rows} embedding rows; the three counts must be equal"
             )
-        if not np.isfinite(emb).all():
-            raise InvalidArgumentError("the embedding table contains NaN or infinite values")
 
-    @property
-    def size(self) -> int:
-        return int(self.embeddings.shape[0])
-
-    @property
-    def embedding_dim(self) -> int:
-        return int(self.embeddings.shape[1])
+    size = property(_rows)
+    embedding_dim = property(_columns)
 
     @cached_property
     def id(self) -> str:
@@ -305,30 +315,19 @@ class Pool:
     embedding_model: str = ""
 
     def __post_init__(self) -> None:
-        emb = self.embeddings
-        if emb.ndim != 2:
-            raise InvalidArgumentError(f"embeddings must be 2-D, got shape {emb.shape}")
-        if emb.shape[0] == 0:
-            raise InvalidArgumentError("the pool is empty")
-        if len(self.texts) != emb.shape[0]:
+        rows = _check_table(self.embeddings, "the pool")
+        if len(self.texts) != rows:
             raise InvalidArgumentError(
-                f"pool has {len(self.texts)} texts and {emb.shape[0]} embedding rows; "
+                f"pool has {len(self.texts)} texts and {rows} embedding rows; "
                 "the two counts must be equal"
             )
-        if not np.isfinite(emb).all():
-            raise InvalidArgumentError("the embedding table contains NaN or infinite values")
         if len(set(self.texts)) != len(self.texts):
             raise InvalidArgumentError(
                 "the pool's texts must be distinct; remove the duplicates before uploading"
             )
 
-    @property
-    def size(self) -> int:
-        return int(self.embeddings.shape[0])
-
-    @property
-    def embedding_dim(self) -> int:
-        return int(self.embeddings.shape[1])
+    size = property(_rows)
+    embedding_dim = property(_columns)
 
     @cached_property
     def id(self) -> str:
