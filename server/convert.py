@@ -1,7 +1,9 @@
 """Conversions between promptbo.v1 messages and the server's domain objects.
 
 The only module of the server that knows both worlds; the servicer calls these and the
-manager never sees a message. Invalid messages raise InvalidArgumentError.
+manager never sees a message. Invalid messages raise InvalidArgumentError. The study
+spec's codec (:func:`spec_from_pb`, :func:`spec_to_pb`) is the one of :mod:`promptbo.spec`,
+which the client uses too.
 """
 
 from __future__ import annotations
@@ -12,28 +14,13 @@ from typing import Any
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from promptbo.errors import InvalidArgumentError
-from promptbo.server.domain import (
-    DEFAULT_LEASE_SECONDS,
-    DEFAULT_PCA_DIMS,
-    Goal,
-    HardPromptSpace,
-    PoolSpace,
-    Prompt,
-    SoftPromptSpace,
-    Study,
-    StudySpec,
-    StudyState,
-    Trial,
-    TrialState,
-)
+from promptbo.server.domain import Prompt, Study, StudyState, Trial, TrialState
 from promptbo.server.recommend import Recommendation
 from promptbo.server.transfer_sources import SourceStatus
+from promptbo.spec import spec_from_pb, spec_to_pb
 from promptbo.v1 import optimizer_service_pb2 as api
 from promptbo.v1 import resources_pb2 as pb
 
-_GOALS = {pb.GOAL_UNSPECIFIED: Goal.MAXIMIZE, pb.GOAL_MAXIMIZE: Goal.MAXIMIZE,
-          pb.GOAL_MINIMIZE: Goal.MINIMIZE}
-_GOALS_PB = {Goal.MAXIMIZE: pb.GOAL_MAXIMIZE, Goal.MINIMIZE: pb.GOAL_MINIMIZE}
 _STUDY_STATES_PB = {StudyState.ACTIVE: pb.STUDY_STATE_ACTIVE,
                     StudyState.COMPLETED: pb.STUDY_STATE_COMPLETED}
 _TRIAL_STATES_PB = {TrialState.ACTIVE: pb.TRIAL_STATE_ACTIVE,
@@ -41,97 +28,11 @@ _TRIAL_STATES_PB = {TrialState.ACTIVE: pb.TRIAL_STATE_ACTIVE,
                     TrialState.FAILED: pb.TRIAL_STATE_FAILED}
 _TRIAL_STATES: dict[int, TrialState] = {v: k for k, v in _TRIAL_STATES_PB.items()}
 
-
-def spec_from_pb(msg: pb.StudySpec) -> StudySpec:
-    kind = msg.WhichOneof("space")
-    space: HardPromptSpace | SoftPromptSpace | PoolSpace
-    if kind == "pool":
-        space = PoolSpace(pool_id=msg.pool.pool_id)
-    elif kind == "hard":
-        h = msg.hard
-        f = h.filter.WhichOneof("filter")
-        space = HardPromptSpace(
-            prompt_length=h.prompt_length,
-            vocabulary_id=h.vocabulary_id,
-            pca_dims=h.pca_dims or DEFAULT_PCA_DIMS,
-            top_n=h.filter.top_n.n if f == "top_n" else 0,
-            top_n_scores=tuple(h.filter.top_n.scores) if f == "top_n" else (),
-            allowed=tuple(h.filter.allowed.indices) if f == "allowed" else (),
-        )
-        if f == "top_n" and not h.filter.top_n.n:
-            raise InvalidArgumentError("the top_n filter needs n >= 1")
-        if f == "allowed" and not h.filter.allowed.indices:
-            raise InvalidArgumentError("the allowed filter needs at least one index")
-    elif kind == "soft":
-        s = msg.soft
-        space = SoftPromptSpace(
-            prompt_length=s.prompt_length,
-            embedding_dim=s.embedding_dim,
-            intrinsic_dim=s.intrinsic_dim,
-            bound=s.bound or 1.0,
-            embedding_std=s.embedding_std or 1.0,
-        )
-    else:
-        raise InvalidArgumentError(
-            "the study spec needs a search space: set spec.hard, spec.soft or spec.pool"
-        )
-    if msg.goal not in _GOALS:
-        raise InvalidArgumentError(f"unknown goal {msg.goal}")
-    return StudySpec(
-        space=space,
-        strategy=msg.strategy or "gp",
-        strategy_options=dict(msg.strategy_options),
-        goal=_GOALS[msg.goal],
-        objective=msg.objective or "value",
-        max_trials=msg.max_trials,
-        max_active_trials=msg.max_active_trials,
-        lease_seconds=msg.lease_seconds or DEFAULT_LEASE_SECONDS,
-        seed=msg.seed,
-        labels=dict(msg.labels),
-        pool_size=msg.pool_size,
-        max_examples=msg.max_examples,
-        examples_per_trial=msg.examples_per_trial,
-        transfer_from=tuple(msg.transfer_from),
-        transfer=msg.transfer or "both",
-    )
-
-
-def spec_to_pb(spec: StudySpec) -> pb.StudySpec:
-    msg = pb.StudySpec(
-        strategy=spec.strategy,
-        strategy_options=spec.strategy_options,
-        goal=_GOALS_PB[spec.goal],
-        objective=spec.objective,
-        max_trials=spec.max_trials,
-        max_active_trials=spec.max_active_trials,
-        lease_seconds=spec.lease_seconds,
-        seed=spec.seed,
-        labels=spec.labels,
-        pool_size=spec.pool_size,
-        max_examples=spec.max_examples,
-        examples_per_trial=spec.examples_per_trial,
-        transfer_from=spec.transfer_from,
-        transfer=spec.transfer if spec.transfer_from else "",
-    )
-    sp = spec.space
-    if isinstance(sp, PoolSpace):
-        msg.pool.pool_id = sp.pool_id
-    elif isinstance(sp, HardPromptSpace):
-        msg.hard.prompt_length = sp.prompt_length
-        msg.hard.vocabulary_id = sp.vocabulary_id
-        msg.hard.pca_dims = sp.pca_dims
-        if sp.top_n:
-            msg.hard.filter.top_n.n = sp.top_n
-            msg.hard.filter.top_n.scores.extend(sp.top_n_scores)
-        elif sp.allowed:
-            msg.hard.filter.allowed.indices.extend(sp.allowed)
-    else:
-        msg.soft.prompt_length = sp.prompt_length
-        msg.soft.embedding_dim = sp.embedding_dim
-        msg.soft.intrinsic_dim = sp.intrinsic_dim
-        msg.soft.bound = sp.bound
-        msg.soft.embedding_std = sp.embedding_std
-    return msg
+__all__ = [
+    "UPDATABLE_SPEC_FIELDS", "prompt_from_pb", "prompt_to_pb", "recommendation_to_pb",
+    "spec_from_pb", "spec_to_pb", "study_to_pb", "study_update_from_pb",
+    "transfer_sources_to_pb", "trial_state_from_pb", "trial_to_pb",
+]
 
 
 def prompt_from_pb(msg: pb.Prompt) -> Prompt:

@@ -1,7 +1,9 @@
-"""Domain objects of the server: studies, trials, prompts and vocabularies.
+"""Domain objects of the server: studies, trials, prompts, vocabularies and pools.
 
 Plain dataclasses with no gRPC, torch or SQL inside, shared by the storage backends, the
-study manager and the conversions in :mod:`promptbo.server.convert`. Times are Unix
+study manager and the conversions in :mod:`promptbo.server.convert`. The study spec
+(:class:`StudySpec` and its search spaces, defaults and codecs) is defined once in
+:mod:`promptbo.spec`, shared with the client, and re-exported here. Times are Unix
 seconds (``float``); soft-prompt vectors are flat tuples of ``prompt_length x
 embedding_dim`` floats in row-major order.
 """
@@ -9,30 +11,36 @@ embedding_dim`` floats in row-major order.
 from __future__ import annotations
 
 import enum
-import math
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 
 import numpy as np
 
 from promptbo.errors import InvalidArgumentError
+from promptbo.spec import (
+    DEFAULT_LEASE_SECONDS,
+    DEFAULT_PCA_DIMS,
+    MAX_POOL_SIZE,
+    MAX_PROMPT_LENGTH,
+    MAX_TRANSFER_SOURCES,
+    TRANSFER_MODES,
+    Goal,
+    HardPromptSpace,
+    PoolSpace,
+    SearchSpace,
+    SoftPromptSpace,
+    StudySpec,
+)
 from promptbo.types import pool_id, vocabulary_id
 
-MAX_PROMPT_LENGTH = 512
+__all__ = [
+    "DEFAULT_LEASE_SECONDS", "DEFAULT_PCA_DIMS", "MAX_POOL_SIZE", "MAX_PROMPT_LENGTH",
+    "MAX_STUDY_NAME", "MAX_TRANSFER_SOURCES", "TRANSFER_MODES", "Goal", "HardPromptSpace",
+    "Pool", "PoolSpace", "Prompt", "SearchSpace", "SoftPromptSpace", "Study", "StudySpec",
+    "StudyState", "Trial", "TrialState", "Vocabulary", "check_study_name",
+]
+
 MAX_STUDY_NAME = 200
-DEFAULT_LEASE_SECONDS = 300.0
-DEFAULT_PCA_DIMS = 16
-#: Largest labeled pool a study may declare (a trial's example indices travel in it).
-MAX_POOL_SIZE = 1_000_000
-#: Most source studies one study may transfer from.
-MAX_TRANSFER_SOURCES = 10
-#: How a study uses its transfer sources (see :mod:`promptbo.server.optim.transfer`).
-TRANSFER_MODES = ("both", "init", "surrogate")
-
-
-class Goal(enum.Enum):
-    MAXIMIZE = "maximize"
-    MINIMIZE = "minimize"
 
 
 class StudyState(enum.Enum):
@@ -44,148 +52,6 @@ class TrialState(enum.Enum):
     ACTIVE = "active"
     COMPLETED = "completed"
     FAILED = "failed"
-
-
-@dataclass(frozen=True)
-class HardPromptSpace:
-    """``prompt_length`` tokens from an uploaded vocabulary, searched in PCA space.
-
-    ``top_n``/``top_n_scores`` keep the ``top_n`` rows with the highest scores;
-    ``allowed`` keeps exactly those rows. At most one of the two is set.
-    """
-
-    prompt_length: int
-    vocabulary_id: str
-    pca_dims: int = DEFAULT_PCA_DIMS
-    top_n: int = 0
-    top_n_scores: tuple[float, ...] = ()
-    allowed: tuple[int, ...] = ()
-
-    def __post_init__(self) -> None:
-        _check_length(self.prompt_length)
-        if not self.vocabulary_id:
-            raise InvalidArgumentError(
-                "hard prompt space needs a vocabulary_id: upload the vocabulary first "
-                "(UploadVocabulary) and pass the id it returns"
-            )
-        if not 1 <= self.pca_dims <= 1024:
-            raise InvalidArgumentError(f"pca_dims must be in [1, 1024], got {self.pca_dims}")
-        if self.top_n and self.allowed:
-            raise InvalidArgumentError("give either a top_n filter or an allowed list, not both")
-        if self.top_n and len(self.top_n_scores) == 0:
-            raise InvalidArgumentError("a top_n filter needs one score per vocabulary entry")
-        if any(not math.isfinite(s) for s in self.top_n_scores):
-            raise InvalidArgumentError("top_n scores must be finite numbers")
-
-
-@dataclass(frozen=True)
-class SoftPromptSpace:
-    """``prompt_length x embedding_dim`` free vectors, optionally through a random
-    projection from ``intrinsic_dim`` dimensions (0: no projection)."""
-
-    prompt_length: int
-    embedding_dim: int
-    intrinsic_dim: int = 0
-    bound: float = 1.0
-    embedding_std: float = 1.0
-
-    def __post_init__(self) -> None:
-        _check_length(self.prompt_length)
-        if not 1 <= self.embedding_dim <= 65536:
-            raise InvalidArgumentError(
-                f"embedding_dim must be in [1, 65536], got {self.embedding_dim}"
-            )
-        if self.intrinsic_dim < 0 or self.intrinsic_dim > 4096:
-            raise InvalidArgumentError(
-                f"intrinsic_dim must be in [0, 4096], got {self.intrinsic_dim}"
-            )
-        if not (math.isfinite(self.bound) and self.bound > 0):
-            raise InvalidArgumentError(f"bound must be a positive number, got {self.bound}")
-        if not (math.isfinite(self.embedding_std) and self.embedding_std > 0):
-            raise InvalidArgumentError(
-                f"embedding_std must be a positive number, got {self.embedding_std}"
-            )
-
-    @property
-    def size(self) -> int:
-        return self.prompt_length * self.embedding_dim
-
-
-@dataclass(frozen=True)
-class PoolSpace:
-    """One candidate of an uploaded pool (see :class:`Pool`), searched through the
-    candidates' embeddings; prompts are the candidates' indices and texts."""
-
-    pool_id: str
-
-    def __post_init__(self) -> None:
-        if not self.pool_id:
-            raise InvalidArgumentError(
-                "pool space needs a pool_id: upload the pool first (UploadPool, "
-                "client.upload_pool) and pass the id it returns"
-            )
-
-
-SearchSpace = HardPromptSpace | SoftPromptSpace | PoolSpace
-
-
-@dataclass(frozen=True)
-class StudySpec:
-    space: SearchSpace
-    strategy: str = "gp"
-    strategy_options: dict[str, str] = field(default_factory=dict)
-    goal: Goal = Goal.MAXIMIZE
-    objective: str = "value"
-    max_trials: int = 0
-    max_active_trials: int = 0
-    lease_seconds: float = DEFAULT_LEASE_SECONDS
-    seed: int = 0
-    labels: dict[str, str] = field(default_factory=dict)
-    #: Fidelity (see :mod:`promptbo.server.fidelity`): the labeled pool's size (0: none),
-    #: the budget in scored examples (0: none) and the examples per trial of strategies
-    #: that do not choose a fidelity (0: the whole pool).
-    pool_size: int = 0
-    max_examples: int = 0
-    examples_per_trial: int = 0
-    #: Names of earlier studies of the same space whose results warm-start this one.
-    transfer_from: tuple[str, ...] = ()
-    #: How the sources are used: "both" (default), "init" or "surrogate".
-    transfer: str = "both"
-
-    def __post_init__(self) -> None:
-        if len(self.transfer_from) > MAX_TRANSFER_SOURCES:
-            raise InvalidArgumentError(
-                f"transfer_from names {len(self.transfer_from)} studies; at most "
-                f"{MAX_TRANSFER_SOURCES} are allowed"
-            )
-        if len(set(self.transfer_from)) != len(self.transfer_from):
-            raise InvalidArgumentError("transfer_from names a study more than once")
-        if self.transfer not in TRANSFER_MODES:
-            raise InvalidArgumentError(
-                f"transfer must be one of {', '.join(TRANSFER_MODES)}, got {self.transfer!r}"
-            )
-        if not (math.isfinite(self.lease_seconds) and 0 < self.lease_seconds <= 7 * 86400):
-            raise InvalidArgumentError(
-                f"lease_seconds must be in (0, 604800], got {self.lease_seconds}"
-            )
-        if self.max_trials < 0 or self.max_active_trials < 0:
-            raise InvalidArgumentError("max_trials and max_active_trials must be >= 0")
-        if not 0 <= self.pool_size <= MAX_POOL_SIZE:
-            raise InvalidArgumentError(
-                f"pool_size must be in [0, {MAX_POOL_SIZE}], got {self.pool_size}"
-            )
-        if self.max_examples < 0 or self.examples_per_trial < 0:
-            raise InvalidArgumentError("max_examples and examples_per_trial must be >= 0")
-        if (self.max_examples or self.examples_per_trial) and not self.pool_size:
-            raise InvalidArgumentError(
-                "max_examples and examples_per_trial need a labeled pool: set pool_size to "
-                "the number of examples the evaluators can score"
-            )
-        if self.examples_per_trial > self.pool_size:
-            raise InvalidArgumentError(
-                f"examples_per_trial={self.examples_per_trial} exceeds pool_size="
-                f"{self.pool_size}"
-            )
 
 
 @dataclass(frozen=True)
@@ -341,9 +207,3 @@ def check_study_name(name: str) -> None:
             f"got {name[:50]!r}{'...' if len(name) > 50 else ''}"
         )
 
-
-def _check_length(length: int) -> None:
-    if not 1 <= length <= MAX_PROMPT_LENGTH:
-        raise InvalidArgumentError(
-            f"prompt_length must be in [1, {MAX_PROMPT_LENGTH}], got {length}"
-        )

@@ -1,6 +1,6 @@
 """Which fields of two study specs differ, for messages that say what to change.
 
-:func:`spec_differences` compares two :class:`~promptbo.server.domain.StudySpec` field by
+:func:`spec_differences` compares two :class:`~promptbo.spec.StudySpec` field by
 field and names each difference by its protobuf path (``max_trials``,
 ``hard.prompt_length``, ``strategy_options.num_initial``, ``labels.promptbo.setup/model``)
 with both values, so an ALREADY_EXISTS error can say exactly what differs.
@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from promptbo.server.domain import HardPromptSpace, StudySpec
+from promptbo.spec import StudySpec
 
 #: Fields of a hard space that depend on the uploaded vocabulary, which a client checking
 #: its flags before loading a model does not know yet.
@@ -26,20 +26,16 @@ def _show(value: Any) -> str:
     return repr(value)
 
 
-def _space_kind(spec: StudySpec) -> str:
-    return "hard" if isinstance(spec.space, HardPromptSpace) else "soft"
-
-
 def spec_differences(existing: StudySpec, wanted: StudySpec) -> list[str]:
     """``"path: A there, B here"`` for each field where ``existing`` and ``wanted`` differ
-    (space fields prefixed ``hard.``/``soft.``; map fields per key), in field order."""
+    (space fields prefixed ``hard.``/``soft.``/``pool.``; map fields per key), in field order."""
     out: list[str] = []
 
     def diff(path: str, a: Any, b: Any) -> None:
         if a != b:
             out.append(f"{path}: {_show(a)} there, {_show(b)} here")
 
-    kind_a, kind_b = _space_kind(existing), _space_kind(wanted)
+    kind_a, kind_b = existing.space.kind, wanted.space.kind
     if kind_a != kind_b:
         diff("space", kind_a, kind_b)
     else:

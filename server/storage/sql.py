@@ -6,7 +6,7 @@ Schema (version :data:`SCHEMA_VERSION`, recorded in ``promptbo_schema``)::
                   blob), embeddings (little-endian float32 blob, size x dim, row-major)
     pools         id PK, size, dim, texts (JSON text), embedding_model, embeddings
                   (little-endian float32 blob, size x dim, row-major)
-    studies       name PK, spec (JSON text), state, create_time, request_id
+    studies       name PK, spec (JSON text, see promptbo.spec), state, create_time, request_id
     trials        (study, id) PK, state, prompt (JSON text: the prompt, a pool prompt's
                   index as its "pool_index" key, and the trial's fidelity: examples,
                   value_stderr, examples_scored), vector (blob), client_id,
@@ -49,14 +49,11 @@ from promptbo.errors import (
     UnavailableError,
 )
 from promptbo.server.domain import (
-    Goal,
     HardPromptSpace,
     Pool,
     PoolSpace,
     Prompt,
-    SoftPromptSpace,
     Study,
-    StudySpec,
     StudyState,
     Trial,
     TrialState,
@@ -74,6 +71,7 @@ from promptbo.server.storage.memory import (
     trial_not_found,
     vocabulary_not_found,
 )
+from promptbo.spec import spec_from_json, spec_to_json
 
 SCHEMA_VERSION = 2
 SQLITE_BUSY_TIMEOUT_MS = 120_000
@@ -165,77 +163,6 @@ _FILE_LOCKS_GUARD = threading.Lock()
 def _table(row) -> np.ndarray:
     """The ``size x dim`` float32 embedding table of a vocabulary or pool row."""
     return np.frombuffer(row.embeddings, dtype="<f4").reshape(row.size, row.dim)
-
-
-# --- study specs as JSON -------------------------------------------------------------
-def spec_to_json(spec: StudySpec) -> str:
-    """Serializes ``spec`` (either kind of search space) to a JSON text."""
-    space = spec.space
-    if isinstance(space, PoolSpace):
-        space_doc: dict[str, Any] = {"kind": "pool", "pool_id": space.pool_id}
-    elif isinstance(space, HardPromptSpace):
-        space_doc = {
-            "kind": "hard",
-            "prompt_length": space.prompt_length,
-            "vocabulary_id": space.vocabulary_id,
-            "pca_dims": space.pca_dims,
-            "top_n": space.top_n,
-            "top_n_scores": list(space.top_n_scores),
-            "allowed": list(space.allowed),
-        }
-    elif isinstance(space, SoftPromptSpace):
-        space_doc = {
-            "kind": "soft",
-            "prompt_length": space.prompt_length,
-            "embedding_dim": space.embedding_dim,
-            "intrinsic_dim": space.intrinsic_dim,
-            "bound": space.bound,
-            "embedding_std": space.embedding_std,
-        }
-    else:
-        raise InvalidArgumentError(f"unknown search space type {type(space).__name__}")
-    doc = {
-        "space": space_doc,
-        "strategy": spec.strategy,
-        "strategy_options": dict(spec.strategy_options),
-        "goal": spec.goal.value,
-        "objective": spec.objective,
-        "max_trials": spec.max_trials,
-        "max_active_trials": spec.max_active_trials,
-        "lease_seconds": spec.lease_seconds,
-        "seed": spec.seed,
-        "labels": dict(spec.labels),
-    }
-    if spec.pool_size:  # absent for studies without a pool, as before fidelity existed
-        doc.update(pool_size=spec.pool_size, max_examples=spec.max_examples,
-                   examples_per_trial=spec.examples_per_trial)
-    if spec.transfer_from:
-        doc["transfer_from"] = list(spec.transfer_from)
-        doc["transfer"] = spec.transfer
-    return _dumps(doc)
-
-
-def spec_from_json(text: str) -> StudySpec:
-    """The inverse of :func:`spec_to_json`; missing optional keys take their defaults."""
-    doc = json.loads(text)
-    space_doc = dict(doc.pop("space"))
-    kind = space_doc.pop("kind")
-    if kind == "hard":
-        for key in ("top_n_scores", "allowed"):
-            if key in space_doc:
-                space_doc[key] = tuple(space_doc[key])
-        space: HardPromptSpace | SoftPromptSpace | PoolSpace = HardPromptSpace(**space_doc)
-    elif kind == "soft":
-        space = SoftPromptSpace(**space_doc)
-    elif kind == "pool":
-        space = PoolSpace(**space_doc)
-    else:
-        raise FailedPreconditionError(f"stored study spec has unknown space kind {kind!r}")
-    if "goal" in doc:
-        doc["goal"] = Goal(doc["goal"])
-    if "transfer_from" in doc:
-        doc["transfer_from"] = tuple(doc["transfer_from"])
-    return StudySpec(space=space, **doc)
 
 
 def _dumps(obj: Any) -> str:

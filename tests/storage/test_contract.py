@@ -16,6 +16,7 @@ import time
 
 import numpy as np
 import pytest
+import sqlalchemy as sa
 
 from promptbo.errors import (
     AlreadyExistsError,
@@ -39,7 +40,8 @@ from promptbo.server.domain import (
     Vocabulary,
 )
 from promptbo.server.storage import open_storage
-from promptbo.server.storage.sql import SqlStorage, normalize_url, spec_from_json, spec_to_json
+from promptbo.server.storage.sql import SqlStorage, normalize_url
+from promptbo.spec import spec_from_json, spec_to_json
 
 A, C, F = TrialState.ACTIVE, TrialState.COMPLETED, TrialState.FAILED
 ODD_TOKENS = ("", " the", "ünï", "日本語", "\x00", "🙂 x", "\n", "a b")
@@ -488,6 +490,25 @@ def test_a_version_1_database_is_upgraded_in_place(sql_backend):
     assert again.get_trial("s", added.id).principal == "team-a"
     with again.engine.connect() as conn:
         assert conn.exec_driver_sql("SELECT version FROM promptbo_schema").all() == [(2,)]
+
+
+def test_a_spec_stored_before_the_shared_codec_still_loads(sql_backend):
+    first = sql_backend.open()
+    first.create_study(soft_study("s"))
+    # The text spec_to_json wrote for a hard study before promptbo.spec held the codec.
+    old = ('{"space":{"kind":"hard","prompt_length":3,"vocabulary_id":"vvvvvvvv","pca_dims":16,'
+           '"top_n":0,"top_n_scores":[],"allowed":[2,5]},"strategy":"gp","strategy_options":'
+           '{"num_initial":"4"},"goal":"minimize","objective":"value","max_trials":9,'
+           '"max_active_trials":0,"lease_seconds":300.0,"seed":0,"labels":{"team":"nlp"}}')
+    with first.engine.begin() as conn:
+        conn.execute(sa.text("UPDATE studies SET spec = :spec WHERE name = 's'"), {"spec": old})
+    first.close()
+    again = sql_backend.open()
+    assert again.get_study("s").spec == StudySpec(
+        space=HardPromptSpace(3, "vvvvvvvv", allowed=(2, 5)),
+        strategy_options={"num_initial": "4"}, goal=Goal.MINIMIZE, max_trials=9,
+        labels={"team": "nlp"},
+    )
 
 
 def test_newer_schema_version_is_refused(sql_backend):

@@ -11,9 +11,6 @@ evaluators in :mod:`promptbo.evaluators` (``promptbo[hf]``, ``promptbo[openai]``
 
 from promptbo.client import (
     Client,
-    HardPromptSpace,
-    PoolSpace,
-    SoftPromptSpace,
     Study,
     StudyDoneError,
     Trial,
@@ -30,6 +27,7 @@ from promptbo.errors import (
     UnauthenticatedError,
     UnavailableError,
 )
+from promptbo.spec import HardPromptSpace, PoolSpace, SoftPromptSpace, StudySpec
 from promptbo.types import PoolTable, Prompt, Score, VocabularyTable
 
 __version__ = "0.1.0"
@@ -51,6 +49,7 @@ __all__ = [
     "SoftPromptSpace",
     "Study",
     "StudyDoneError",
+    "StudySpec",
     "Trial",
     "TrialContext",
     "UnauthenticatedError",

@@ -370,7 +370,7 @@ def _study(args) -> int:
             print(json.dumps(doc, indent=2))
             return 0
         print(f"study {safe(i.name)}: {'completed' if study.done else 'active'}, "
-              f"strategy {i.spec.strategy or 'gp'}, {i.trial_count} trials "
+              f"strategy {study.spec.strategy}, {i.trial_count} trials "
               f"({i.completed_count} completed, {i.active_count} active, "
               f"{i.failed_count} failed)")
         setup = {k[len(studyspec.SETUP_PREFIX):]: v for k, v in i.spec.labels.items()
@@ -378,7 +378,7 @@ def _study(args) -> int:
         if setup:
             print("scored by: " + ", ".join(f"{k}={safe(v)}" for k, v in sorted(setup.items())))
         if sources:
-            print(f"transfer ({i.spec.transfer or 'both'}) from:")
+            print(f"transfer ({study.spec.transfer}) from:")
             for s in sources:
                 print(f"  {safe(s.study)}: weight {s.weight:.2f}, {s.trials} trials"
                       + (f" ({safe(s.note)})" if s.note else ""))

@@ -28,7 +28,7 @@ import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import grpc
 import numpy as np
@@ -39,6 +39,15 @@ from promptbo.errors import (
     PromptboError,
     UnavailableError,
     error_for_code,
+)
+from promptbo.spec import (
+    Goal,
+    HardPromptSpace,
+    PoolSpace,
+    SoftPromptSpace,
+    StudySpec,
+    spec_from_pb,
+    spec_to_pb,
 )
 from promptbo.v1 import optimizer_service_pb2 as api
 from promptbo.v1 import optimizer_service_pb2_grpc as api_grpc
@@ -64,42 +73,6 @@ class StudyDoneError(PromptboError):
     """The study's trial budget is used up; there is nothing left to evaluate."""
 
     code = "FAILED_PRECONDITION"
-
-
-@dataclass(frozen=True)
-class HardPromptSpace:
-    """``prompt_length`` tokens of an uploaded vocabulary (see :meth:`Client.upload_vocabulary`).
-
-    ``top_n`` with ``top_n_scores`` (one per vocabulary entry) keeps the best-scored
-    tokens; ``allowed`` keeps exactly those vocabulary rows.
-    """
-
-    prompt_length: int
-    vocabulary_id: str
-    pca_dims: int = 0
-    top_n: int = 0
-    top_n_scores: Sequence[float] = ()
-    allowed: Sequence[int] = ()
-
-
-@dataclass(frozen=True)
-class SoftPromptSpace:
-    """``prompt_length x embedding_dim`` vectors; with ``intrinsic_dim`` > 0 the search runs in
-    a random subspace of that size."""
-
-    prompt_length: int
-    embedding_dim: int
-    intrinsic_dim: int = 0
-    bound: float = 0.0
-    embedding_std: float = 0.0
-
-
-@dataclass(frozen=True)
-class PoolSpace:
-    """One candidate of an uploaded pool of prompts (see :meth:`Client.upload_pool`); a
-    trial's prompt carries the candidate's ``pool_index`` and ``text``."""
-
-    pool_id: str
 
 
 @dataclass
@@ -325,24 +298,29 @@ class Client:
         name: str,
         space: HardPromptSpace | SoftPromptSpace | PoolSpace,
         *,
-        strategy: str = "gp",
+        strategy: str | None = None,
         strategy_options: dict[str, object] | None = None,
-        goal: str = "maximize",
-        objective: str = "value",
-        max_trials: int = 0,
-        max_active_trials: int = 0,
-        lease_seconds: float = 0.0,
-        seed: int = 0,
+        goal: str | None = None,
+        objective: str | None = None,
+        max_trials: int | None = None,
+        max_active_trials: int | None = None,
+        lease_seconds: float | None = None,
+        seed: int | None = None,
         labels: dict[str, str] | None = None,
         request_id: str | None = None,
         validate_only: bool = False,
-        pool_size: int = 0,
-        max_examples: int = 0,
-        examples_per_trial: int = 0,
-        transfer_from: Sequence[str] = (),
-        transfer: str = "",
+        pool_size: int | None = None,
+        max_examples: int | None = None,
+        examples_per_trial: int | None = None,
+        transfer_from: Sequence[str] | None = None,
+        transfer: str | None = None,
     ) -> Study:
         """Creates a study, or returns the existing one of that name if its spec is equal.
+
+        The settings are the fields of :class:`~promptbo.spec.StudySpec`, where they and
+        their defaults are described; one left at None takes the server's default (only
+        the settings given travel). ``goal`` is "maximize" or "minimize";
+        ``strategy_options`` values are sent as strings.
 
         ``transfer_from`` names earlier studies of the same space whose results warm-start
         this one; ``transfer`` says how ("both", the default, "init" or "surrogate"; see
@@ -356,41 +334,23 @@ class Client:
         Fidelity: ``pool_size`` declares a labeled pool of that many examples (the server
         then picks each trial's examples, ``trial.prompt.examples``), ``max_examples`` a
         budget in scored examples, ``examples_per_trial`` the examples of a trial for
-        strategies that do not choose (0: the whole pool)."""
-        spec = pb.StudySpec(
-            strategy=strategy,
-            strategy_options={k: str(v) for k, v in (strategy_options or {}).items()},
-            goal={"maximize": pb.GOAL_MAXIMIZE, "minimize": pb.GOAL_MINIMIZE}[goal],
-            objective=objective, max_trials=max_trials, max_active_trials=max_active_trials,
-            lease_seconds=lease_seconds, seed=seed, labels=labels or {},
-            pool_size=pool_size, max_examples=max_examples,
-            examples_per_trial=examples_per_trial,
-            transfer_from=list(transfer_from), transfer=transfer,
+        strategies that do not choose (0: the whole pool).
+
+        Raises InvalidArgumentError for a value out of range before any call (the checks
+        of :mod:`promptbo.spec`), and the server's errors."""
+        settings: dict[str, Any] = dict(
+            strategy=strategy, objective=objective, max_trials=max_trials,
+            max_active_trials=max_active_trials, lease_seconds=lease_seconds, seed=seed,
+            labels=labels, pool_size=pool_size, max_examples=max_examples,
+            examples_per_trial=examples_per_trial, transfer_from=transfer_from,
+            transfer=transfer or None, goal=Goal(goal) if goal else None,
+            strategy_options=strategy_options and {
+                k: str(v) for k, v in strategy_options.items()},
         )
-        if isinstance(space, PoolSpace):
-            spec.pool.pool_id = space.pool_id
-        elif isinstance(space, HardPromptSpace):
-            spec.hard.prompt_length = space.prompt_length
-            spec.hard.vocabulary_id = space.vocabulary_id
-            spec.hard.pca_dims = space.pca_dims
-            if space.top_n and len(space.allowed):
-                raise InvalidArgumentError(
-                    "HardPromptSpace takes top_n (with top_n_scores) or allowed, not both"
-                )
-            if space.top_n:
-                spec.hard.filter.top_n.n = space.top_n
-                spec.hard.filter.top_n.scores.extend(float(s) for s in space.top_n_scores)
-            elif len(space.allowed):
-                spec.hard.filter.allowed.indices.extend(int(i) for i in space.allowed)
-        else:
-            spec.soft.prompt_length = space.prompt_length
-            spec.soft.embedding_dim = space.embedding_dim
-            spec.soft.intrinsic_dim = space.intrinsic_dim
-            spec.soft.bound = space.bound
-            spec.soft.embedding_std = space.embedding_std
+        spec = StudySpec(space, **{k: v for k, v in settings.items() if v is not None})
         req = api.CreateStudyRequest(
-            name=name, spec=spec, request_id=request_id or uuid.uuid4().hex,
-            validate_only=validate_only,
+            name=name, spec=spec_to_pb(spec, changed_only=True),
+            request_id=request_id or uuid.uuid4().hex, validate_only=validate_only,
         )
         return Study(self, self._call("CreateStudy", req).study)
 
@@ -441,11 +401,19 @@ class Study:
         self.client = client
         self.name = info.name
         self.info = info
-        soft = info.spec.soft if info.spec.WhichOneof("space") == "soft" else None
-        self._soft_shape = (soft.prompt_length, soft.embedding_dim) if soft else None
+        space = self.spec.space
+        self._soft_shape = (
+            (space.prompt_length, space.embedding_dim)
+            if isinstance(space, SoftPromptSpace) else None
+        )
 
     def __repr__(self) -> str:
         return f"Study({self.name!r}, state={pb.StudyState.Name(self.info.state)})"
+
+    @property
+    def spec(self) -> StudySpec:
+        """The study's spec as of the last fetch (``info``), defaults filled in."""
+        return spec_from_pb(self.info.spec)
 
     def refresh(self) -> pb.Study:
         self.info = self.client._call("GetStudy", api.GetStudyRequest(name=self.name)).study
@@ -665,7 +633,7 @@ class TrialContext:
 
     def __init__(self, study: Study, heartbeat_seconds: float | None) -> None:
         self.study = study
-        lease = study.info.spec.lease_seconds or 300.0
+        lease = study.spec.lease_seconds
         self.interval = heartbeat_seconds or max(0.5, lease / 3)
         self.trial: Trial | None = None
         self._stop = threading.Event()

@@ -26,8 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
-from promptbo.client import Client, HardPromptSpace
+from promptbo.client import Client
 from promptbo.report import recommendation_lines
+from promptbo.spec import HardPromptSpace
 from promptbo.types import Prompt
 from promptbo.wordlists import word_scores
 from promptbo.worker import Worker, print_progress

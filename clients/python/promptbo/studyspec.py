@@ -22,8 +22,9 @@ import inspect
 from pathlib import Path
 from typing import Any
 
-from promptbo.client import Client, HardPromptSpace, PoolSpace, SoftPromptSpace, Study
+from promptbo.client import Client, Study
 from promptbo.errors import InvalidArgumentError
+from promptbo.spec import MAX_PROMPT_LENGTH, HardPromptSpace, PoolSpace, SoftPromptSpace
 
 #: Labels under this prefix record the evaluator setup (``promptbo.setup/evaluator``, ...).
 SETUP_PREFIX = "promptbo.setup/"
@@ -35,7 +36,6 @@ RUNTIME_OPTIONS = frozenset({
 #: Options naming files whose content (not path) is recorded.
 _FILE_OPTIONS = frozenset({"data", "test_data"})
 _PLACEHOLDER_VOCABULARY = "not-uploaded-yet"
-MAX_PROMPT_LENGTH = 512
 
 
 def _count(text: str) -> int:
@@ -93,8 +93,8 @@ def add_spec_arguments(parser: argparse.ArgumentParser | Any, for_worker: bool =
                         help="hard: an already uploaded vocabulary's id")
     parser.add_argument("--vocabulary-size", type=_count, default=0,
                         help="hard, with --vocabulary: keep only the first N tokens")
-    parser.add_argument("--pca-dims", type=_count, default=0,
-                        help="hard: PCA dimensions per position (0: server default)")
+    parser.add_argument("--pca-dims", type=_count, default=None,
+                        help="hard: PCA dimensions per position (default: the server's)")
     parser.add_argument("--top-n", type=_count, default=0,
                         help="hard: search only the N most frequent whole-word tokens")
     parser.add_argument("--top-n-texts", default="", metavar="PATH",
@@ -221,16 +221,28 @@ def check_vocabulary_source(args: argparse.Namespace, evaluator_name: str) -> No
 
 def _spec_kwargs(args: argparse.Namespace, setup: dict[str, str] | None,
                  pool_size: int = 0) -> dict[str, Any]:
+    """The settings of :meth:`Client.create_study` the flags give (None: not given)."""
     labels = _pairs(args.label, "--label")
     labels.update(setup or {})
     return dict(
         strategy=args.strategy, strategy_options=_pairs(args.strategy_option, "--strategy-option"),
         goal=args.goal, objective=args.objective, max_trials=args.trials,
-        max_active_trials=args.max_active_trials, lease_seconds=args.lease_seconds or 0.0,
+        max_active_trials=args.max_active_trials, lease_seconds=args.lease_seconds,
         seed=args.seed, labels=labels, pool_size=pool_size, max_examples=args.max_examples,
         examples_per_trial=args.examples_per_trial, transfer_from=transfer_names(args),
-        transfer=args.transfer if transfer_names(args) else "",
+        transfer=args.transfer if transfer_names(args) else None,
     )
+
+
+def _given(**values: Any) -> dict[str, Any]:
+    """The keyword arguments among ``values`` that a flag set (not None)."""
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def _hard_space(args: argparse.Namespace, vocabulary_id: str,
+                top_n_scores: list[float]) -> HardPromptSpace:
+    return HardPromptSpace(args.prompt_length, vocabulary_id, top_n=args.top_n,
+                           top_n_scores=top_n_scores, **_given(pca_dims=args.pca_dims))
 
 
 def transfer_names(args: argparse.Namespace) -> list[str]:
@@ -263,7 +275,7 @@ def _soft_space(args: argparse.Namespace, evaluator: Any) -> SoftPromptSpace:
             "a soft-prompt study needs its vector size: pass --embedding-dim D (this evaluator "
             "does not know one)")
     return SoftPromptSpace(args.prompt_length, dim, intrinsic_dim=args.intrinsic_dim,
-                           embedding_std=std or 1.0)
+                           **_given(embedding_std=std))
 
 
 def _upload_pool(client: Client, path: str) -> str:
@@ -285,12 +297,10 @@ def validate_study(client: Client, name: str, args: argparse.Namespace,
     elif args.soft:
         space = SoftPromptSpace(args.prompt_length, args.embedding_dim or 1,
                                 intrinsic_dim=args.intrinsic_dim,
-                                embedding_std=args.embedding_std or 1.0)
+                                **_given(embedding_std=args.embedding_std))
     else:
-        space = HardPromptSpace(args.prompt_length,
-                                args.vocabulary_id or _PLACEHOLDER_VOCABULARY,
-                                pca_dims=args.pca_dims, top_n=args.top_n,
-                                top_n_scores=[0.0] * args.top_n)
+        space = _hard_space(args, args.vocabulary_id or _PLACEHOLDER_VOCABULARY,
+                            [0.0] * args.top_n)
     try:
         existing: Study | None = client.get_study(name)
     except LookupError:
@@ -299,17 +309,17 @@ def validate_study(client: Client, name: str, args: argparse.Namespace,
     # stand-in until the evaluator loads.
     pool_size = 0
     if args.labeled_pool:
-        pool_size = (existing.info.spec.pool_size if existing is not None else 0) or max(
+        pool_size = (existing.spec.pool_size if existing is not None else 0) or max(
             args.examples_per_trial, 1)
     kwargs = _spec_kwargs(args, setup, pool_size)
     # A soft space's vector size may come from the evaluator: compare the rest.
-    if args.soft and existing is not None and existing.info.spec.WhichOneof("space") == "soft":
-        soft = existing.info.spec.soft
+    existing_space = existing.spec.space if existing is not None else None
+    if args.soft and isinstance(existing_space, SoftPromptSpace):
         space = SoftPromptSpace(
-            args.prompt_length, args.embedding_dim or soft.embedding_dim,
+            args.prompt_length, args.embedding_dim or existing_space.embedding_dim,
             intrinsic_dim=args.intrinsic_dim,
-            embedding_std=args.embedding_std or soft.embedding_std or 1.0,
-            bound=soft.bound)
+            embedding_std=args.embedding_std or existing_space.embedding_std,
+            bound=existing_space.bound)
     return client.create_study(name, space, validate_only=True, **kwargs)
 
 
@@ -345,8 +355,7 @@ def create_study(client: Client, name: str, args: argparse.Namespace, evaluator:
             ranked = (text_word_scores(table.tokens, read_texts(args.top_n_texts))
                       if args.top_n_texts else word_scores(table.tokens, table.token_ids))
             scores = ranked.tolist()
-        space = HardPromptSpace(args.prompt_length, vocab_id, pca_dims=args.pca_dims,
-                                top_n=args.top_n, top_n_scores=scores)
+        space = _hard_space(args, vocab_id, scores)
     pool_size = _labeled_pool_size(args, evaluator)
     return client.create_study(name, space, **_spec_kwargs(args, setup, pool_size))
 

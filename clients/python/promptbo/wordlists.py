@@ -1,6 +1,6 @@
 """Rankings of a vocabulary's whole-word tokens, for a hard-prompt space's ``top_n`` filter.
 
-A :class:`~promptbo.client.HardPromptSpace` with ``top_n=N`` searches only the ``N``
+A :class:`~promptbo.spec.HardPromptSpace` with ``top_n=N`` searches only the ``N``
 tokens with the highest ``top_n_scores`` (one score per vocabulary row). Two rankings:
 
 - :func:`word_scores`: whole English words (``" great"``) by BPE merge order, which

@@ -229,7 +229,7 @@ class Worker:
             return None
 
     def _heartbeat(self, trials: list[Trial], stop: threading.Event) -> None:
-        lease = self.study.info.spec.lease_seconds or 300.0
+        lease = self.study.spec.lease_seconds
         while not stop.wait(max(0.5, lease / 3)):
             for t in trials:
                 try:
