@@ -9,6 +9,10 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from benchmarks import holdout, quality
+from benchmarks.proposers import TPEProposer, Trace, optimize
+from benchmarks.scoring import ScoreCache
+from benchmarks.selection import ranked_prompts, select_prompt
 from promptbo.evaluators.base import Evaluator
 from promptbo.types import Score, VocabularyTable
 
@@ -51,7 +55,7 @@ def _vocabulary(n: int = 80) -> VocabularyTable:
     return VocabularyTable(tokens, [1000 + i for i in range(n)], emb)
 
 
-def test_select_prompt_takes_the_dev_best_of_the_objective_top_k(quality):
+def test_select_prompt_takes_the_dev_best_of_the_objective_top_k():
     prompts = [(1,), (2,), (3,), (2,), (4,), (5,)]
     values = [0.1, 0.5, 0.4, 0.5, 0.3, 0.9]
     dev = {(1,): 0.0, (2,): 0.2, (3,): 0.7, (4,): 0.9, (5,): 1.0}
@@ -61,18 +65,18 @@ def test_select_prompt_takes_the_dev_best_of_the_objective_top_k(quality):
         asked.append(list(ps))
         return [dev[p] for p in ps]
 
-    sel = quality.select_prompt(prompts, values, budget=5, dev_values=dev_values, top_k=3)
+    sel = select_prompt(prompts, values, budget=5, dev_values=dev_values, top_k=3)
     # (5,) lies beyond the budget; (2,) counts once; top-3 by objective: (2,), (3,), (4,).
     assert asked == [[(2,), (3,), (4,)]]
     assert sel["prompt"] == [4] and sel["objective"] == 0.3 and sel["dev"] == 0.9
     # A dev tie goes to the better objective.
-    sel = quality.select_prompt(prompts, values, 5, lambda ps: [1.0] * len(ps), top_k=3)
+    sel = select_prompt(prompts, values, 5, lambda ps: [1.0] * len(ps), top_k=3)
     assert sel["prompt"] == [2]
 
 
-def test_score_cache_scores_each_split_seed_prompt_once(quality):
+def test_score_cache_scores_each_split_seed_prompt_once():
     calls: Counter = Counter()
-    cache = quality.ScoreCache(lambda split, seed: FakeEvaluator(split, seed, calls),
+    cache = ScoreCache(lambda split, seed: FakeEvaluator(split, seed, calls),
                                _vocabulary())
     a, b = (1010, 1011), (1012, 1013)
     first = cache.score("objective", 0, [a, b, a])
@@ -86,17 +90,17 @@ def test_score_cache_scores_each_split_seed_prompt_once(quality):
     assert cache.prompt(a).text == " kax lax"
 
 
-def _args(quality, tmp_path, strategies):
+def _args(tmp_path, strategies, budgets="4,10", seeds="0,1"):
     return quality.parse_args([
-        "--data-dir", "fake", "--budgets", "4,10", "--seeds", "0,1", "--strategies",
+        "--data-dir", "fake", "--budgets", budgets, "--seeds", seeds, "--strategies",
         strategies, "--prompt-length", "2", "--top-n", "40", "--pca-dims", "4",
         "--out", str(tmp_path / "q"), "--log-every", "5"])
 
 
-def test_benchmark_run_selects_caches_and_resumes(quality, tmp_path):
+def test_benchmark_run_selects_caches_and_resumes(tmp_path):
     calls: Counter = Counter()
     vocab = _vocabulary()
-    args = _args(quality, tmp_path, "random,optuna-tpe")
+    args = _args(tmp_path, "random,optuna-tpe")
     lines = []
     bench = quality.Benchmark(args, lambda s, seed: FakeEvaluator(s, seed, calls), vocab,
                               log=lines.append)
@@ -131,7 +135,7 @@ def test_benchmark_run_selects_caches_and_resumes(quality, tmp_path):
 
     # Resuming with one more strategy scores only that strategy's prompts.
     calls.clear()
-    args = _args(quality, tmp_path, "random,optuna-tpe,cmaes")
+    args = _args(tmp_path, "random,optuna-tpe,cmaes")
     args.resume = True
     again = quality.Benchmark(args, lambda s, seed: FakeEvaluator(s, seed, calls), vocab,
                               results=quality.load_previous(args), log=lines.append)
@@ -143,26 +147,26 @@ def test_benchmark_run_selects_caches_and_resumes(quality, tmp_path):
     assert {k for (split, _, k) in calls if split == "objective"} <= cmaes_keys
 
 
-def test_partial_trace_is_replayed_not_rescored(quality):
+def test_partial_trace_is_replayed_not_rescored():
     calls: Counter = Counter()
     vocab = _vocabulary()
-    cache = quality.ScoreCache(lambda s, seed: FakeEvaluator(s, seed, calls), vocab)
+    cache = ScoreCache(lambda s, seed: FakeEvaluator(s, seed, calls), vocab)
     ids = np.asarray(vocab.token_ids)
 
     def evaluate(rows):
         return cache.score("objective", 0, [tuple(int(i) for i in ids[r]) for r in rows])
 
     allowed = list(range(3, 80))
-    tpe = quality.TPEProposer(allowed, 2, seed=0)
-    partial = quality.optimize(tpe, 6, evaluate)
-    full = quality.optimize(quality.TPEProposer(allowed, 2, seed=0), 12, evaluate,
-                            quality.Trace(**partial.to_json()))
+    tpe = TPEProposer(allowed, 2, seed=0)
+    partial = optimize(tpe, 6, evaluate)
+    full = optimize(TPEProposer(allowed, 2, seed=0), 12, evaluate,
+                            Trace(**partial.to_json()))
     assert full.rows[:6] == partial.rows and len(full.rows) == 12
     assert len(tpe.study.trials) == 6
     assert max(calls.values()) == 1 and len(calls) == len(set(map(tuple, full.rows)))
 
 
-def test_vocab_data_searches_the_words_of_the_training_texts(quality, tmp_path):
+def test_vocab_data_searches_the_words_of_the_training_texts(tmp_path):
     data = tmp_path / "task"
     data.mkdir()
     (data / "train.jsonl").write_text('{"text": "fax gax fax", "label": 0}\n'
@@ -181,8 +185,8 @@ def test_vocab_data_searches_the_words_of_the_training_texts(quality, tmp_path):
     assert results["config"]["vocab"] == "data"
 
 
-def test_resume_reads_results_written_before_the_vocab_option(quality, tmp_path):
-    args = _args(quality, tmp_path, "random")
+def test_resume_reads_results_written_before_the_vocab_option(tmp_path):
+    args = _args(tmp_path, "random")
     args.resume = True
     old = quality.config_of(args)
     del old["vocab"]  # results files from before --vocab existed
@@ -193,11 +197,11 @@ def test_resume_reads_results_written_before_the_vocab_option(quality, tmp_path)
         quality.load_previous(args)
 
 
-def test_resume_with_a_new_seed_keeps_the_test_size(quality, tmp_path):
+def test_resume_with_a_new_seed_keeps_the_test_size(tmp_path):
     # The new seed's unprompted test score is cached, so no test evaluator is built.
     calls: Counter = Counter()
     vocab = _vocabulary()
-    args = _args(quality, tmp_path, "random")
+    args = _args(tmp_path, "random")
     args.seeds = [0]
     quality.Benchmark(args, lambda s, seed: FakeEvaluator(s, seed, calls), vocab,
                       log=lambda _: None).run()
@@ -209,15 +213,15 @@ def test_resume_with_a_new_seed_keeps_the_test_size(quality, tmp_path):
     assert "on 7 test examples" in (tmp_path / "q.md").read_text()
 
 
-def test_holdout_scores_each_runs_top_prompts_and_the_selection(quality, holdout, tmp_path):
+def test_holdout_scores_each_runs_top_prompts_and_the_selection(tmp_path):
     """benchmarks/holdout.py on a finished (fake) quality run: the top prompts by objective
     and the selected one of every run, each scored once on the seed's held-out split."""
     vocab = _vocabulary()
-    args = _args(quality, tmp_path, "random,cmaes")
+    args = _args(tmp_path, "random,cmaes")
     results = quality.Benchmark(args, lambda s, seed: FakeEvaluator(s, seed, Counter()),
                                 vocab, log=lambda _: None).run()
     calls: Counter = Counter()
-    cache = quality.ScoreCache(lambda s, seed: FakeEvaluator(s, seed, calls), vocab)
+    cache = ScoreCache(lambda s, seed: FakeEvaluator(s, seed, calls), vocab)
 
     def key_of(rows):
         return tuple(1000 + r for r in rows)
@@ -227,7 +231,7 @@ def test_holdout_scores_each_runs_top_prompts_and_the_selection(quality, holdout
     assert max(calls.values()) == 1 and {split for split, _, _ in calls} == {"holdout"}
     for name, run in results["runs"].items():
         seed = int(name.split("|")[1])
-        tops = quality.ranked_prompts([key_of(r) for r in run["rows"]], run["values"], 10)[:3]
+        tops = ranked_prompts([key_of(r) for r in run["rows"]], run["values"], 10)[:3]
         assert len({k for k, _ in tops}) == 3
         values = [v for _, v in tops]
         assert values == sorted(run["values"], reverse=True)[:3]
