@@ -35,5 +35,11 @@ check-protos: protos
 	git diff --exit-code -- clients/python/promptbo/v1 || \
 	  (echo "generated code is stale: run 'make protos' and commit" && exit 1)
 
+# The planted-prompt benchmark (CPU, a few minutes); the others are listed in docs/benchmarks.md
+# and run the same way from the repository root: `python -m benchmarks.<name> --help`.
+bench: setup
+	$(BIN)/python -m benchmarks.synthetic --strategies gp,turbo,cmaes,index,random \
+	  --budget 40 --seeds 3 --out benchmarks/results/synthetic
+
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -1,6 +1,6 @@
 """The "equal model calls" protocol: test accuracy of the recommended prompt per scored example.
 
-Beside the 16-shot protocol of ``benchmarks/quality.py``: every strategy gets a labeled
+Beside the 16-shot protocol of :mod:`benchmarks.quality`: every strategy gets a labeled
 pool of ``--pool`` training examples (the ``pool`` split of the task: training examples
 outside ``dev``, objective set first) and a budget counted in *scored examples*, the
 model calls a user pays for. At each budget of ``--budgets`` the prompt the strategy
@@ -25,7 +25,7 @@ scoring is charged to the budget as the service would charge it. The recommendat
 95% interval is checked against its test accuracy: the interval of the pool accuracy over
 the examples the strategy scored it on (``coverage`` in the tables).
 
-    python benchmarks/equal_calls.py --data-dir ../shared/datasets/sst2 --pool 1000 \\
+    python -m benchmarks.equal_calls --data-dir ../shared/datasets/sst2 --pool 1000 \\
         --budgets 4000,8000 --seeds 0,1,2 \\
         --strategies mf,gp-fixed,turbo-fixed,random-full,optuna-tpe,mipro-tpe,unprompted \\
         --out benchmarks/results/equal-calls-sst2
@@ -37,10 +37,8 @@ writes ``<out>.json`` (every run's checkpoints) and ``<out>.md`` (the table); fi
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import math
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -48,20 +46,13 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.proposers import TPEProposer
+from benchmarks.report import machine
+from benchmarks.scoring import task_style
+
 Z95 = 1.959963984540054
 STRATEGIES = ("mf", "gp-fixed", "turbo-fixed", "random-full", "optuna-tpe", "mipro-tpe",
               "unprompted")
-
-
-def _quality():
-    """``benchmarks/quality.py`` as a module (``benchmarks`` is not a package)."""
-    name = "promptbo_bench_quality"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("quality.py"))
-        assert spec and spec.loader
-        sys.modules[name] = module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    return sys.modules[name]
 
 
 class PoolScorer:
@@ -179,8 +170,7 @@ def checkpoint(budget: int, key: tuple, idx, scorer: PoolScorer) -> dict[str, An
 
 def run_tpe(strategy: str, seed: int, args, scorer: PoolScorer, space, ids, allowed) -> Run:
     """optuna-tpe on the fixed sample, or the MIPROv2-style minibatch TPE."""
-    q = _quality()
-    tpe = q.TPEProposer(allowed, space.prompt_length, seed)
+    tpe = TPEProposer(allowed, space.prompt_length, seed)
     rng = np.random.default_rng(seed)
     run = Run(args.budgets)
     top = max(args.budgets)
@@ -284,21 +274,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     if unknown:
         p.error(f"unknown strategies {unknown}; choose from {', '.join(STRATEGIES)}")
 
-    q = _quality()
     from promptbo.evaluators import create_evaluator
     from promptbo.server.domain import HardPromptSpace, Vocabulary
     from promptbo.server.optim.spaces import filtered_rows
     from promptbo.wordlists import word_scores
 
-    meta = Path(args.data_dir) / "meta.json"
-    name = json.loads(meta.read_text()).get("name", "") if meta.exists() else ""
-    template, labels = q.TASK_STYLES.get(name, (None, None))
+    template, labels = task_style(args.data_dir)
     template = args.template or template
     out = Path(args.out)
     path = out.with_suffix(".json")
     results: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {"runs": {}}
     results["config"] = {k: v for k, v in vars(args).items()}
-    results["machine"] = q.machine()
+    results["machine"] = machine()
     for seed in seeds:
         opts: dict[str, Any] = {"model": args.model, "data": args.data_dir, "k": args.k,
                                 "seed": seed}

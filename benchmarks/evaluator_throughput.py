@@ -14,7 +14,7 @@ Two measurements on the demo reviews (or ``--data``) with the bundled SmolLM2-13
 
 Usage::
 
-    python benchmarks/evaluator_throughput.py --examples 16 --prompts 4 --repeats 3
+    python -m benchmarks.evaluator_throughput --examples 16 --prompts 4 --repeats 3
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Do the prompts a search finds hold up on training examples it never saw?
 
-Reads a quality-benchmark results file (``benchmarks/quality.py``) and, for each
+Reads a quality-benchmark results file (:mod:`benchmarks.quality`) and, for each
 (strategy, seed) run, scores on the seed's ``holdout`` split (the training examples in
 neither its objective nor its dev set; ``--examples`` of them) the ``--top`` best prompts
 by objective among the first ``--budget`` evaluations, the prompt the benchmark selected at
@@ -21,7 +21,7 @@ averaged over seeds:
   held-out value (the gap is how much of the objective's gain was fitted to its examples);
 - ``value`` columns: the same for the mean normalised log-probability of the gold label.
 
-    python benchmarks/holdout.py --results benchmarks/results/quality-sst2.json \\
+    python -m benchmarks.holdout --results benchmarks/results/quality-sst2.json \\
         --budget 100 --top 5 --examples 400
 
 writes ``<results stem>-holdout.json`` (every held-out score, resumable), ``.md`` (the
@@ -31,7 +31,6 @@ table) and ``.png`` (held-out against objective value of every top prompt).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import sys
 import time
@@ -41,18 +40,11 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.report import machine
+from benchmarks.scoring import ScoreCache, hf_evaluators
+from benchmarks.selection import ranked_prompts
+
 SPLIT = "holdout"
-
-
-def _quality():
-    """``benchmarks/quality.py`` as a module (``benchmarks`` is not a package)."""
-    name = "promptbo_bench_quality"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("quality.py"))
-        assert spec and spec.loader
-        sys.modules[name] = module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    return sys.modules[name]
 
 
 def analyse(results: dict[str, Any], score, key_of, strategies: Sequence[str],
@@ -71,8 +63,7 @@ def analyse(results: dict[str, Any], score, key_of, strategies: Sequence[str],
             sel = results["selections"].get(f"{s}|{seed}|{budget}")
             if run is None or sel is None or len(run["values"]) < budget:
                 continue
-            tops = _quality().ranked_prompts([key_of(r) for r in run["rows"]], run["values"],
-                                             budget)[:top]
+            tops = ranked_prompts([key_of(r) for r in run["rows"]], run["values"], budget)[:top]
             scored = score(seed, [tuple(sel["prompt"]), *(k for k, _ in tops)])
             out["runs"][f"{s}|{seed}"] = {
                 "selected": list(scored[0]), "top": [list(x) for x in scored[1:]],
@@ -172,7 +163,7 @@ def plot(analysis: dict[str, Any], strategies: Sequence[str], path: Path, title:
 
 def main(argv: Sequence[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--results", required=True, help="a benchmarks/quality.py results .json")
+    ap.add_argument("--results", required=True, help="a benchmarks.quality results .json")
     ap.add_argument("--strategies", default=None, help="default: those in the results")
     ap.add_argument("--seeds", default=None, help="default: those in the results")
     ap.add_argument("--budget", type=int, default=100)
@@ -180,7 +171,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--examples", type=int, default=400, help="held-out examples per seed")
     ap.add_argument("--out", default=None, help="default: <results stem>-holdout")
     args = ap.parse_args(argv)
-    quality = _quality()
     path = Path(args.results)
     results = json.loads(path.read_text())
     config = results["config"]
@@ -197,13 +187,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
     evaluator_args = argparse.Namespace(**{**config, "test_kv_cache_mb": 4096})
-    make = quality.hf_evaluators(evaluator_args, holdout_examples=args.examples)
+    make = hf_evaluators(evaluator_args, holdout_examples=args.examples)
     log(f"loading {config['model']} for {config['data_dir']}")
     first = make(SPLIT, seeds[0])
     vocabulary = first.vocabulary()
     built = {(SPLIT, seeds[0]): first}
-    cache = quality.ScoreCache(lambda sp, sd: built.pop((sp, sd), None) or make(sp, sd),
-                               vocabulary, saved.get("scores", {}))
+    cache = ScoreCache(lambda sp, sd: built.pop((sp, sd), None) or make(sp, sd),
+                       vocabulary, saved.get("scores", {}))
     ids = np.asarray(vocabulary.token_ids, dtype=np.int64)
     record: dict[str, Any] = {"results": str(path), "examples": args.examples,
                               "scores": cache.store}
@@ -222,7 +212,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     cache.close()
     rows = table(analysis, strategies, seeds, args.top)
     record.update(analysis=analysis, table=rows, budget=args.budget, top=args.top,
-                  machine=quality.machine())
+                  machine=machine())
     out.with_suffix(".json").write_text(json.dumps(record))
     text = markdown(rows, args.top, args.examples, args.budget)
     out.with_suffix(".md").write_text(text)

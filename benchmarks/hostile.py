@@ -5,8 +5,8 @@ request that used to exhaust or break a server, recording the status code, the t
 the server's RSS. Run it against this tree, or against another build with
 ``--pythonpath`` (a folder holding a ``promptbo`` package), to compare:
 
-    python benchmarks/hostile.py
-    python benchmarks/hostile.py --pythonpath /tmp/oldpkg     # e.g. the code before
+    python -m benchmarks.hostile
+    python -m benchmarks.hostile --pythonpath /tmp/oldpkg     # e.g. the code before
 
 Prints one JSON object: scenario -> figures.
 """

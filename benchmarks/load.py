@@ -10,8 +10,8 @@ trials at a time and sends their results in one CompleteTrials that brings the n
 (one RPC per batch, the Worker with ``batch_size=--batch``). Reports completed trials/s,
 p50/p99 latency per RPC, and errors (which must be zero).
 
-    python benchmarks/load.py --workers 64 --seconds 60
-    python benchmarks/load.py --workers 1,8,32 --seconds 20     # a row per worker count
+    python -m benchmarks.load --workers 64 --seconds 60
+    python -m benchmarks.load --workers 1,8,32 --seconds 20     # a row per worker count
 """
 
 from __future__ import annotations

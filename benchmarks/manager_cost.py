@@ -4,7 +4,7 @@ Runs ``--trials`` rounds of ``suggest_trials(1)`` -> ``complete_trial`` on a sof
 study with the random strategy (prefetch on, as ``promptbo serve`` runs it) and prints
 milliseconds per round: the server-side share of the load benchmark's latency.
 
-    python benchmarks/manager_cost.py --trials 2000
+    python -m benchmarks.manager_cost --trials 2000
 """
 
 from __future__ import annotations

@@ -12,8 +12,8 @@ random prompts already beat the unprompted model leaves room for search; one whe
 all of them hurt makes the search recover the unprompted score at best. A candidate list
 whose random prompts spread more (std of the value) leaves a search more to find.
 
-    python benchmarks/placement.py --data-dir ../shared/datasets/sst2
-    python benchmarks/placement.py --data-dir ../shared/datasets/sst2 --vocab merges,data \
+    python -m benchmarks.placement --data-dir ../shared/datasets/sst2
+    python -m benchmarks.placement --data-dir ../shared/datasets/sst2 --vocab merges,data \
         --templates $'before input={prompt}\nReview: {text}\nSentiment: {answer}' --k 32
 """
 

@@ -1,10 +1,10 @@
 """Pool-quality benchmark: test accuracy of the pool candidate each pool strategy picks.
 
 The pool is built with :mod:`promptbo.evaluators.pools`, as ``promptbo pool build`` does:
-the 24 instructions of ``benchmarks/pool_synthetic.py`` × its 3 label phrases ×
+the 24 instructions of :mod:`benchmarks.pool_synthetic` × its 3 label phrases ×
 ``--demo-sets`` draws of ``--demos`` demonstrations from the training pool outside the
 objective and dev sets, embedded with all-MiniLM-L6-v2. The evaluator is ``hf-causal`` on
-``--model`` (SmolLM2-135M-Instruct) with the SST-2 style of ``benchmarks/quality.py``
+``--model`` (SmolLM2-135M-Instruct) with the SST-2 style of :mod:`benchmarks.quality`
 (its default template, label words = the class names), and the selection is the same:
 
 - objective: ``--k`` training examples per class; each strategy maximizes the evaluator's
@@ -17,36 +17,25 @@ objective and dev sets, embedded with all-MiniLM-L6-v2. The evaluator is ``hf-ca
 Strategies run through the engine directly (``suggest`` → score → ``observe``); scores are
 cached per (split, candidate), so candidates shared by strategies are scored once.
 
-    python benchmarks/pool_quality.py --data-dir ../shared/datasets/sst2 --budget 25 \\
+    python -m benchmarks.pool_quality --data-dir ../shared/datasets/sst2 --budget 25 \\
         --strategies zopo,gp,random --seed 0 --out benchmarks/results/pool-quality-sst2
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from benchmarks.pool_synthetic import INSTRUCTIONS, LABEL_PHRASES
+from benchmarks.selection import select_prompt
 from promptbo.server.domain import PoolSpace
 from promptbo.server.optim import make_engine
 from promptbo.types import Prompt
-
-HERE = Path(__file__).resolve().parent
-
-
-def _bench_module(name: str):
-    spec = importlib.util.spec_from_file_location(f"promptbo_bench_{name}", HERE / f"{name}.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def main() -> None:
@@ -68,11 +57,9 @@ def main() -> None:
     from promptbo.evaluators import create_evaluator
     from promptbo.evaluators.pools import build_pool, combine, training_examples
 
-    synthetic = _bench_module("pool_synthetic")
-    quality = _bench_module("quality")
     t0 = time.perf_counter()
     demos = training_examples(args.data_dir, None, args.k, args.seed)
-    texts = combine(synthetic.INSTRUCTIONS, label_phrases=synthetic.LABEL_PHRASES,
+    texts = combine(INSTRUCTIONS, label_phrases=LABEL_PHRASES,
                     demonstrations=demos, k=args.demos, demo_sets=args.demo_sets,
                     seed=args.seed)
     table = build_pool(texts)
@@ -111,8 +98,8 @@ def main() -> None:
             engine.observe(c, torch.tensor([value], dtype=torch.float64))
             picked.append(i)
             values.append(value)
-        sel = quality.select_prompt([[i] for i in picked], values, args.budget,
-                                    lambda ps: [score("dev", [p[0]])[0][0] for p in ps])
+        sel = select_prompt([[i] for i in picked], values, args.budget,
+                            lambda ps: [score("dev", [p[0]])[0][0] for p in ps])
         best = sel["prompt"][0]
         test_value, test_acc = score("test", [best])[0]
         secs = time.perf_counter() - t0

@@ -12,9 +12,9 @@ random candidate ``p`` and two decoys ``q1, q2``; a candidate's value is
 (1.0 at the plant only), so the landscape is smooth in the embedding space with two
 local optima. Every strategy gets the same budget of sequential evaluations.
 
-    python benchmarks/pool_synthetic.py --strategies zopo,gp,random,optuna-tpe --size 600 \\
+    python -m benchmarks.pool_synthetic --strategies zopo,gp,random,optuna-tpe --size 600 \\
         --budget 40 --seeds 10
-    python benchmarks/pool_synthetic.py --latency --size 10000 --observed 165
+    python -m benchmarks.pool_synthetic --latency --size 10000 --observed 165
 
 The first prints a markdown table (best value found: mean and std over seeds; how often
 the plant was found); the second times ``zopo`` suggestions (p50/p90 over 50 calls) on a

@@ -12,9 +12,9 @@ worker (then starts a new one under the same client id). The server's RSS is sam
 its value; every worker error other than UNAVAILABLE (and a lost lease, FAILED_PRECONDITION,
 when a restart outlived a lease) is reported.
 
-    python benchmarks/soak.py --workers 64 --seconds 600                    # the issue's size
-    python benchmarks/soak.py --workers 8 --seconds 60 --storage postgresql://u@h/db
-    python benchmarks/soak.py worker ADDRESS STUDY LOG CLIENT_ID            # one worker (internal)
+    python -m benchmarks.soak --workers 64 --seconds 600                    # the issue's size
+    python -m benchmarks.soak --workers 8 --seconds 60 --storage postgresql://u@h/db
+    python -m benchmarks.soak worker ADDRESS STUDY LOG CLIENT_ID            # one worker (internal)
 
 Prints one JSON object of figures (and writes it to ``--out`` if given).
 """
@@ -34,6 +34,8 @@ from collections import Counter
 from pathlib import Path
 
 STUDY = "soak"
+#: Where the worker processes run, so that ``benchmarks`` is importable there.
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 # --- the worker process ------------------------------------------------------------------
@@ -98,8 +100,8 @@ def _start_server(storage: str, port: int, log) -> subprocess.Popen:
 
 
 def _start_worker(address: str, log: Path, client_id: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, __file__, "worker", address, STUDY, str(log),
-                             client_id])
+    return subprocess.Popen([sys.executable, "-m", "benchmarks.soak", "worker", address, STUDY,
+                             str(log.resolve()), client_id], cwd=REPO_ROOT)
 
 
 def _rss(pid: int) -> int:

@@ -17,7 +17,7 @@ Observations are ``n`` random prompts of the planted-prompt problem of
 - ``optuna GPSampler``: ``study.ask()`` after the same points were added with
   ``add_trial`` as 80 ``FloatDistribution(0, 1)`` parameters.
 
-    python benchmarks/suggest_speed.py --sizes 50,200,500,1000 --threads 1
+    python -m benchmarks.suggest_speed --sizes 50,200,500,1000 --threads 1
 
 prints a markdown table (seconds; ratios of the references to ``gp`` warm q=1).
 """
@@ -27,21 +27,16 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import time
 import warnings
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from synthetic import PlantedPrompt, load_table  # noqa: E402
-
-from promptbo.server.domain import HardPromptSpace  # noqa: E402
-from promptbo.server.optim import make_engine  # noqa: E402
+from benchmarks.synthetic import PlantedPrompt, load_table
+from promptbo.server.domain import HardPromptSpace
+from promptbo.server.optim import make_engine
 
 LENGTH, PCA_DIMS = 5, 16
 #: Replaying hundreds of random observations would collapse and restart turbo's trust

@@ -8,7 +8,7 @@ uniformly random rows; a prompt's value is the mean over positions of the cosine
 similarity between its token embedding and the planted token's (1.0 at the optimum).
 Every strategy gets the same budget of sequential evaluations.
 
-    python benchmarks/synthetic.py --strategies gp,turbo,cmaes,index,random \\
+    python -m benchmarks.synthetic --strategies gp,turbo,cmaes,index,random \\
         --budget 40 --seeds 3 --out benchmarks/results/synthetic
 
 prints a markdown table (best value found, mean and std over seeds, ratio to random) and

@@ -14,7 +14,7 @@ in-memory storage (the sources' trials are read from storage, as in a server). P
 the best value after 5, 10, 15 and ``--budget`` evaluations (mean ± std over seeds), the
 related or unrelated source's final weight, and seconds per run. ``--json`` writes them.
 
-    python benchmarks/transfer.py --seeds 3 --budget 20 --json benchmarks/results/transfer.json
+    python -m benchmarks.transfer --seeds 3 --budget 20 --json benchmarks/results/transfer.json
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ import argparse
 
 import numpy as np
 
+from benchmarks.equal_calls import run_tpe, summarize
 from promptbo.server.domain import HardPromptSpace
 
 
@@ -38,13 +39,13 @@ class FakeScorer:
         return (key[0] % 100) / 100 if key else 0.5
 
 
-def test_mipro_baseline_minibatches_and_full_evaluations(equal_calls):
+def test_mipro_baseline_minibatches_and_full_evaluations():
     args = argparse.Namespace(budgets=[400, 800], pool=100, minibatch=35, full_every=5,
                               fixed=32)
     scorer = FakeScorer()
     space = HardPromptSpace(2, "v", pca_dims=2)
     ids = np.arange(1000, 1050)
-    run = equal_calls.run_tpe("mipro-tpe", 0, args, scorer, space, ids, list(range(50)))
+    run = run_tpe("mipro-tpe", 0, args, scorer, space, ids, list(range(50)))
     sizes = [n for _, n in scorer.calls]
     assert scorer.charged <= 800 and sum(sizes) == scorer.charged
     # Five minibatches of 35, then the best of them on the whole pool, and again.
@@ -56,12 +57,12 @@ def test_mipro_baseline_minibatches_and_full_evaluations(equal_calls):
     assert tuple(last["prompt"]) in fully and last["examples"] == 100
 
 
-def test_table_reports_accuracy_and_interval_coverage(equal_calls):
+def test_table_reports_accuracy_and_interval_coverage():
     results = {"runs": {
         "mf|0": {"checkpoints": [{"budget": 10, "test_accuracy": 0.8, "pool_accuracy": 0.78,
                                   "stderr": 0.02}]},
         "mf|1": {"checkpoints": [{"budget": 10, "test_accuracy": 0.9, "pool_accuracy": 0.7,
                                   "stderr": 0.01}]},
     }}
-    table = equal_calls.summarize(results, ["mf"], [10], [0, 1])
+    table = summarize(results, ["mf"], [10], [0, 1])
     assert "| mf | 85.0 ± 5.0 | 1/2 |" in table

@@ -7,11 +7,7 @@ defaults.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from collections.abc import Iterator
-from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import pytest
@@ -20,8 +16,6 @@ import torch
 from promptbo.server.domain import HardPromptSpace, SoftPromptSpace
 from promptbo.server.optim import make_engine
 from promptbo.server.optim.base import Engine
-
-ROOT = Path(__file__).resolve().parents[2]
 
 #: Options that keep gp/turbo suggestions in the tens of milliseconds.
 FAST_GP = {
@@ -89,17 +83,6 @@ def _run_loop(eng: Engine, rounds: int, batch: int) -> list[tuple[torch.Tensor, 
     return history
 
 
-def _load_benchmark(name: str) -> ModuleType:
-    """A module of ``benchmarks/`` loaded by path (benchmarks is not a package)."""
-    path = ROOT / "benchmarks" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"promptbo_bench_{name}", path)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture
 def fast_engine():
     """``fast_engine(space, strategy, table, seed=0, **options)``: an engine with
@@ -115,9 +98,3 @@ def objective():
 @pytest.fixture
 def run_loop():
     return _run_loop
-
-
-@pytest.fixture(scope="session")
-def synthetic() -> ModuleType:
-    """``benchmarks/synthetic.py`` as a module."""
-    return _load_benchmark("synthetic")

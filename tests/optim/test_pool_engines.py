@@ -137,16 +137,8 @@ def test_zopo_takes_gradient_and_exploration_steps_and_restarts(pool_table):
 @pytest.mark.slow
 def test_zopo_and_gp_beat_random_on_a_planted_pool():
     """The benchmark of benchmarks/pool_synthetic.py on its real embedded pool."""
-    import importlib.util
-    import sys
-    from pathlib import Path
+    from benchmarks import pool_synthetic as bench
 
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "pool_synthetic.py"
-    spec = importlib.util.spec_from_file_location("promptbo_bench_pool_synthetic", path)
-    assert spec and spec.loader
-    bench = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = bench
-    spec.loader.exec_module(bench)
     table, _ = bench.load_pool(600)
     best = {
         name: np.mean([bench.run(name, table, seed, 40)[0][-1] for seed in range(4)])

@@ -7,30 +7,19 @@ acknowledged result lost, no error but UNAVAILABLE and lost leases, memory bound
 
 from __future__ import annotations
 
-import importlib.util
 import os
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from benchmarks.soak import run_soak
+
 SECONDS = float(os.environ.get("PROMPTBO_SOAK_SECONDS", "20"))
-
-
-def _soak_module():
-    spec = importlib.util.spec_from_file_location("promptbo_bench_soak_ci",
-                                                  ROOT / "benchmarks" / "soak.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.mark.slow
 def test_soak_under_chaos_loses_nothing(tmp_path):
-    soak = _soak_module()
-    figures = soak.run_soak(workers=3, seconds=SECONDS, workdir=tmp_path, chaos_seconds=2.0,
-                            seed=1)
+    figures = run_soak(workers=3, seconds=SECONDS, workdir=tmp_path, chaos_seconds=2.0,
+                       seed=1)
     assert figures["server_kills"] >= 1 and figures["worker_kills"] >= 1, figures
     assert figures["acknowledged"] > 0, figures
     assert figures["lost"] == 0, figures
