@@ -45,9 +45,6 @@ class Storage(abc.ABC):
     def get_pool(self, pool_id: str) -> Pool:
         """Raises NotFoundError if no pool has that id."""
 
-    @abc.abstractmethod
-    def has_pool(self, pool_id: str) -> bool: ...
-
     # --- studies ------------------------------------------------------------------
     @abc.abstractmethod
     def create_study(self, study: Study) -> Study:

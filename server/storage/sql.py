@@ -611,9 +611,6 @@ class SqlStorage(Storage):
         pool.__dict__["id"] = row.id  # stored under its content hash: skip rehashing
         return pool
 
-    def has_pool(self, pool_id: str) -> bool:
-        return self._has_row(pools, pool_id)
-
     # --- studies ---------------------------------------------------------------------
     def create_study(self, study: Study) -> Study:
         check_study_name(study.name)
