@@ -1,4 +1,4 @@
-"""``promptbo admin``: operator commands on a store itself, with no server running.
+"""``promptbo admin``: operator commands on a store itself, without going through a server.
 
 ::
 
@@ -7,10 +7,14 @@
 ``check`` opens the store read-only (a SQLite file in SQLite's read-only mode, PostgreSQL
 in READ ONLY transactions), runs :meth:`Storage.check_integrity
 <promptbo.server.storage.base.Storage.check_integrity>`, lists each study's trials per state
-and prints every problem found. It writes nothing and holds no lock beyond its read
-transactions, so it may run beside a serving server. Exit status: 0 when the store is sound,
-1 when problems were found, 2 when the store cannot be checked (no such file, not a promptbo
-database, an unreachable database, the server extra not installed).
+and prints every problem found. It changes nothing in the database and holds no lock
+beyond its read transactions, so it may run beside a serving server. (Reading a SQLite file
+in WAL mode needs its ``-wal`` and ``-shm`` side files: when no server has the file open,
+SQLite creates them, empty, with the database file's owner and mode.)
+
+Exit status: 0 when the store is sound, 1 when problems were found, 2 when the store cannot
+be checked (no such file, not a promptbo database, an unreachable database, the server
+extra not installed).
 
 The storage modules (and SQLAlchemy) are imported only when a command runs: the client
 package imports without the server extra.
@@ -78,14 +82,13 @@ def check(args: argparse.Namespace) -> int:
 
     if studies is not None:
         total = sum(sum(s["trials"].values()) for s in studies)
-        print(f"{len(studies)} studies, {total} trials")
+        print(f"{_count(len(studies), 'study', 'studies')}, {_count(total, 'trial')}")
         for s in studies:
             counts = "  ".join(f"{n:5d} {state}" for state, n in s["trials"].items())
             print(f"  {safe(s['name']):30s} {s['state']:9s} {counts}")
     for problem in problems:
         print(f"problem: {problem}")
-    print(f"{len(problems)} problem{'s' if len(problems) != 1 else ''} found"
-          if problems else "no problems found")
+    print(f"{_count(len(problems), 'problem')} found" if problems else "no problems found")
     return PROBLEMS if problems else SOUND
 
 
@@ -105,6 +108,10 @@ def _inventory(store: Storage) -> list[dict[str, Any]] | None:
         out.append({"name": study.name, "state": study.state.value,
                     "trials": {state.value: n for state, n in counts.items()}})
     return out
+
+
+def _count(n: int, noun: str, plural: str = "") -> str:
+    return f"{n} {noun if n == 1 else plural or noun + 's'}"
 
 
 _ACTIONS = {"check": check}
