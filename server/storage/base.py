@@ -94,7 +94,8 @@ class Storage(abc.ABC):
         those in ``state``, at most ``limit`` of them. NotFoundError if the study is absent."""
 
     def count_trials(self, study: str) -> dict[TrialState, int]:
-        """Number of trials per state."""
+        """Number of trials per state, every state present (0 when none); what ``promptbo
+        admin check`` lists. NotFoundError if the study is absent."""
         counts = dict.fromkeys(TrialState, 0)
         for t in self.list_trials(study):
             counts[t.state] += 1
