@@ -16,9 +16,14 @@ from promptbo.server.storage.memory import InMemoryStorage
 __all__ = ["Storage", "InMemoryStorage", "open_storage"]
 
 
-def open_storage(url: str) -> Storage:
-    """Opens the backend named by ``url``. Raises InvalidArgumentError for an unknown scheme."""
+def open_storage(url: str, read_only: bool = False) -> Storage:
+    """Opens the backend named by ``url``. Raises InvalidArgumentError for an unknown scheme.
+
+    ``read_only`` opens an existing database for reading only (see ``SqlStorage``);
+    an in-memory store, which starts empty, cannot be opened so."""
     if url in ("memory:", ":memory:", "memory://"):
+        if read_only:
+            raise InvalidArgumentError("an in-memory store starts empty: nothing to read")
         return InMemoryStorage()
     if url.startswith(("sqlite:", "postgresql:", "postgresql+psycopg:", "postgres:")) or (
         "://" not in url
@@ -27,7 +32,7 @@ def open_storage(url: str) -> Storage:
 
         if "://" not in url and not url.startswith("sqlite:"):
             url = f"sqlite:///{url}"
-        return SqlStorage(url)
+        return SqlStorage(url, read_only=read_only)
     raise InvalidArgumentError(
         f"unknown storage URL {url!r}: use memory:, sqlite:///FILE or postgresql://..."
     )

@@ -45,9 +45,6 @@ class Storage(abc.ABC):
     def get_pool(self, pool_id: str) -> Pool:
         """Raises NotFoundError if no pool has that id."""
 
-    @abc.abstractmethod
-    def has_pool(self, pool_id: str) -> bool: ...
-
     # --- studies ------------------------------------------------------------------
     @abc.abstractmethod
     def create_study(self, study: Study) -> Study:
@@ -97,7 +94,8 @@ class Storage(abc.ABC):
         those in ``state``, at most ``limit`` of them. NotFoundError if the study is absent."""
 
     def count_trials(self, study: str) -> dict[TrialState, int]:
-        """Number of trials per state."""
+        """Number of trials per state, every state present (0 when none); what ``promptbo
+        admin check`` lists. NotFoundError if the study is absent."""
         counts = dict.fromkeys(TrialState, 0)
         for t in self.list_trials(study):
             counts[t.state] += 1

@@ -145,10 +145,6 @@ class InMemoryStorage(Storage):
             except KeyError:
                 raise pool_not_found(pool_id) from None
 
-    def has_pool(self, pool_id: str) -> bool:
-        with self._lock:
-            return pool_id in self._pools
-
     # --- studies ------------------------------------------------------------------
     def create_study(self, study: Study) -> Study:
         check_study_name(study.name)

@@ -20,6 +20,11 @@ control characters and metrics holding NaN survive on both engines. A soft promp
 vector is a float32 blob when every entry is exactly a float32 (what the service hands
 out), else a float64 blob; either way it reads back bit for bit.
 
+A storage opened with ``read_only=True`` (``promptbo admin check``) writes nothing: it
+neither creates nor upgrades the schema, refuses a database that is missing or not a current
+promptbo database, opens a SQLite file in SQLite's read-only mode and makes every
+PostgreSQL transaction READ ONLY.
+
 Every method runs in one transaction. SQLite runs in WAL mode; writers of one database
 file are serialized by an in-process lock and start with ``BEGIN IMMEDIATE`` under a
 generous busy timeout, so concurrent threads (and a second process) wait instead of
@@ -32,20 +37,24 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, make_url
-from sqlalchemy.pool import StaticPool
+from sqlalchemy.pool import NullPool, StaticPool
 from sqlalchemy.schema import CreateIndex, CreateTable
 
 from promptbo.errors import (
     AlreadyExistsError,
     FailedPreconditionError,
     InvalidArgumentError,
+    NotFoundError,
+    PromptboError,
     UnavailableError,
 )
 from promptbo.server.domain import (
@@ -273,6 +282,11 @@ def _trial_values(row: dict[str, Any]) -> dict[str, Any]:
 
 
 # --- the backend ---------------------------------------------------------------------
+def _read_only_transaction(conn: Connection) -> None:
+    """Makes a PostgreSQL transaction refuse writes (the first statement of each)."""
+    conn.exec_driver_sql("SET TRANSACTION READ ONLY")
+
+
 def normalize_url(url: str) -> sa.URL:
     """Parses ``url``; plain ``postgresql://``/``postgres://`` select the psycopg 3 driver."""
     if url.startswith("postgres://"):
@@ -298,10 +312,14 @@ class SqlStorage(Storage):
         url: ``sqlite:///path.db`` (parent folders are created), ``sqlite://`` for a
             private in-memory database, or ``postgresql://user:pass@host:port/db``
             (``postgresql+psycopg://`` is the same; needs the ``postgres`` extra).
+        read_only: only read: the schema is checked, not created or upgraded (an older
+            or missing one raises FailedPreconditionError), a SQLite file must exist
+            (NotFoundError) and is opened read-only; PostgreSQL transactions are READ ONLY.
     """
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, read_only: bool = False) -> None:
         self.url = normalize_url(url)
+        self.read_only = read_only
         self._sqlite = self.url.get_backend_name() == "sqlite"
         self.local = self._sqlite
         self._serialize_reads = False
@@ -310,8 +328,10 @@ class SqlStorage(Storage):
             self.engine = self._sqlite_engine()
         else:
             self.engine = sa.create_engine(self.url, pool_pre_ping=True)
+            if read_only:
+                sa.event.listen(self.engine, "begin", _read_only_transaction)
         try:
-            self._create_schema()
+            self._check_schema() if read_only else self._create_schema()
         except BaseException:
             self.engine.dispose()
             raise
@@ -320,10 +340,14 @@ class SqlStorage(Storage):
         database = self.url.database or ""
         connect_args = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False}
         if database in ("", ":memory:") or self.url.query.get("mode") == "memory":
+            if self.read_only:
+                raise InvalidArgumentError("an in-memory SQLite database cannot be read-only")
             # One shared connection: every call, read or write, takes the lock.
             engine = sa.create_engine(self.url, poolclass=StaticPool, connect_args=connect_args)
             self._write_lock = threading.Lock()
             self._serialize_reads = True
+        elif self.read_only:
+            engine = self._read_only_sqlite_engine(os.path.realpath(database), connect_args)
         else:
             path = os.path.realpath(database)
             os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
@@ -337,7 +361,7 @@ class SqlStorage(Storage):
         def _on_connect(dbapi_conn, _record) -> None:
             dbapi_conn.isolation_level = None  # transactions are begun below, not by sqlite3
             cur = dbapi_conn.cursor()
-            if not self._serialize_reads:
+            if not self._serialize_reads and not self.read_only:
                 cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
@@ -350,6 +374,18 @@ class SqlStorage(Storage):
             conn.exec_driver_sql("BEGIN IMMEDIATE" if writing else "BEGIN")
 
         return engine
+
+    @staticmethod
+    def _read_only_sqlite_engine(path: str, connect_args: dict[str, Any]) -> sa.Engine:
+        """An engine on the existing file ``path`` opened with SQLite's ``mode=ro``."""
+        if not os.path.isfile(path):
+            raise NotFoundError(f"no SQLite database at {path}")
+        uri = f"{Path(path).as_uri()}?mode=ro"
+        return sa.create_engine(
+            "sqlite://",
+            creator=lambda: sqlite3.connect(uri, uri=True, **connect_args),
+            poolclass=NullPool,
+        )
 
     # --- transactions ----------------------------------------------------------------
     @contextlib.contextmanager
@@ -394,6 +430,27 @@ class SqlStorage(Storage):
                     f"the database has schema version {stored} but this promptbo supports "
                     f"up to {SCHEMA_VERSION}; upgrade promptbo or use another database"
                 )
+
+    def _check_schema(self) -> None:
+        """Raises FailedPreconditionError unless the database has the current schema."""
+        stored, reason = None, "no promptbo_schema table"
+        try:
+            with self._read() as conn:
+                if sa.inspect(conn).has_table(schema_table.name):
+                    query = sa.select(sa.func.max(schema_table.c.version))
+                    stored, reason = conn.execute(query).scalar(), "no schema version"
+        except sa.exc.DatabaseError as e:  # a file that is not a SQLite database
+            reason = str(e.orig).strip()
+        if stored is None:
+            raise FailedPreconditionError(
+                f"{self.url.render_as_string(hide_password=True)} is not a promptbo "
+                f"database ({reason})"
+            )
+        if stored != SCHEMA_VERSION:
+            raise FailedPreconditionError(
+                f"the database has schema version {stored}; this promptbo reads version "
+                f"{SCHEMA_VERSION} (opening it with promptbo serve upgrades an older one)"
+            )
 
     def close(self) -> None:
         self.engine.dispose()
@@ -480,9 +537,6 @@ class SqlStorage(Storage):
         )
         pool.__dict__["id"] = row.id  # stored under its content hash: skip rehashing
         return pool
-
-    def has_pool(self, pool_id: str) -> bool:
-        return self._has_row(pools, pool_id)
 
     # --- studies ---------------------------------------------------------------------
     def create_study(self, study: Study) -> Study:
@@ -607,8 +661,9 @@ class SqlStorage(Storage):
 
     def check_integrity(self) -> list[str]:
         """Trial ids not ``1..n``, completed trials without a value, trials of missing
-        studies, hard-prompt studies whose vocabulary is missing, and vocabulary tables
-        whose byte size disagrees with their shape."""
+        studies, specs that do not decode, hard-prompt studies whose vocabulary is missing,
+        pool studies whose pool is missing, and vocabulary tables whose byte size disagrees
+        with their shape. Reads everything in one read transaction."""
         problems: list[str] = []
         with self._read() as conn:
             names = set(conn.execute(sa.select(studies.c.name)).scalars())
@@ -645,7 +700,11 @@ class SqlStorage(Storage):
         for study, trial_id in unvalued:
             problems.append(f"study {study!r} trial {trial_id}: completed without value")
         for name, spec_text in sorted(specs):
-            space = spec_from_json(spec_text).space
+            try:
+                space = spec_from_json(spec_text).space
+            except (PromptboError, ValueError, KeyError, TypeError) as e:
+                problems.append(f"study {name!r}: unreadable spec ({type(e).__name__}: {e})")
+                continue
             if isinstance(space, HardPromptSpace) and space.vocabulary_id not in vocab_ids:
                 problems.append(f"study {name!r}: vocabulary {space.vocabulary_id!r} is missing")
             if isinstance(space, PoolSpace) and space.pool_id not in pool_ids:

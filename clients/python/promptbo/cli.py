@@ -9,6 +9,7 @@
                     [--server H:P]
     promptbo worker --study NAME --evaluator KIND [-o key=value ...] [spec flags] [--force]
     promptbo demo   [--trials N] [--strategy S]
+    promptbo admin  check --storage URL [--json]
 
 Server-side commands import the server extra lazily; the study commands need only the
 client. Logging is configured here and nowhere else.
@@ -25,6 +26,7 @@ import sys
 import time
 from pathlib import Path
 
+from promptbo.admin import add_admin_parser, admin_command
 from promptbo.client import DEFAULT_ADDRESS, Client, Study
 from promptbo.errors import (
     FailedPreconditionError,
@@ -222,6 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage", default="", help="default: a SQLite file in a temp dir")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--plot", default="", help="write a convergence plot (PNG) here")
+    add_admin_parser(sub, logs)
     return parser
 
 
@@ -701,7 +704,7 @@ def _pool(args) -> int:
 
 
 _COMMANDS = {"serve": _serve, "study": _study, "worker": _worker, "select": _select,
-             "demo": _demo, "pool": _pool}
+             "demo": _demo, "pool": _pool, "admin": admin_command}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -53,11 +53,6 @@ class _WorkerActor:
         if self.worker is not None:
             self.worker.stop()
 
-    def pid(self) -> int:
-        import os
-
-        return os.getpid()
-
 
 class WorkerFleet:
     """N promptbo workers as Ray actors serving one study.
