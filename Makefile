@@ -26,7 +26,7 @@ test: setup
 
 lint: setup
 	$(BIN)/ruff check .
-	$(BIN)/mypy clients/python/promptbo server evaluators
+	PYTHON=$(BIN)/python bash scripts/typecheck.sh
 
 protos: setup
 	PATH=$(BIN):$$PATH bash scripts/gen_protos.sh

@@ -123,7 +123,7 @@ def _read_csv(path: Path) -> list[Example]:
             )
         for row in reader:
             n = reader.line_num
-            extra = row.pop(None, None) or []  # type: ignore[call-overload]
+            extra = row.pop(None, None) or []
             if extra or any(v is None for v in row.values()):
                 fields = sum(v is not None for v in row.values()) + len(extra)
                 raise InvalidArgumentError(

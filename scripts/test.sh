@@ -20,7 +20,7 @@ rm -rf "$tmp"
 
 echo "== lint and types"
 ruff check .
-mypy clients/python/promptbo server evaluators
+bash scripts/typecheck.sh
 
 echo "== PostgreSQL for the storage contract suite"
 if pg_env=$(bash .ci/postgres.sh start); then

@@ -24,6 +24,7 @@ import threading
 from concurrent import futures
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -37,6 +38,9 @@ from promptbo.server.servicer import OptimizerServicer
 from promptbo.server.storage import Storage, open_storage
 from promptbo.server.wire import SafeDecoding
 from promptbo.v1 import optimizer_service_pb2, optimizer_service_pb2_grpc
+
+if TYPE_CHECKING:
+    from promptbo.server.http import DashboardServer
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +120,7 @@ class RunningServer:
         self._stopped = threading.Event()
         self._stopping = False
         self._lock = threading.Lock()
-        self.http = None  # the DashboardServer with ServerOptions.http_port >= 0
+        self.http: DashboardServer | None = None  # with ServerOptions.http_port >= 0
 
     def stop(self, grace: float | None) -> threading.Event:
         """Stops accepting RPCs, lets in-flight ones finish for ``grace`` seconds (None:

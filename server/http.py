@@ -121,13 +121,13 @@ class _StudyCollector:
             for state, n in counts.items():
                 trials[state.value] += n
         g = GaugeMetricFamily("promptbo_studies", "Studies, by state", labels=["state"])
-        for state, n in studies.items():
-            g.add_metric([state], n)
+        for state_name, n in studies.items():
+            g.add_metric([state_name], n)
         yield g
         g = GaugeMetricFamily("promptbo_trials", "Trials of all studies, by state",
                               labels=["state"])
-        for state, n in trials.items():
-            g.add_metric([state], n)
+        for state_name, n in trials.items():
+            g.add_metric([state_name], n)
         yield g
 
 

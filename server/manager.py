@@ -337,7 +337,7 @@ class StudyManager:
         with self._lock(name):
             live = self._get_live(name)
             study = live.study
-            changes: dict[str, int] = {}
+            spec = study.spec
             if max_trials is not None:
                 held = live.counts[TrialState.COMPLETED] + live.counts[TrialState.ACTIVE]
                 if max_trials and max_trials < held:
@@ -345,10 +345,9 @@ class StudyManager:
                         f"max_trials={max_trials} is below the {held} trials study {name!r} "
                         "already has completed or active; give at least that, or 0 for no limit"
                     )
-                changes["max_trials"] = max_trials
+                spec = dataclasses.replace(spec, max_trials=max_trials)
             if max_active_trials is not None:
-                changes["max_active_trials"] = max_active_trials
-            spec = dataclasses.replace(study.spec, **changes)
+                spec = dataclasses.replace(spec, max_active_trials=max_active_trials)
             if labels is not None:
                 spec = dataclasses.replace(spec, labels=dict(labels))
             done = bool(spec.max_trials) and live.counts[TrialState.COMPLETED] >= spec.max_trials
@@ -731,7 +730,10 @@ class StudyManager:
                 for mk, mv in k.metrics.items():
                     _check_finite(f"trial {i}: metric {mk!r}", mv)
                 prompt = self._normalize_prompt(rt, live.study.spec, k.prompt, f"trial {i}")
-                objectives.append(_objective(live.study.spec, k.value, k.metrics))
+                objective = _objective(live.study.spec, k.value, k.metrics)
+                if objective is None:  # strict: only a missing value or metric gives None
+                    raise InvalidArgumentError(f"trial {i} has no value to optimize")
+                objectives.append(objective)
                 drafts.append(
                     Trial(
                         study=name, id=0, state=TrialState.COMPLETED, prompt=prompt,
@@ -965,10 +967,10 @@ class StudyManager:
             (t for t in trials if t.state is TrialState.COMPLETED and t.source != "reference"),
             key=lambda t: (t.complete_time, t.id),
         )
-        pairs = [
+        scored = [
             (t, _objective(study.spec, t.value, t.metrics, strict=False)) for t in completed
         ]
-        pairs = [(t, o) for t, o in pairs if o is not None]
+        pairs = [(t, o) for t, o in scored if o is not None]
         if pairs:
             rt.queue_observation(
                 [t.prompt for t, _ in pairs], [o for _, o in pairs],

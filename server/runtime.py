@@ -28,7 +28,15 @@ import numpy as np
 import torch
 
 from promptbo.server import telemetry
-from promptbo.server.domain import Pool, PoolSpace, Prompt, SoftPromptSpace, StudySpec, Vocabulary
+from promptbo.server.domain import (
+    HardPromptSpace,
+    Pool,
+    PoolSpace,
+    Prompt,
+    SoftPromptSpace,
+    StudySpec,
+    Vocabulary,
+)
 from promptbo.server.transfer_sources import LoadedSource
 
 if TYPE_CHECKING:
@@ -208,8 +216,10 @@ class StudyRuntime:
             encoded = self.encode([p for p, _ in pairs])
         elif isinstance(space, SoftPromptSpace):
             encoded = torch.empty(0, space.size, dtype=torch.float32)
-        else:
+        elif isinstance(space, HardPromptSpace):
             encoded = torch.empty(0, space.prompt_length, dtype=torch.long)
+        else:  # transfer_sources refuses transfer_from for pool studies
+            raise TypeError("a pool study has no transfer sources")
         values = torch.tensor([v for _, v in pairs], dtype=torch.float64)
         return SourceData(source.name, encoded, values)
 

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from promptbo.errors import InvalidArgumentError
-from promptbo.server.domain import SearchSpace, SoftPromptSpace
+from promptbo.server.domain import PoolSpace, SearchSpace, SoftPromptSpace
 from promptbo.server.optim.acquisition import quiet, sobol_points
 from promptbo.server.optim.base import Engine, option
 from promptbo.server.optim.spaces import PromptBox, derive_seed, make_box
@@ -90,6 +90,10 @@ class BoxEngine(Engine):
         seed: int,
         embeddings: np.ndarray | None,
     ) -> None:
+        if isinstance(space, PoolSpace):  # make_engine gives pools to pool_engines
+            raise InvalidArgumentError(
+                f"strategy {self.name!r} searches token or embedding spaces, not pools"
+            )
         if isinstance(space, SoftPromptSpace) and not self.SUPPORTS_SOFT:
             raise InvalidArgumentError(
                 f"strategy {self.name!r} supports hard prompts only; choose gp, turbo, "

@@ -40,6 +40,7 @@ from dataclasses import dataclass
 import torch
 from botorch.models import SingleTaskGP
 from botorch.models.gpytorch import GPyTorchModel
+from botorch.models.model import Model
 from botorch.models.transforms.outcome import Standardize
 from gpytorch.distributions import MultivariateNormal
 from gpytorch.models import GP
@@ -256,8 +257,8 @@ class TransferEngine(Engine):
         self.target_weight: float | None = None
 
     # --- Engine API ---------------------------------------------------------------------
-    @property  # type: ignore[override]
-    def num_suggested(self) -> int:  # type: ignore[override]
+    @property
+    def num_suggested(self) -> int:
         return self.inner.num_suggested
 
     @num_suggested.setter
@@ -349,7 +350,7 @@ class TransferEngine(Engine):
                 models.append(None)
         return models
 
-    def _ensemble(self, X: Tensor, Y: Tensor) -> torch.nn.Module:
+    def _ensemble(self, X: Tensor, Y: Tensor) -> Model:
         inner = self.inner
         assert isinstance(inner, GPEngine)
         target = inner.fitter.fit(X, Y)

@@ -597,7 +597,7 @@ class Study:
         req = api.AddTrialsRequest(study=self.name)
         for item in known:
             prompt, value = item[0], item[1]
-            metrics = item[2] if len(item) > 2 else {}  # type: ignore[misc]
+            metrics = item[2] if len(item) > 2 else {}
             req.trials.add(prompt=_prompt_to_pb(prompt), value=float(value), metrics=metrics)
         return [self._trial(t) for t in self.client._call("AddTrials", req).trials]
 

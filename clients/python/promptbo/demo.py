@@ -23,6 +23,7 @@ import tempfile
 from dataclasses import replace
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -32,6 +33,9 @@ from promptbo.spec import HardPromptSpace
 from promptbo.types import Prompt
 from promptbo.wordlists import word_scores
 from promptbo.worker import Worker, print_progress
+
+if TYPE_CHECKING:
+    from promptbo.evaluators.hf_common import HFEvaluator
 
 #: Candidate tokens: the most frequent whole English words of the model's vocabulary.
 VOCABULARY_TOP_N = 2000
@@ -63,8 +67,19 @@ def split_demo_data(folder: Path, seed: int) -> Path:
     return folder
 
 
-def run_demo(args) -> None:
+def _smollm2_evaluator(data: str, split: str, seed: int) -> HFEvaluator:
+    """The ``hf-causal`` evaluator of SmolLM2 on ``split`` of the demo data (4 shots)."""
     from promptbo.evaluators import create_evaluator
+    from promptbo.evaluators.hf_common import HFEvaluator
+
+    evaluator = create_evaluator("hf-causal", model="smollm2", data=data, split=split, k=4,
+                                 seed=seed)
+    if not isinstance(evaluator, HFEvaluator):
+        raise TypeError(f"hf-causal built a {type(evaluator).__name__}, not an HFEvaluator")
+    return evaluator
+
+
+def run_demo(args) -> None:
     from promptbo.server.app import ServerOptions, create_server
 
     out = sys.stdout
@@ -75,12 +90,8 @@ def run_demo(args) -> None:
     try:
         data = str(split_demo_data(workdir / "data", args.seed))
         print("loading SmolLM2-135M-Instruct (converted once, then cached) ...", file=out)
-        pool = create_evaluator(
-            "hf-causal", model="smollm2", data=data, split="pool", k=4, seed=args.seed
-        )
-        held_out = create_evaluator(
-            "hf-causal", model="smollm2", data=data, split="test", k=4, seed=args.seed
-        )
+        pool = _smollm2_evaluator(data, "pool", args.seed)
+        held_out = _smollm2_evaluator(data, "test", args.seed)
         client = Client(f"127.0.0.1:{port}")
         table = pool.vocabulary()
         vid = client.upload_vocabulary(table)

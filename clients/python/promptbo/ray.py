@@ -34,8 +34,10 @@ class _WorkerActor:
     def __init__(self, address, study, evaluator, options, client_kwargs, batch_size):
         from promptbo.evaluators import create_evaluator
 
-        ctx = ray.get_runtime_context()
-        self.client = Client(address, client_id=f"ray-{ctx.get_actor_id()[:12]}", **client_kwargs)
+        actor_id = ray.get_runtime_context().get_actor_id()
+        if actor_id is None:
+            raise RuntimeError("a promptbo Ray worker runs only inside a Ray actor")
+        self.client = Client(address, client_id=f"ray-{actor_id[:12]}", **client_kwargs)
         self.study = self.client.get_study(study)
         self.evaluator = create_evaluator(evaluator, **(options or {}))
         self.batch_size = batch_size
