@@ -18,6 +18,7 @@ Size estimates (bytes):
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from promptbo.errors import InvalidArgumentError
@@ -144,7 +145,7 @@ def clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
 
 
-def _int_option(options: dict[str, str], name: str, default: int) -> int:
+def _int_option(options: Mapping[str, str], name: str, default: int) -> int:
     try:
         return int(options.get(name) or default)
     except ValueError:
