@@ -88,7 +88,6 @@ class StudyManager:
             from promptbo.server.optim import make_engine
 
             engine_factory = make_engine
-        self.prefetch = prefetch
         self.studies = StudyCache(storage, self.limits, engine_factory, prefetch)
         self.events = EventHub()
 
