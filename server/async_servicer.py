@@ -2,9 +2,11 @@
 
 The server runs on ``grpc.aio``: one event loop receives every RPC. The hot worker calls
 (``SuggestTrials``, ``CompleteTrial(s)``, ``HeartbeatTrial``) run right on the loop when
-:meth:`StudyManager.quick_lock` says they cannot block for long (local storage, the study
+:meth:`StudyManager.quick` says they cannot block for long (local storage, the study
 in memory, suggestions ready or cheap and small); this saves the thread hand-off and the
 lock and GIL traffic that cost a thread-pool server most of its time on small calls.
+``quick`` holds the study lock for the inline call and releases it itself (the study
+cache owns that lock).
 Everything else (creating studies, listings, a GP fit on the request path) runs on a
 thread pool, so a slow call never stalls the loop.
 
@@ -25,6 +27,7 @@ import threading
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import grpc
@@ -32,7 +35,6 @@ import grpc
 from promptbo.errors import PromptboError
 from promptbo.server.auth import CURRENT_PRINCIPAL
 from promptbo.server.limits import Limits, clip
-from promptbo.server.locks import HeldLock
 from promptbo.server.manager import Event, StudyManager
 from promptbo.server.pool_upload import PoolUpload
 from promptbo.server.servicer import MAX_ERROR_CHARS, OptimizerServicer, grpc_code, watch_message
@@ -125,42 +127,41 @@ class AsyncOptimizerServicer(api_grpc.OptimizerServiceServicer):
         self._watches = StreamCounter(limits.max_watch_streams, limits.max_watch_streams_per_client)
         self._client_key = client_key or _client_key
 
-    async def _call(self, name: str, request, context, quick: HeldLock | None = None):
+    async def _call(self, name: str, request, context, count_field: str | None = None):
+        """Runs servicer method ``name``: inline when ``count_field`` is given (a hot call:
+        the field holds the trials it wants, "" for none) and the manager says the call
+        is quick, else on the thread pool."""
         ctx = _SyncContext(context)
         method = getattr(self._sync, name)
         try:
-            if quick is not None:
-                try:
+            with self._quick(request, count_field) as quick:
+                if quick:
                     return method(request, ctx)
-                finally:
-                    quick.release()
             loop = asyncio.get_running_loop()
             return await loop.run_in_executor(self._executor, method, request, ctx)
         except _Abort as err:
             await context.abort(err.code, err.details)
 
-    def _quick(self, request, count_field: str) -> HeldLock | None:
-        if isinstance(request, MalformedRequest):
-            return None
+    def _quick(self, request, count_field: str | None) -> AbstractContextManager[bool]:
+        if count_field is None or isinstance(request, MalformedRequest):
+            return nullcontext(False)
         count = getattr(request, count_field) if count_field else 0
         if count_field == "count":
             count = max(count, 1)
-        return self._manager.quick_lock(request.study, count)
+        return self._manager.quick(request.study, count)
 
     # --- hot calls: inline when quick -------------------------------------------------
     async def SuggestTrials(self, request, context):
-        return await self._call("SuggestTrials", request, context, self._quick(request, "count"))
+        return await self._call("SuggestTrials", request, context, "count")
 
     async def CompleteTrial(self, request, context):
-        quick = self._quick(request, "suggest_count")
-        return await self._call("CompleteTrial", request, context, quick)
+        return await self._call("CompleteTrial", request, context, "suggest_count")
 
     async def CompleteTrials(self, request, context):
-        quick = self._quick(request, "suggest_count")
-        return await self._call("CompleteTrials", request, context, quick)
+        return await self._call("CompleteTrials", request, context, "suggest_count")
 
     async def HeartbeatTrial(self, request, context):
-        return await self._call("HeartbeatTrial", request, context, self._quick(request, ""))
+        return await self._call("HeartbeatTrial", request, context, "")
 
     # --- everything else: on the thread pool ------------------------------------------
     async def CreateStudy(self, request, context):

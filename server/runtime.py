@@ -7,7 +7,8 @@ indices, as `n x 1` LongTensors), queues observations so
 that recording a result never waits for a running suggestion, and can keep a few
 suggestions ready, computed in the background, so that ``SuggestTrials`` returns at once.
 
-Locks, always taken in this order: the manager's study lock, then ``engine_lock``, then
+Locks, always taken in this order: the study lock (owned, taken and released by
+:class:`~promptbo.server.study_cache.StudyCache`), then ``engine_lock``, then
 ``inbox_lock`` (a leaf). The background refill never holds the study lock while it holds
 the engine lock.
 

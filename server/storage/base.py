@@ -3,7 +3,8 @@
 A :class:`Storage` keeps studies, their trials, uploaded vocabularies and pools. Every method
 is atomic: it either applies all of its change or none. Backends do no optimization and
 enforce no lease rules; :class:`promptbo.server.manager.StudyManager` does, holding one
-lock per study, so a backend only needs to be safe for concurrent calls from threads.
+lock per study (:mod:`promptbo.server.study_cache`), so a backend only needs to be safe
+for concurrent calls from threads.
 
 Errors: methods raise :class:`~promptbo.errors.NotFoundError` for a missing study,
 trial or vocabulary and :class:`~promptbo.errors.AlreadyExistsError` for a duplicate

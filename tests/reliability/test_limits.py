@@ -188,10 +188,10 @@ def test_cheap_suggestions_of_big_prompts_run_off_the_event_loop(serve):
     manager.create_study("big", soft_spec_domain(64, 1024))
     for name in ("small", "big"):
         manager.suggest_trials(name, 1, "w")
-    quick = manager.quick_lock("small", 1)
-    assert quick is not None
-    quick.release()
-    assert manager.quick_lock("big", 1) is None  # 256 KiB per trial: on the thread pool
+    with manager.quick("small", 1) as quick:
+        assert quick
+    with manager.quick("big", 1) as quick:
+        assert not quick  # 256 KiB per trial: on the thread pool
 
 
 def soft_spec_domain(length, dim):
@@ -227,7 +227,7 @@ def test_list_studies_pages_by_count_and_by_size(serve):
         ]
         for name in ("h0", "h1"):
             c.get_study(name).ask()
-    tables = [manager._live[n].runtime.engine.box.table for n in ("h0", "h1")]
+    tables = [manager.studies.peek(n).runtime.engine.box.table for n in ("h0", "h1")]
     assert tables[0].data_ptr() == tables[1].data_ptr()  # one table for both studies
 
 
@@ -238,8 +238,8 @@ def test_lookups_of_missing_studies_leave_no_state_behind(serve):
     with channel:
         for i in range(300):
             code_of(stub.GetStudy, api.GetStudyRequest(name=f"missing-{i}"))
-    assert len(manager._locks) == 0
-    assert manager._watchers == {}
+    assert manager.studies.locks_in_use == 0
+    assert len(manager.events) == 0
 
 
 # --- 8. deadlines reach the suggestion computation -----------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import ClassVar
 
 import numpy as np
@@ -25,6 +26,8 @@ from promptbo.worker import Worker
 
 #: Set by a test to let BlockingEngine's suggestions through.
 RELEASE = threading.Event()
+#: Set by BlockingEngine when a suggestion starts computing.
+ENTERED = threading.Event()
 
 
 class BlockingEngine(RandomEngine):
@@ -34,17 +37,45 @@ class BlockingEngine(RandomEngine):
     cheap = False
 
     def _suggest(self, n, pending, avoid, gen):
+        ENTERED.set()
         assert RELEASE.wait(30), "the test never released the blocking engine"
         return super()._suggest(n, pending, avoid, gen)
 
 
+class CountingEngine(RandomEngine):
+    """Random suggestions (a cheap engine) that count the prompts they computed."""
+
+    name: ClassVar[str] = "test-counting"
+    computed: ClassVar[list[int]] = []
+
+    def _suggest(self, n, pending, avoid, gen):
+        CountingEngine.computed.append(n)
+        return super()._suggest(n, pending, avoid, gen)
+
+
 @pytest.fixture(autouse=True)
-def blocking_strategy():
-    """Registers ``test-blocking`` for one test (the registry is process-wide)."""
+def test_strategies():
+    """Registers ``test-blocking`` and ``test-counting`` for one test (the registry is
+    process-wide)."""
     register_strategy("test-blocking")(BlockingEngine)
+    register_strategy("test-counting")(CountingEngine)
+    CountingEngine.computed = []
+    ENTERED.clear()
     yield
     optim_base._REGISTRY.pop("test-blocking", None)
+    optim_base._REGISTRY.pop("test-counting", None)
     RELEASE.set()
+
+
+def quick_elsewhere(manager: StudyManager, name: str, suggest_count: int = 0) -> bool:
+    """Whether ``manager.quick`` grants the study to a thread other than the caller's
+    (the study lock is re-entrant, so the caller's own thread would always get it)."""
+    def probe() -> bool:
+        with manager.quick(name, suggest_count) as quick:
+            return quick
+
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(probe).result(timeout=10)
 
 
 def soft(**kw) -> StudySpec:
@@ -183,7 +214,7 @@ def test_slow_suggestion_runs_off_the_event_loop(tmp_path):
             fast = c.create_study("fast", promptbo.SoftPromptSpace(2, 3), strategy="random")
             waiting = threading.Thread(target=slow.ask, args=(1,), daemon=True)
             waiting.start()
-            time.sleep(0.2)  # the slow suggestion is now holding a pool thread
+            assert ENTERED.wait(20), "the slow suggestion never started"
             results = []
 
             def work() -> None:
@@ -206,58 +237,69 @@ def test_slow_suggestion_runs_off_the_event_loop(tmp_path):
         manager.close()
 
 
-def test_quick_lock_only_when_the_call_cannot_block():
+def test_quick_only_when_the_call_cannot_block():
     RELEASE.set()
     storage = open_storage("memory:")
     manager = StudyManager(storage)
     manager.create_study("r", soft())
     manager.create_study("b", soft(strategy="test-blocking"))
-    assert StudyManager(storage).quick_lock("r") is None  # not loaded: storage reads
+    with StudyManager(storage).quick("r") as quick:
+        assert not quick  # not loaded: storage reads
     manager.suggest_trials("r", 1, "w")
     manager.suggest_trials("b", 1, "w")
-    lock = manager.quick_lock("r", 1)
-    assert lock is not None
-    lock.release()
-    quick = manager.quick_lock("b")
-    assert quick is not None  # no suggestion wanted: quick
-    quick.release()
-    assert manager.quick_lock("b", 1) is None  # a suggestion from an expensive engine
+    assert quick_elsewhere(manager, "r", 1)  # a cheap engine
+    assert quick_elsewhere(manager, "b")  # no suggestion wanted
+    assert not quick_elsewhere(manager, "b", 1)  # a suggestion from an expensive engine
     held = threading.Event()
     done = threading.Event()
 
     def hold() -> None:
-        with manager._lock("r"):
+        with manager.quick("r") as quick:
+            assert quick
             held.set()
             done.wait(10)
 
     t = threading.Thread(target=hold)
     t.start()
-    held.wait(10)
+    assert held.wait(10)
     try:
-        assert manager.quick_lock("r") is None  # busy study: go to a thread
+        assert not quick_elsewhere(manager, "r")  # busy study: go to a thread
     finally:
         done.set()
         t.join()
+    assert quick_elsewhere(manager, "r")  # released at the end of the block
+    with pytest.raises(RuntimeError), manager.quick("r") as quick:
+        assert quick
+        raise RuntimeError("the call failed")
+    assert quick_elsewhere(manager, "r")  # released when the call inside fails too
+    assert manager.studies.locks_in_use == 0
     manager.close()
 
 
 def test_prefetch_keeps_suggestions_ready_for_expensive_engines_only():
     RELEASE.set()
     manager = StudyManager(open_storage("memory:"), prefetch=2)
-    manager.create_study("b", soft(strategy="test-blocking"))
-    manager.create_study("r", soft())
-    manager.suggest_trials("b", 1, "w1")
-    manager.suggest_trials("r", 1, "w1")
-    rt = manager._live["b"].runtime
-    deadline = time.monotonic() + 20
-    while len(rt.ready) < 2 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    ready = list(rt.ready)
-    assert len(ready) == 2
-    (t,), _ = manager.suggest_trials("b", 1, "w2")
-    assert t.prompt == ready[0]  # served from the prefetched ones
-    assert manager._live["r"].runtime.ready == []  # random: computed inline, never ahead
-    manager.close()
+    try:
+        manager.create_study("r", soft(strategy="test-counting"))
+        manager.create_study("b", soft(strategy="test-blocking"))
+        manager.suggest_trials("r", 1, "w1")
+        manager.suggest_trials("b", 1, "w1")
+        # Two suggestions of the expensive engine become ready in the background: a call
+        # wanting two can then be served on the event loop.
+        deadline = time.monotonic() + 20
+        while not quick_elsewhere(manager, "b", 2):
+            assert time.monotonic() < deadline, "no suggestions were prefetched"
+            time.sleep(0.01)
+        RELEASE.clear()  # the engine would now block: only a ready suggestion comes back
+        with ThreadPoolExecutor(1) as pool:
+            (t,), done = pool.submit(manager.suggest_trials, "b", 1, "w2").result(timeout=10)
+        assert t.state.value == "active" and not done
+        # The cheap engine computed its one prompt on request, never ahead (the prefetch
+        # thread runs refills in order, so one for "r" would have run before "b"'s).
+        assert CountingEngine.computed == [1]
+    finally:
+        RELEASE.set()
+        manager.close()
 
 
 def test_worker_tells_one_by_one_when_another_worker_took_a_trial_of_its_batch(tmp_path):

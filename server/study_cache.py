@@ -1,0 +1,316 @@
+"""The studies a server holds in memory, their locks, engines and prefetched suggestions.
+
+:class:`StudyCache` keeps one :class:`LiveStudy` per study it has touched: the study, its
+active trials, counts per state, best trial and, once needed, its
+:class:`~promptbo.server.runtime.StudyRuntime` (the engine). Everything is loaded from
+storage on first use, so a restarted server resumes every study: the engine is rebuilt
+by replaying the completed trials in the order the live engine saw them.
+
+It owns the study lock. One re-entrant lock per study serializes the calls of that
+study's workers while different studies run in parallel; :meth:`StudyCache.lock` holds it
+for a ``with`` block, and :meth:`StudyCache.quick` holds it for a block only when the call
+made there cannot block for long (the event loop's fast path). Both acquire and release
+here; nothing else touches the lock. Lock order: the study lock, then the runtime's own
+locks (see :mod:`~promptbo.server.runtime`).
+
+With ``prefetch`` > 0 a background thread keeps that many suggestions ready per study of
+an expensive engine, refreshed whenever results arrive (:meth:`StudyCache.schedule_refill`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager, contextmanager
+from typing import Any
+
+from promptbo.errors import InvalidArgumentError, NotFoundError
+from promptbo.server import transfer_sources
+from promptbo.server.domain import (
+    Pool,
+    PoolSpace,
+    Prompt,
+    SoftPromptSpace,
+    Study,
+    StudySpec,
+    StudyState,
+    Trial,
+    TrialState,
+    Vocabulary,
+)
+from promptbo.server.fidelity import ExampleLedger
+from promptbo.server.limits import Limits, trial_bytes
+from promptbo.server.locks import LockTable
+from promptbo.server.rules import noise, stored_objective
+from promptbo.server.runtime import StudyRuntime
+from promptbo.server.storage.base import Storage
+
+log = logging.getLogger(__name__)
+
+#: Builds a study's engine (see :func:`promptbo.server.optim.make_engine`).
+EngineFactory = Callable[..., Any]
+
+
+class LiveStudy:
+    """What the server keeps in memory about a study: the study, its active trials, counts
+    per state, the best trial, the reference trial, the example ledger and (once needed)
+    its runtime. The manager is its storage's only writer, so this stays exact provided
+    every change is written to storage first and mirrored here only if the write
+    succeeded. Read and changed only under the study lock."""
+
+    def __init__(self, study: Study, trials: list[Trial]) -> None:
+        self.study = study
+        self.active = {t.id: t for t in trials if t.state is TrialState.ACTIVE}
+        self.counts = dict.fromkeys(TrialState, 0)
+        self.best: Trial | None = None
+        self.best_obj = -math.inf
+        self.runtime: StudyRuntime | None = None
+        self.ledger = ExampleLedger(study.spec, trials)
+        self.reference: Trial | None = None
+        for t in trials:
+            if t.source == "reference":
+                self.reference = t
+                continue
+            self.counts[t.state] += 1
+            if t.state is TrialState.COMPLETED:
+                self.consider_best(t)
+
+    def consider_best(self, t: Trial) -> None:
+        """Makes the completed trial ``t`` the best one if its objective is higher."""
+        obj = stored_objective(self.study.spec, t.value, t.metrics)
+        if obj is not None and obj > self.best_obj and t.source != "reference":
+            self.best, self.best_obj = t, obj
+
+    def finish(self, t: Trial) -> None:
+        """Mirrors an ACTIVE trial's completion or failure."""
+        before = self.active.pop(t.id, None)
+        if before is not None:
+            self.ledger.finished(before, t)
+        self.counts[TrialState.ACTIVE] -= 1
+        self.counts[t.state] += 1
+        if t.state is TrialState.COMPLETED:
+            self.consider_best(t)
+
+
+class StudyCache:
+    """The in-memory studies of one server over ``storage`` (see the module doc).
+
+    Args:
+        storage: where studies, trials and uploaded tables live.
+        limits: the server's resource bounds (the fast path's inline-size limit).
+        engine_factory: builds an engine (see :class:`~promptbo.server.runtime.StudyRuntime`).
+        prefetch: suggestions to keep ready per study (0: none, fully reproducible).
+    """
+
+    def __init__(
+        self, storage: Storage, limits: Limits, engine_factory: EngineFactory, prefetch: int = 0
+    ) -> None:
+        self.storage = storage
+        self.limits = limits
+        self.prefetch = prefetch
+        self._make_engine = engine_factory
+        self._executor = (
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch") if prefetch else None
+        )
+        self._locks = LockTable()
+        self._live: dict[str, LiveStudy] = {}
+        self._vocab_cache: dict[str, Vocabulary] = {}
+        self._pool_cache: dict[str, Pool] = {}
+
+    def close(self) -> None:
+        """Stops prefetching (a running refill finishes first)."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+
+    # --- the study lock ---------------------------------------------------------------
+    def lock(self, name: str) -> AbstractContextManager[None]:
+        """Holds study ``name``'s lock for a ``with`` block (re-entrant per thread)."""
+        return self._locks.hold(name)
+
+    @property
+    def locks_in_use(self) -> int:
+        """Studies whose lock some thread holds or waits for (none are kept otherwise)."""
+        return len(self._locks)
+
+    @contextmanager
+    def quick(self, name: str, suggest_count: int = 0) -> Iterator[bool]:
+        """Holds the study's lock for the ``with`` block if a trial call made there cannot
+        block for long, and yields whether it does.
+
+        Quick means: the storage is local, the study's lock is free, its state and engine
+        are in memory, and ``suggest_count`` new trials (0: none wanted) can come from
+        prefetched suggestions or from a cheap engine (``Engine.cheap``). On False the
+        lock is not held and the call belongs on a worker thread.
+        """
+        held = self._locks.try_acquire(name) if self.storage.local else None
+        if held is None:
+            yield False
+            return
+        try:
+            live = self._live.get(name)
+            rt = live.runtime if live is not None else None
+            quick = rt is not None and (
+                suggest_count == 0
+                or len(rt.ready) >= suggest_count
+                or (rt.cheap and suggest_count * trial_bytes(rt.spec)
+                    <= self.limits.max_inline_prompt_bytes)
+            )
+            if not quick:
+                held.release()
+                held = None
+            yield quick
+        finally:
+            if held is not None:
+                held.release()
+
+    # --- studies ----------------------------------------------------------------------
+    def get(self, name: str) -> LiveStudy:
+        """The study's state, loaded on first use (NotFoundError if it does not exist).
+        Caller holds its lock."""
+        live = self._live.get(name)
+        if live is None:
+            study = self.storage.get_study(name)
+            live = self._live[name] = LiveStudy(study, self.storage.list_trials(name))
+        return live
+
+    def peek(self, name: str) -> LiveStudy | None:
+        """The study's state if it is in memory, without loading it or taking its lock
+        (for reads that tolerate a state a concurrent call is changing)."""
+        return self._live.get(name)
+
+    def add(self, study: Study, runtime: StudyRuntime | None) -> LiveStudy:
+        """Holds a just-created study (no trials yet) and its runtime, if built.
+        Caller holds its lock."""
+        live = self._live[study.name] = LiveStudy(study, [])
+        live.runtime = runtime
+        return live
+
+    def forget(self, name: str) -> None:
+        """Drops a deleted study. Caller holds its lock."""
+        self._live.pop(name, None)
+
+    # --- uploaded tables --------------------------------------------------------------
+    def vocabulary(self, vocab_id: str) -> Vocabulary:
+        """A stored vocabulary, one shared writable copy for all its studies."""
+        vocab = self._vocab_cache.get(vocab_id)
+        if vocab is None:
+            try:
+                vocab = self.storage.get_vocabulary(vocab_id)
+            except NotFoundError:
+                raise NotFoundError(
+                    f"vocabulary {vocab_id!r} not found; upload it with UploadVocabulary "
+                    "(client.upload_vocabulary) and use the id it returns"
+                ) from None
+            if not vocab.embeddings.flags.writeable:
+                # One owned copy for every study of this vocabulary (an engine would
+                # otherwise copy a read-only buffer for itself).
+                vocab = Vocabulary(vocab.tokens, vocab.token_ids, vocab.embeddings.copy())
+            self._vocab_cache[vocab_id] = vocab
+        return vocab
+
+    def pool(self, pool_id: str) -> Pool:
+        """A stored pool of candidate prompts."""
+        pool = self._pool_cache.get(pool_id)
+        if pool is None:
+            pool = self._pool_cache[pool_id] = self.storage.get_pool(pool_id)
+        return pool
+
+    def check_space(self, spec: StudySpec) -> Vocabulary | Pool | None:
+        """The uploaded table the study's space searches (None for soft prompts), checked
+        against the space's filters."""
+        space = spec.space
+        if isinstance(space, SoftPromptSpace):
+            return None
+        if isinstance(space, PoolSpace):
+            return self.pool(space.pool_id)
+        vocab = self.vocabulary(space.vocabulary_id)
+        if space.top_n:
+            if len(space.top_n_scores) != vocab.size:
+                raise InvalidArgumentError(
+                    f"the top_n filter has {len(space.top_n_scores)} scores but the vocabulary "
+                    f"has {vocab.size} entries; give one score per entry"
+                )
+            if space.top_n > vocab.size:
+                raise InvalidArgumentError(
+                    f"top_n={space.top_n} exceeds the vocabulary size {vocab.size}"
+                )
+        if space.allowed and max(space.allowed) >= vocab.size:
+            raise InvalidArgumentError(
+                f"allowed index {max(space.allowed)} is outside the vocabulary of {vocab.size}"
+            )
+        return vocab
+
+    # --- engines ----------------------------------------------------------------------
+    def new_runtime(self, spec: StudySpec) -> StudyRuntime:
+        """A runtime with a fresh engine for ``spec`` (building it validates the space,
+        the strategy and its options)."""
+        return StudyRuntime(spec, self.check_space(spec), self._make_engine, *self.sources(spec))
+
+    def runtime(self, live: LiveStudy) -> StudyRuntime:
+        """The study's runtime, its engine rebuilt from stored trials on first use.
+        Caller holds the study lock."""
+        if live.runtime is not None:
+            return live.runtime
+        study = live.study
+        rt = self.new_runtime(study.spec)
+        trials = self.storage.list_trials(study.name)
+        # Replayed in the order the live engine saw them (completion order), not id order:
+        # trust regions and CMA-ES generations depend on it.
+        completed = sorted(
+            (t for t in trials if t.state is TrialState.COMPLETED and t.source != "reference"),
+            key=lambda t: (t.complete_time, t.id),
+        )
+        replayed: list[Trial] = []
+        objectives: list[float] = []
+        for t in completed:
+            obj = stored_objective(study.spec, t.value, t.metrics)
+            if obj is not None:
+                replayed.append(t)
+                objectives.append(obj)
+        if replayed:
+            rt.queue_observation(
+                [t.prompt for t in replayed], objectives,
+                [noise(study.spec, t) for t in replayed], [t.examples_scored for t in replayed],
+            )
+        rt.engine.num_suggested = sum(1 for t in trials if t.source == "suggested")
+        live.runtime = rt
+        log.info("engine of study %s rebuilt from %d completed trials", study.name, len(replayed))
+        return rt
+
+    def sources(
+        self, spec: StudySpec
+    ) -> tuple[list[transfer_sources.LoadedSource], dict[str, str]]:
+        """The study's transfer sources read from storage, and notes on unusable ones."""
+        if not spec.transfer_from:
+            return [], {}
+        return transfer_sources.load_sources(self.storage, spec, stored_objective)
+
+    # --- prefetch ---------------------------------------------------------------------
+    def schedule_refill(self, name: str, live: LiveStudy) -> None:
+        """Starts a background refresh of the study's ready suggestions (prefetch > 0,
+        expensive engines only); a completed study's ready ones are dropped instead."""
+        rt = live.runtime
+        if self._executor is None or rt is None or rt.refilling or rt.cheap:
+            return
+        if live.study.state is StudyState.COMPLETED:
+            rt.ready = []
+            return
+        rt.refilling = True
+
+        def snapshot() -> list[Prompt]:
+            with self.lock(name):
+                rt.issued = set()
+                return [t.prompt for t in live.active.values()]
+
+        def store(prompts: list[Prompt]) -> None:
+            with self.lock(name):
+                # Prompts handed out while the refill ran may be completed already: they
+                # are neither active nor known to the refill's snapshot.
+                busy = {t.prompt.key() for t in live.active.values()} | (rt.issued or set())
+                rt.ready = [p for p in prompts if p.key() not in busy]
+                rt.issued = None
+                rt.refilling = False
+
+        self._executor.submit(rt.refill, self.prefetch, snapshot, store)
