@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import pytest
@@ -58,6 +59,7 @@ def test_numbers_are_parsed_and_bounded():
         parse_float("t", "2", minimum=0, maximum=1)
     with pytest.raises(InvalidArgumentError, match="at least 0, got nan"):
         parse_float("t", "nan", minimum=0)
+    assert math.isnan(parse_float("t", "nan"))  # no bounds, no check
     with pytest.raises(InvalidArgumentError, match="option t must be a number, got 'x'"):
         parse_float("t", "x")
 
@@ -75,6 +77,8 @@ def test_parse_into_converts_strings_and_fills_defaults():
     got = parse_into(Derived, {"path": "p", "cache": "off", "mode": "SLOW", "ratio": ""})
     assert (got.cache, got.mode, got.ratio, got.words) == ("off", "slow", None, None)
     assert parse_into(Derived, {"path": "p"}).cache == "auto"
+    got = parse_into(Derived, {"path": "default", "size": "default", "mode": " default"})
+    assert (got.path, got.size, got.mode) == ("default", 8, "fast")  # free text stays
 
 
 @pytest.mark.parametrize("given, message", [

@@ -70,6 +70,8 @@ def test_unknown_strategy_and_bad_options(hard_space, table) -> None:
         make_engine(hard_space, "turbo", {"length_min": "0.9"}, 0, table)
     with pytest.raises(InvalidArgumentError, match="true or false"):
         make_engine(hard_space, "index", {"fit": "maybe"}, 0, table)
+    assert make_engine(hard_space, "index", {"fit": "YES"}, 0, table).opts["fit"] is True
+    assert make_engine(hard_space, "index", {"fit": "default"}, 0, table).opts["fit"] is False
     with pytest.raises(InvalidArgumentError, match="needs the vocabulary"):
         make_engine(hard_space, "gp", {}, 0, None)
     assert type(make_engine(hard_space, "", {}, 0, table)).__name__ == "GPEngine"

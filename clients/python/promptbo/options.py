@@ -108,9 +108,11 @@ def parse_float(name: str, value: Any, owner: str = "", minimum: float | None = 
 
 def _check_range(name: str, owner: str, value: float, minimum: float | None,
                  maximum: float | None) -> None:
+    if minimum is None and maximum is None:
+        return
     low = -math.inf if minimum is None else minimum
     high = math.inf if maximum is None else maximum
-    if low <= value <= high:
+    if low <= value <= high:  # NaN fails here
         return
     if maximum is None:
         wanted = f"at least {minimum:g}"
@@ -135,10 +137,11 @@ def parse_choice(name: str, value: Any, choices: Sequence[str], owner: str = "")
 class Option:
     """The declaration of one option.
 
-    ``default`` is used when the option is not given (or given as an empty string);
-    :data:`REQUIRED` makes it required. ``minimum``/``maximum`` bound numbers,
-    ``choices`` lists the accepted words of a ``str`` option, ``shown_default`` is how
-    help and docs show the default when ``str(default)`` would not say it well.
+    ``default`` is used when the option is not given, given as an empty string, or
+    (unless it is free text) given as ``default``; :data:`REQUIRED` makes it required.
+    ``minimum``/``maximum`` bound numbers, ``choices`` lists the accepted words of a
+    ``str`` option, ``shown_default`` is how help and docs show the default when
+    ``str(default)`` would not say it well.
     """
 
     name: str
@@ -179,6 +182,15 @@ class Option:
             return "(required)"
         return "" if self.default is None else str(self.default)
 
+    def _means_default(self, value: Any) -> bool:
+        if value is None:
+            return True
+        if not isinstance(value, str):
+            return False
+        if self.kind in ("str", "text-or-list") and not self.choices:
+            return value == ""  # free text may be "default" or blank on purpose
+        return value.strip().lower() in ("", "default")
+
     def parse(self, value: Any, owner: str = "") -> Any:
         """``value`` converted to this option's kind and checked.
 
@@ -186,7 +198,7 @@ class Option:
             InvalidArgumentError: the value is of the wrong kind or out of range; the
                 message names the option, what it expects and what it got.
         """
-        if value is None or (isinstance(value, str) and value == "" and not self.required):
+        if self._means_default(value):
             if self.required:
                 raise InvalidArgumentError(f"{_where(self.name, owner)} is required")
             return self.default
