@@ -179,23 +179,7 @@ class HFCausalEvaluator(HFEvaluator):
     def _pad(self, rows: list[list[Any]], soft: bool, past_len: int = 0):
         """Left-pads rows of parts into ``(input_ids or inputs_embeds, mask, position_ids)``;
         the mask covers ``past_len`` cached positions first (filled in by the caller)."""
-        import torch
-
-        if soft:
-            seqs = [self._embed_row(parts) for parts in rows]
-        else:
-            seqs = [[i for part in parts for i in part] for parts in rows]
-        width = max(len(s) for s in seqs)
-        mask = torch.zeros(len(seqs), width, dtype=torch.long, device=self.device)
-        if soft:
-            x = torch.zeros(len(seqs), width, seqs[0].shape[1], dtype=self.dtype,
-                            device=self.device)
-        else:
-            x = torch.full((len(seqs), width), self.pad_id, dtype=torch.long, device=self.device)
-        for i, s in enumerate(seqs):
-            if len(s):
-                x[i, width - len(s):] = s if soft else torch.tensor(s, device=self.device)
-                mask[i, width - len(s):] = 1
+        x, mask = self._pad_rows(rows, soft, left=True)
         pos = (mask.cumsum(-1) - 1).clamp(min=0) + past_len
         return x, mask, pos
 

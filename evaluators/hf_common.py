@@ -229,6 +229,31 @@ class HFEvaluator(Evaluator):
                                dtype=self.dtype)
         return torch.cat(out, dim=0)
 
+    def _pad_rows(self, rows: list[list[Any]], soft: bool, left: bool):
+        """Rows of parts padded into one batch: ``(x, mask)`` with ``x`` the `b x T` input
+        ids (``pad_id`` in the padding) or, for soft rows, the `b x T x D` input embeddings
+        (zeros there), and ``mask`` `b x T` (1 on real tokens). ``left`` pads on the left
+        (causal LMs, whose next token follows the last position), else on the right."""
+        import torch
+
+        if soft:
+            seqs = [self._embed_row(parts) for parts in rows]
+        else:
+            seqs = [[i for part in parts for i in part] for parts in rows]
+        width = max(len(s) for s in seqs)
+        mask = torch.zeros(len(seqs), width, dtype=torch.long, device=self.device)
+        if soft:
+            x = torch.zeros(len(seqs), width, seqs[0].shape[1], dtype=self.dtype,
+                            device=self.device)
+        else:
+            x = torch.full((len(seqs), width), self.pad_id, dtype=torch.long, device=self.device)
+        for i, s in enumerate(seqs):
+            if len(s):
+                cols = slice(width - len(s), width) if left else slice(0, len(s))
+                x[i, cols] = s if soft else torch.tensor(s, device=self.device)
+                mask[i, cols] = 1
+        return x, mask
+
     def _pad_id(self) -> int:
         for candidate in (self.tokenizer.pad_token_id, self.tokenizer.eos_token_id):
             if candidate is not None:

@@ -72,7 +72,7 @@ class HFMaskedLMEvaluator(HFEvaluator):
                 length = len(parts[p]) if isinstance(parts[p], list) else parts[p].shape[0]
                 side, i = ex.answer_at
                 where.append(i if side == "before" else len(ex.before) + length + i)
-            x, mask = self._right_pad(seqs, soft)
+            x, mask = self._pad_rows(seqs, soft, left=False)
             key = "inputs_embeds" if soft else "input_ids"
             logits = self.model(**{key: x}, attention_mask=mask).logits
             at = torch.tensor(where, device=logits.device)
@@ -84,22 +84,3 @@ class HFMaskedLMEvaluator(HFEvaluator):
             for i, (p, e) in enumerate(batch):
                 out[p, e] = values[i]
         return out
-
-    def _right_pad(self, rows: list[list], soft: bool):
-        import torch
-
-        if soft:
-            seqs = [self._embed_row(parts) for parts in rows]
-        else:
-            seqs = [[i for part in parts for i in part] for parts in rows]
-        width = max(len(s) for s in seqs)
-        mask = torch.zeros(len(seqs), width, dtype=torch.long, device=self.device)
-        if soft:
-            x = torch.zeros(len(seqs), width, seqs[0].shape[1], dtype=self.dtype,
-                            device=self.device)
-        else:
-            x = torch.full((len(seqs), width), self.pad_id, dtype=torch.long, device=self.device)
-        for i, s in enumerate(seqs):
-            x[i, :len(s)] = s if soft else torch.tensor(s, device=self.device)
-            mask[i, :len(s)] = 1
-        return x, mask
