@@ -11,7 +11,9 @@ registered under a name; build one with ``create_evaluator(name, **options)``:
 ``command``     an external program speaking JSON on stdin/stdout
 ==============  ======================================================================
 
-Heavy dependencies (torch, transformers, httpx) are imported only when an evaluator that
+Each evaluator declares its options once (``Evaluator.Options``, a frozen dataclass; the
+task options are :class:`TaskOptions`); ``promptbo worker --help`` lists them. Heavy
+dependencies (torch, transformers, httpx) are imported only when an evaluator that
 needs them is built. Other packages add evaluators through the ``promptbo.evaluators``
 entry-point group.
 """
@@ -21,19 +23,22 @@ from promptbo.evaluators.base import (
     Evaluator,
     create_evaluator,
     evaluator_names,
+    evaluator_options,
     get_evaluator,
     register_evaluator,
 )
 from promptbo.evaluators.data import Example
-from promptbo.evaluators.task import Task, Template, load_task
+from promptbo.evaluators.task import Task, TaskOptions, Template, load_task
 
 __all__ = [
     "Evaluator",
     "Example",
     "Task",
+    "TaskOptions",
     "Template",
     "create_evaluator",
     "evaluator_names",
+    "evaluator_options",
     "get_evaluator",
     "load_task",
     "register_evaluator",

@@ -3,8 +3,10 @@
 An evaluator scores a batch of prompts: ``score(prompts) -> list[Score]``, one score per
 prompt, in order, where a larger ``Score.value`` is better. Evaluators are built from
 keyword options, which arrive as strings when they come from the command line
-(``promptbo worker --evaluator hf-causal -o k=8``); the ``option_*`` helpers below turn
-them into typed values with errors that name the option.
+(``promptbo worker --evaluator hf-causal -o k=8``). An evaluator declares them once, as a
+frozen dataclass of :func:`promptbo.options.option` fields (:attr:`Evaluator.Options`);
+:func:`create_evaluator` parses the given options against it and hands the constructor
+an instance, and ``--help`` lists the declarations.
 
 Built-in evaluators register themselves with :func:`register_evaluator`; third-party
 packages add theirs through the ``promptbo.evaluators`` entry-point group::
@@ -17,12 +19,12 @@ from __future__ import annotations
 
 import abc
 import importlib.metadata
-import inspect
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, TypeVar
 
 from promptbo.errors import InvalidArgumentError
+from promptbo.options import Option, declared, describe_options, parse_options
 from promptbo.types import Prompt, Score, VocabularyTable
 
 log = logging.getLogger(__name__)
@@ -35,6 +37,13 @@ class Evaluator(abc.ABC):
 
     #: The registry name, set by :func:`register_evaluator`.
     name: ClassVar[str] = ""
+    #: The declared options: a frozen dataclass whose fields are made with
+    #: :func:`promptbo.options.option`; the constructor receives an instance. None: the
+    #: constructor takes keyword options itself, unchecked by the registry.
+    Options: ClassVar[type | None] = None
+    #: Whether options beyond the declared ones are accepted; they reach the constructor
+    #: as keyword arguments after the parsed options.
+    extra_options: ClassVar[bool] = False
 
     @abc.abstractmethod
     def score(self, prompts: Sequence[Prompt]) -> list[Score]:
@@ -140,86 +149,68 @@ def get_evaluator(name: str) -> type[Evaluator]:
 def create_evaluator(name: str, **options: Any) -> Evaluator:
     """Builds the evaluator ``name`` from keyword ``options`` (strings are converted).
 
+    An evaluator with declared :attr:`Evaluator.Options` receives them parsed, as an
+    instance of that class (and any extra options as keywords, where it takes them); one
+    without receives ``options`` as keyword arguments, unchecked.
+
     Raises:
         InvalidArgumentError: unknown evaluator or option, or an option with a bad value.
     """
-    check_options(name, options)
-    return get_evaluator(name)(**options)
+    cls: Any = get_evaluator(name)
+    if cls.Options is None:
+        return cls(**options)
+    parsed, extra = _parse(name, options)
+    return cls(parsed, **extra)
 
 
-def check_options(name: str, options: dict[str, Any]) -> None:
-    """Checks, without building anything, that evaluator ``name`` exists, takes every key
-    of ``options`` and is given its required options.
+def check_options(name: str, options: Mapping[str, Any]) -> None:
+    """Checks, without building anything, that evaluator ``name`` exists and that
+    ``options`` are valid for it (names, required ones, kinds and ranges).
 
     Raises:
-        InvalidArgumentError: unknown evaluator or option, or a required option missing.
+        InvalidArgumentError: unknown evaluator or option, a required option missing, or a
+            bad value.
     """
-    params = inspect.signature(get_evaluator(name).__init__).parameters
-    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        known = [n for n, p in params.items() if n != "self" and p.kind is not p.VAR_POSITIONAL]
-        unknown = sorted(set(options) - set(known))
-        if unknown:
-            raise InvalidArgumentError(
-                f"evaluator {name!r} has no option {', '.join(map(repr, unknown))}; "
-                f"its options are: {', '.join(known)}"
-            )
-    missing = [n for n, p in params.items() if n != "self" and p.default is p.empty
-               and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and n not in options]
-    if missing:
-        raise InvalidArgumentError(
-            f"evaluator {name!r} needs option {', '.join(missing)} (-o {missing[0]}=...)"
-        )
+    if get_evaluator(name).Options is not None:
+        _parse(name, options)
 
 
-# --- option conversion -------------------------------------------------------------------
-
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off"}
-
-
-def option_int(name: str, value: Any, minimum: int | None = None) -> int:
-    """``value`` (an int or a string of one) as an int, at least ``minimum``."""
-    try:
-        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-            raise ValueError
-        out = int(value)
-    except (TypeError, ValueError):
-        raise InvalidArgumentError(f"option {name} must be an integer, got {value!r}") from None
-    if minimum is not None and out < minimum:
-        raise InvalidArgumentError(f"option {name} must be at least {minimum}, got {out}")
-    return out
+def evaluator_options(name: str) -> tuple[Option, ...]:
+    """The options evaluator ``name`` declares (empty when it declares none)."""
+    options_class = get_evaluator(name).Options
+    return () if options_class is None else declared(options_class)
 
 
-def option_float(name: str, value: Any, minimum: float | None = None) -> float:
-    """``value`` (a number or a string of one) as a float, at least ``minimum``."""
-    try:
-        if isinstance(value, bool):
-            raise ValueError
-        out = float(value)
-    except (TypeError, ValueError):
-        raise InvalidArgumentError(f"option {name} must be a number, got {value!r}") from None
-    if minimum is not None and not out >= minimum:
-        raise InvalidArgumentError(f"option {name} must be at least {minimum}, got {out}")
-    return out
+def describe_evaluators() -> str:
+    """Every registered evaluator's declared options (name, type, default, help), for
+    ``--help``; options that several evaluators declare alike are listed once, under
+    all their names."""
+    owners: dict[Option, list[str]] = {}
+    undeclared = []
+    for name in evaluator_names():
+        cls = get_evaluator(name)
+        if cls.Options is None:
+            undeclared.append(name)
+        for opt in evaluator_options(name):
+            owners.setdefault(opt, []).append(name)
+    groups: dict[tuple[str, ...], list[Option]] = {}
+    for opt, owned_by in owners.items():
+        groups.setdefault(tuple(owned_by), []).append(opt)
+    lines = ["evaluator options (-o KEY=VALUE):"]
+    for group, opts in sorted(groups.items(), key=lambda g: (len(g[0]), g[0])):
+        extra = any(get_evaluator(n).extra_options for n in group)
+        note = " (any other option is passed on as given)" if extra else ""
+        lines += [f"  {', '.join(group)}{note}:", *describe_options(opts, indent="    ")]
+    lines += [f"  {name}: options not declared (see its documentation)" for name in undeclared]
+    return "\n".join(lines)
 
 
-def option_bool(name: str, value: Any) -> bool:
-    """``value`` as a bool; strings ``1/true/yes/on`` and ``0/false/no/off`` are accepted."""
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in _TRUE:
-        return True
-    if text in _FALSE:
-        return False
-    raise InvalidArgumentError(f"option {name} must be true or false, got {value!r}")
-
-
-def option_choice(name: str, value: Any, choices: Sequence[str]) -> str:
-    """``value`` as one of ``choices`` (case-insensitive)."""
-    text = str(value).strip().lower()
-    if text not in choices:
-        raise InvalidArgumentError(
-            f"option {name} must be one of {', '.join(choices)}, got {value!r}"
-        )
-    return text
+def _parse(name: str, options: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
+    cls = get_evaluator(name)
+    assert cls.Options is not None
+    decl = declared(cls.Options)
+    values = parse_options(decl, options, owner=f"evaluator {name!r}",
+                           allow_extra=cls.extra_options)
+    known = {o.name for o in decl}
+    parsed = cls.Options(**{k: v for k, v in values.items() if k in known})
+    return parsed, {k: v for k, v in values.items() if k not in known}

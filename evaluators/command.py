@@ -15,8 +15,7 @@ and must print one JSON object on stdout and exit with status 0::
 (a score object may also give ``"stderr"``, the value's standard error over the examples,
 and ``"examples"``, how many it averages)
 
-one entry per prompt, in order. Options: ``command`` (a shell-style string or a list,
-run without a shell), ``timeout`` in seconds (default 600), ``cwd``.
+one entry per prompt, in order. Options: :class:`CommandOptions`.
 """
 
 from __future__ import annotations
@@ -25,10 +24,13 @@ import json
 import shlex
 import subprocess
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import ClassVar
 
 from promptbo.errors import FailedPreconditionError, InvalidArgumentError
-from promptbo.evaluators.base import Evaluator, option_float, register_evaluator
+from promptbo.evaluators.base import Evaluator, register_evaluator
 from promptbo.evaluators.python import as_score
+from promptbo.options import option
 from promptbo.types import Prompt, Score
 
 _TAIL = 2000
@@ -57,18 +59,32 @@ def _tail(text: str) -> str:
     return text if len(text) <= _TAIL else "..." + text[-_TAIL:]
 
 
+@dataclass(frozen=True, kw_only=True)
+class CommandOptions:
+    """The options of ``command``."""
+
+    command: str | tuple[str, ...] = option(
+        "text-or-list", help="the program and its arguments: a shell-style string split with "
+        "`shlex`, or a list (from Python); run without a shell")
+    timeout: float = option("float", 600, "seconds per run", minimum=0.001)
+    cwd: str | None = option("str", None, "working directory of the program",
+                             shown_default="the worker's")
+
+
 @register_evaluator("command")
 class CommandEvaluator(Evaluator):
     """Runs ``command`` once per batch; see the module docstring."""
 
-    def __init__(self, command: str | Sequence[str], timeout: float | str = 600,
-                 cwd: str | None = None):
-        argv = shlex.split(command) if isinstance(command, str) else [str(a) for a in command]
+    Options: ClassVar[type | None] = CommandOptions
+
+    def __init__(self, options: CommandOptions):
+        command = options.command
+        argv = shlex.split(command) if isinstance(command, str) else list(command)
         if not argv:
             raise InvalidArgumentError("option command is empty")
         self.argv = argv
-        self.timeout = option_float("timeout", timeout, minimum=0.001)
-        self.cwd = cwd
+        self.timeout = options.timeout
+        self.cwd = options.cwd
 
     def score(self, prompts: Sequence[Prompt]) -> list[Score]:
         if not prompts:

@@ -20,14 +20,15 @@ from __future__ import annotations
 import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 from promptbo.errors import InvalidArgumentError
-from promptbo.evaluators.base import option_choice, option_float, register_evaluator
-from promptbo.evaluators.hf_common import HFEvaluator
+from promptbo.evaluators.base import register_evaluator
+from promptbo.evaluators.hf_common import HFEvaluator, HFOptions
 from promptbo.evaluators.task import DEFAULT_TEMPLATE, Task
+from promptbo.options import option
 from promptbo.types import Prompt
 
 
@@ -42,68 +43,39 @@ class _Row:
     parts: list[Any]
 
 
+@dataclass(frozen=True, kw_only=True)
+class CausalLMOptions(HFOptions):
+    """The options of ``hf-causal``: those of every transformers evaluator (``model``
+    defaults to the bundled SmolLM2), and the prefix cache."""
+
+    model: str = option("str", "smollm2", "checkpoint folder, hub name, or `smollm2` (the "
+                        "bundled SmolLM2-135M-Instruct)")
+    kv_cache: str = option("switch", "auto", "keep the keys and values of the tokens before "
+                           "the prompt: `auto` (when the input precedes the prompt), on "
+                           "(whenever there are such tokens) or off")
+    kv_cache_mb: float = option("float", 1024, "memory for the prefix caches kept across "
+                                "calls", minimum=0)
+
+
 @register_evaluator("hf-causal")
 class HFCausalEvaluator(HFEvaluator):
-    """Causal LM evaluator.
-
-    Options:
-        model: checkpoint folder or hub name, or ``smollm2`` (default; the bundled
-            SmolLM2-135M-Instruct, converted once into the promptbo cache).
-        data: ``demo`` (default), a ``.jsonl``/``.csv`` file or a dataset folder.
-        template: default ``"{prompt}\\nReview: {text}\\nSentiment: {answer}"`` (the prompt
-            before the input: 90% of random prompts beat the unprompted model there against
-            23% after it, docs/benchmarks.md); ``{answer}``
-            must be last.
-        labels: label words, class order (default: the dataset's class names, else
-            ``negative,positive``); scored with the template's space before ``{answer}``.
-        split: ``objective`` (default), ``dev``, ``test`` or ``holdout``.
-        k: examples per class (8).
-        seed: few-shot draw seed (0).  test_data: a test file.  max_examples: cap the split.
-        metric: ``log_prob`` (default), ``accuracy`` or ``macro_f1``.
-        batch_size (16), device (``auto``), dtype (``auto``), vocabulary_size: see
-            :class:`~promptbo.evaluators.hf_common.HFEvaluator`.
-        kv_cache: ``auto`` (default: on when the input precedes the prompt), ``on``, ``off``.
-        kv_cache_mb: memory for prefix caches kept across calls (1024); beyond it they are
-            recomputed on each call.
+    """Causal LM evaluator, built from :class:`CausalLMOptions`. The default template
+    ``"{prompt}\\nReview: {text}\\nSentiment: {answer}"`` puts the prompt before the input
+    (90% of random prompts beat the unprompted model there against 23% after it,
+    docs/benchmarks.md); ``{answer}`` must be last.
     """
 
+    Options: ClassVar[type | None] = CausalLMOptions
     default_template = DEFAULT_TEMPLATE
 
-    def __init__(
-        self,
-        model: str = "smollm2",
-        data: str = "demo",
-        template: str | None = None,
-        labels: str | Sequence[str] | None = None,
-        split: str = "objective",
-        k: int | str = 8,
-        seed: int | str = 0,
-        test_data: str | None = None,
-        max_examples: int | str | None = None,
-        metric: str = "log_prob",
-        batch_size: int | str = 16,
-        device: str = "auto",
-        dtype: str = "auto",
-        vocabulary_size: int | str | None = None,
-        kv_cache: str | bool = "auto",
-        kv_cache_mb: float | str = 1024,
-    ):
-        if isinstance(kv_cache, bool):
-            kv_cache = "on" if kv_cache else "off"
-        mode = option_choice("kv_cache", kv_cache,
-                             ("auto", "on", "off", "true", "false"))
-        self.kv_cache_bytes = option_float("kv_cache_mb", kv_cache_mb, minimum=0) * 2**20
-        super().__init__(
-            model, batch_size=batch_size, device=device, dtype=dtype,
-            vocabulary_size=vocabulary_size, data=data, template=template, labels=labels,
-            split=split, k=k, seed=seed, test_data=test_data, max_examples=max_examples,
-            metric=metric,
-        )
+    def __init__(self, options: CausalLMOptions):
+        self.kv_cache_bytes = options.kv_cache_mb * 2**20
+        super().__init__(options)
         has_prefix = min(len(ex.before) for ex in self.encoded) > 0
-        if mode == "auto":
+        if options.kv_cache == "auto":
             self.use_kv_cache = has_prefix and self.task.template.prompt_after_input
         else:
-            self.use_kv_cache = has_prefix and mode in ("on", "true")
+            self.use_kv_cache = has_prefix and options.kv_cache == "on"
         forward = inspect.signature(self.model.forward).parameters
         self._keeps_logits = "logits_to_keep" in forward
         # transformers renamed the key/value cache argument and output field to ``cache``;
@@ -207,23 +179,7 @@ class HFCausalEvaluator(HFEvaluator):
     def _pad(self, rows: list[list[Any]], soft: bool, past_len: int = 0):
         """Left-pads rows of parts into ``(input_ids or inputs_embeds, mask, position_ids)``;
         the mask covers ``past_len`` cached positions first (filled in by the caller)."""
-        import torch
-
-        if soft:
-            seqs = [self._embed_row(parts) for parts in rows]
-        else:
-            seqs = [[i for part in parts for i in part] for parts in rows]
-        width = max(len(s) for s in seqs)
-        mask = torch.zeros(len(seqs), width, dtype=torch.long, device=self.device)
-        if soft:
-            x = torch.zeros(len(seqs), width, seqs[0].shape[1], dtype=self.dtype,
-                            device=self.device)
-        else:
-            x = torch.full((len(seqs), width), self.pad_id, dtype=torch.long, device=self.device)
-        for i, s in enumerate(seqs):
-            if len(s):
-                x[i, width - len(s):] = s if soft else torch.tensor(s, device=self.device)
-                mask[i, width - len(s):] = 1
+        x, mask = self._pad_rows(rows, soft, left=True)
         pos = (mask.cumsum(-1) - 1).clamp(min=0) + past_len
         return x, mask, pos
 

@@ -13,14 +13,22 @@ import abc
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 from promptbo.errors import InvalidArgumentError
-from promptbo.evaluators.base import Evaluator, option_choice, option_int
+from promptbo.evaluators.base import Evaluator
 from promptbo.evaluators.models import check_model, resolve_model
-from promptbo.evaluators.task import ANSWER, PROMPT, Task, group_by_examples, load_task
+from promptbo.evaluators.task import (
+    ANSWER,
+    PROMPT,
+    Task,
+    TaskOptions,
+    build_task,
+    group_by_examples,
+)
+from promptbo.options import option
 from promptbo.types import Prompt, Score, VocabularyTable
 
 log = logging.getLogger(__name__)
@@ -71,48 +79,44 @@ def pick_device(device: str):
 def pick_dtype(dtype: str, device):
     import torch
 
-    dtype = option_choice("dtype", dtype, DTYPES)
     if dtype == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     return getattr(torch, dtype)
 
 
+@dataclass(frozen=True, kw_only=True)
+class HFOptions(TaskOptions):
+    """The options of the transformers evaluators: the model and how it runs, and the
+    task."""
+
+    model: str = option("str", help="checkpoint folder or hub name")
+    batch_size: int = option("int", 16, "sequences per forward pass", minimum=1)
+    device: str = option("str", "auto", "`auto` (CUDA when available), `cpu`, `cuda`, "
+                         "`cuda:N`")
+    dtype: str = option("str", "auto", "`auto`: bfloat16 on CUDA, float32 on CPU",
+                        choices=DTYPES)
+    vocabulary_size: int | None = option("int", None, "offer only the first N usable tokens "
+                                         "to hard-prompt studies", minimum=1,
+                                         shown_default="all")
+
+
 class HFEvaluator(Evaluator):
-    """Base of the transformers evaluators.
+    """Base of the transformers evaluators; built from :class:`HFOptions` (or a subclass),
+    whose task options are read by :func:`~promptbo.evaluators.task.build_task`."""
 
-    Options (shared):
-        model: a checkpoint folder or hub name; ``smollm2`` is the bundled SmolLM2-135M.
-        batch_size: sequences per forward pass (default 16).
-        device: ``auto`` (CUDA when available), ``cpu``, ``cuda``, ``cuda:N``.
-        dtype: ``auto`` (bfloat16 on CUDA, float32 on CPU), ``float32``, ``bfloat16``,
-            ``float16``.
-        vocabulary_size: offer only the first N usable token ids to hard-prompt studies.
-        data, template, labels, split, k, seed, test_data, max_examples, metric: the task,
-            see :func:`promptbo.evaluators.task.load_task`.
-    """
-
+    Options: ClassVar[type | None] = HFOptions
     default_template: str = ""
 
-    def __init__(
-        self,
-        model: str,
-        batch_size: int | str = 16,
-        device: str = "auto",
-        dtype: str = "auto",
-        vocabulary_size: int | str | None = None,
-        **task_options: Any,
-    ):
-        self.batch_size = option_int("batch_size", batch_size, minimum=1)
-        self.vocabulary_size = (
-            None if vocabulary_size in (None, "")
-            else option_int("vocabulary_size", vocabulary_size, minimum=1)
-        )
-        self.task: Task = load_task(default_template=self.default_template, **task_options)
+    def __init__(self, options: HFOptions):
+        self.batch_size = options.batch_size
+        self.vocabulary_size = options.vocabulary_size
+        self.task: Task = build_task(options, self.default_template)
         self._check_template(self.task)
-        self.device = pick_device(str(device))
-        self.dtype = pick_dtype(str(dtype), self.device)
-        check_model(str(model))
-        path = resolve_model(str(model))
+        self.device = pick_device(options.device)
+        self.dtype = pick_dtype(options.dtype, self.device)
+        model = options.model
+        check_model(model)
+        path = resolve_model(model)
         try:
             self.tokenizer = self._load_tokenizer(path)
             self.model = self._load_model(path).to(self.device).eval()
@@ -224,6 +228,31 @@ class HFEvaluator(Evaluator):
             return torch.zeros(0, self.embedding.weight.shape[1], device=self.device,
                                dtype=self.dtype)
         return torch.cat(out, dim=0)
+
+    def _pad_rows(self, rows: list[list[Any]], soft: bool, left: bool):
+        """Rows of parts padded into one batch: ``(x, mask)`` with ``x`` the `b x T` input
+        ids (``pad_id`` in the padding) or, for soft rows, the `b x T x D` input embeddings
+        (zeros there), and ``mask`` `b x T` (1 on real tokens). ``left`` pads on the left
+        (causal LMs, whose next token follows the last position), else on the right."""
+        import torch
+
+        if soft:
+            seqs = [self._embed_row(parts) for parts in rows]
+        else:
+            seqs = [[i for part in parts for i in part] for parts in rows]
+        width = max(len(s) for s in seqs)
+        mask = torch.zeros(len(seqs), width, dtype=torch.long, device=self.device)
+        if soft:
+            x = torch.zeros(len(seqs), width, seqs[0].shape[1], dtype=self.dtype,
+                            device=self.device)
+        else:
+            x = torch.full((len(seqs), width), self.pad_id, dtype=torch.long, device=self.device)
+        for i, s in enumerate(seqs):
+            if len(s):
+                cols = slice(width - len(s), width) if left else slice(0, len(s))
+                x[i, cols] = s if soft else torch.tensor(s, device=self.device)
+                mask[i, cols] = 1
+        return x, mask
 
     def _pad_id(self) -> int:
         for candidate in (self.tokenizer.pad_token_id, self.tokenizer.eos_token_id):

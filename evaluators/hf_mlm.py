@@ -23,43 +23,12 @@ DEFAULT_MLM_TEMPLATE = "{prompt} {text} It was {answer}."
 
 @register_evaluator("hf-mlm")
 class HFMaskedLMEvaluator(HFEvaluator):
-    """Masked LM evaluator (e.g. ``model=roberta-large``).
-
-    Options:
-        model: checkpoint folder or hub name (required).
-        template: default ``"{prompt} {text} It was {answer}."`` (the prompt before the
-            input, where the held-out measurement found it helps); ``{answer}`` marks the mask
-            and may sit anywhere.
-        labels: one single-token label word per class, e.g. ``terrible,great``.
-        data, split, k, seed, test_data, max_examples, metric, batch_size, device, dtype,
-            vocabulary_size: as for ``hf-causal``.
-    """
+    """Masked LM evaluator (e.g. ``model=roberta-large``), built from
+    :class:`~promptbo.evaluators.hf_common.HFOptions` (``model`` is required; the default
+    template is ``"{prompt} {text} It was {answer}."``, where ``{answer}`` marks the mask
+    and may sit anywhere; label words must be one token each)."""
 
     default_template = DEFAULT_MLM_TEMPLATE
-
-    def __init__(
-        self,
-        model: str,
-        data: str = "demo",
-        template: str | None = None,
-        labels: str | Sequence[str] | None = None,
-        split: str = "objective",
-        k: int | str = 8,
-        seed: int | str = 0,
-        test_data: str | None = None,
-        max_examples: int | str | None = None,
-        metric: str = "log_prob",
-        batch_size: int | str = 16,
-        device: str = "auto",
-        dtype: str = "auto",
-        vocabulary_size: int | str | None = None,
-    ):
-        super().__init__(
-            model, batch_size=batch_size, device=device, dtype=dtype,
-            vocabulary_size=vocabulary_size, data=data, template=template, labels=labels,
-            split=split, k=k, seed=seed, test_data=test_data, max_examples=max_examples,
-            metric=metric,
-        )
 
     def _load_model(self, path: str):
         from transformers import AutoModelForMaskedLM
@@ -103,7 +72,7 @@ class HFMaskedLMEvaluator(HFEvaluator):
                 length = len(parts[p]) if isinstance(parts[p], list) else parts[p].shape[0]
                 side, i = ex.answer_at
                 where.append(i if side == "before" else len(ex.before) + length + i)
-            x, mask = self._right_pad(seqs, soft)
+            x, mask = self._pad_rows(seqs, soft, left=False)
             key = "inputs_embeds" if soft else "input_ids"
             logits = self.model(**{key: x}, attention_mask=mask).logits
             at = torch.tensor(where, device=logits.device)
@@ -115,22 +84,3 @@ class HFMaskedLMEvaluator(HFEvaluator):
             for i, (p, e) in enumerate(batch):
                 out[p, e] = values[i]
         return out
-
-    def _right_pad(self, rows: list[list], soft: bool):
-        import torch
-
-        if soft:
-            seqs = [self._embed_row(parts) for parts in rows]
-        else:
-            seqs = [[i for part in parts for i in part] for parts in rows]
-        width = max(len(s) for s in seqs)
-        mask = torch.zeros(len(seqs), width, dtype=torch.long, device=self.device)
-        if soft:
-            x = torch.zeros(len(seqs), width, seqs[0].shape[1], dtype=self.dtype,
-                            device=self.device)
-        else:
-            x = torch.full((len(seqs), width), self.pad_id, dtype=torch.long, device=self.device)
-        for i, s in enumerate(seqs):
-            x[i, :len(s)] = s if soft else torch.tensor(s, device=self.device)
-            mask[i, :len(s)] = 1
-        return x, mask

@@ -36,7 +36,7 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -47,14 +47,9 @@ from promptbo.errors import (
     UnauthenticatedError,
     UnavailableError,
 )
-from promptbo.evaluators.base import (
-    Evaluator,
-    option_choice,
-    option_float,
-    option_int,
-    register_evaluator,
-)
-from promptbo.evaluators.task import Task, load_task
+from promptbo.evaluators.base import Evaluator, register_evaluator
+from promptbo.evaluators.task import Task, TaskOptions, build_task
+from promptbo.options import option
 from promptbo.types import Prompt, Score
 
 log = logging.getLogger(__name__)
@@ -78,67 +73,54 @@ def _norm(text: str) -> str:
     return text.strip().lower()
 
 
+@dataclass(frozen=True, kw_only=True)
+class OpenAIOptions(TaskOptions):
+    """The options of ``openai``: the API, its requests, and the task (default template
+    ``"Review: {text}\\n{prompt}\\nSentiment: {answer}"``)."""
+
+    model: str = option("str", help="the model name the server expects")
+    base_url: str = option("str", "https://api.openai.com/v1", "the API root including `/v1` "
+                           "(`http://127.0.0.1:8000/v1` for a local llama.cpp server)")
+    mode: str = option("str", "completions", "the endpoint", choices=MODES)
+    api_key_env: str = option("str", "OPENAI_API_KEY", "environment variable holding the key "
+                              "(none is sent when it is unset)")
+    system: str | None = option("str", None, "a system message (chat)")
+    top_logprobs: int = option("int", 5, "alternatives requested for the first token; 0 "
+                               "scores the generated text by accuracy", minimum=0)
+    max_tokens: int = option("int", 3, "tokens generated per request", minimum=1)
+    concurrency: int = option("int", 8, "requests in flight", minimum=1)
+    max_retries: int = option("int", 4, "retries of a failed request", minimum=0)
+    backoff: float = option("float", 0.5, "seconds before the first retry (doubling)",
+                            minimum=0)
+    max_backoff: float = option("float", 20.0, "longest wait between retries, seconds",
+                                minimum=0)
+    timeout: float = option("float", 60.0, "seconds per request", minimum=0.001)
+
+
 @register_evaluator("openai")
 class OpenAIEvaluator(Evaluator):
-    """OpenAI-compatible API evaluator; see the module docstring.
+    """OpenAI-compatible API evaluator, built from :class:`OpenAIOptions`; see the module
+    docstring."""
 
-    Options:
-        model: the model name the server expects (required).
-        base_url: the API root including ``/v1`` (default ``https://api.openai.com/v1``;
-            ``http://127.0.0.1:8000/v1`` for a local llama.cpp server).
-        mode: ``completions`` (default) or ``chat``.   system: a chat system message.
-        api_key_env: environment variable holding the key (``OPENAI_API_KEY``).
-        top_logprobs: alternatives requested for the first token (5).  max_tokens: (3).
-        concurrency (8), max_retries (4), backoff (0.5 s), max_backoff (20 s),
-        timeout (60 s per request).
-        data, template, labels, split, k, seed, test_data, max_examples, metric: the task,
-            as for ``hf-causal``.
-    """
+    Options: ClassVar[type | None] = OpenAIOptions
 
-    def __init__(
-        self,
-        model: str,
-        base_url: str = "https://api.openai.com/v1",
-        mode: str = "completions",
-        api_key_env: str = "OPENAI_API_KEY",
-        system: str | None = None,
-        top_logprobs: int | str = 5,
-        max_tokens: int | str = 3,
-        concurrency: int | str = 8,
-        max_retries: int | str = 4,
-        backoff: float | str = 0.5,
-        max_backoff: float | str = 20.0,
-        timeout: float | str = 60.0,
-        data: str = "demo",
-        template: str | None = None,
-        labels: str | Sequence[str] | None = None,
-        split: str = "objective",
-        k: int | str = 8,
-        seed: int | str = 0,
-        test_data: str | None = None,
-        max_examples: int | str | None = None,
-        metric: str = "log_prob",
-    ):
+    def __init__(self, options: OpenAIOptions):
         import httpx
 
-        self.model = str(model)
-        self.base_url = str(base_url).rstrip("/")
-        self.mode = option_choice("mode", mode, MODES)
-        self.system = system
-        self.top_logprobs = option_int("top_logprobs", top_logprobs, minimum=0)
-        self.max_tokens = option_int("max_tokens", max_tokens, minimum=1)
-        self.concurrency = option_int("concurrency", concurrency, minimum=1)
-        self.max_retries = option_int("max_retries", max_retries, minimum=0)
-        self.backoff = option_float("backoff", backoff, minimum=0)
-        self.max_backoff = option_float("max_backoff", max_backoff, minimum=0)
-        request_timeout = option_float("timeout", timeout, minimum=0.001)
-        self.task: Task = load_task(
-            data=data, template=template, labels=labels, split=split, k=k, seed=seed,
-            test_data=test_data, max_examples=max_examples, metric=metric,
-            default_template=_OPENAI_TEMPLATE,
-        )
+        self.model = options.model
+        self.base_url = options.base_url.rstrip("/")
+        self.mode = options.mode
+        self.system = options.system
+        self.top_logprobs = options.top_logprobs
+        self.max_tokens = options.max_tokens
+        self.concurrency = options.concurrency
+        self.max_retries = options.max_retries
+        self.backoff = options.backoff
+        self.max_backoff = options.max_backoff
+        request_timeout = options.timeout
+        self.task: Task = build_task(options, _OPENAI_TEMPLATE)
         headers = {"Content-Type": "application/json"}
-        key = os.environ.get(str(api_key_env))
+        key = os.environ.get(options.api_key_env)
         if key:
             headers["Authorization"] = f"Bearer {key}"
         self._http = httpx.Client(

@@ -16,11 +16,13 @@ import importlib
 import importlib.util
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from promptbo.errors import InvalidArgumentError
 from promptbo.evaluators.base import Evaluator, register_evaluator
+from promptbo.options import option
 from promptbo.types import Prompt, Score
 
 
@@ -89,14 +91,26 @@ def as_score(item: Any, where: str) -> Score:
     return Score(value)
 
 
+@dataclass(frozen=True, kw_only=True)
+class PythonOptions:
+    """The declared option of ``python``; any other option goes to the function."""
+
+    function: str = option("str", help="`package.module:name` (imported) or "
+                           "`path/to/file.py:name` (loaded from the file); dots after the "
+                           "colon walk attributes (`my_scoring:Scorer.score`)")
+
+
 @register_evaluator("python")
 class PythonEvaluator(Evaluator):
     """Calls ``function(prompts, **options)``; see the module docstring."""
 
-    def __init__(self, function: str, **options: Any):
-        self.function = load_callable(function)
-        self.spec = function
-        self.options = options
+    Options: ClassVar[type | None] = PythonOptions
+    extra_options: ClassVar[bool] = True
+
+    def __init__(self, options: PythonOptions, **extra: Any):
+        self.function = load_callable(options.function)
+        self.spec = options.function
+        self.options = extra
 
     def score(self, prompts: Sequence[Prompt]) -> list[Score]:
         results = list(self.function(list(prompts), **self.options))

@@ -47,12 +47,13 @@ import random
 import string
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 
 from promptbo.errors import InvalidArgumentError
-from promptbo.evaluators.base import option_choice, option_int
 from promptbo.evaluators.data import Example, few_shot_splits, load_dataset, resolve_labels
+from promptbo.options import option, parse_into
 from promptbo.types import Prompt, Score, mean_and_stderr
 
 SPLITS = ("objective", "dev", "test", "holdout", "pool")
@@ -316,47 +317,48 @@ def check_label_words(words: tuple[str, ...]) -> tuple[str, ...]:
     return words
 
 
-def load_task(
-    data: str = "demo",
-    template: str | None = None,
-    labels: str | Sequence[str] | None = None,
-    split: str = "objective",
-    k: int | str = 8,
-    seed: int | str = 0,
-    test_data: str | None = None,
-    max_examples: int | str | None = None,
-    metric: str = "log_prob",
-    default_template: str = DEFAULT_TEMPLATE,
-) -> Task:
-    """Builds a :class:`Task` from evaluator options (strings are accepted).
+@dataclass(frozen=True, kw_only=True)
+class TaskOptions:
+    """The options of a classification task, shared by the built-in model evaluators
+    (their option classes extend this one)."""
 
-    Args:
-        data: ``demo``, a ``.jsonl``/``.csv`` file, a dataset folder, or a hub name.
-        template: the template (default ``default_template``).
-        labels: one label word per class: a list, ``"negative,positive"`` or a JSON list.
-            Default: the dataset's class names (``meta.json``), else negative/positive.
-        split: ``objective``, ``dev``, ``test`` or ``holdout``.
-        k: examples per class in the objective and dev sets.
-        seed: the few-shot draw's seed.
-        test_data: a file to use as the test split.
-        max_examples: keep at most this many examples of the chosen split (its first ones).
-        metric: the score's value: ``log_prob``, ``accuracy`` or ``macro_f1``.
+    data: str = option("str", "demo", "`demo`, a `.jsonl`/`.csv` file, a dataset folder or a "
+                       "hub name (see Data)")
+    template: str | None = option("str", None, "where the prompt, the input and the label "
+                                  "word go (see Templates)", shown_default="per evaluator")
+    labels: str | tuple[str, ...] | None = option(
+        "text-or-list", None, "one label word per class: `negative,positive` or a JSON list",
+        shown_default="class names")
+    split: str = option("str", "objective", "the examples scored (see Splits)", choices=SPLITS)
+    k: int = option("int", 8, "examples per class in `objective` and in `dev`", minimum=1)
+    seed: int = option("int", 0, "seed of the few-shot draw")
+    test_data: str | None = option("str", None, "a `.jsonl`/`.csv` file used as the test "
+                                   "split")
+    max_examples: int | None = option("int", None, "keep only the first N examples of the "
+                                      "chosen split", minimum=1, shown_default="all")
+    metric: str = option("str", "log_prob", "the score's value", choices=METRICS)
+
+
+def build_task(options: TaskOptions, default_template: str = DEFAULT_TEMPLATE) -> Task:
+    """Builds the :class:`Task` that ``options`` describe; ``default_template`` is used
+    when they set none.
+
+    Raises:
+        InvalidArgumentError: the data cannot be read, the template or the label words are
+            invalid, or the chosen split is empty.
     """
-    split = option_choice("split", split, SPLITS)
-    metric = option_choice("metric", metric, METRICS)
-    k = option_int("k", k, minimum=1)
-    seed = option_int("seed", seed)
-    parsed = Template(template if template is not None else default_template)
-    dataset = load_dataset(data, test_data)
-    if labels is not None:
-        words = parse_label_words(labels)
+    split, seed = options.split, options.seed
+    parsed = Template(options.template if options.template is not None else default_template)
+    dataset = load_dataset(options.data, options.test_data)
+    if options.labels is not None:
+        words = parse_label_words(options.labels)
     elif dataset.label_names:
         words = tuple(dataset.label_names)
     else:
         words = DEFAULT_LABELS
     names = dataset.label_names or ()
     pool = resolve_labels(dataset.train, words, names)
-    objective, dev, rest = few_shot_splits(pool, len(words), k, seed)
+    objective, dev, rest = few_shot_splits(pool, len(words), options.k, seed)
     if split == "objective":
         examples = objective
     elif split == "dev":
@@ -368,17 +370,29 @@ def load_task(
         if not dataset.test:
             raise InvalidArgumentError(
                 f"split=pool needs a dataset with a test split of its own (a folder with a "
-                f"test file, or test_data): in {data!r} the training examples outside the "
-                "objective and dev sets are the test split"
+                f"test file, or test_data): in {options.data!r} the training examples outside "
+                "the objective and dev sets are the test split"
             )
         examples = rest.copy()
         random.Random(seed).shuffle(examples)
         examples = objective + examples
     else:
         examples = resolve_labels(dataset.test, words, names) if dataset.test else rest
-    if max_examples not in (None, ""):
-        examples = examples[: option_int("max_examples", max_examples, minimum=1)]
-    return Task(tuple(examples), parsed, words, metric, split)
+    if options.max_examples is not None:
+        examples = examples[: options.max_examples]
+    return Task(tuple(examples), parsed, words, options.metric, split)
+
+
+def load_task(data: str = "demo", default_template: str = DEFAULT_TEMPLATE,
+              **options: Any) -> Task:
+    """Builds a :class:`Task` from :class:`TaskOptions` given as keywords (strings are
+    converted), e.g. ``load_task("demo", k="8", split="dev")``.
+
+    Raises:
+        InvalidArgumentError: an unknown option or a bad value, or as :func:`build_task`.
+    """
+    return build_task(parse_into(TaskOptions, {"data": data, **options}, owner="task"),
+                      default_template)
 
 
 def group_by_examples(prompts: Sequence[Prompt]) -> list[tuple[tuple[int, ...] | None, list[int]]]:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable
-from typing import Any
 
 import numpy as np
 import torch
@@ -133,25 +132,11 @@ def _load_builtin() -> None:
     from promptbo.server.optim import strategies  # noqa: F401
 
 
-def option(options: dict[str, str], name: str, default: Any, kind: type = float) -> Any:
-    """Reads a strategy option, converting it with ``kind``; InvalidArgumentError if bad."""
-    raw = options.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        return kind(raw)
-    except (TypeError, ValueError):
-        raise InvalidArgumentError(
-            f"strategy option {name}={raw!r} is not a valid {kind.__name__}"
-        ) from None
-
-
 __all__ = [
     "Engine",
     "HardPromptSpace",
     "SoftPromptSpace",
     "make_engine",
-    "option",
     "register_strategy",
     "strategy_names",
     "torch",

@@ -2,7 +2,8 @@
 
 :class:`BoxEngine` owns a :class:`~promptbo.server.optim.spaces.PromptBox`, the
 observation history in box coordinates (`n x dim` float64 inputs, `n` values), option
-parsing and the random streams. Subclasses implement :meth:`BoxEngine._suggest`.
+parsing (:func:`read_options`) and the random streams. Subclasses implement
+:meth:`BoxEngine._suggest`.
 
 Determinism: every random choice of a :meth:`suggest` call comes from generators seeded
 by ``(seed, num_suggested)``, and the observation history is replayed in the order it was
@@ -22,48 +23,38 @@ import torch
 from torch import Tensor
 
 from promptbo.errors import InvalidArgumentError
+from promptbo.options import Kind, Option, parse_options
 from promptbo.server.domain import PoolSpace, SearchSpace, SoftPromptSpace
 from promptbo.server.optim.acquisition import quiet, sobol_points
-from promptbo.server.optim.base import Engine, option
+from promptbo.server.optim.base import Engine
 from promptbo.server.optim.spaces import PromptBox, derive_seed, make_box
 
 
 def read_options(
-    strategy: str, options: dict[str, str], spec: dict[str, tuple[type, Any, float, float]]
+    strategy: str,
+    options: dict[str, str],
+    spec: dict[str, tuple[type, Any, float, float]],
+    choices: dict[str, tuple[str, ...]] | None = None,
 ) -> dict[str, Any]:
-    """Parses ``options`` against ``spec`` (name -> (type, default, min, max)).
+    """Parses ``options`` against ``spec`` (name -> (type, default, min, max); a default
+    of None means "automatic") and ``choices`` (name -> allowed words, the first the
+    default), with the parser of :mod:`promptbo.options`.
 
     Raises:
         InvalidArgumentError: an unknown name, or a value of the wrong type or range.
     """
-    unknown = sorted(set(options) - set(spec))
-    if unknown:
-        raise InvalidArgumentError(
-            f"strategy {strategy!r} has no option {', '.join(unknown)}; its options are "
-            f"{', '.join(sorted(spec)) or 'none'}"
-        )
-    out: dict[str, Any] = {}
-    for name, (kind, default, low, high) in spec.items():
-        if kind is bool:
-            raw = str(options.get(name, "")).strip().lower()
-            if raw in ("", "default"):
-                out[name] = default
-            elif raw in ("1", "true", "yes", "on"):
-                out[name] = True
-            elif raw in ("0", "false", "no", "off"):
-                out[name] = False
-            else:
-                raise InvalidArgumentError(
-                    f"strategy option {name}={options[name]!r} must be true or false"
-                )
-            continue
-        value = option(options, name, default, kind)
-        if value is not None and not low <= value <= high:
-            raise InvalidArgumentError(
-                f"strategy option {name}={value} is out of range; use a value in [{low}, {high}]"
-            )
-        out[name] = value
-    return out
+    declared = [strategy_option(name, *entry) for name, entry in spec.items()]
+    declared += [Option(name, "str", allowed[0], choices=allowed)
+                 for name, allowed in (choices or {}).items()]
+    return parse_options(declared, options, owner=f"strategy {strategy!r}")
+
+
+def strategy_option(name: str, kind: type, default: Any, low: float, high: float) -> Option:
+    """The :class:`~promptbo.options.Option` of one ``(type, default, min, max)`` entry."""
+    kinds: dict[type, Kind] = {int: "int", float: "float", bool: "bool"}
+    if kind is bool:
+        return Option(name, "bool", default)
+    return Option(name, kinds[kind], default, minimum=low, maximum=high)
 
 
 class BoxEngine(Engine):

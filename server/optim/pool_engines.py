@@ -102,21 +102,7 @@ class PoolEngine(Engine):
             raise InvalidArgumentError(
                 f"a pool's embeddings must be a non-empty N x D table, got {embeddings.shape}"
             )
-        unknown = sorted(set(options) - set(self.OPTIONS) - set(self.CHOICES))
-        if unknown:
-            raise InvalidArgumentError(
-                f"strategy {self.name!r} has no option {', '.join(unknown)} on pools; its "
-                f"options are {', '.join(sorted([*self.OPTIONS, *self.CHOICES])) or 'none'}"
-            )
-        numeric = {k: v for k, v in options.items() if k in self.OPTIONS}
-        self.opts = read_options(self.name, numeric, self.OPTIONS)
-        for name, allowed in self.CHOICES.items():
-            value = str(options.get(name, "") or allowed[0]).strip().lower()
-            if value not in allowed:
-                raise InvalidArgumentError(
-                    f"strategy option {name}={options[name]!r}: use one of {', '.join(allowed)}"
-                )
-            self.opts[name] = value
+        self.opts = read_options(self.name, options, self.OPTIONS, self.CHOICES)
         self.x = pool_features(embeddings)
         self.size = int(self.x.shape[0])
         self.seed = seed

@@ -1,23 +1,33 @@
-"""The evaluator registry, entry-point plug-ins and option conversion."""
+"""The evaluator registry, entry-point plug-ins and declared options."""
 
 from __future__ import annotations
 
 import importlib.metadata
+import re
 import subprocess
 import sys
+from dataclasses import dataclass
+from typing import ClassVar
 
 import pytest
 
 import promptbo.evaluators as evaluators
 from promptbo.errors import InvalidArgumentError
 from promptbo.evaluators import base
-from promptbo.evaluators.base import option_bool, option_float, option_int
+from promptbo.options import option
 from promptbo.types import Score
 
 
+@dataclass(frozen=True, kw_only=True)
+class ConstantOptions:
+    value: float = option("float", 1.0, "the score")
+
+
 class Constant(evaluators.Evaluator):
-    def __init__(self, value: float = 1.0):
-        self.value = option_float("value", value)
+    Options: ClassVar[type | None] = ConstantOptions
+
+    def __init__(self, options: ConstantOptions):
+        self.value = options.value
 
     def score(self, prompts):
         return [Score(self.value) for _ in prompts]
@@ -32,8 +42,9 @@ def clean_registry(monkeypatch):
 
 def test_public_api():
     assert sorted(evaluators.__all__) == sorted(
-        ["Evaluator", "Example", "Task", "Template", "create_evaluator", "evaluator_names",
-         "get_evaluator", "load_task", "register_evaluator"])
+        ["Evaluator", "Example", "Task", "TaskOptions", "Template", "create_evaluator",
+         "evaluator_names", "evaluator_options", "get_evaluator", "load_task",
+         "register_evaluator"])
     for name in evaluators.__all__:
         assert hasattr(evaluators, name)
 
@@ -75,10 +86,26 @@ def test_create_evaluator_converts_and_checks_options(clean_registry):
     evaluators.register_evaluator("constant")(Constant)
     ev = evaluators.create_evaluator("constant", value="2.5")
     assert ev.score([evaluators.Evaluator, None]) == [Score(2.5), Score(2.5)]
-    with pytest.raises(InvalidArgumentError, match="has no option 'valu'; its options are: value"):
+    with pytest.raises(InvalidArgumentError, match=r"evaluator 'constant' has no option valu "
+                       r"\(did you mean value\?\); its options are: value"):
         evaluators.create_evaluator("constant", valu=1)
-    with pytest.raises(InvalidArgumentError, match="option value must be a number"):
+    with pytest.raises(InvalidArgumentError,
+                       match="evaluator 'constant': option value must be a number, got 'high'"):
         evaluators.create_evaluator("constant", value="high")
+
+
+def test_undeclared_plugins_take_keyword_options(clean_registry):
+    @evaluators.register_evaluator("loose")
+    class Loose(evaluators.Evaluator):
+        def __init__(self, scale: float = 1.0):
+            self.scale = float(scale)
+
+        def score(self, prompts):
+            return [Score(self.scale) for _ in prompts]
+
+    assert evaluators.create_evaluator("loose", scale="3").scale == 3.0
+    assert evaluators.evaluator_options("loose") == ()
+    assert "loose: options not declared" in base.describe_evaluators()
 
 
 class _EntryPoint:
@@ -102,15 +129,21 @@ def test_entry_point_plugins_are_loaded(clean_registry, monkeypatch):
     assert "plugged" in names and "broken" not in names
 
 
-def test_option_helpers():
-    assert option_int("k", "8") == 8 and option_int("k", 8.0) == 8
-    assert option_bool("x", "Yes") is True and option_bool("x", "off") is False
-    for bad in ("8.5", "eight", True):
-        with pytest.raises(InvalidArgumentError, match="option k must be an integer"):
-            option_int("k", bad)
-    with pytest.raises(InvalidArgumentError, match="must be at least 1"):
-        option_int("k", "0", minimum=1)
-    with pytest.raises(InvalidArgumentError, match="true or false"):
-        option_bool("x", "maybe")
-    with pytest.raises(InvalidArgumentError, match="at least 0"):
-        option_float("t", "nan", minimum=0)
+
+
+def test_worker_help_lists_every_declared_option(capsys):
+    from promptbo import cli
+
+    with pytest.raises(SystemExit) as done:
+        cli.main(["worker", "--help"])
+    out = capsys.readouterr().out
+    assert done.value.code == 0 and "evaluator options (-o KEY=VALUE):" in out
+    for name in ("hf-causal", "hf-mlm", "openai", "python", "command"):
+        assert name in out
+        for o in evaluators.evaluator_options(name):
+            row = rf"^ +{o.name} +{re.escape(o.type_name)} +{re.escape(o.default_text or '-')} "
+            assert re.search(row, out, re.MULTILINE), (name, o.name)
+    assert re.search(r"^ +kv_cache +auto/on/off +auto +keep the keys", out, re.MULTILINE)
+    with pytest.raises(SystemExit):
+        cli.main(["worker"])  # a usage error shows the usage only
+    assert "evaluator options" not in capsys.readouterr().err

@@ -61,14 +61,17 @@ def test_unknown_strategy_and_bad_options(hard_space, table) -> None:
         make_engine(hard_space, "nope", {}, 0, table)
     with pytest.raises(InvalidArgumentError, match="no option colour.*raw_samples"):
         make_engine(hard_space, "gp", {"colour": "red"}, 0, table)
-    with pytest.raises(InvalidArgumentError, match="num_restarts='many' is not a valid int"):
+    with pytest.raises(InvalidArgumentError,
+                       match="option num_restarts must be an integer, got 'many'"):
         make_engine(hard_space, "gp", {"num_restarts": "many"}, 0, table)
-    with pytest.raises(InvalidArgumentError, match="out of range"):
+    with pytest.raises(InvalidArgumentError, match=r"length_init must be in \[.*\], got 5"):
         make_engine(hard_space, "turbo", {"length_init": "5"}, 0, table)
     with pytest.raises(InvalidArgumentError, match="length_min < length_init"):
         make_engine(hard_space, "turbo", {"length_min": "0.9"}, 0, table)
     with pytest.raises(InvalidArgumentError, match="true or false"):
         make_engine(hard_space, "index", {"fit": "maybe"}, 0, table)
+    assert make_engine(hard_space, "index", {"fit": "YES"}, 0, table).opts["fit"] is True
+    assert make_engine(hard_space, "index", {"fit": "default"}, 0, table).opts["fit"] is False
     with pytest.raises(InvalidArgumentError, match="needs the vocabulary"):
         make_engine(hard_space, "gp", {}, 0, None)
     assert type(make_engine(hard_space, "", {}, 0, table)).__name__ == "GPEngine"

@@ -40,6 +40,24 @@ from promptbo.v1 import resources_pb2 as pb
 log = logging.getLogger(__name__)
 
 
+#: An epilog that help shows as every evaluator's declared options.
+EVALUATOR_OPTIONS = "(evaluator options)"
+
+
+class _EvaluatorOptionsFormatter(argparse.HelpFormatter):
+    """Shows the epilog :data:`EVALUATOR_OPTIONS` as the evaluators' option listing, built
+    only when help is printed (it loads the evaluator plug-ins)."""
+
+    def add_text(self, text: str | None) -> None:
+        if text is not EVALUATOR_OPTIONS:
+            super().add_text(text)
+            return
+        from promptbo.evaluators.base import describe_evaluators
+
+        listing = describe_evaluators()
+        self._add_item(lambda: listing + "\n", [])
+
+
 def _configure_logging(level: str, fmt: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
@@ -170,7 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
             a.add_argument("--yes", "-y", action="store_true", help="do not ask to confirm")
 
     p = sub.add_parser("worker", help="evaluate a study's trials with an evaluator",
-                       parents=logs)
+                       parents=logs, epilog=EVALUATOR_OPTIONS,
+                       formatter_class=_EvaluatorOptionsFormatter)
     _add_connection_args(p)
     p.add_argument("--study", required=True)
     p.add_argument("--evaluator", required=True, help="hf-causal, hf-mlm, openai, python, command")
@@ -196,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
         "select", help="re-score a study's best prompts on another split and rank them",
         description="Scores the study's --top best distinct prompts with an evaluator on "
         "examples the search never saw (-o split=dev by default) and ranks them by that score.",
-        parents=logs)
+        parents=logs, epilog=EVALUATOR_OPTIONS, formatter_class=_EvaluatorOptionsFormatter)
     _add_connection_args(p)
     p.add_argument("--study", required=True)
     p.add_argument("--evaluator", required=True, help="hf-causal, hf-mlm, openai, python, command")
@@ -635,14 +654,12 @@ def _install_stop_handlers(worker) -> None:
 
 
 def _select(args) -> int:
-    import inspect
-
     from promptbo.errors import InvalidArgumentError
-    from promptbo.evaluators import create_evaluator, get_evaluator
+    from promptbo.evaluators import create_evaluator, evaluator_options
     from promptbo.selection import _key, candidates, rescore
 
     options = parse_options(args.option)
-    if "split" in inspect.signature(get_evaluator(args.evaluator).__init__).parameters:
+    if any(o.name == "split" for o in evaluator_options(args.evaluator)):
         options.setdefault("split", "dev")  # the built-ins' task evaluators
     if options.get("split") == "objective":
         raise InvalidArgumentError(

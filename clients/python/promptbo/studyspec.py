@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import inspect
 from pathlib import Path
 from typing import Any
 
@@ -391,15 +390,11 @@ def _recorded(key: str, value: Any) -> str:
 def evaluator_setup(name: str, options: dict[str, Any]) -> dict[str, str]:
     """The labels that record what scores a study: ``evaluator`` and every option that
     changes scores, defaults filled in, data files by content fingerprint."""
-    from promptbo.evaluators.base import check_options, get_evaluator
+    from promptbo.evaluators.base import check_options, evaluator_options
 
     check_options(name, options)
-    params = inspect.signature(get_evaluator(name).__init__).parameters
-    values: dict[str, Any] = {
-        n: p.default for n, p in params.items()
-        if n != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
-        and p.default is not p.empty
-    }
+    values: dict[str, Any] = {o.name: o.default for o in evaluator_options(name)
+                              if not o.required}
     values.update(options)
     setup = {f"{SETUP_PREFIX}evaluator": name}
     for key, value in sorted(values.items()):
