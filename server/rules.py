@@ -181,7 +181,7 @@ def plan_suggestions(
         )
     want = count - len(own)
     if cap:
-        want = min(want, cap - held + len(own))
+        want = min(want, cap - held)
     reissued = expired[: max(want, 0)]
     want -= len(reissued)
     if want > 0 and spec.max_trials:
