@@ -56,7 +56,6 @@ log = logging.getLogger(__name__)
 
 MODES = ("completions", "chat")
 _RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
-_OPENAI_TEMPLATE = "Review: {text}\n{prompt}\nSentiment: {answer}"
 
 
 @dataclass(frozen=True)
@@ -118,7 +117,7 @@ class OpenAIEvaluator(Evaluator):
         self.backoff = options.backoff
         self.max_backoff = options.max_backoff
         request_timeout = options.timeout
-        self.task: Task = build_task(options, _OPENAI_TEMPLATE)
+        self.task: Task = build_task(options)
         headers = {"Content-Type": "application/json"}
         key = os.environ.get(options.api_key_env)
         if key:

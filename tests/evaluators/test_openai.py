@@ -147,8 +147,10 @@ def test_completions_with_logprobs(fake, monkeypatch, caplog):
     assert path == "/v1/completions"
     assert body["model"] == "fake-model" and body["temperature"] == 0
     assert body["logprobs"] == 5 and body["max_tokens"] == 3
-    assert body["prompt"].startswith("Review: ") and body["prompt"].endswith("\nSentiment:")
-    review = body["prompt"].split("\n")[0][len("Review: "):]
+    # the prompt comes first (the default template), then the review and the answer cue
+    assert body["prompt"].startswith(" Hm.\nReview: ")  # the last prompt scored
+    assert body["prompt"].endswith("\nSentiment:")
+    review = body["prompt"].split("Review: ", 1)[1].split("\n")[0]
     assert review in LABELS
     assert headers["Authorization"] == "Bearer sk-secret-123"
     assert len(fake.requests) == 8
@@ -251,4 +253,4 @@ def test_pool_prompts_are_written_into_the_template(fake):
         score = ev.score([pool_prompt])[0]
     assert score.value == pytest.approx(expected_log_prob(*GOOD))
     bodies = [b["prompt"] for _, b, _ in fake.requests]
-    assert bodies and all("\nWhat is the sentiment?\nSentiment:" in b for b in bodies)
+    assert bodies and all(b.startswith("What is the sentiment?\nReview: ") for b in bodies)
