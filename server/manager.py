@@ -423,6 +423,8 @@ class StudyManager:
             observed = [(done, obj) for done, obj in changed if obj is not None]
             if observed:
                 if live.runtime is not None:
+                    for done, _ in observed:  # hand-out to result: sets the prefetch depth
+                        live.runtime.pace.evaluated(now - done.create_time)
                     live.runtime.queue_observation(
                         [t.prompt for t, _ in observed], [o for _, o in observed],
                         [rules.noise(study.spec, t) for t, _ in observed],

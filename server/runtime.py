@@ -46,7 +46,7 @@ from promptbo.server.domain import (
     StudySpec,
     Vocabulary,
 )
-from promptbo.server.prefetch import DataVersion, still_valid
+from promptbo.server.prefetch import DataVersion, Pace, still_valid
 from promptbo.server.transfer_sources import LoadedSource
 
 if TYPE_CHECKING:
@@ -109,6 +109,10 @@ class StudyRuntime:
         self.engine_version = DataVersion()
         #: Prefetched batches dropped because new data made them stale.
         self.discarded = 0
+        #: Measured suggestion and evaluation times (they set the prefetch depth).
+        self.pace = Pace()
+        #: The prefetch depth last chosen (see :func:`~promptbo.server.prefetch.adaptive_depth`).
+        self.depth = 0
         #: Examples the engine asked for, per suggested prompt's key (multi-fidelity
         #: engines set ``last_examples``); the manager pops them when it makes the trial.
         self.requested: dict[tuple, int] = {}
@@ -180,7 +184,9 @@ class StudyRuntime:
                 prompts = self.decode(self.engine.suggest(n, self._pending(pending)))
         finally:
             self.engine.should_stop = None
-        telemetry.observe_suggestion(self.strategy, time.perf_counter() - t0)
+        seconds = time.perf_counter() - t0
+        self.pace.suggested(seconds)
+        telemetry.observe_suggestion(self.strategy, seconds)
         wanted = getattr(self.engine, "last_examples", None)
         if wanted is not None:
             for p, k in zip(prompts, wanted, strict=True):

@@ -191,6 +191,12 @@ class StudyCache:
         (for reads that tolerate a state a concurrent call is changing)."""
         return self._live.get(name)
 
+    def runtimes(self) -> list[tuple[str, StudyRuntime]]:
+        """The studies in memory whose engine is built, without taking their locks (for
+        metrics that tolerate a state a concurrent call is changing)."""
+        return [(name, live.runtime) for name, live in list(self._live.items())
+                if live.runtime is not None]
+
     def add(self, study: Study, runtime: StudyRuntime | None) -> LiveStudy:
         """Holds a just-created study (no trials yet) and its runtime, if built.
         Caller holds its lock."""
@@ -305,14 +311,20 @@ class StudyCache:
         expensive engines only); a completed study's ready ones are dropped instead.
         Caller holds the study lock.
 
-        One refill per study runs at a time. Its result replaces the ready ones if it is
-        still valid when it finishes (:func:`~promptbo.server.prefetch.still_valid`);
-        otherwise it is dropped and, new data having arrived, another refill starts."""
+        It computes as many as the study's measured times call for (at most ``prefetch``;
+        :func:`~promptbo.server.prefetch.adaptive_depth`); none when suggestions are cheap
+        relative to evaluations. One refill per study runs at a time. Its result replaces
+        the ready ones if it is still valid when it finishes
+        (:func:`~promptbo.server.prefetch.still_valid`); otherwise it is dropped and, new
+        data having arrived, another refill starts."""
         rt = live.runtime
         if self._executor is None or rt is None or rt.refilling or rt.cheap:
             return
         if live.study.state is StudyState.COMPLETED:
             rt.ready = []
+            return
+        rt.depth = rt.pace.depth(self.prefetch, len(live.active))
+        if rt.depth == 0:
             return
         rt.refilling = True
 
@@ -338,6 +350,6 @@ class StudyCache:
                 rt.ready_version = version
 
         try:
-            self._executor.submit(rt.refill, self.prefetch, snapshot, store)
+            self._executor.submit(rt.refill, rt.depth, snapshot, store)
         except RuntimeError:  # closing: no more prefetch
             rt.refilling = False

@@ -19,7 +19,7 @@ from promptbo.server.optim import base as optim_base
 from promptbo.server.optim import make_engine
 from promptbo.server.optim.base import register_strategy
 from promptbo.server.optim.baselines import RandomEngine
-from promptbo.server.prefetch import DataVersion, still_valid, tolerated
+from promptbo.server.prefetch import DataVersion, Pace, adaptive_depth, still_valid, tolerated
 from promptbo.server.runtime import StudyRuntime
 from promptbo.server.storage import open_storage
 
@@ -256,4 +256,41 @@ def test_the_manager_shares_its_slots_with_every_study():
         assert ENTERED.is_set() and len(ObservingEngine.seen) == 2
     finally:
         GATE.set()
+        manager.close()
+
+
+# --- adaptive depth -------------------------------------------------------------------
+def test_depth_is_none_for_cheap_suggestions_and_deep_for_fast_workers():
+    assert adaptive_depth(4, None, None, 1) == 4  # nothing measured yet
+    assert adaptive_depth(4, 0.5, None, 1) == 4
+    assert adaptive_depth(4, 0.04, 1.0, 8) == 0  # suggestions cheap next to evaluations
+    assert adaptive_depth(4, 2.0, 10.0, 1) == 1  # one ask per suggestion time
+    assert adaptive_depth(4, 2.0, 1.0, 1) == 2  # fast worker: two asks per suggestion
+    assert adaptive_depth(4, 2.0, 0.01, 1) == 4  # capped by --prefetch
+    assert adaptive_depth(0, 2.0, 0.01, 1) == 0
+    pace = Pace()
+    pace.suggested(1.0)
+    pace.suggested(2.0)
+    assert pace.suggest_s == pytest.approx(1.3)
+
+
+def test_a_study_with_cheap_suggestions_stops_prefetching_and_metrics_show_it():
+    from promptbo.server.http import Metrics
+
+    manager = StudyManager(open_storage("memory:"), prefetch=2)
+    metrics = Metrics(manager)
+    try:
+        manager.create_study("s", soft())
+        wait_ready(manager, "s", 2)
+        rt = manager.studies.get("s").runtime
+        rt.pace.suggested(0.001)
+        rt.pace.evaluated(10.0)  # as if workers took 10 s per trial
+        (t,), _ = manager.suggest_trials("s", 1, "w")  # from the ready ones
+        assert rt.depth == 0 and not rt.refilling  # no refill: on demand from now on
+        text = metrics.text().decode()
+        assert 'promptbo_prefetch_depth{study="s"} 0.0' in text
+        assert 'promptbo_prefetch_ready{study="s"} 1.0' in text
+        assert "promptbo_compute_slots " in text
+    finally:
+        metrics.close()
         manager.close()
