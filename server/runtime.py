@@ -109,6 +109,8 @@ class StudyRuntime:
         self.engine_version = DataVersion()
         #: Prefetched batches dropped because new data made them stale.
         self.discarded = 0
+        #: Foreground suggestions waiting for or holding the engine; a refill yields to them.
+        self._foreground = 0
         #: Measured suggestion and evaluation times (they set the prefetch depth).
         self.pace = Pace()
         #: The prefetch depth last chosen (see :func:`~promptbo.server.prefetch.adaptive_depth`).
@@ -198,9 +200,21 @@ class StudyRuntime:
                 cancelled: Callable[[], bool] | None = None) -> list[Prompt]:
         """``n`` new prompts, none equal to a pending one (hard prompts). ``cancelled``
         is polled while the engine computes (see ``Engine.should_stop``)."""
-        with self.engine_lock, self._slot():
-            self._drain()
-            return self._suggest_locked(n, pending, cancelled)
+        with self.inbox_lock:
+            self._foreground += 1
+        try:
+            with self.engine_lock, self._slot():
+                self._drain()
+                return self._suggest_locked(n, pending, cancelled)
+        finally:
+            with self.inbox_lock:
+                self._foreground -= 1
+
+    def _yield(self, version: DataVersion) -> bool:
+        """Whether a refill computing on ``version`` should stop."""
+        with self.inbox_lock:
+            waiting = self._foreground > 0
+        return waiting or not still_valid(version, self.version)
 
     def _slot(self) -> AbstractContextManager[None]:
         return nullcontext() if self._slots is None else self._slots.hold()
@@ -231,13 +245,15 @@ class StudyRuntime:
         return taken
 
     def refill(self, count: int, snapshot: Callable[[], list[Prompt]],
-               store: Callable[[list[Prompt], DataVersion], None]) -> None:
+               store: Callable[[list[Prompt] | None, DataVersion], None]) -> None:
         """Computes ``count`` suggestions in the background thread that calls it.
 
         ``snapshot`` (takes the study lock) returns the pending prompts; ``store`` (takes
         the study lock) gets the result and the data version it was computed on. The
-        computation is cancelled (and ``store`` gets no prompts) once new data makes it
-        stale. Never holds the study lock with the engine's.
+        computation is cancelled, and ``store`` gets None, once new data makes it stale
+        or a foreground suggestion waits for the engine (which would otherwise wait for
+        this refill and then compute its own). A failed one stores no prompts. Never
+        holds the study lock with the engine's.
         """
         version = self.version
         try:
@@ -245,12 +261,11 @@ class StudyRuntime:
             with self.engine_lock, self._slot():
                 self._drain()
                 version = self.engine_version
-                prompts = self._suggest_locked(
-                    count, pending, lambda: not still_valid(version, self.version))
+                prompts = self._suggest_locked(count, pending, lambda: self._yield(version))
             store(prompts, version)
         except CancelledError:
-            log.debug("a prefetch went stale while it computed")
-            store([], version)
+            log.debug("a prefetch went stale or yielded to a foreground suggestion")
+            store(None, version)
         except Exception:  # a failed prefetch only costs latency; the sync path still works
             log.exception("prefetching suggestions failed")
             store([], version)

@@ -316,7 +316,8 @@ class StudyCache:
         relative to evaluations. One refill per study runs at a time. Its result replaces
         the ready ones if it is still valid when it finishes
         (:func:`~promptbo.server.prefetch.still_valid`); otherwise it is dropped and, new
-        data having arrived, another refill starts."""
+        data having arrived, another refill starts. A refill yields to a foreground
+        suggestion that waits for the engine, and starts again after it."""
         rt = live.runtime
         if self._executor is None or rt is None or rt.refilling or rt.cheap:
             return
@@ -333,13 +334,14 @@ class StudyCache:
                 rt.issued = set()
                 return [t.prompt for t in live.active.values()]
 
-        def store(prompts: list[Prompt], version: DataVersion) -> None:
+        def store(prompts: list[Prompt] | None, version: DataVersion) -> None:
             with self.lock(name):
                 issued: set[tuple] = rt.issued or set()
                 rt.issued = None
                 rt.refilling = False
-                if not still_valid(version, rt.version):
-                    rt.discarded += 1
+                stale = not still_valid(version, rt.version)
+                if stale or prompts is None:  # stale, or cancelled: start again
+                    rt.discarded += stale
                     if self._live.get(name) is live:  # not deleted meanwhile
                         self.schedule_refill(name, live)
                     return

@@ -180,6 +180,27 @@ def test_a_refill_that_went_stale_is_cancelled_and_started_again():
         manager.close()
 
 
+def test_a_refill_yields_to_an_ask_waiting_for_the_engine_and_starts_again():
+    GATE.clear()
+    manager = StudyManager(open_storage("memory:"), prefetch=2)
+    try:
+        manager.create_study("s", soft())
+        assert ENTERED.wait(10), "the first refill never started"
+        asked: list = []
+        asking = threading.Thread(
+            target=lambda: asked.extend(manager.suggest_trials("s", 1, "w")[0]))
+        asking.start()
+        time.sleep(0.2)  # the ask now waits for the engine the refill holds
+        GATE.set()
+        asking.join(20)
+        assert len(asked) == 1 and ObservingEngine.cancelled == 1
+        wait_ready(manager, "s", 2)  # refilled after the ask
+        assert manager.studies.get("s").runtime.discarded == 0  # yielded, not stale
+    finally:
+        GATE.set()
+        manager.close()
+
+
 def test_add_trials_over_grpc_is_seen_by_the_next_ask(tmp_path):
     server, port, manager = create_server(
         f"sqlite:///{tmp_path / 'p.db'}", ServerOptions(port=0, prefetch=2))
