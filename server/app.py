@@ -30,6 +30,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from promptbo.server import compute
 from promptbo.server.async_servicer import AsyncOptimizerServicer
 from promptbo.server.auth import AuthInterceptor, Principals
 from promptbo.server.limits import Limits
@@ -56,7 +57,10 @@ class ServerOptions:
     ``tls_key``: PEM files to serve TLS (both or neither); ``prefetch``: suggestions kept
     ready per study (see :class:`~promptbo.server.manager.StudyManager`); ``limits``:
     resource bounds (its ``max_message_bytes`` is replaced by this object's);
-    ``principals``: named tokens with roles and scopes (instead of ``auth_token``)."""
+    ``principals``: named tokens with roles and scopes (instead of ``auth_token``);
+    ``suggest_workers``: engine computations that may run at once (0: one per available
+    core; see :mod:`~promptbo.server.compute`). :func:`serve` also sets torch's thread
+    count to match; an embedded server (:func:`create_server`) leaves it to its host."""
 
     host: str = "127.0.0.1"
     port: int = 50051
@@ -71,6 +75,7 @@ class ServerOptions:
     #: Serve Prometheus metrics and the dashboard on this port (0: a free one; -1: none),
     #: see :mod:`promptbo.server.http`.
     http_port: int = -1
+    suggest_workers: int = 0
 
 
 class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
@@ -164,7 +169,8 @@ def create_server(
         raise ValueError("give either one auth token or a principals file, not both")
     store = open_storage(storage) if isinstance(storage, str) else storage
     limits = replace(opts.limits, max_message_bytes=opts.max_message_bytes)
-    manager = StudyManager(store, prefetch=opts.prefetch, limits=limits)
+    manager = StudyManager(store, prefetch=opts.prefetch, limits=limits,
+                           suggest_workers=opts.suggest_workers)
     executor = futures.ThreadPoolExecutor(max_workers=opts.max_workers, thread_name_prefix="rpc")
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True, name="promptbo-grpc")
@@ -256,8 +262,13 @@ def serve(
     port_file: str = "",
     grace_seconds: float = 10.0,
 ) -> None:
-    """Runs a server until SIGTERM or SIGINT, then stops gracefully."""
+    """Runs a server until SIGTERM or SIGINT, then stops gracefully. Sets torch's
+    intra-op threads so that ``suggest_workers`` concurrent computations fit the cores."""
     opts = options or ServerOptions()
+    workers = compute.suggest_workers(opts.suggest_workers)
+    threads = compute.configure_torch_threads(workers)
+    log.info("suggestions: %d at once, %d torch thread(s) each, %d core(s) available",
+             workers, threads, compute.available_cores())
     store = open_storage(storage_url)
     server, port, manager = create_server(store, opts)
     stopped = threading.Event()

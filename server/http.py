@@ -129,6 +129,46 @@ class _StudyCollector:
         for state_name, n in trials.items():
             g.add_metric([state_name], n)
         yield g
+        yield from _prefetch_metrics(self.manager)
+
+
+def _prefetch_metrics(manager: StudyManager):
+    """Per in-memory study of an expensive engine: prefetch depth, ready and discarded
+    suggestions, and the measured times the depth comes from; and the compute slots."""
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    depth = GaugeMetricFamily("promptbo_prefetch_depth",
+                              "Suggestions a study's refills compute (adaptive, <= --prefetch)",
+                              labels=["study"])
+    ready = GaugeMetricFamily("promptbo_prefetch_ready", "Prefetched suggestions ready",
+                              labels=["study"])
+    dropped = CounterMetricFamily("promptbo_prefetch_discarded",
+                                  "Prefetched batches dropped because new data made them stale",
+                                  labels=["study"])
+    suggest = GaugeMetricFamily("promptbo_study_suggestion_seconds",
+                                "Running average of one batch of suggestions, per study",
+                                labels=["study"])
+    evaluate = GaugeMetricFamily("promptbo_study_evaluation_seconds",
+                                 "Running average from hand-out to result, per study",
+                                 labels=["study"])
+    for name, rt in manager.studies.runtimes():
+        if rt.cheap:
+            continue
+        depth.add_metric([name], rt.depth)
+        ready.add_metric([name], len(rt.ready))
+        dropped.add_metric([name], rt.discarded)
+        if rt.pace.suggest_s is not None:
+            suggest.add_metric([name], rt.pace.suggest_s)
+        if rt.pace.eval_s is not None:
+            evaluate.add_metric([name], rt.pace.eval_s)
+    yield from (depth, ready, dropped, suggest, evaluate)
+    slots = manager.studies.slots
+    g = GaugeMetricFamily("promptbo_compute_slots", "Engine computations that may run at once")
+    g.add_metric([], slots.size)
+    yield g
+    g = GaugeMetricFamily("promptbo_compute_slots_busy", "Engine computations running now")
+    g.add_metric([], slots.busy)
+    yield g
 
 
 def _code_name(context, failed: bool) -> str:

@@ -68,6 +68,8 @@ class StudyManager:
         prefetch: suggestions to keep ready per study, computed in a background thread
             and refreshed when results arrive (0: compute on demand, fully reproducible).
         limits: the server's resource bounds (see :mod:`promptbo.server.limits`).
+        suggest_workers: engine computations that may run at once, foreground and
+            prefetch (0: one per available core; see :mod:`promptbo.server.compute`).
 
     ``studies`` (the :class:`~promptbo.server.study_cache.StudyCache`) and ``events``
     (the :class:`~promptbo.server.events.EventHub`) are its parts.
@@ -80,6 +82,7 @@ class StudyManager:
         engine_factory: EngineFactory | None = None,
         prefetch: int = 0,
         limits: Limits | None = None,
+        suggest_workers: int = 0,
     ) -> None:
         self.storage = storage
         self.limits = limits or Limits()
@@ -88,7 +91,8 @@ class StudyManager:
             from promptbo.server.optim import make_engine
 
             engine_factory = make_engine
-        self.studies = StudyCache(storage, self.limits, engine_factory, prefetch)
+        self.studies = StudyCache(storage, self.limits, engine_factory, prefetch,
+                                  suggest_workers)
         self.events = EventHub()
 
     def close(self) -> None:
@@ -419,6 +423,8 @@ class StudyManager:
             observed = [(done, obj) for done, obj in changed if obj is not None]
             if observed:
                 if live.runtime is not None:
+                    for done, _ in observed:  # hand-out to result: sets the prefetch depth
+                        live.runtime.pace.evaluated(now - done.create_time)
                     live.runtime.queue_observation(
                         [t.prompt for t, _ in observed], [o for _, o in observed],
                         [rules.noise(study.spec, t) for t, _ in observed],
@@ -507,6 +513,7 @@ class StudyManager:
             rt.queue_observation(
                 [t.prompt for t in stored], objectives,
                 [rules.noise(spec, t) for t in stored], [t.examples_scored for t in stored],
+                invalidate=True,  # no suggestion computed before is handed out after
             )
             self._maybe_finish(live)
             self.studies.schedule_refill(name, live)

@@ -8,9 +8,14 @@ that recording a result never waits for a running suggestion, and can keep a few
 suggestions ready, computed in the background, so that ``SuggestTrials`` returns at once.
 
 Locks, always taken in this order: the study lock (owned, taken and released by
-:class:`~promptbo.server.study_cache.StudyCache`), then ``engine_lock``, then
-``inbox_lock`` (a leaf). The background refill never holds the study lock while it holds
-the engine lock.
+:class:`~promptbo.server.study_cache.StudyCache`), then ``engine_lock``, then a compute
+slot (:class:`~promptbo.server.compute.ComputeSlots`, shared by the server's studies),
+then ``inbox_lock`` (a leaf). The background refill never holds the study lock while it
+holds the engine lock.
+
+Ready suggestions carry the :class:`~promptbo.server.prefetch.DataVersion` they were
+computed on and are handed out only while :func:`~promptbo.server.prefetch.still_valid`
+says so.
 
 With prefetching on, which suggestion a worker gets depends on timing, so runs are
 reproducible only with ``prefetch=0`` (the manager's default).
@@ -23,12 +28,15 @@ import math
 import threading
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
+from promptbo.errors import CancelledError
 from promptbo.server import telemetry
+from promptbo.server.compute import ComputeSlots
 from promptbo.server.domain import (
     HardPromptSpace,
     Pool,
@@ -38,6 +46,7 @@ from promptbo.server.domain import (
     StudySpec,
     Vocabulary,
 )
+from promptbo.server.prefetch import DataVersion, Pace, still_valid
 from promptbo.server.transfer_sources import LoadedSource
 
 if TYPE_CHECKING:
@@ -53,11 +62,14 @@ class StudyRuntime:
         spec: the study's spec.
         vocab: its vocabulary (hard prompts), its pool (pool prompts) or None (soft prompts).
         engine_factory: ``make_engine``-compatible callable.
+        sources, source_notes: the study's transfer sources and notes on unusable ones.
+        slots: bounds the server's concurrent engine computations (None: unbounded).
     """
 
     def __init__(self, spec: StudySpec, vocab: Vocabulary | Pool | None,
                  engine_factory: Callable, sources: Sequence[LoadedSource] = (),
-                 source_notes: dict[str, str] | None = None):
+                 source_notes: dict[str, str] | None = None,
+                 slots: ComputeSlots | None = None):
         self.spec = spec
         #: The strategy's name, as telemetry labels it.
         self.strategy = spec.strategy or "gp"
@@ -85,7 +97,24 @@ class StudyRuntime:
         self.engine_lock = threading.Lock()
         self.inbox_lock = threading.Lock()
         self._inbox: list[tuple[Prompt, float, float | None, int]] = []
+        self._slots = slots
+        #: Prefetched prompts, computed on data version :attr:`ready_version`; read them
+        #: through :meth:`ready_count` and :meth:`take_ready`, which drop stale ones.
         self.ready: list[Prompt] = []
+        self.ready_version = DataVersion()
+        #: Bumped by :meth:`queue_observation` with ``invalidate`` (see :attr:`version`).
+        self._epoch = 0
+        self._queued = 0
+        #: The data version the engine has drained (set by ``_drain``).
+        self.engine_version = DataVersion()
+        #: Prefetched batches dropped because new data made them stale.
+        self.discarded = 0
+        #: Foreground suggestions waiting for or holding the engine; a refill yields to them.
+        self._foreground = 0
+        #: Measured suggestion and evaluation times (they set the prefetch depth).
+        self.pace = Pace()
+        #: The prefetch depth last chosen (see :func:`~promptbo.server.prefetch.adaptive_depth`).
+        self.depth = 0
         #: Examples the engine asked for, per suggested prompt's key (multi-fidelity
         #: engines set ``last_examples``); the manager pops them when it makes the trial.
         self.requested: dict[tuple, int] = {}
@@ -102,21 +131,34 @@ class StudyRuntime:
         values: Sequence[float],
         variances: Sequence[float | None] | None = None,
         counts: Sequence[int] | None = None,
+        invalidate: bool = False,
     ) -> None:
         """Records results for the engine; they reach it before its next suggestion.
         ``variances`` (noise variance of each value, None where unknown) and ``counts``
         (examples each value averages, 0 where unknown) reach engines that take them
-        (``observe_noisy``)."""
+        (``observe_noisy``). Each result advances :attr:`version`; ``invalidate``
+        (``AddTrials``) also starts a new epoch, so no suggestion computed before is
+        handed out."""
         n = len(prompts)
         var = list(variances) if variances is not None else [None] * n
         cnt = list(counts) if counts is not None else [0] * n
         with self.inbox_lock:
             self._inbox.extend(zip(prompts, values, var, cnt, strict=True))
+            self._queued += n
+            if invalidate:
+                self._epoch += 1
+
+    @property
+    def version(self) -> DataVersion:
+        """The version of the study's data: what a suggestion computed now would see."""
+        with self.inbox_lock:
+            return DataVersion(self._epoch, self._queued)
 
     def _drain(self) -> None:
         """Feeds queued observations to the engine. Caller holds ``engine_lock``."""
         with self.inbox_lock:
             items, self._inbox = self._inbox, []
+            self.engine_version = DataVersion(self._epoch, self._queued)
         if items:
             x = self.encode([it[0] for it in items])
             y = torch.as_tensor([it[1] for it in items], dtype=torch.float64)
@@ -144,7 +186,9 @@ class StudyRuntime:
                 prompts = self.decode(self.engine.suggest(n, self._pending(pending)))
         finally:
             self.engine.should_stop = None
-        telemetry.observe_suggestion(self.strategy, time.perf_counter() - t0)
+        seconds = time.perf_counter() - t0
+        self.pace.suggested(seconds)
+        telemetry.observe_suggestion(self.strategy, seconds)
         wanted = getattr(self.engine, "last_examples", None)
         if wanted is not None:
             for p, k in zip(prompts, wanted, strict=True):
@@ -156,15 +200,38 @@ class StudyRuntime:
                 cancelled: Callable[[], bool] | None = None) -> list[Prompt]:
         """``n`` new prompts, none equal to a pending one (hard prompts). ``cancelled``
         is polled while the engine computes (see ``Engine.should_stop``)."""
-        with self.engine_lock:
-            self._drain()
-            return self._suggest_locked(n, pending, cancelled)
+        with self.inbox_lock:
+            self._foreground += 1
+        try:
+            with self.engine_lock, self._slot():
+                self._drain()
+                return self._suggest_locked(n, pending, cancelled)
+        finally:
+            with self.inbox_lock:
+                self._foreground -= 1
+
+    def _yield(self, version: DataVersion) -> bool:
+        """Whether a refill computing on ``version`` should stop."""
+        with self.inbox_lock:
+            waiting = self._foreground > 0
+        return waiting or not still_valid(version, self.version)
+
+    def _slot(self) -> AbstractContextManager[None]:
+        return nullcontext() if self._slots is None else self._slots.hold()
+
+    def ready_count(self) -> int:
+        """Prefetched prompts that may still be handed out; a stale batch is dropped.
+        Caller holds the study lock."""
+        if self.ready and not still_valid(self.ready_version, self.version):
+            self.ready = []
+            self.discarded += 1
+        return len(self.ready)
 
     def take_ready(self, n: int, pending: Sequence[Prompt]) -> list[Prompt]:
-        """Up to ``n`` prefetched prompts, skipping any that became pending meanwhile.
-        Caller holds the study lock."""
+        """Up to ``n`` prefetched prompts, skipping any that became pending meanwhile; none
+        if new data made them stale. Caller holds the study lock."""
         taken: list[Prompt] = []
-        if not self.ready:
+        if not self.ready_count():
             return taken
         busy = {p.key() for p in pending}
         keep: list[Prompt] = []
@@ -178,21 +245,30 @@ class StudyRuntime:
         return taken
 
     def refill(self, count: int, snapshot: Callable[[], list[Prompt]],
-               store: Callable[[list[Prompt]], None]) -> None:
+               store: Callable[[list[Prompt] | None, DataVersion], None]) -> None:
         """Computes ``count`` suggestions in the background thread that calls it.
 
         ``snapshot`` (takes the study lock) returns the pending prompts; ``store`` (takes
-        the study lock) installs the result. Never holds the study lock with the engine's.
+        the study lock) gets the result and the data version it was computed on. The
+        computation is cancelled, and ``store`` gets None, once new data makes it stale
+        or a foreground suggestion waits for the engine (which would otherwise wait for
+        this refill and then compute its own). A failed one stores no prompts. Never
+        holds the study lock with the engine's.
         """
+        version = self.version
         try:
             pending = snapshot()
-            with self.engine_lock:
+            with self.engine_lock, self._slot():
                 self._drain()
-                prompts = self._suggest_locked(count, pending)
-            store(prompts)
+                version = self.engine_version
+                prompts = self._suggest_locked(count, pending, lambda: self._yield(version))
+            store(prompts, version)
+        except CancelledError:
+            log.debug("a prefetch went stale or yielded to a foreground suggestion")
+            store(None, version)
         except Exception:  # a failed prefetch only costs latency; the sync path still works
             log.exception("prefetching suggestions failed")
-            store([])
+            store([], version)
 
     @property
     def cheap(self) -> bool:

@@ -13,8 +13,13 @@ made there cannot block for long (the event loop's fast path). Both acquire and 
 here; nothing else touches the lock. Lock order: the study lock, then the runtime's own
 locks (see :mod:`~promptbo.server.runtime`).
 
-With ``prefetch`` > 0 a background thread keeps that many suggestions ready per study of
+With ``prefetch`` > 0 background threads keep that many suggestions ready per study of
 an expensive engine, refreshed whenever results arrive (:meth:`StudyCache.schedule_refill`).
+Ready suggestions that new data made stale are never handed out (the rule is in
+:mod:`~promptbo.server.prefetch`); a refill that went stale is dropped and started again.
+
+All engine computations of the server, foreground and prefetch, share ``suggest_workers``
+compute slots (:mod:`~promptbo.server.compute`); the prefetch threads are as many.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 from promptbo.errors import InvalidArgumentError, NotFoundError
-from promptbo.server import transfer_sources
+from promptbo.server import compute, transfer_sources
 from promptbo.server.domain import (
     Pool,
     PoolSpace,
@@ -43,6 +48,7 @@ from promptbo.server.domain import (
 from promptbo.server.fidelity import ExampleLedger
 from promptbo.server.limits import Limits, trial_bytes
 from promptbo.server.locks import LockTable
+from promptbo.server.prefetch import DataVersion, still_valid
 from promptbo.server.rules import noise, stored_objective
 from promptbo.server.runtime import StudyRuntime
 from promptbo.server.storage.base import Storage
@@ -102,17 +108,22 @@ class StudyCache:
         limits: the server's resource bounds (the fast path's inline-size limit).
         engine_factory: builds an engine (see :class:`~promptbo.server.runtime.StudyRuntime`).
         prefetch: suggestions to keep ready per study (0: none, fully reproducible).
+        suggest_workers: engine computations that may run at once (0: one per available
+            core; see :mod:`~promptbo.server.compute`).
     """
 
     def __init__(
-        self, storage: Storage, limits: Limits, engine_factory: EngineFactory, prefetch: int = 0
+        self, storage: Storage, limits: Limits, engine_factory: EngineFactory, prefetch: int = 0,
+        suggest_workers: int = 0,
     ) -> None:
         self.storage = storage
         self.limits = limits
         self.prefetch = prefetch
         self._make_engine = engine_factory
+        self.slots = compute.ComputeSlots(compute.suggest_workers(suggest_workers))
         self._executor = (
-            ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch") if prefetch else None
+            ThreadPoolExecutor(max_workers=self.slots.size, thread_name_prefix="prefetch")
+            if prefetch else None
         )
         self._locks = LockTable()
         self._live: dict[str, LiveStudy] = {}
@@ -153,7 +164,7 @@ class StudyCache:
             rt = live.runtime if live is not None else None
             quick = rt is not None and (
                 suggest_count == 0
-                or len(rt.ready) >= suggest_count
+                or rt.ready_count() >= suggest_count
                 or (rt.cheap and suggest_count * trial_bytes(rt.spec)
                     <= self.limits.max_inline_prompt_bytes)
             )
@@ -179,6 +190,12 @@ class StudyCache:
         """The study's state if it is in memory, without loading it or taking its lock
         (for reads that tolerate a state a concurrent call is changing)."""
         return self._live.get(name)
+
+    def runtimes(self) -> list[tuple[str, StudyRuntime]]:
+        """The studies in memory whose engine is built, without taking their locks (for
+        metrics that tolerate a state a concurrent call is changing)."""
+        return [(name, live.runtime) for name, live in list(self._live.items())
+                if live.runtime is not None]
 
     def add(self, study: Study, runtime: StudyRuntime | None) -> LiveStudy:
         """Holds a just-created study (no trials yet) and its runtime, if built.
@@ -246,7 +263,8 @@ class StudyCache:
     def new_runtime(self, spec: StudySpec) -> StudyRuntime:
         """A runtime with a fresh engine for ``spec`` (building it validates the space,
         the strategy and its options)."""
-        return StudyRuntime(spec, self.check_space(spec), self._make_engine, *self.sources(spec))
+        return StudyRuntime(spec, self.check_space(spec), self._make_engine,
+                            *self.sources(spec), slots=self.slots)
 
     def runtime(self, live: LiveStudy) -> StudyRuntime:
         """The study's runtime, its engine rebuilt from stored trials on first use.
@@ -290,12 +308,24 @@ class StudyCache:
     # --- prefetch ---------------------------------------------------------------------
     def schedule_refill(self, name: str, live: LiveStudy) -> None:
         """Starts a background refresh of the study's ready suggestions (prefetch > 0,
-        expensive engines only); a completed study's ready ones are dropped instead."""
+        expensive engines only); a completed study's ready ones are dropped instead.
+        Caller holds the study lock.
+
+        It computes as many as the study's measured times call for (at most ``prefetch``;
+        :func:`~promptbo.server.prefetch.adaptive_depth`); none when suggestions are cheap
+        relative to evaluations. One refill per study runs at a time. Its result replaces
+        the ready ones if it is still valid when it finishes
+        (:func:`~promptbo.server.prefetch.still_valid`); otherwise it is dropped and, new
+        data having arrived, another refill starts. A refill yields to a foreground
+        suggestion that waits for the engine, and starts again after it."""
         rt = live.runtime
         if self._executor is None or rt is None or rt.refilling or rt.cheap:
             return
         if live.study.state is StudyState.COMPLETED:
             rt.ready = []
+            return
+        rt.depth = rt.pace.depth(self.prefetch, len(live.active))
+        if rt.depth == 0:
             return
         rt.refilling = True
 
@@ -304,13 +334,24 @@ class StudyCache:
                 rt.issued = set()
                 return [t.prompt for t in live.active.values()]
 
-        def store(prompts: list[Prompt]) -> None:
+        def store(prompts: list[Prompt] | None, version: DataVersion) -> None:
             with self.lock(name):
-                # Prompts handed out while the refill ran may be completed already: they
-                # are neither active nor known to the refill's snapshot.
-                busy = {t.prompt.key() for t in live.active.values()} | (rt.issued or set())
-                rt.ready = [p for p in prompts if p.key() not in busy]
+                issued: set[tuple] = rt.issued or set()
                 rt.issued = None
                 rt.refilling = False
+                stale = not still_valid(version, rt.version)
+                if stale or prompts is None:  # stale, or cancelled: start again
+                    rt.discarded += stale
+                    if self._live.get(name) is live:  # not deleted meanwhile
+                        self.schedule_refill(name, live)
+                    return
+                # Prompts handed out while the refill ran may be completed already: they
+                # are neither active nor known to the refill's snapshot.
+                busy = {t.prompt.key() for t in live.active.values()} | issued
+                rt.ready = [p for p in prompts if p.key() not in busy]
+                rt.ready_version = version
 
-        self._executor.submit(rt.refill, self.prefetch, snapshot, store)
+        try:
+            self._executor.submit(rt.refill, rt.depth, snapshot, store)
+        except RuntimeError:  # closing: no more prefetch
+            rt.refilling = False

@@ -4,6 +4,7 @@
 
     promptbo serve  [--storage URL] [--host H] [--port P] [--auth-token-file F]
                     [--tls-cert C --tls-key K] [--prefetch N] [--max-workers N]
+                    [--suggest-workers N]
     promptbo study  list | show NAME | best NAME | trials NAME | plot NAME -o F.png
                     | create NAME [spec flags] | update NAME --max-trials N | delete NAME
                     [--server H:P]
@@ -141,6 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(0: on demand, bit-for-bit reproducible)")
     p.add_argument("--max-workers", type=int, default=32,
                    help="threads for calls that do not run on the event loop")
+    p.add_argument("--suggest-workers", type=int, default=0,
+                   help="suggestion computations that run at once, each on "
+                        "cores/N torch threads (0, the default: one per available core)")
     p.add_argument("--http-port", type=int, default=-1,
                    help="serve the web dashboard and Prometheus /metrics on this port "
                         "(0: a free one; default: off)")
@@ -311,7 +315,7 @@ def _serve(args) -> int:
         tls_key=args.tls_key, prefetch=args.prefetch, max_workers=args.max_workers,
         limits=Limits(max_study_memory_bytes=args.max_study_mb * 1024 * 1024),
         principals=principals,
-        http_port=args.http_port,
+        http_port=args.http_port, suggest_workers=args.suggest_workers,
     )
     try:
         serve(args.storage, opts, port_file=args.port_file)
