@@ -709,17 +709,26 @@ class SqlStorage(Storage):
         return _trial_from_row(row)
 
     def update_trials(self, trials_: Sequence[Trial]) -> None:
+        """One trial (a tell) is one statement, atomic without a transaction around it;
+        several are one executemany (pipelined by psycopg) in one transaction."""
         check_trials_text(trials_)
+        if not trials_:
+            return
         rows = [_trial_row(t) for t in trials_]
-        # One trial (a tell) is one statement: atomic without a transaction around it.
+        params = [_trial_values(r) | {"key_study": r["study"], "key_id": r["id"]} for r in rows]
         with self._statement() if len(rows) == 1 else self._write() as conn:
+            done = conn.execute(_UPDATE_TRIAL, params[0] if len(rows) == 1 else params)
+            if done.rowcount == len(rows):
+                return
+            # Raising rolls back the ones already written; name one that is missing.
             for row in rows:
-                params = _trial_values(row)
-                params["key_study"], params["key_id"] = row["study"], row["id"]
-                done = conn.execute(_UPDATE_TRIAL, params)
-                if done.rowcount != 1:  # raising rolls back the ones already written
+                query = sa.select(trials.c.id).where(
+                    trials.c.study == row["study"], trials.c.id == row["id"]
+                )
+                if conn.execute(query).first() is None:
                     self._study_row(conn, row["study"])
                     raise trial_not_found(row["study"], row["id"])
+            raise UnavailableError(f"updated {done.rowcount} of {len(rows)} trials")
 
     def list_trials(
         self,
