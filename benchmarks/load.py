@@ -10,8 +10,15 @@ trials at a time and sends their results in one CompleteTrials that brings the n
 (one RPC per batch, the Worker with ``batch_size=--batch``). Reports completed trials/s,
 p50/p99 latency per RPC, and errors (which must be zero).
 
+``--storage`` takes several comma-separated URLs (``sqlite`` alone: a fresh SQLite file);
+each gets its own server, all started up front, and every loop and worker count runs on
+each in turn, back to back, so the rows compare backends under the same machine load; the
+"vs first" column is the throughput relative to the first storage's row.
+
     python -m benchmarks.load --workers 64 --seconds 60
     python -m benchmarks.load --workers 1,8,32 --seconds 20     # a row per worker count
+    python -m benchmarks.load --modes ask-tell --workers 32 --seconds 20 \
+        --storage sqlite,postgresql://postgres@127.0.0.1:5432/promptbo   # a row per backend
 """
 
 from __future__ import annotations
@@ -123,6 +130,24 @@ def run_load(address: str, workers: int, procs: int, seconds: float,
     }
 
 
+def _start_server(storage: str) -> tuple[subprocess.Popen, str]:
+    """``promptbo serve`` on ``storage`` (``sqlite``: a fresh SQLite file) and its address."""
+    if storage == "sqlite":
+        storage = f"sqlite:///{tempfile.mkdtemp()}/load.db"
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "promptbo.cli", "--log-level", "warning", "serve",
+         "--storage", storage, "--port", str(port)],
+        stdout=subprocess.DEVNULL, env={**os.environ},
+    )
+    return proc, f"127.0.0.1:{port}"
+
+
+def _backend(storage: str) -> str:
+    """A storage URL's scheme, for the table (no host or password)."""
+    return storage.split(":", 1)[0] if storage else "sqlite"
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--workers", default="64", help="comma-separated worker counts")
@@ -133,43 +158,49 @@ def main(argv=None) -> int:
                          "tell-and-ask: CompleteTrial with suggest_count=1 (1 RPC); "
                          "batch: CompleteTrials of --batch results (1 RPC per batch)")
     ap.add_argument("--batch", type=int, default=8, help="trials per batch in 'batch' mode")
-    ap.add_argument("--storage", default="", help="default: a fresh SQLite file")
+    ap.add_argument("--storage", default="sqlite",
+                    help="comma-separated storage URLs, a server and a row each "
+                         "('sqlite': a fresh SQLite file, the default)")
     ap.add_argument("--server", default="", help="use a running server instead")
     args = ap.parse_args(argv)
-    proc = None
-    address = args.server
-    if not address:
-        port = _free_port()
-        storage = args.storage or f"sqlite:///{tempfile.mkdtemp()}/load.db"
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "promptbo.cli", "--log-level", "warning", "serve",
-             "--storage", storage, "--port", str(port)],
-            stdout=subprocess.DEVNULL, env={**os.environ},
-        )
-        address = f"127.0.0.1:{port}"
+    procs: list[subprocess.Popen] = []
+    targets: list[tuple[str, str]] = []  # (backend, address)
+    if args.server:
+        targets.append(("server", args.server))
+    else:
+        for storage in args.storage.split(","):
+            proc, address = _start_server(storage)
+            procs.append(proc)
+            targets.append((_backend(storage), address))
     import promptbo
 
     try:
-        with promptbo.Client(address) as c:
-            c.wait_ready(60)
-        print(f"server {address}; {os.cpu_count()} CPUs shared by server and clients")
-        print("| loop | workers | trials/s | Suggest p50 ms | Suggest p99 ms | Complete p50 ms "
-              "| Complete p99 ms | errors |")
-        print("|---|---:|---:|---:|---:|---:|---:|---:|")
+        for _, address in targets:
+            with promptbo.Client(address) as c:
+                c.wait_ready(60)
+        print(f"servers {', '.join(f'{n} {a}' for n, a in targets)}; {os.cpu_count()} CPUs "
+              "shared by servers and clients")
+        print("| storage | loop | workers | trials/s | vs first | Suggest p50 ms "
+              "| Suggest p99 ms | Complete p50 ms | Complete p99 ms | errors |")
+        print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
         failed = False
         runs = [(m, int(w)) for m in args.modes.split(",") for w in args.workers.split(",")]
         for mode, w in runs:
-            r = run_load(address, w, args.procs, args.seconds, mode, args.batch)
-            loop = f"batch of {args.batch}" if mode == "batch" else mode
-            print(f"| {loop} | {w} | {r['trials_per_s']:.0f} | {r['suggest_p50']:.2f} | "
-                  f"{r['suggest_p99']:.2f} | {r['complete_p50']:.2f} | "
-                  f"{r['complete_p99']:.2f} | {r['errors']} |", flush=True)
-            if r["errors"]:
-                print(f"  first error: {r['first_error']}")
-                failed = True
+            first = None
+            for backend, address in targets:
+                r = run_load(address, w, args.procs, args.seconds, mode, args.batch)
+                first = first or r["trials_per_s"]
+                loop = f"batch of {args.batch}" if mode == "batch" else mode
+                print(f"| {backend} | {loop} | {w} | {r['trials_per_s']:.0f} | "
+                      f"{r['trials_per_s'] / first:.2f} | {r['suggest_p50']:.2f} | "
+                      f"{r['suggest_p99']:.2f} | {r['complete_p50']:.2f} | "
+                      f"{r['complete_p99']:.2f} | {r['errors']} |", flush=True)
+                if r["errors"]:
+                    print(f"  first error: {r['first_error']}")
+                    failed = True
         return 1 if failed else 0
     finally:
-        if proc is not None:
+        for proc in procs:
             proc.terminate()
             proc.wait(30)
 

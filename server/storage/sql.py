@@ -28,8 +28,16 @@ PostgreSQL transaction READ ONLY.
 Every method runs in one transaction. SQLite runs in WAL mode; writers of one database
 file are serialized by an in-process lock and start with ``BEGIN IMMEDIATE`` under a
 generous busy timeout, so concurrent threads (and a second process) wait instead of
-failing with "database is locked". On PostgreSQL, adding trials locks the study row, so
-ids ``max(id) + 1, ...`` stay unique across server processes.
+failing with "database is locked"; adding trials reads ``max(id)`` and inserts
+``max(id) + 1, ...`` inside that transaction.
+
+On PostgreSQL every statement is a network round trip, so the two writes of the ask/tell
+path are single statements run in autocommit, each its own transaction: a tell updates
+its trial with one ``UPDATE``; an ask adds its trial with one ``INSERT ... RETURNING``
+that reads ``max(id)`` itself (see :meth:`SqlStorage.add_trials` for how writers of one
+study in several server processes keep ids unique). A pooled connection is checked
+without a round trip when it is handed out: one the server has closed (a restart, an
+idle timeout) has data or EOF waiting on its socket and is replaced.
 """
 
 from __future__ import annotations
@@ -37,6 +45,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import select
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -84,6 +93,11 @@ from promptbo.spec import spec_from_json, spec_to_json
 
 SCHEMA_VERSION = 2
 SQLITE_BUSY_TIMEOUT_MS = 120_000
+#: Attempts of one PostgreSQL insert of trials before giving up on races for its ids.
+ID_RACE_ATTEMPTS = 50
+#: PostgreSQL connections kept open, and opened beyond those under load: together as many
+#: as the server's RPC threads (32 by default), so no call waits for a connection.
+PG_POOL_SIZE, PG_MAX_OVERFLOW = 8, 24
 
 metadata = sa.MetaData()
 
@@ -153,11 +167,23 @@ trials_by_state = sa.Index("ix_trials_study_state", trials.c.study, trials.c.sta
 # The statements of the ask/tell path, built once: building a statement per call costs
 # more than running it on SQLite (SQLAlchemy caches the compiled form by statement).
 _STUDY_ROW = sa.select(studies).where(studies.c.name == sa.bindparam("name"))
-_STUDY_ROW_LOCKED = _STUDY_ROW.with_for_update()
+_STUDY_ROW_LOCKED = _STUDY_ROW.with_for_update(key_share=True)
 _LAST_TRIAL_ID = sa.select(sa.func.max(trials.c.id)).where(
     trials.c.study == sa.bindparam("study")
 )
 _INSERT_TRIALS = trials.insert()
+# One trial of the study ``study``, numbered max(id) + 1 as read by this very statement.
+_NEXT_TRIAL_ID = (
+    sa.select(sa.func.coalesce(sa.func.max(trials.c.id), 0) + 1)
+    .where(trials.c.study == sa.bindparam("study"))
+    .scalar_subquery()
+)
+_INSERT_NEXT_TRIAL = (
+    trials.insert()
+    .values({c.name: sa.bindparam(c.name, type_=c.type) for c in trials.c if c.name != "id"})
+    .values(id=_NEXT_TRIAL_ID)
+    .returning(trials.c.id)
+)
 _UPDATE_TRIAL = (
     trials.update()
     .where(trials.c.study == sa.bindparam("key_study"), trials.c.id == sa.bindparam("key_id"))
@@ -287,6 +313,28 @@ def _read_only_transaction(conn: Connection) -> None:
     conn.exec_driver_sql("SET TRANSACTION READ ONLY")
 
 
+def _replace_closed_connections(engine: sa.Engine) -> None:
+    """Replaces a pooled PostgreSQL connection the server has closed when it is checked out.
+
+    A healthy idle connection has nothing to read; one the server ended has its
+    termination message or EOF waiting on the socket. Polling it costs no round trip, where
+    ``pool_pre_ping`` sends a query per checkout. A connection that dies while in use
+    fails that call (UnavailableError) and SQLAlchemy then renews the whole pool.
+    """
+
+    @sa.event.listens_for(engine, "checkout")
+    def _on_checkout(dbapi_conn, _record, _proxy) -> None:
+        if dbapi_conn.closed or dbapi_conn.broken:
+            raise sa.exc.DisconnectionError("connection closed")
+        readable, _, _ = select.select([dbapi_conn.fileno()], [], [], 0)
+        if readable:
+            raise sa.exc.DisconnectionError("the server closed the connection")
+
+
+def _is_unique_violation(error: sa.exc.IntegrityError) -> bool:
+    return getattr(error.orig, "sqlstate", None) == "23505"
+
+
 def normalize_url(url: str) -> sa.URL:
     """Parses ``url``; plain ``postgresql://``/``postgres://`` select the psycopg 3 driver."""
     if url.startswith("postgres://"):
@@ -326,10 +374,16 @@ class SqlStorage(Storage):
         self._write_lock: threading.Lock | contextlib.nullcontext = contextlib.nullcontext()
         if self._sqlite:
             self.engine = self._sqlite_engine()
+            self._autocommit = self.engine  # unused: SQLite writes take the file lock
         else:
-            self.engine = sa.create_engine(self.url, pool_pre_ping=True)
+            self.engine = sa.create_engine(
+                self.url, pool_size=PG_POOL_SIZE, max_overflow=PG_MAX_OVERFLOW
+            )
+            _replace_closed_connections(self.engine)
             if read_only:
                 sa.event.listen(self.engine, "begin", _read_only_transaction)
+            # The same pool; its connections run each statement as its own transaction.
+            self._autocommit = self.engine.execution_options(isolation_level="AUTOCOMMIT")
         try:
             self._check_schema() if read_only else self._create_schema()
         except BaseException:
@@ -395,6 +449,18 @@ class SqlStorage(Storage):
             conn.execution_options(promptbo_write=True)
             with conn.begin():
                 yield conn
+
+    @contextlib.contextmanager
+    def _statement(self) -> Iterator[Connection]:
+        """A connection for a write of one statement, atomic by itself: on PostgreSQL it
+        runs in autocommit (no BEGIN and COMMIT round trips), on SQLite in a write
+        transaction as any other write."""
+        if self._sqlite:
+            with self._write() as conn:
+                yield conn
+            return
+        with self._errors(), self._autocommit.connect() as conn:
+            yield conn
 
     @contextlib.contextmanager
     def _read(self) -> Iterator[Connection]:
@@ -585,19 +651,48 @@ class SqlStorage(Storage):
 
     # --- trials ----------------------------------------------------------------------
     def add_trials(self, study: str, trials_: Sequence[Trial]) -> list[Trial]:
+        """Numbers the trials ``max(id) + 1, ...``.
+
+        On SQLite, in one write transaction (writers are serialized). On PostgreSQL, one
+        trial (an ask) is first tried as a single autocommit statement that reads
+        ``max(id)`` itself; several trials, or a retry, run in a transaction that locks
+        the study row (``FOR NO KEY UPDATE``, which does not block other inserts' checks
+        of the foreign key) before reading ``max(id)``, so such writers take turns. A
+        writer that loses the race for an id to another one (another server process)
+        fails on the primary key and retries with a fresh snapshot.
+        """
         check_trials_text(trials_)
         rows = [_trial_row(t) for t in trials_]
+        for row in rows:
+            row["study"] = study
+        for attempt in range(ID_RACE_ATTEMPTS):
+            try:
+                if attempt == 0 and len(rows) == 1 and not self._sqlite:
+                    params = {k: v for k, v in rows[0].items() if k != "id"}
+                    with self._statement() as conn:
+                        first = conn.execute(_INSERT_NEXT_TRIAL, params).scalar_one()
+                else:
+                    first = self._insert_after_last(study, rows)
+                return [t.evolve(study=study, id=first + i) for i, t in enumerate(trials_)]
+            except sa.exc.IntegrityError as e:
+                if not _is_unique_violation(e):  # the foreign key: no such study
+                    raise study_not_found(study) from None
+        raise UnavailableError(
+            f"could not assign trial ids in study {study!r}: other writers won the race "
+            f"{ID_RACE_ATTEMPTS} times"
+        )
+
+    def _insert_after_last(self, study: str, rows: list[dict[str, Any]]) -> int:
+        """Inserts ``rows`` numbered after the study's last trial, in a write transaction
+        that locks the study row first; returns the first id."""
         with self._write() as conn:
-            # Locking the study row serializes id assignment across server processes.
             self._study_row(conn, study, lock=True)
-            last = conn.execute(_LAST_TRIAL_ID, {"study": study}).scalar()
-            first = (last or 0) + 1
+            first = (conn.execute(_LAST_TRIAL_ID, {"study": study}).scalar() or 0) + 1
             for i, row in enumerate(rows):
-                row["study"] = study
                 row["id"] = first + i
             if rows:
                 conn.execute(_INSERT_TRIALS, rows)
-        return [t.evolve(study=study, id=first + i) for i, t in enumerate(trials_)]
+        return first
 
     def get_trial(self, study: str, trial_id: int) -> Trial:
         if not 0 <= trial_id <= MAX_TRIAL_ID:
@@ -614,16 +709,26 @@ class SqlStorage(Storage):
         return _trial_from_row(row)
 
     def update_trials(self, trials_: Sequence[Trial]) -> None:
+        """One trial (a tell) is one statement, atomic without a transaction around it;
+        several are one executemany (pipelined by psycopg) in one transaction."""
         check_trials_text(trials_)
+        if not trials_:
+            return
         rows = [_trial_row(t) for t in trials_]
-        with self._write() as conn:
+        params = [_trial_values(r) | {"key_study": r["study"], "key_id": r["id"]} for r in rows]
+        with self._statement() if len(rows) == 1 else self._write() as conn:
+            done = conn.execute(_UPDATE_TRIAL, params[0] if len(rows) == 1 else params)
+            if done.rowcount == len(rows):
+                return
+            # Raising rolls back the ones already written; name one that is missing.
             for row in rows:
-                params = _trial_values(row)
-                params["key_study"], params["key_id"] = row["study"], row["id"]
-                done = conn.execute(_UPDATE_TRIAL, params)
-                if done.rowcount != 1:  # raising rolls back the ones already written
+                query = sa.select(trials.c.id).where(
+                    trials.c.study == row["study"], trials.c.id == row["id"]
+                )
+                if conn.execute(query).first() is None:
                     self._study_row(conn, row["study"])
                     raise trial_not_found(row["study"], row["id"])
+            raise UnavailableError(f"updated {done.rowcount} of {len(rows)} trials")
 
     def list_trials(
         self,

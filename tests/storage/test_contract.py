@@ -550,6 +550,53 @@ def test_concurrent_writers_get_unique_contiguous_ids(backend):
     assert store.check_integrity() == []
 
 
+def test_storages_sharing_a_database_assign_unique_contiguous_ids(sql_backend):
+    """Three storages on one database, as three server replicas: ids stay exact when
+    their writers race for the same study."""
+    stores = [sql_backend.open() for _ in range(3)]
+    stores[0].create_study(soft_study("s"))
+    per_thread, errors = 40, []
+    seen: list[int] = []
+
+    def work(store) -> None:
+        try:
+            for _ in range(per_thread):
+                added = store.add_trials("s", [draft(), draft()])
+                seen.extend(t.id for t in added)
+                assert added[1].id == added[0].id + 1
+        except BaseException as e:  # reported below
+            errors.append(e)
+
+    workers = [threading.Thread(target=work, args=(s,)) for s in stores for _ in range(4)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert errors == []
+    n = len(workers) * per_thread * 2
+    assert sorted(seen) == list(range(1, n + 1))
+    assert [t.id for t in stores[1].list_trials("s")] == list(range(1, n + 1))
+
+
+def test_a_connection_the_server_ended_is_replaced_without_failing_a_call(backend):
+    """A pooled PostgreSQL connection ended by the server (a restart, an idle timeout)
+    is noticed when it is checked out, and the call gets a fresh one."""
+    if backend.name != "postgresql":
+        pytest.skip("only a database server ends connections")
+    store = backend.open()
+    assert isinstance(store, SqlStorage)
+    store.create_study(soft_study("s"))
+    with store.engine.connect() as conn:
+        pid = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+    admin = sa.create_engine(normalize_url(backend.url), poolclass=sa.pool.NullPool)
+    with admin.connect() as conn:
+        assert conn.exec_driver_sql(f"SELECT pg_terminate_backend({pid}, 10000)").scalar()
+    admin.dispose()
+    (t,) = store.add_trials("s", [draft()])
+    store.update_trials([t.evolve(state=C, value=1.0)])
+    assert [x.state for x in store.list_trials("s")] == [C]
+
+
 _OTHER_PROCESS = """
 import sys
 from promptbo.server.domain import Prompt, Trial, TrialState
