@@ -37,3 +37,8 @@ def holdout() -> ModuleType:
 @pytest.fixture(scope="session")
 def equal_calls() -> ModuleType:
     return _load("equal_calls")
+
+
+@pytest.fixture(scope="session")
+def transfer_tasks() -> ModuleType:
+    return _load("transfer_tasks")
