@@ -316,19 +316,23 @@ class Bench:
 
     # --- outputs -----------------------------------------------------------------------
     def write(self, final: bool = False) -> None:
-        out = Path(self.args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        self.results["summary"] = summarize(self.results, self.args.budgets)
-        tmp = out.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.results))
-        tmp.replace(out.with_suffix(".json"))
-        out.with_suffix(".md").write_text(markdown(self.results, self.args.budgets))
-        if final:
-            plot(self.results, self.args.budgets, out.with_suffix(".png"))
+        write_outputs(self.results, self.args.budgets, Path(self.args.out), final)
 
 
 def source_name(task: str) -> str:
     return f"source-{task}"
+
+
+def write_outputs(results: dict[str, Any], budgets, out: Path, final: bool = False) -> None:
+    """Writes ``<out>.json`` and ``<out>.md`` (and with ``final`` ``<out>.png``)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    results["summary"] = summarize(results, budgets)
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(results))
+    tmp.replace(out.with_suffix(".json"))
+    out.with_suffix(".md").write_text(markdown(results, budgets))
+    if final:
+        plot(results, budgets, out.with_suffix(".png"))
 
 
 def summarize(results: dict[str, Any], budgets) -> dict[str, Any]:
@@ -342,6 +346,9 @@ def summarize(results: dict[str, Any], budgets) -> dict[str, Any]:
         for b in budgets:
             acc = np.array([r["picks"][str(b)]["test_accuracy"] for r in runs])
             row[str(b)] = [float(acc.mean()), float(acc.std(ddof=1)) if len(acc) > 1 else 0.0]
+            best = np.array([max(r["values"][:b]) for r in runs])
+            row[f"best_objective@{b}"] = [float(best.mean()),
+                                         float(best.std(ddof=1)) if len(best) > 1 else 0.0]
         names = sorted({n for r in runs for n in r["weights"]})
         row["weights"] = {n: float(np.mean([r["weights"].get(n) or 0.0 for r in runs]))
                           for n in names}
@@ -365,11 +372,21 @@ def markdown(results: dict[str, Any], budgets) -> str:
         lines.append(f"| {c.name} | {row['seeds']} | " + " | ".join(cells)
                      + f" | {weights} | " + (f"{100 * base:.1f}" if base is not None else "–")
                      + " |")
+    lines += ["", "| target config | " + " | ".join(f"best objective @ {b}" for b in budgets)
+              + " |", "|---|" + "---:|" * len(budgets)]
+    for c in CONFIGS:
+        row = summary.get(c.name)
+        if row is not None:
+            lines.append(f"| {c.name} | " + " | ".join(
+                f"{row[f'best_objective@{b}'][0]:.3f} ± {row[f'best_objective@{b}'][1]:.3f}"
+                for b in budgets) + " |")
     n = results.get("test_examples", {})
     lines += ["", "Test accuracy of the pick after b evaluations on the first "
               + ", ".join(f"{v} {k}" for k, v in sorted(n.items()))
               + " test examples, mean ± std over seeds; source weights = the final RGPE "
-              "weight of each source (mean over seeds; the target's own GP has the rest)."]
+              "weight of each source (mean over seeds; the target's own GP has the rest). "
+              "Best objective = the best value (mean normalised log-prob of the gold label "
+              "word on the run's objective examples) among the first b evaluations."]
     return "\n".join(lines) + "\n"
 
 
@@ -396,7 +413,8 @@ def plot(results: dict[str, Any], budgets, path: Path) -> None:
         if base:
             ax.axhline(100 * base["test_accuracy"], color="k", ls="--", lw=1,
                        label="unprompted")
-        ax.set_title(f"{task.upper()}: 5-token prompts, SmolLM2-135M-Instruct")
+        length = results["config"]["prompt_length"]
+        ax.set_title(f"{task.upper()}: {length}-token prompts, SmolLM2-135M-Instruct")
         ax.set_xlabel("evaluations")
         ax.set_ylabel(f"test accuracy of the pick (%, {results['test_examples'].get(task)} ex.)")
         ax.set_xticks(list(budgets))
@@ -430,6 +448,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--log-every", type=int, default=10)
     p.add_argument("--db", default="/tmp/transfer-bench.sqlite", help="SQLite file")
     p.add_argument("--out", default="benchmarks/results/transfer-real")
+    p.add_argument("--report", action="store_true",
+                   help="only rewrite <out>.md and <out>.png from <out>.json")
     args = p.parse_args(argv)
     args.seeds = [int(s) for s in args.seeds.split(",")]
     args.seeds_unrelated = ([int(s) for s in args.seeds_unrelated.split(",")]
@@ -450,6 +470,11 @@ def main(argv=None) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
     path = Path(args.out).with_suffix(".json")
+    if args.report:
+        results = json.loads(path.read_text())
+        write_outputs(results, results["config"]["budgets"], Path(args.out), final=True)
+        print(Path(args.out).with_suffix(".md").read_text(), flush=True)
+        return
     config = {k: getattr(args, k) for k in FIXED}
     results: dict[str, Any] = {}
     if path.exists():
