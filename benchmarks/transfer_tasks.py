@@ -148,6 +148,9 @@ class Bench:
         self.results = results
         for part in ("scores", "sources", "runs", "unprompted", "test_examples"):
             results.setdefault(part, {})
+        results["config"] = {**{k: getattr(args, k) for k in FIXED}, "budgets": args.budgets,
+                             "seeds": args.seeds, "seeds_unrelated": args.seeds_unrelated,
+                             "seeds_multi": args.seeds_multi, "db": args.db}
         self.caches: dict[str, Any] = {}
         self.test_examples: dict[str, int] = results["test_examples"]
         self._make = make_task
@@ -484,9 +487,6 @@ def main(argv=None) -> None:
             sys.exit(f"{path} was written with other settings ({', '.join(changed)}); "
                      "use the same ones or another --out")
         log(f"resuming: {len(results['runs'])} runs done")
-    results["config"] = {**config, "budgets": args.budgets, "seeds": args.seeds,
-                         "seeds_unrelated": args.seeds_unrelated,
-                         "seeds_multi": args.seeds_multi, "db": args.db}
     results["machine"] = quality.machine()
     log(f"loading the model and its vocabulary ({results['machine']})")
     make_task = hf_tasks(args)
