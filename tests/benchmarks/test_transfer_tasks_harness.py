@@ -1,0 +1,114 @@
+"""The real-task transfer benchmark's harness on fake evaluators: the run order, the
+sources read from storage, selection per budget, the outputs and resuming."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from benchmarks import transfer_tasks
+from promptbo.evaluators.base import Evaluator
+from promptbo.types import Score, VocabularyTable
+
+TASKS = {"sst2": 2, "mr": 2, "subj": 2, "agnews": 4}
+
+
+def _value(task: str, ids) -> float:
+    shift = {"sst2": 0, "mr": 1, "subj": 5, "agnews": 11}[task]
+    return -sum(((i + shift) * 7919) % 23 for i in ids) / 10.0
+
+
+class FakeEvaluator(Evaluator):
+    """Deterministic scores per task and split; counts every prompt it scores."""
+
+    def __init__(self, task: str, split: str, seed: int, calls: Counter):
+        self.key = (task, split, 0 if split == "test" else seed)
+        self.calls = calls
+        self.task = SimpleNamespace(examples=[None] * 9)
+
+    def score(self, prompts):
+        out = []
+        for p in prompts:
+            self.calls[(*self.key, tuple(p.token_ids))] += 1
+            v = _value(self.key[0], p.token_ids) + (0.3 if self.key[1] == "dev" else 0.0)
+            out.append(Score(v, {"accuracy": 0.5 + (sum(p.token_ids) % 40) / 100}))
+        return out
+
+
+def _vocabulary(n: int = 60) -> VocabularyTable:
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    tokens = [f" {letters[i % 26]}{letters[(i // 26) % 26]}x" for i in range(n)]
+    emb = np.random.default_rng(0).standard_normal((n, 8)).astype(np.float32)
+    return VocabularyTable(tokens, [1000 + i for i in range(n)], emb)
+
+
+def _args(tmp_path):
+    for task, classes in TASKS.items():
+        (tmp_path / task).mkdir(exist_ok=True)
+        (tmp_path / task / "meta.json").write_text(
+            json.dumps({"labels": [f"c{i}" for i in range(classes)]}))
+    return transfer_tasks.parse_args([
+        "--data-root", str(tmp_path), "--seeds", "0,1", "--seeds-unrelated", "0",
+        "--seeds-multi", "0", "--budget", "6", "--budgets", "3,6", "--prompt-length", "2",
+        "--top-n", "30", "--pca-dims", "4", "--db", str(tmp_path / "studies.sqlite"),
+        "--log-every", "3",
+        "--out", str(tmp_path / "out" / "t")])
+
+
+def test_transfer_benchmark_runs_in_order_selects_and_resumes(tmp_path):
+    calls: Counter = Counter()
+
+    def make_task(task):
+        return lambda split, seed: FakeEvaluator(task, split, seed, calls)
+
+    args = _args(tmp_path)
+    lines: list[str] = []
+    bench = transfer_tasks.Bench(args, {}, make_task, _vocabulary(), lines.append)
+    bench.run()
+    bench.write(final=True)
+    results = bench.results
+    assert max(calls.values()) == 1  # each (task, split, seed, prompt) scored once
+    vocabulary_ids = set(_vocabulary().token_ids)
+    assert all(set(key[-1]) <= vocabulary_ids for key in calls)  # the model's token ids
+
+    started = [line.split()[1 if line.startswith("target") else 2]
+               for line in lines if line.startswith(("target ", "source study "))]
+    assert started == [
+        "source-sst2", "mr-cold-s0", "mr-from-sst2-s0", "mr-cold-s1", "mr-from-sst2-s1",
+        "source-agnews", "subj-cold-s0", "subj-from-agnews-s0",
+        "source-subj", "mr-from-sst2+subj-s0"]
+    assert sorted(results["sources"]) == ["agnews", "sst2", "subj"]
+    for key, run in results["runs"].items():
+        config = key.split("|")[0]
+        assert len(run["values"]) == 6
+        want = {"mr<-sst2": {"source-sst2"}, "subj<-agnews": {"source-agnews"},
+                "mr<-sst2+subj": {"source-sst2", "source-subj"}}.get(config, set())
+        assert set(run["weights"]) == want
+        assert all(w is not None and 0 <= w <= 1 for w in run["weights"].values())
+        assert set(run["picks"]) == {"3", "6"}
+        best6 = max(run["values"])
+        assert run["picks"]["6"]["objective"] >= sorted(run["values"])[-3] - 1e-12
+        assert run["picks"]["6"]["objective"] <= best6
+    summary = results["summary"]
+    accs = [results["runs"][f"mr-cold|{s}"]["picks"]["6"]["test_accuracy"] for s in (0, 1)]
+    assert summary["mr-cold"]["6"][0] == pytest.approx(np.mean(accs))
+    assert summary["mr-cold"]["seeds"] == 2 and summary["subj-cold"]["seeds"] == 1
+    md = (tmp_path / "out" / "t.md").read_text()
+    assert "| mr<-sst2 | 2 |" in md and "sst2 " in md
+    assert (tmp_path / "out" / "t.png").stat().st_size > 0
+    saved = json.loads((tmp_path / "out" / "t.json").read_text())
+    assert saved["runs"] == json.loads(json.dumps(results["runs"]))
+
+    # Restarting with the saved results and one more seed runs only the new seed's studies.
+    calls.clear()
+    lines.clear()
+    args.seeds = [0, 1, 2]
+    again = transfer_tasks.Bench(args, saved, make_task, _vocabulary(), lines.append)
+    again.run()
+    assert [line for line in lines if line.startswith(("target ", "source study "))] == [
+        "target mr-cold-s2", "target mr-from-sst2-s2"]
+    assert len(again.results["runs"]) == len(results["runs"]) + 2
