@@ -85,7 +85,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", default="benchmarks/results/pool-quality-sst2-full")
     p.add_argument("--resume", action="store_true", help="continue from <out>.json")
     p.add_argument("--report", action="store_true",
-                   help="only rewrite <out>.md/.png from <out>.json for these budgets and seeds")
+                   help="only rewrite <out>.md/.png (and the summary in <out>.json) from "
+                        "<out>.json for these strategies, budgets and seeds")
     args = p.parse_args(argv)
     args.budgets = sorted({int(b) for b in args.budgets.split(",")})
     passes = [int(b) for b in args.passes.split(",") if b] or args.budgets
@@ -218,19 +219,26 @@ class PoolBenchmark:
                    {"fingerprint": self.results["fingerprint"], "scores": self.cache.store})
 
     def write(self, final: bool = False) -> None:
-        a = self.args
         self.save_scores()
-        summary = summarize(self.results, a.strategies, a.seeds, a.budgets)
-        self.results["summary"] = summary
-        write_json(self.out.with_suffix(".json"), self.results)
-        note = (f"\nPool of {len(self.table.texts)} candidates; seeds {a.seeds} "
-                f"(std over the seeds present at each budget).\n")
-        self.out.with_suffix(".md").write_text(
-            markdown(summary, a.budgets, a.limit_test) + note)
-        if final:
-            plot(self.results, a.strategies, a.seeds, a.budgets, self.out.with_suffix(".png"),
-                 f"{Path(a.data_dir).name}: pool of {len(self.table.texts)}, "
-                 "SmolLM2-135M-Instruct")
+        render(self.results, self.args, final)
+
+
+def render(results: dict[str, Any], args, final: bool = False) -> None:
+    """Writes ``<out>.json`` with the summary of ``args``' strategies, seeds and budgets,
+    its tables to ``<out>.md`` and, if ``final``, its figure to ``<out>.png``."""
+    out = Path(args.out)
+    summary = summarize(results, args.strategies, args.seeds, args.budgets)
+    results["summary"] = summary
+    write_json(out.with_suffix(".json"), results)
+    counts = {f"{s} b={b}": r["seeds"] for s, row in summary["table"].items()
+              for b, r in row.items()}
+    note = (f"\nPool of {results['pool_size']} candidates; seeds {args.seeds}; seeds per "
+            f"cell: {counts}.\n")
+    out.with_suffix(".md").write_text(markdown(summary, args.budgets, args.limit_test) + note)
+    if final:
+        plot(results, args.strategies, args.seeds, args.budgets, out.with_suffix(".png"),
+             f"{Path(args.data_dir).name}: pool of {results['pool_size']}, "
+             "SmolLM2-135M-Instruct")
 
 
 def load_store(path: Path, expected: dict[str, Any]) -> dict[str, list[float]]:
@@ -250,12 +258,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     def log(msg: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
+    out = Path(args.out)
+    previous = out.with_suffix(".json")
+    if args.report:
+        render(json.loads(previous.read_text()), args, final=True)
+        print(out.with_suffix(".md").read_text())
+        return
     log(f"pool-quality benchmark ({machine()})")
     table, overlap = make_pool(args, log)
     fp = fingerprint(args, table.texts)
-    out = Path(args.out)
-    previous = out.with_suffix(".json")
-    if (args.resume or args.report) and previous.exists():
+    if args.resume and previous.exists():
         results = json.loads(previous.read_text())
         if results.get("fingerprint") != fp:
             sys.exit(f"--resume: {previous} was written with another pool or settings")
@@ -273,8 +285,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     cache = ScoreCache(hf_evaluators(args), prompt_of, store)
     bench = PoolBenchmark(args, table, cache, results, log)
     try:
-        if not args.report:
-            bench.run()
+        bench.run()
         bench.write(final=True)
     finally:
         cache.close()

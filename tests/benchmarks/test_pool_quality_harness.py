@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from benchmarks.pool_quality import PoolBenchmark, load_store
+from benchmarks.pool_quality import PoolBenchmark, load_store, render
 from benchmarks.scoring import ScoreCache
 from benchmarks.selection import select_prompt
 from promptbo.evaluators.base import Evaluator
@@ -50,7 +50,7 @@ def _bench(tmp_path, calls, store, results=None, strategies=("zopo", "random")):
 
     cache = ScoreCache(lambda split, seed: FakeEvaluator(split, seed, calls), prompt_of, store)
     results = results or {"runs": {}, "selections": {}, "unprompted": {},
-                          "fingerprint": {"pool": "fake"}}
+                          "fingerprint": {"pool": "fake"}, "pool_size": N}
     return PoolBenchmark(args, table, cache, results, log=lambda msg: None)
 
 
@@ -88,3 +88,16 @@ def test_runs_in_passes_selects_on_dev_and_resumes_without_rescoring(tmp_path):
                                          for seed in (0, 1)}
     assert again and all(n == 1 for n in again.values())
     assert not {ScoreCache.key(split, seed, (i,)) for split, seed, i in again} & before
+
+
+def test_report_renders_the_cells_of_the_given_seeds_and_budgets(tmp_path):
+    bench = _bench(tmp_path, Counter(), {})
+    bench.run()
+    bench.write()
+    res = json.loads((tmp_path / "pq.json").read_text())
+    args = SimpleNamespace(**{**vars(bench.args), "seeds": [0], "budgets": [4]})
+    render(res, args)
+    table = json.loads((tmp_path / "pq.json").read_text())["summary"]["table"]
+    assert {s: list(row) for s, row in table.items()} == {"zopo": ["4"], "random": ["4"]}
+    assert table["zopo"]["4"]["seeds"] == 1
+    assert "b=8" not in (tmp_path / "pq.md").read_text()
