@@ -38,17 +38,25 @@ MakeEvaluator = Callable[[str, int], Evaluator]  # (split, seed) -> evaluator
 class ScoreCache:
     """Scores prompts on a split, each (split, seed, prompt) at most once.
 
-    ``make_evaluator(split, seed)`` builds the evaluator of a split; objective and dev
-    evaluators of one seed are kept until another seed's are needed. The test split does
-    not depend on the seed (the dataset's own test file), so its scores are shared.
+    A prompt is a :data:`Key`: token ids of ``vocabulary``, or whatever ``vocabulary``
+    (then a function ``key -> Prompt``) turns into a prompt, e.g. ``(i,)`` for the ``i``-th
+    member of a candidate pool. ``make_evaluator(split, seed)`` builds the evaluator of a
+    split; objective and dev evaluators of one seed are kept until another seed's are
+    needed. The test split does not depend on the seed (the dataset's own test file), so
+    its scores are shared.
     ``store`` maps string keys to ``[value, accuracy]`` and is what the JSON keeps.
     """
 
-    def __init__(self, make_evaluator: MakeEvaluator, vocabulary: VocabularyTable,
+    def __init__(self, make_evaluator: MakeEvaluator,
+                 vocabulary: VocabularyTable | Callable[[Key], Prompt],
                  store: dict[str, list[float]] | None = None):
         self.make_evaluator = make_evaluator
         self.store: dict[str, list[float]] = store if store is not None else {}
-        self.token_of = dict(zip(vocabulary.token_ids, vocabulary.tokens, strict=True))
+        if isinstance(vocabulary, VocabularyTable):
+            token_of = dict(zip(vocabulary.token_ids, vocabulary.tokens, strict=True))
+            self.prompt_of: Callable[[Key], Prompt] = lambda ids: _hard_prompt(ids, token_of)
+        else:
+            self.prompt_of = vocabulary
         self.evaluated: Counter[str] = Counter()  # prompts sent to evaluators, per split
         self.seconds: Counter[str] = Counter()
         self._evaluators: dict[tuple[str, int], Evaluator] = {}
@@ -58,8 +66,7 @@ class ScoreCache:
         return f"{split}|{'*' if split == 'test' else seed}|{' '.join(map(str, ids))}"
 
     def prompt(self, ids: Key) -> Prompt:
-        tokens = tuple(self.token_of[i] for i in ids)
-        return Prompt(token_ids=tuple(ids), tokens=tokens, text="".join(tokens))
+        return self.prompt_of(tuple(ids))
 
     def score(self, split: str, seed: int, prompts: Sequence[Key]) -> list[tuple[float, float]]:
         """``(value, accuracy)`` of each prompt on ``split``; misses are scored in one call."""
@@ -89,6 +96,11 @@ class ScoreCache:
         for ev in self._evaluators.values():
             ev.close()
         self._evaluators.clear()
+
+
+def _hard_prompt(ids: Key, token_of: dict[int, str]) -> Prompt:
+    tokens = tuple(token_of[i] for i in ids)
+    return Prompt(token_ids=tuple(ids), tokens=tokens, text="".join(tokens))
 
 
 def task_style(data_dir: str | Path) -> tuple[str | None, str | None]:
