@@ -87,9 +87,9 @@ def test_bad_candidates_and_options_are_refused(pool_table):
         eng.observe(torch.tensor([1, 2]), torch.tensor([0.0, 1.0]))
     with pytest.raises(InvalidArgumentError, match=r"outside the pool of 80"):
         eng.observe(torch.tensor([[80]]), torch.tensor([0.0]))
-    with pytest.raises(InvalidArgumentError, match="width=0 is out of range"):
+    with pytest.raises(InvalidArgumentError, match=r"option width must be in \[1, 4096\], got 0"):
         engine("zopo", pool_table, width=0)
-    with pytest.raises(InvalidArgumentError, match="not a valid int"):
+    with pytest.raises(InvalidArgumentError, match="option num_initial must be an integer, got .many."):
         engine("gp", pool_table, num_initial="many")
     with pytest.raises(InvalidArgumentError, match="does not search candidate pools"):
         make_engine(PoolSpace("p"), "cmaes", {}, 0, pool_table)
