@@ -54,7 +54,7 @@ from benchmarks.pool_synthetic import INSTRUCTIONS, LABEL_PHRASES
 from benchmarks.proposers import OPTUNA_TPE, TPEProposer, Trace, optimize
 from benchmarks.report import machine, markdown, plot, summarize
 from benchmarks.scoring import Key, ScoreCache, hf_evaluators
-from benchmarks.selection import select_prompt
+from benchmarks.selection import select_and_test
 from promptbo.types import Prompt
 
 #: Config entries that must match for ``--resume`` and for the score cache.
@@ -204,12 +204,8 @@ class PoolBenchmark:
 
     def select(self, strategy: str, seed: int, budget: int, trace: Trace) -> None:
         keys: list[Key] = [tuple(r) for r in trace.rows]
-        sel = select_prompt(keys, trace.values, budget,
-                            lambda ps: [v for v, _ in self.cache.score("dev", seed, ps)],
-                            top_k=self.args.top_k)
-        (test_value, test_acc), = self.cache.score("test", seed, [tuple(sel["prompt"])])
-        sel.update(seed=seed, budget=budget, text=self.cache.prompt(tuple(sel["prompt"])).text,
-                   test_value=test_value, test_accuracy=test_acc)
+        sel = select_and_test(self.cache, seed, keys, trace.values, budget, self.args.top_k)
+        test_acc = sel["test_accuracy"]
         self.results["selections"][f"{strategy}|{seed}|{budget}"] = sel
         self.log(f"{strategy} seed {seed} b={budget}: objective {sel['objective']:.4f}, dev "
                  f"{sel['dev']:.4f} -> test accuracy {test_acc:.4f}: {sel['text'][:80]!r}")

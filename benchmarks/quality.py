@@ -52,7 +52,7 @@ import numpy as np
 from benchmarks.proposers import OPTUNA_TPE, Trace, make_proposer, optimize
 from benchmarks.report import machine, markdown, plot, summarize
 from benchmarks.scoring import Key, MakeEvaluator, ScoreCache, hf_evaluators, task_style
-from benchmarks.selection import select_prompt
+from benchmarks.selection import select_and_test
 from promptbo.evaluators.base import Evaluator
 from promptbo.types import VocabularyTable, vocabulary_id
 
@@ -162,12 +162,8 @@ class Benchmark:
             self.results["runs"][name] = trace.to_json()
         keys = [self.key_of(r) for r in trace.rows]
         for b in self.args.budgets:
-            sel = select_prompt(keys, trace.values, b,
-                                lambda ps: [v for v, _ in self.cache.score("dev", seed, ps)],
-                                top_k=self.args.top_k)
-            (test_value, test_acc), = self.cache.score("test", seed, [tuple(sel["prompt"])])
-            sel.update(seed=seed, budget=b, text=self.cache.prompt(tuple(sel["prompt"])).text,
-                       test_value=test_value, test_accuracy=test_acc)
+            sel = select_and_test(self.cache, seed, keys, trace.values, b, self.args.top_k)
+            test_acc = sel["test_accuracy"]
             self.results["selections"][f"{strategy}|{seed}|{b}"] = sel
             self.log(f"{strategy} seed {seed} b={b}: chose {sel['text']!r} (objective "
                      f"{sel['objective']:.4f}, dev {sel['dev']:.4f}) → test accuracy "

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from benchmarks.scoring import Key
+from benchmarks.scoring import Key, ScoreCache
 
 
 def ranked_prompts(prompts: Sequence[Key], values: Sequence[float],
@@ -44,3 +44,19 @@ def select_prompt(prompts: Sequence[Key], values: Sequence[float], budget: int,
         "candidates": [{"prompt": list(p), "objective": best[p], "dev": float(d)}
                        for p, d in zip(ranked, dev, strict=True)],
     }
+
+
+def select_and_test(cache: ScoreCache, seed: int, prompts: Sequence[Key],
+                    values: Sequence[float], budget: int, top_k: int = 3) -> dict[str, Any]:
+    """:func:`select_prompt` with dev scores from ``cache``, then the pick scored on test.
+
+    Returns the selection plus ``seed``, ``budget``, the pick's ``text`` and its
+    ``test_value`` and ``test_accuracy`` (test is read only for the report, never to pick).
+    """
+    sel = select_prompt(prompts, values, budget,
+                        lambda ps: [v for v, _ in cache.score("dev", seed, ps)], top_k=top_k)
+    pick = tuple(sel["prompt"])
+    (test_value, test_acc), = cache.score("test", seed, [pick])
+    sel.update(seed=seed, budget=budget, text=cache.prompt(pick).text,
+               test_value=test_value, test_accuracy=test_acc)
+    return sel
