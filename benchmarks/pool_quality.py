@@ -53,7 +53,7 @@ import torch
 from benchmarks.pool_synthetic import INSTRUCTIONS, LABEL_PHRASES
 from benchmarks.proposers import OPTUNA_TPE, TPEProposer, Trace, optimize
 from benchmarks.report import machine, markdown, plot, summarize
-from benchmarks.scoring import Key, ScoreCache, hf_evaluators
+from benchmarks.scoring import Key, ScoreCache, hf_evaluators, unprompted_scores
 from benchmarks.selection import select_and_test
 from promptbo.types import Prompt
 
@@ -157,14 +157,11 @@ class PoolBenchmark:
     def unprompted(self, seed: int) -> None:
         if str(seed) in self.results["unprompted"]:
             return
-        (obj, obj_acc), = self.cache.score("objective", seed, [()])
-        (dev, _), = self.cache.score("dev", seed, [()])
-        (_, test_acc), = self.cache.score("test", seed, [()])
-        self.results["unprompted"][str(seed)] = {
-            "objective": obj, "objective_accuracy": obj_acc, "dev": dev,
-            "test_accuracy": test_acc}
-        self.log(f"unprompted (seed {seed}): objective {obj:.4f} (acc {obj_acc:.3f}), "
-                 f"test accuracy {test_acc:.4f}")
+        row = unprompted_scores(self.cache, seed)
+        self.results["unprompted"][str(seed)] = row
+        self.log(f"unprompted (seed {seed}): objective {row['objective']:.4f} "
+                 f"(acc {row['objective_accuracy']:.3f}), "
+                 f"test accuracy {row['test_accuracy']:.4f}")
 
     def proposer(self, strategy: str, seed: int):
         if strategy == OPTUNA_TPE:

@@ -51,7 +51,14 @@ import numpy as np
 
 from benchmarks.proposers import OPTUNA_TPE, Trace, make_proposer, optimize
 from benchmarks.report import machine, markdown, plot, summarize
-from benchmarks.scoring import Key, MakeEvaluator, ScoreCache, hf_evaluators, task_style
+from benchmarks.scoring import (
+    Key,
+    MakeEvaluator,
+    ScoreCache,
+    hf_evaluators,
+    task_style,
+    unprompted_scores,
+)
 from benchmarks.selection import select_and_test
 from promptbo.evaluators.base import Evaluator
 from promptbo.types import VocabularyTable, vocabulary_id
@@ -114,16 +121,13 @@ class Benchmark:
     def unprompted(self, seed: int) -> None:
         if str(seed) in self.results["unprompted"]:
             return
-        (obj, obj_acc), = self.cache.score("objective", seed, [()])
-        (dev, _), = self.cache.score("dev", seed, [()])
-        (_, test_acc), = self.cache.score("test", seed, [()])
+        row = unprompted_scores(self.cache, seed)
         # A resumed run may find every test score cached and build no test evaluator.
         self.results["test_examples"] = self._test_size() or self.results.get("test_examples", 0)
-        self.results["unprompted"][str(seed)] = {
-            "objective": obj, "objective_accuracy": obj_acc, "dev": dev,
-            "test_accuracy": test_acc}
-        self.log(f"unprompted (seed {seed}): objective {obj:.4f} (acc {obj_acc:.3f}), "
-                 f"test accuracy {test_acc:.4f}")
+        self.results["unprompted"][str(seed)] = row
+        self.log(f"unprompted (seed {seed}): objective {row['objective']:.4f} "
+                 f"(acc {row['objective_accuracy']:.3f}), "
+                 f"test accuracy {row['test_accuracy']:.4f}")
 
     def run_one(self, strategy: str, seed: int) -> None:
         name = f"{strategy}|{seed}"

@@ -136,3 +136,13 @@ def hf_evaluators(args, holdout_examples: int = 0) -> MakeEvaluator:
         return create_evaluator("hf-causal", **opts)
 
     return make
+
+
+def unprompted_scores(cache: ScoreCache, seed: int) -> dict[str, float]:
+    """The unprompted model (the empty prompt, key ``()``) on the objective, dev and test
+    samples of ``seed``: ``objective``, ``objective_accuracy``, ``dev``, ``test_accuracy``."""
+    (obj, obj_acc), = cache.score("objective", seed, [()])
+    (dev, _), = cache.score("dev", seed, [()])
+    (_, test_acc), = cache.score("test", seed, [()])
+    return {"objective": obj, "objective_accuracy": obj_acc, "dev": dev,
+            "test_accuracy": test_acc}

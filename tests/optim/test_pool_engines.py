@@ -89,7 +89,8 @@ def test_bad_candidates_and_options_are_refused(pool_table):
         eng.observe(torch.tensor([[80]]), torch.tensor([0.0]))
     with pytest.raises(InvalidArgumentError, match=r"option width must be in \[1, 4096\], got 0"):
         engine("zopo", pool_table, width=0)
-    with pytest.raises(InvalidArgumentError, match="option num_initial must be an integer, got .many."):
+    with pytest.raises(InvalidArgumentError,
+                       match="option num_initial must be an integer, got .many."):
         engine("gp", pool_table, num_initial="many")
     with pytest.raises(InvalidArgumentError, match="does not search candidate pools"):
         make_engine(PoolSpace("p"), "cmaes", {}, 0, pool_table)
