@@ -7,7 +7,9 @@
 # Installs Debian's postgresql when no server binaries are found, initializes a cluster
 # in a temporary folder (trust authentication, listening on 127.0.0.1 only, its unix
 # socket inside that folder), starts it and creates the database promptbo_test. Only the
-# export line goes to stdout; progress goes to stderr. Starting twice reuses the server.
+# export lines go to stdout; progress goes to stderr. Starting twice reuses the server;
+# PROMPTBO_PG_STARTED=1 is exported only by the start that created it, so a caller stops
+# only a server it started (another run may be using a reused one).
 # PROMPTBO_PG_PORT picks the port (default 54329).
 set -euo pipefail
 
@@ -84,7 +86,7 @@ start() {
     }
     as_owner "$bin/createdb" -h 127.0.0.1 -p "$PORT" -U postgres "$DB"
     log "running on 127.0.0.1:${PORT}, database ${DB}"
-    echo "export PROMPTBO_TEST_POSTGRES_URL=${URL}"
+    echo "export PROMPTBO_TEST_POSTGRES_URL=${URL} PROMPTBO_PG_STARTED=1"
 }
 
 case "${1:-start}" in

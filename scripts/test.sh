@@ -25,7 +25,10 @@ bash scripts/typecheck.sh
 echo "== PostgreSQL for the storage contract suite"
 if pg_env=$(bash .ci/postgres.sh start); then
   eval "$pg_env"
-  trap 'bash .ci/postgres.sh stop >/dev/null 2>&1 || true' EXIT
+  # Stop only a server this run started: a reused one may serve another run.
+  if [ "${PROMPTBO_PG_STARTED:-}" = 1 ]; then
+    trap 'bash .ci/postgres.sh stop >/dev/null 2>&1 || true' EXIT
+  fi
 else
   echo "PostgreSQL could not be started; its storage tests will fail" >&2
 fi
