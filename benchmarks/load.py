@@ -32,6 +32,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -130,15 +131,18 @@ def run_load(address: str, workers: int, procs: int, seconds: float,
     }
 
 
-def _start_server(storage: str) -> tuple[subprocess.Popen, str]:
-    """``promptbo serve`` on ``storage`` (``sqlite``: a fresh SQLite file) and its address."""
+def _start_server(storage: str, server_args: Sequence[str] = (),
+                  new_session: bool = False) -> tuple[subprocess.Popen, str]:
+    """``promptbo serve`` on ``storage`` (``sqlite``: a fresh SQLite file) and its address;
+    ``server_args`` are further ``serve`` flags (e.g. ``--prefetch 0``); ``new_session``
+    starts it in a session and process group of its own, which its children join."""
     if storage == "sqlite":
         storage = f"sqlite:///{tempfile.mkdtemp()}/load.db"
     port = _free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "promptbo.cli", "--log-level", "warning", "serve",
-         "--storage", storage, "--port", str(port)],
-        stdout=subprocess.DEVNULL, env={**os.environ},
+         "--storage", storage, "--port", str(port), *server_args],
+        stdout=subprocess.DEVNULL, env={**os.environ}, start_new_session=new_session,
     )
     return proc, f"127.0.0.1:{port}"
 

@@ -92,6 +92,38 @@ class PlantedPrompt:
         return (self.unit[rows] * self.unit[self.planted]).sum(-1).mean(-1)
 
 
+@dataclass
+class PlantedSoftPrompt:
+    """The soft-prompt form of :class:`PlantedPrompt`: a planted `length x dim` point of
+    the box ``[-bound, bound]`` (seeded); a prompt's value is the mean over positions of
+    the cosine similarity between its vector and the planted one (1.0 at the optimum).
+    Instant to score, for benchmarks of the optimizer's own cost."""
+
+    length: int
+    dim: int
+    seed: int
+    bound: float = 1.0
+
+    def __post_init__(self) -> None:
+        g = torch.Generator().manual_seed(10_000 + self.seed)
+        planted = (torch.rand(self.length, self.dim, generator=g, dtype=torch.float64) * 2 - 1)
+        self.planted = planted * self.bound
+        self.unit = self.planted / self.planted.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+    def __call__(self, vectors: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """Values (`n`, float64) of `n x (length * dim)` (or `n x length x dim`) vectors."""
+        v = torch.as_tensor(np.asarray(vectors), dtype=torch.float64)
+        v = v.reshape(-1, self.length, self.dim)
+        v = v / v.norm(dim=2, keepdim=True).clamp_min(1e-12)
+        return (v * self.unit).sum(-1).mean(-1)
+
+    def random(self, n: int, seed: int) -> torch.Tensor:
+        """`n` uniform points of the box, `n x (length * dim)` float32, seeded."""
+        g = torch.Generator().manual_seed(seed)
+        u = torch.rand(n, self.length * self.dim, generator=g, dtype=torch.float64)
+        return ((u * 2 - 1) * self.bound).float()
+
+
 def run(
     strategy: str,
     table: np.ndarray,
