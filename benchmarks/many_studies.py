@@ -327,7 +327,7 @@ def run_server(server: _Server, k: int, n: int, seconds: float, warmup: float,
     elapsed = w1 - w0
     return {
         "config": server.config.name, "server_args": server.config.args, "K": k, "n": n,
-        "warmup_s": round(warm, 2), "window_s": round(elapsed, 3), "suggestions": served,
+        "warmup_s": round(warm, 2), "window_s": elapsed, "suggestions": served,
         "suggestions_per_s": served / elapsed,
         "ask_p50_ms": float(np.percentile(latency, 50)) if len(latency) else float("nan"),
         "ask_p90_ms": float(np.percentile(latency, 90)) if len(latency) else float("nan"),
