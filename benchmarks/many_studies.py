@@ -30,7 +30,12 @@ away, RPC handling and storage raise it).
 
 Server flags: ``--server-args "--suggest-workers 2"`` for one config, or ``--configs
 "thread=--suggest-pool thread;process=--suggest-pool process"`` for a row per config,
-side by side under the same load.
+side by side under the same load. ``--options`` passes gp strategy options to the studies
+and to the in-process engine alike (``--quick`` uses a cheap acquisition search).
+
+Each row's server is started as the previous window closes (the first one while the
+engine is timed, which counts this process's CPU only) and killed with its process group
+once its own window closes, so that start-up and shutdown overlap no measurement.
 
     python -m benchmarks.many_studies --ks 1,8,16 --sizes 200,1000 --seconds 60
     python -m benchmarks.many_studies --configs "p0=--prefetch 0;p2=--prefetch 2" --ks 8

@@ -26,6 +26,7 @@ from benchmarks.many_studies import (
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.slow
 def test_quick_run_reports_every_figure(tmp_path):
     out = tmp_path / "many"
     proc = subprocess.Popen(
