@@ -99,3 +99,15 @@ def test_server_cpu_counts_the_children():
     finally:
         parent.kill()
         parent.wait()
+
+
+def test_planted_soft_prompt_scores_vectors_in_either_shape():
+    from benchmarks.synthetic import PlantedSoftPrompt
+
+    problem = PlantedSoftPrompt(5, 16, seed=3, bound=0.5)
+    x = problem.random(50, seed=1)
+    assert x.shape == (50, 80) and x.dtype.is_floating_point and x.abs().max() <= 0.5
+    assert (problem.random(50, seed=1) == x).all()  # seeded
+    flat, shaped = problem(x), problem(x.reshape(50, 5, 16).numpy())
+    assert flat.shape == (50,) and (flat == shaped).all() and flat.abs().max() <= 1
+    assert float(problem(problem.planted.reshape(1, -1))[0]) == pytest.approx(1.0)
