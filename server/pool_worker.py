@@ -36,6 +36,7 @@ import torch
 from torch import Tensor
 
 from promptbo.errors import CancelledError
+from promptbo.server import telemetry
 
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection
@@ -96,6 +97,31 @@ class Reply:
     counts: dict[str, int] = field(default_factory=dict)
     transferred: list[bool] = field(default_factory=list)
     error: BaseException | None = None
+    #: Seconds of each GP fit the job ran (the pool reports them as the server's own).
+    fits: list[float] = field(default_factory=list)
+
+
+class _FitLog:
+    """Collects the GP fit times the engines report (``telemetry.fit_timer``) in a
+    worker, for the job's reply."""
+
+    def __init__(self) -> None:
+        self.fits: list[float] = []
+        #: Whether a job runs (fits outside jobs are not kept).
+        self.active = False
+
+    def observe_suggestion(self, strategy: str, seconds: float) -> None:
+        pass
+
+    def observe_fit(self, strategy: str, seconds: float) -> None:
+        if self.active:
+            self.fits.append(seconds)
+
+    def lease_expired(self, study: str, count: int) -> None:
+        pass
+
+
+_fit_log = _FitLog()
 
 
 def row_keys(candidates: Tensor) -> list[bytes]:
@@ -145,6 +171,17 @@ class EngineHost:
 
     def run(self, job: Job, should_stop: Callable[[], bool] | None = None) -> Reply:
         """Runs one job; never raises (failures are replies)."""
+        if not telemetry.enabled():
+            telemetry.add_observer(_fit_log)
+        _fit_log.fits, _fit_log.active = [], True
+        try:
+            reply = self._run(job, should_stop)
+        finally:
+            _fit_log.active = False
+        reply.fits, _fit_log.fits = _fit_log.fits, []
+        return reply
+
+    def _run(self, job: Job, should_stop: Callable[[], bool] | None) -> Reply:
         entry = self._engines.get(job.key)
         if entry is not None:
             self._engines.move_to_end(job.key)

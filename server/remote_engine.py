@@ -11,7 +11,8 @@ same calls as an in-process engine would, and suggests the same prompts.
 
 What the runtime reads besides the candidates comes back with each result and is kept
 here: ``last_examples`` (multi-fidelity), the transfer ``weights`` and ``counts``, and
-which candidates were transferred (:meth:`RemoteEngine.is_transferred`). ``cheap`` and
+which candidates were transferred (:meth:`RemoteEngine.is_transferred`), and the GP
+fit times (reported here as if fitted in this process). ``cheap`` and
 ``uses_pending`` come from an in-process engine built once from the recipe (the probe,
 which also validates the study's options) and dropped.
 """
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING
 
 from torch import Tensor
 
+from promptbo.server import telemetry
 from promptbo.server.optim.base import Engine
 from promptbo.server.pool_worker import Batch, Job, row_keys
 
@@ -84,6 +86,8 @@ class RemoteEngine(Engine):
         """
         reply = self.pool.run(self.key, lambda seen: self._job(n, pending, seen),
                               self.should_stop, self.background)
+        for seconds in reply.fits:
+            telemetry.fit_done(seconds)
         cands = reply.candidates
         assert cands is not None
         self.num_suggested = reply.num_suggested

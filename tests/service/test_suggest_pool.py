@@ -146,18 +146,36 @@ def test_an_engine_error_reaches_the_caller_without_retries(pool):
     assert pool.stats()["retried"] == before["retried"]
 
 
-def test_a_cancelled_request_leaves_the_queue():
-    never = SuggestPool(1, lambda: ProcessWorker(threads=1, capacity=1))
-    try:
+def test_a_request_cancelled_while_it_waits_leaves_the_queue(pool):
+    def engine(delay: str) -> RemoteEngine:
         recipe = EngineRecipe(space=SoftPromptSpace(1, 2), strategy="slow",
-                              options={"delay": "60"}, factory=slow_engine)
-        engine = RemoteEngine(recipe, never, make_engine(SoftPromptSpace(1, 2), "gp"))
-        engine.should_stop = lambda: True
+                              options={"delay": delay}, factory=slow_engine)
+        return RemoteEngine(recipe, pool, make_engine(SoftPromptSpace(1, 2), "gp"))
+
+    busy, waiting = engine("60"), engine("0")
+    release = threading.Event()
+    busy.should_stop = release.is_set
+    errors: list = []
+
+    def hold() -> None:
+        try:
+            busy.suggest(1)
+        except CancelledError as exc:
+            errors.append(exc)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        _wait_for(lambda: pool.stats()["busy"] == 1, 30)
+        t0 = time.monotonic()
+        waiting.should_stop = lambda: time.monotonic() - t0 > 0.3
         with pytest.raises(CancelledError):
-            engine.suggest(1)
-        assert never.stats()["queued"] == 0
+            waiting.suggest(1)
+        assert pool.stats()["queued"] == 0
     finally:
-        never.close()
+        release.set()
+        holder.join(30)
+    assert len(errors) == 1 and wait_idle(pool, 5)
 
 
 def test_an_engine_host_replays_batches_once_and_asks_for_what_it_lacks():
@@ -203,6 +221,8 @@ def test_grpc_server_with_a_process_pool_runs_a_gp_study(tmp_path):
         text = metrics.text().decode()
         assert "promptbo_pool_workers_alive 1.0" in text
         assert "promptbo_pool_history_batches_shipped_total" in text
+        # GP fits run in the worker are reported by the server as its own.
+        assert 'promptbo_gp_fit_seconds_count{strategy="gp"}' in text
     finally:
         metrics.close()
         server.stop(None).wait()
