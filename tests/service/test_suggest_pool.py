@@ -13,6 +13,7 @@ import time
 
 import numpy as np
 import pytest
+import torch
 
 import promptbo
 from promptbo.errors import CancelledError, InvalidArgumentError
@@ -61,6 +62,23 @@ def test_a_gp_study_through_the_pool_suggests_what_it_suggests_in_process(pool):
     # The warm worker got each batch once: 4 tells before the 5th ask, one batch each.
     assert len(remote.engine.history) == 4
     assert pool.stats()["batches_shipped"] - shipped == 4
+
+
+def test_transfer_side_information_comes_back_from_the_worker(pool):
+    from promptbo.server.transfer_sources import LoadedSource
+
+    prompts, values = _results(12)
+    source = LoadedSource("src", prompts, values)
+    spec = StudySpec(space=SoftPromptSpace(1, 2), strategy="gp", seed=2,
+                     strategy_options=GP_OPTIONS, transfer_from=("src",))
+    local = StudyRuntime(spec, None, make_engine, [source])
+    remote = StudyRuntime(spec, None, make_engine, [source], suggest_pool=pool)
+    assert remote.transfer_weights() == local.transfer_weights() == (None, {"src": 12})
+    assert drive(remote, 6) == drive(local, 6)
+    first = remote.decode(remote.engine.history[0].candidates)
+    assert remote.transferred(first) == local.transferred(first) == [True]
+    weights, counts = remote.transfer_weights()
+    assert weights is not None and (weights, counts) == local.transfer_weights()
 
 
 def test_cheap_engines_stay_in_process(pool):
@@ -239,8 +257,6 @@ def _results(n: int) -> tuple[list, list[float]]:
 
 
 def _tensors(prompts, values):
-    import torch
-
     x = torch.tensor(np.array([p.vector for p in prompts], dtype=np.float32))
     return x, torch.tensor(values, dtype=torch.float64)
 
@@ -250,3 +266,65 @@ def _wait_for(check, timeout: float) -> None:
     while not check():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.02)
+
+
+def _children(pid: int) -> set[int]:
+    """Live processes whose parent is ``pid`` (Linux /proc)."""
+    out = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid and fields[0] != "Z":
+                out.add(int(entry))
+    return out
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="lists child processes in /proc")
+def test_promptbo_serve_with_a_process_pool_serves_a_gp_study_and_stops_its_workers(tmp_path):
+    import subprocess
+    import sys
+
+    port_file = tmp_path / "port"
+    log = (tmp_path / "server.log").open("w")  # noqa: SIM115 - closed below
+    server = subprocess.Popen(
+        [sys.executable, "-m", "promptbo.cli", "--log-level", "warning", "serve",
+         "--storage", f"sqlite:///{tmp_path / 'serve.db'}", "--port", "0",
+         "--port-file", str(port_file), "--suggest-pool", "process", "--suggest-workers", "1",
+         "--prefetch", "0"],
+        stdout=log, stderr=log, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    try:
+        _wait_for(port_file.exists, 60)
+        address = f"127.0.0.1:{port_file.read_text()}"
+        with promptbo.Client(address) as c:
+            c.wait_ready(60)
+            study = c.create_study("gp", promptbo.SoftPromptSpace(1, 2), strategy="gp",
+                                   strategy_options=dict(GP_OPTIONS), seed=1)
+            for _ in range(4):
+                (trial,) = study.ask()
+                study.tell(trial, objective(trial.prompt.vector))
+        workers = _children(server.pid) - {server.pid}
+        assert workers  # the pool's worker (and multiprocessing's resource tracker)
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(60) == 0
+        _wait_for(lambda: not _alive(workers), 30)  # nothing left running
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait(10)
+        log.close()
+
+
+def _alive(pids: set[int]) -> bool:
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] != "Z":
+                    return True
+        except OSError:
+            continue
+    return False
