@@ -91,14 +91,18 @@ class RayWorker(WorkerHandle):
             self._ray.kill(self.actor, no_restart=True)
 
 
-def ray_worker_factory(threads: int, capacity: int, address: str = "",
-                       cpus: float = ACTOR_CPUS) -> Callable[[], WorkerHandle]:
-    """Connects to Ray (``address``, the already initialized one, or a new local one)
-    and returns a maker of worker actors, each reserving ``cpus`` CPUs."""
+def ray_worker_factory(
+    threads: int, capacity: int, address: str = "", cpus: float = ACTOR_CPUS
+) -> tuple[Callable[[], WorkerHandle], Callable[[], None] | None]:
+    """Connects to Ray (``address``, the already initialized one, or a new local one).
+    Returns a maker of worker actors, each reserving ``cpus`` CPUs, and what disconnects
+    from Ray if this call connected (None if Ray was initialized before)."""
     import ray
 
+    leave = None
     if not ray.is_initialized():
         ray.init(address=address or None, include_dashboard=False, log_to_driver=False)
+        leave = ray.shutdown
     actor_class: Any = ray.remote(_HostActor).options(
         max_concurrency=2, num_cpus=cpus, max_restarts=0)
-    return lambda: RayWorker(actor_class, threads, capacity)
+    return (lambda: RayWorker(actor_class, threads, capacity)), leave

@@ -151,15 +151,18 @@ class SuggestPool:
         make_worker: builds the handle of a new worker (called lazily, again for each
             replacement).
         capacity: study engines each worker keeps (its LRU's size).
+        on_close: called once the workers are stopped (e.g. to leave a Ray it started).
     """
 
     def __init__(self, workers: int, make_worker: Callable[[], WorkerHandle],
-                 capacity: int = DEFAULT_CAPACITY) -> None:
+                 capacity: int = DEFAULT_CAPACITY,
+                 on_close: Callable[[], None] | None = None) -> None:
         if workers < 1:
             raise ValueError(f"a suggestion pool needs at least 1 worker, got {workers}")
         self.size = workers
         self.capacity = capacity
         self._make_worker = make_worker
+        self._on_close = on_close
         self._cond = threading.Condition()
         self._handles: list[WorkerHandle | None] = [None] * workers
         self._busy = [False] * workers
@@ -190,6 +193,8 @@ class SuggestPool:
     def close(self) -> None:
         """Stops every worker; waiting and later jobs fail with CancelledError."""
         with self._cond:
+            if self._closed:
+                return
             self._closed = True
             handles, self._handles = self._handles, [None] * self.size
             self._cond.notify_all()
@@ -199,6 +204,8 @@ class SuggestPool:
                     h.stop()
                 except Exception:
                     log.exception("stopping a suggestion worker failed")
+        if self._on_close is not None:
+            self._on_close()
 
     def handle(self, index: int) -> WorkerHandle | None:
         """Worker ``index``'s handle (None before it started); for tests and metrics."""
@@ -392,7 +399,8 @@ def make_pool(kind: str, workers: int = 0, capacity: int = DEFAULT_CAPACITY,
     if kind == "ray":
         from promptbo.server.ray_pool import ray_worker_factory
 
-        return SuggestPool(n, ray_worker_factory(threads, capacity, ray_address), capacity)
+        factory, leave = ray_worker_factory(threads, capacity, ray_address)
+        return SuggestPool(n, factory, capacity, on_close=leave)
     return SuggestPool(n, lambda: ProcessWorker(threads, capacity), capacity)
 
 

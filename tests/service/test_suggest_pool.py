@@ -81,6 +81,35 @@ def test_transfer_side_information_comes_back_from_the_worker(pool):
     assert weights is not None and (weights, counts) == local.transfer_weights()
 
 
+def test_a_multi_fidelity_study_gets_the_same_trials_and_examples_through_a_process_pool():
+    from promptbo.server.manager import StudyManager, TrialResult
+    from promptbo.server.storage import open_storage
+
+    spec = StudySpec(space=SoftPromptSpace(1, 2), strategy="mf", seed=4, pool_size=20,
+                     max_examples=60, strategy_options={**GP_OPTIONS, "min_examples": "5",
+                                                        "eta": "2"})
+
+    def run(kind: str) -> list[tuple]:
+        manager = StudyManager(open_storage("memory:"), suggest_pool=kind, suggest_workers=1)
+        try:
+            manager.create_study("mf", spec)
+            out = []
+            while True:
+                trials, _ = manager.suggest_trials("mf", 2, "w")
+                if not trials:
+                    return out
+                out += [(t.prompt.vector, t.examples) for t in trials]
+                manager.complete_trials("mf", [
+                    TrialResult(t.id, objective(t.prompt.vector), {}, value_stderr=0.1)
+                    for t in trials], "w")
+        finally:
+            manager.close()
+
+    local = run("thread")
+    assert len({len(e) for _, e in local}) > 1  # some prompts were promoted to more examples
+    assert run("process") == local
+
+
 def test_cheap_engines_stay_in_process(pool):
     spec = StudySpec(space=SoftPromptSpace(1, 2), strategy="random")
     rt = StudyRuntime(spec, None, make_engine, suggest_pool=pool)
