@@ -80,6 +80,8 @@ class Job:
     start: int
     batches: list[Batch]
     recipe: EngineRecipe | None = None
+    #: Studies (keys) whose engines the worker drops first (deleted studies).
+    forget: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -182,6 +184,8 @@ class EngineHost:
         return reply
 
     def _run(self, job: Job, should_stop: Callable[[], bool] | None) -> Reply:
+        for key in job.forget:
+            self._engines.pop(key, None)
         entry = self._engines.get(job.key)
         if entry is not None:
             self._engines.move_to_end(job.key)

@@ -51,6 +51,7 @@ from promptbo.server.fidelity import ExampleLedger
 from promptbo.server.limits import Limits, trial_bytes
 from promptbo.server.locks import LockTable
 from promptbo.server.prefetch import DataVersion, still_valid
+from promptbo.server.remote_engine import RemoteEngine
 from promptbo.server.rules import noise, stored_objective
 from promptbo.server.runtime import StudyRuntime
 from promptbo.server.storage.base import Storage
@@ -216,8 +217,13 @@ class StudyCache:
         return live
 
     def forget(self, name: str) -> None:
-        """Drops a deleted study. Caller holds its lock."""
-        self._live.pop(name, None)
+        """Drops a deleted study (and its engines in the suggestion pool's workers).
+        Caller holds its lock."""
+        live = self._live.pop(name, None)
+        rt = live.runtime if live is not None else None
+        engine = rt.engine if rt is not None else None
+        if self.suggest_pool is not None and isinstance(engine, RemoteEngine):
+            self.suggest_pool.forget(engine.key)
 
     # --- uploaded tables --------------------------------------------------------------
     def vocabulary(self, vocab_id: str) -> Vocabulary:

@@ -168,6 +168,8 @@ class SuggestPool:
         self._busy = [False] * workers
         #: Per worker, the mirror of its LRU: study key -> history batches it has seen.
         self._held: list[OrderedDict[str, int]] = [OrderedDict() for _ in range(workers)]
+        #: Per worker, studies it should drop with its next job (see :meth:`forget`).
+        self._drop: list[set[str]] = [set() for _ in range(workers)]
         self._fg: deque[_Request] = deque()
         self._bg: deque[_Request] = deque()
         self._running: set[str] = set()
@@ -210,6 +212,14 @@ class SuggestPool:
     def handle(self, index: int) -> WorkerHandle | None:
         """Worker ``index``'s handle (None before it started); for tests and metrics."""
         return self._handles[index]
+
+    def forget(self, key: str) -> None:
+        """Study ``key`` is gone: every worker holding its engine drops it with its next
+        job."""
+        with self._cond:
+            for i in range(self.size):
+                if self._held[i].pop(key, None) is not None:
+                    self._drop[i].add(key)
 
     # --- state for metrics --------------------------------------------------------------
     def stats(self) -> dict[str, int]:
@@ -260,6 +270,7 @@ class SuggestPool:
     def _replace_locked(self, i: int, dead: WorkerHandle) -> None:
         self.replaced += 1
         self._held[i].clear()
+        self._drop[i].clear()
         self._handles[i] = None
         threading.Thread(target=dead.stop, args=(1.0,), daemon=True).start()
 
@@ -360,6 +371,7 @@ class SuggestPool:
             job.job_id = next(self._ids)
             with self._cond:
                 self.batches_shipped += len(job.batches)
+                job.forget, self._drop[i] = sorted(self._drop[i] - {req.key}), set()
             handle.submit(job.job_id, pickle.dumps(job))
             cancelled = False
             while True:

@@ -238,6 +238,10 @@ def test_an_engine_host_replays_batches_once_and_asks_for_what_it_lacks():
     assert reply.status == "missing" and reply.seen == 2
     host.run(Job(4, "t", 1, None, 0, 0, [], recipe))  # capacity 1: "s" is dropped
     assert list(host.held()) == ["t"]
+    host = EngineHost(capacity=2)
+    host.run(Job(5, "s", 1, None, 0, 0, [], recipe))
+    host.run(Job(6, "t", 1, None, 0, 0, [], recipe, forget=["s"]))  # "s" was deleted
+    assert list(host.held()) == ["t"]
 
 
 def test_make_pool_kinds():
@@ -312,6 +316,7 @@ def _children(pid: int) -> set[int]:
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.isdir("/proc"), reason="lists child processes in /proc")
 def test_promptbo_serve_with_a_process_pool_serves_a_gp_study_and_stops_its_workers(tmp_path):
     import subprocess
