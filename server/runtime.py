@@ -11,7 +11,10 @@ Locks, always taken in this order: the study lock (owned, taken and released by
 :class:`~promptbo.server.study_cache.StudyCache`), then ``engine_lock``, then a compute
 slot (:class:`~promptbo.server.compute.ComputeSlots`, shared by the server's studies),
 then ``inbox_lock`` (a leaf). The background refill never holds the study lock while it
-holds the engine lock.
+holds the engine lock. With a suggestion pool (:mod:`~promptbo.server.suggest_pool`), an
+expensive engine is a :class:`~promptbo.server.remote_engine.RemoteEngine` built from the
+same :class:`~promptbo.server.engine_recipe.EngineRecipe`; its computations take no
+compute slot (the pool bounds them) and run in the pool's workers.
 
 Ready suggestions carry the :class:`~promptbo.server.prefetch.DataVersion` they were
 computed on and are handed out only while :func:`~promptbo.server.prefetch.still_valid`
@@ -104,7 +107,7 @@ class StudyRuntime:
         engine = self.recipe.build()
         #: Whether suggestions are computed by ``suggest_pool`` (expensive engines only).
         self.remote = suggest_pool is not None and not engine.cheap
-        if suggest_pool is not None and not engine.cheap:
+        if suggest_pool is not None and self.remote:
             engine = RemoteEngine(self.recipe, suggest_pool, probe=engine)
         self.engine: Engine = engine
         self.engine_lock = threading.Lock()

@@ -140,7 +140,6 @@ class _Request:
     background: bool
     worker: int | None = None
     attempts: int = 0
-    dropped: bool = False
 
 
 class SuggestPool:
