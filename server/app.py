@@ -60,7 +60,11 @@ class ServerOptions:
     ``principals``: named tokens with roles and scopes (instead of ``auth_token``);
     ``suggest_workers``: engine computations that may run at once (0: one per available
     core; see :mod:`~promptbo.server.compute`). :func:`serve` also sets torch's thread
-    count to match; an embedded server (:func:`create_server`) leaves it to its host."""
+    count to match; an embedded server (:func:`create_server`) leaves it to its host.
+    ``suggest_pool``: where expensive engines compute, ``thread`` (this process; the
+    default here, ``promptbo serve`` defaults to ``process``), ``process`` or ``ray`` (see
+    :mod:`~promptbo.server.suggest_pool`); ``ray_address``: the Ray cluster of ``ray``
+    ("": the connected or a new local one)."""
 
     host: str = "127.0.0.1"
     port: int = 50051
@@ -76,6 +80,8 @@ class ServerOptions:
     #: see :mod:`promptbo.server.http`.
     http_port: int = -1
     suggest_workers: int = 0
+    suggest_pool: str = "thread"
+    ray_address: str = ""
 
 
 class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
@@ -170,7 +176,8 @@ def create_server(
     store = open_storage(storage) if isinstance(storage, str) else storage
     limits = replace(opts.limits, max_message_bytes=opts.max_message_bytes)
     manager = StudyManager(store, prefetch=opts.prefetch, limits=limits,
-                           suggest_workers=opts.suggest_workers)
+                           suggest_workers=opts.suggest_workers,
+                           suggest_pool=opts.suggest_pool, ray_address=opts.ray_address)
     executor = futures.ThreadPoolExecutor(max_workers=opts.max_workers, thread_name_prefix="rpc")
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True, name="promptbo-grpc")
@@ -267,10 +274,13 @@ def serve(
     opts = options or ServerOptions()
     workers = compute.suggest_workers(opts.suggest_workers)
     threads = compute.configure_torch_threads(workers)
-    log.info("suggestions: %d at once, %d torch thread(s) each, %d core(s) available",
-             workers, threads, compute.available_cores())
+    log.info("suggestions: %d at once (%s pool), %d torch thread(s) each, %d core(s) "
+             "available", workers, opts.suggest_pool, threads, compute.available_cores())
     store = open_storage(storage_url)
     server, port, manager = create_server(store, opts)
+    pool = manager.studies.suggest_pool
+    if pool is not None:  # its workers load their libraries while the server starts
+        threading.Thread(target=pool.start, name="promptbo-pool-start", daemon=True).start()
     stopped = threading.Event()
 
     def on_signal(signum, frame):

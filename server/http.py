@@ -169,6 +169,29 @@ def _prefetch_metrics(manager: StudyManager):
     g = GaugeMetricFamily("promptbo_compute_slots_busy", "Engine computations running now")
     g.add_metric([], slots.busy)
     yield g
+    pool = manager.studies.suggest_pool
+    if pool is None:
+        return
+    stats = pool.stats()
+    for name, key, text in (
+        ("promptbo_pool_workers", "workers", "Suggestion pool workers (--suggest-workers)"),
+        ("promptbo_pool_workers_alive", "alive", "Suggestion pool workers started and alive"),
+        ("promptbo_pool_workers_busy", "busy", "Suggestion pool workers computing a job"),
+        ("promptbo_pool_jobs_queued", "queued", "Suggestion jobs waiting for a pool worker"),
+    ):
+        g = GaugeMetricFamily(name, text)
+        g.add_metric([], stats[key])
+        yield g
+    for name, key, text in (
+        ("promptbo_pool_jobs_retried", "retried", "Jobs retried because their worker died"),
+        ("promptbo_pool_workers_replaced", "replaced", "Pool workers replaced after dying"),
+        ("promptbo_pool_history_batches_shipped", "batches_shipped",
+         "Batches of study history sent to pool workers"),
+        ("promptbo_pool_jobs", "jobs_done", "Jobs pool workers answered"),
+    ):
+        c = CounterMetricFamily(name, text)
+        c.add_metric([], stats[key])
+        yield c
 
 
 def _code_name(context, failed: bool) -> str:

@@ -48,6 +48,7 @@ from promptbo.server.specdiff import VOCABULARY_FIELDS, paths, spec_differences
 from promptbo.server.storage.base import Storage
 from promptbo.server.storage.memory import check_text
 from promptbo.server.study_cache import EngineFactory, LiveStudy, StudyCache
+from promptbo.server.suggest_pool import make_pool
 
 __all__ = [
     "MAX_PAGE_SIZE", "MAX_SUGGEST_COUNT", "Event", "KnownTrial", "StudyManager", "TrialResult",
@@ -70,6 +71,12 @@ class StudyManager:
         limits: the server's resource bounds (see :mod:`promptbo.server.limits`).
         suggest_workers: engine computations that may run at once, foreground and
             prefetch (0: one per available core; see :mod:`promptbo.server.compute`).
+        suggest_pool: where expensive engines compute: ``thread`` (default: threads of
+            this process), ``process`` (``suggest_workers`` worker processes) or ``ray``
+            (as many Ray actors, on ``ray_address`` or a local Ray); see
+            :mod:`promptbo.server.suggest_pool`. Workers start on first use.
+        ray_address: the Ray cluster of ``suggest_pool="ray"`` ("": the connected or a
+            new local one).
 
     ``studies`` (the :class:`~promptbo.server.study_cache.StudyCache`) and ``events``
     (the :class:`~promptbo.server.events.EventHub`) are its parts.
@@ -83,6 +90,8 @@ class StudyManager:
         prefetch: int = 0,
         limits: Limits | None = None,
         suggest_workers: int = 0,
+        suggest_pool: str = "thread",
+        ray_address: str = "",
     ) -> None:
         self.storage = storage
         self.limits = limits or Limits()
@@ -91,12 +100,13 @@ class StudyManager:
             from promptbo.server.optim import make_engine
 
             engine_factory = make_engine
+        pool = make_pool(suggest_pool, suggest_workers, ray_address=ray_address)
         self.studies = StudyCache(storage, self.limits, engine_factory, prefetch,
-                                  suggest_workers)
+                                  suggest_workers, pool)
         self.events = EventHub()
 
     def close(self) -> None:
-        """Stops prefetching (a running refill finishes first)."""
+        """Stops prefetching and the suggestion pool's workers."""
         self.studies.close()
 
     # --- vocabularies and pools --------------------------------------------------------

@@ -11,7 +11,10 @@ Locks, always taken in this order: the study lock (owned, taken and released by
 :class:`~promptbo.server.study_cache.StudyCache`), then ``engine_lock``, then a compute
 slot (:class:`~promptbo.server.compute.ComputeSlots`, shared by the server's studies),
 then ``inbox_lock`` (a leaf). The background refill never holds the study lock while it
-holds the engine lock.
+holds the engine lock. With a suggestion pool (:mod:`~promptbo.server.suggest_pool`), an
+expensive engine is a :class:`~promptbo.server.remote_engine.RemoteEngine` built from the
+same :class:`~promptbo.server.engine_recipe.EngineRecipe`; its computations take no
+compute slot (the pool bounds them) and run in the pool's workers.
 
 Ready suggestions carry the :class:`~promptbo.server.prefetch.DataVersion` they were
 computed on and are handed out only while :func:`~promptbo.server.prefetch.still_valid`
@@ -46,11 +49,15 @@ from promptbo.server.domain import (
     StudySpec,
     Vocabulary,
 )
+from promptbo.server.engine_recipe import EngineRecipe
 from promptbo.server.prefetch import DataVersion, Pace, still_valid
+from promptbo.server.remote_engine import RemoteEngine
 from promptbo.server.transfer_sources import LoadedSource
 
 if TYPE_CHECKING:
+    from promptbo.server.optim.base import Engine
     from promptbo.server.optim.transfer import SourceData
+    from promptbo.server.suggest_pool import SuggestPool
 
 log = logging.getLogger(__name__)
 
@@ -64,36 +71,45 @@ class StudyRuntime:
         engine_factory: ``make_engine``-compatible callable.
         sources, source_notes: the study's transfer sources and notes on unusable ones.
         slots: bounds the server's concurrent engine computations (None: unbounded).
+        suggest_pool: computes the suggestions of an expensive engine in worker processes
+            (a :class:`~promptbo.server.remote_engine.RemoteEngine` then stands in for the
+            engine; ``slots`` are not taken, the pool bounds its own computations); None:
+            in this process.
     """
 
     def __init__(self, spec: StudySpec, vocab: Vocabulary | Pool | None,
                  engine_factory: Callable, sources: Sequence[LoadedSource] = (),
                  source_notes: dict[str, str] | None = None,
-                 slots: ComputeSlots | None = None):
+                 slots: ComputeSlots | None = None,
+                 suggest_pool: SuggestPool | None = None):
         self.spec = spec
         #: The strategy's name, as telemetry labels it.
         self.strategy = spec.strategy or "gp"
         self.pool = vocab if isinstance(vocab, Pool) else None
         vocab = None if isinstance(vocab, Pool) else vocab
         self.vocab = vocab
-        self.engine = engine_factory(
-            spec.space, spec.strategy, spec.strategy_options, spec.seed,
-            self.pool.embeddings if self.pool is not None
-            else None if vocab is None else vocab.embeddings,
-        )
         self.row_of: dict[int, int] = (
             {} if vocab is None else {tid: row for row, tid in enumerate(vocab.token_ids)}
         )
-        configure = getattr(self.engine, "configure_fidelity", None)
-        if configure is not None:
-            configure(spec.pool_size, spec.examples_per_trial)
         #: Why a transfer source is not used (by name); see :mod:`..transfer_sources`.
         self.source_notes = dict(source_notes or {})
-        if spec.transfer_from:
-            from promptbo.server.optim.transfer import TransferEngine
-
-            self.engine = TransferEngine(self.engine, [self._source_data(s) for s in sources],
-                                         spec.transfer, spec.strategy)
+        #: Builds the study's engine, here or on a suggestion pool's worker.
+        self.recipe = EngineRecipe(
+            space=spec.space, strategy=spec.strategy, options=dict(spec.strategy_options),
+            seed=spec.seed,
+            embeddings=self.pool.embeddings if self.pool is not None
+            else None if vocab is None else vocab.embeddings,
+            pool_size=spec.pool_size, examples_per_trial=spec.examples_per_trial,
+            transfer=spec.transfer, transfer_from=bool(spec.transfer_from),
+            sources=[self._source_data(s) for s in sources] if spec.transfer_from else (),
+            factory=engine_factory,
+        )
+        engine = self.recipe.build()
+        #: Whether suggestions are computed by ``suggest_pool`` (expensive engines only).
+        self.remote = suggest_pool is not None and not engine.cheap
+        if suggest_pool is not None and self.remote:
+            engine = RemoteEngine(self.recipe, suggest_pool, probe=engine)
+        self.engine: Engine = engine
         self.engine_lock = threading.Lock()
         self.inbox_lock = threading.Lock()
         self._inbox: list[tuple[Prompt, float, float | None, int]] = []
@@ -176,16 +192,23 @@ class StudyRuntime:
             self.num_observed += len(items)
 
     def _suggest_locked(self, n: int, pending: Sequence[Prompt],
-                        cancelled: Callable[[], bool] | None = None) -> list[Prompt]:
+                        cancelled: Callable[[], bool] | None = None,
+                        background: bool = False) -> list[Prompt]:
         """The engine's suggestions, remembering the examples it asks for. Caller holds
-        ``engine_lock``; ``cancelled`` is polled while the engine computes."""
-        self.engine.should_stop = cancelled
+        ``engine_lock``; ``cancelled`` is polled while the engine computes;
+        ``background``: a prefetch refill (a pool queues it after foreground ones)."""
+        engine = self.engine
+        engine.should_stop = cancelled
+        if isinstance(engine, RemoteEngine):
+            engine.background = background
         t0 = time.perf_counter()
         try:
             with telemetry.strategy_context(self.strategy):
-                prompts = self.decode(self.engine.suggest(n, self._pending(pending)))
+                prompts = self.decode(engine.suggest(n, self._pending(pending)))
         finally:
-            self.engine.should_stop = None
+            engine.should_stop = None
+            if isinstance(engine, RemoteEngine):
+                engine.background = False
         seconds = time.perf_counter() - t0
         self.pace.suggested(seconds)
         telemetry.observe_suggestion(self.strategy, seconds)
@@ -217,7 +240,7 @@ class StudyRuntime:
         return waiting or not still_valid(version, self.version)
 
     def _slot(self) -> AbstractContextManager[None]:
-        return nullcontext() if self._slots is None else self._slots.hold()
+        return nullcontext() if self._slots is None or self.remote else self._slots.hold()
 
     def ready_count(self) -> int:
         """Prefetched prompts that may still be handed out; a stale batch is dropped.
@@ -261,7 +284,8 @@ class StudyRuntime:
             with self.engine_lock, self._slot():
                 self._drain()
                 version = self.engine_version
-                prompts = self._suggest_locked(count, pending, lambda: self._yield(version))
+                prompts = self._suggest_locked(count, pending, lambda: self._yield(version),
+                                               background=True)
             store(prompts, version)
         except CancelledError:
             log.debug("a prefetch went stale or yielded to a foreground suggestion")

@@ -19,7 +19,9 @@ Ready suggestions that new data made stale are never handed out (the rule is in
 :mod:`~promptbo.server.prefetch`); a refill that went stale is dropped and started again.
 
 All engine computations of the server, foreground and prefetch, share ``suggest_workers``
-compute slots (:mod:`~promptbo.server.compute`); the prefetch threads are as many.
+compute slots (:mod:`~promptbo.server.compute`); the prefetch threads are as many. With a
+suggestion pool (:mod:`~promptbo.server.suggest_pool`) expensive engines compute in the
+pool's workers instead, which bound and schedule those computations themselves.
 """
 
 from __future__ import annotations
@@ -49,9 +51,11 @@ from promptbo.server.fidelity import ExampleLedger
 from promptbo.server.limits import Limits, trial_bytes
 from promptbo.server.locks import LockTable
 from promptbo.server.prefetch import DataVersion, still_valid
+from promptbo.server.remote_engine import RemoteEngine
 from promptbo.server.rules import noise, stored_objective
 from promptbo.server.runtime import StudyRuntime
 from promptbo.server.storage.base import Storage
+from promptbo.server.suggest_pool import SuggestPool
 
 log = logging.getLogger(__name__)
 
@@ -110,17 +114,20 @@ class StudyCache:
         prefetch: suggestions to keep ready per study (0: none, fully reproducible).
         suggest_workers: engine computations that may run at once (0: one per available
             core; see :mod:`~promptbo.server.compute`).
+        suggest_pool: computes expensive engines' suggestions in its workers (None: in
+            this process's threads); the cache owns it and closes it.
     """
 
     def __init__(
         self, storage: Storage, limits: Limits, engine_factory: EngineFactory, prefetch: int = 0,
-        suggest_workers: int = 0,
+        suggest_workers: int = 0, suggest_pool: SuggestPool | None = None,
     ) -> None:
         self.storage = storage
         self.limits = limits
         self.prefetch = prefetch
         self._make_engine = engine_factory
         self.slots = compute.ComputeSlots(compute.suggest_workers(suggest_workers))
+        self.suggest_pool = suggest_pool
         self._executor = (
             ThreadPoolExecutor(max_workers=self.slots.size, thread_name_prefix="prefetch")
             if prefetch else None
@@ -131,9 +138,14 @@ class StudyCache:
         self._pool_cache: dict[str, Pool] = {}
 
     def close(self) -> None:
-        """Stops prefetching (a running refill finishes first)."""
+        """Stops prefetching and the suggestion pool's workers (a running refill is
+        cancelled with the pool, or finishes first without one)."""
         if self._executor is not None:
-            self._executor.shutdown(wait=True, cancel_futures=True)
+            self._executor.shutdown(wait=self.suggest_pool is None, cancel_futures=True)
+        if self.suggest_pool is not None:
+            self.suggest_pool.close()
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
 
     # --- the study lock ---------------------------------------------------------------
     def lock(self, name: str) -> AbstractContextManager[None]:
@@ -205,8 +217,13 @@ class StudyCache:
         return live
 
     def forget(self, name: str) -> None:
-        """Drops a deleted study. Caller holds its lock."""
-        self._live.pop(name, None)
+        """Drops a deleted study (and its engines in the suggestion pool's workers).
+        Caller holds its lock."""
+        live = self._live.pop(name, None)
+        rt = live.runtime if live is not None else None
+        engine = rt.engine if rt is not None else None
+        if self.suggest_pool is not None and isinstance(engine, RemoteEngine):
+            self.suggest_pool.forget(engine.key)
 
     # --- uploaded tables --------------------------------------------------------------
     def vocabulary(self, vocab_id: str) -> Vocabulary:
@@ -264,7 +281,7 @@ class StudyCache:
         """A runtime with a fresh engine for ``spec`` (building it validates the space,
         the strategy and its options)."""
         return StudyRuntime(spec, self.check_space(spec), self._make_engine,
-                            *self.sources(spec), slots=self.slots)
+                            *self.sources(spec), slots=self.slots, suggest_pool=self.suggest_pool)
 
     def runtime(self, live: LiveStudy) -> StudyRuntime:
         """The study's runtime, its engine rebuilt from stored trials on first use.

@@ -6,8 +6,9 @@ check of an empty list unless an observer is registered. The HTTP side
 
 - :func:`observe_suggestion`: seconds an engine spent computing one batch of suggestions
   (foreground or background prefetch), by strategy;
-- :func:`observe_fit` (and the :func:`fit_timer` context manager): seconds spent fitting
-  one GP surrogate, by strategy;
+- :func:`observe_fit` (and the :func:`fit_timer` context manager, and :func:`fit_done` for
+  a fit a suggestion pool's worker ran): seconds spent fitting one GP surrogate, by
+  strategy;
 - :func:`lease_expired`: trials of a study whose lease lapsed and were handed out again.
 
 The strategy of a fit is the one of the suggestion that runs it: the study runtime sets it
@@ -78,6 +79,13 @@ def observe_fit(strategy: str, seconds: float) -> None:
 def lease_expired(study: str, count: int = 1) -> None:
     if _observers and count > 0:
         _each("lease_expired", study, count)
+
+
+def fit_done(seconds: float) -> None:
+    """Reports one GP fit of the current strategy that took ``seconds`` elsewhere (in a
+    suggestion pool's worker)."""
+    if _observers:
+        observe_fit(_strategy.get(), seconds)
 
 
 @contextlib.contextmanager

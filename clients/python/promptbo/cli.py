@@ -4,7 +4,8 @@
 
     promptbo serve  [--storage URL] [--host H] [--port P] [--auth-token-file F]
                     [--tls-cert C --tls-key K] [--prefetch N] [--max-workers N]
-                    [--suggest-workers N]
+                    [--suggest-workers N] [--suggest-pool {process,thread,ray}]
+                    [--ray-address ADDR]
     promptbo study  list | show NAME | best NAME | trials NAME | plot NAME -o F.png
                     | create NAME [spec flags] | update NAME --max-trials N | delete NAME
                     [--server H:P]
@@ -145,6 +146,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--suggest-workers", type=int, default=0,
                    help="suggestion computations that run at once, each on "
                         "cores/N torch threads (0, the default: one per available core)")
+    p.add_argument("--suggest-pool", choices=("process", "thread", "ray"), default="process",
+                   help="where GP-based suggestions compute: worker processes (default), "
+                        "threads of the server process, or Ray actors; cheap strategies "
+                        "always compute in the server process")
+    p.add_argument("--ray-address", default="",
+                   help="the Ray cluster of --suggest-pool ray (default: a local one)")
     p.add_argument("--http-port", type=int, default=-1,
                    help="serve the web dashboard and Prometheus /metrics on this port "
                         "(0: a free one; default: off)")
@@ -316,6 +323,7 @@ def _serve(args) -> int:
         limits=Limits(max_study_memory_bytes=args.max_study_mb * 1024 * 1024),
         principals=principals,
         http_port=args.http_port, suggest_workers=args.suggest_workers,
+        suggest_pool=args.suggest_pool, ray_address=args.ray_address,
     )
     try:
         serve(args.storage, opts, port_file=args.port_file)
