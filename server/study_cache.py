@@ -49,6 +49,7 @@ from promptbo.server.fidelity import ExampleLedger
 from promptbo.server.limits import Limits, trial_bytes
 from promptbo.server.locks import LockTable
 from promptbo.server.prefetch import DataVersion, still_valid
+from promptbo.server.replica_sync import ReplicaSync
 from promptbo.server.rules import noise, stored_objective
 from promptbo.server.runtime import StudyRuntime
 from promptbo.server.storage.base import Storage
@@ -129,6 +130,8 @@ class StudyCache:
         self._live: dict[str, LiveStudy] = {}
         self._vocab_cache: dict[str, Vocabulary] = {}
         self._pool_cache: dict[str, Pool] = {}
+        #: Keeps studies in step with other replicas' writes (a shared storage only).
+        self.replicas = ReplicaSync(storage, LiveStudy) if storage.shared else None
 
     def close(self) -> None:
         """Stops prefetching (a running refill finishes first)."""
@@ -181,6 +184,12 @@ class StudyCache:
         """The study's state, loaded on first use (NotFoundError if it does not exist).
         Caller holds its lock."""
         live = self._live.get(name)
+        if self.replicas is not None:  # another replica may have written: catch up
+            try:
+                live = self._live[name] = self.replicas.fresh(name, live)
+            except NotFoundError:
+                self._live.pop(name, None)
+                raise
         if live is None:
             study = self.storage.get_study(name)
             live = self._live[name] = LiveStudy(study, self.storage.list_trials(name))

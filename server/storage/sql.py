@@ -528,9 +528,9 @@ class SqlStorage(Storage):
                         "ALTER TABLE trials ADD COLUMN principal TEXT NOT NULL DEFAULT ''"
                     )
                 if stored <= 2:  # version 3 added the change markers
-                    for table in ("studies", "trials"):
+                    for name in ("studies", "trials"):
                         conn.exec_driver_sql(
-                            f"ALTER TABLE {table} ADD COLUMN version BIGINT NOT NULL DEFAULT 0"
+                            f"ALTER TABLE {name} ADD COLUMN version BIGINT NOT NULL DEFAULT 0"
                         )
                 conn.execute(schema_table.update().values(version=SCHEMA_VERSION))
             conn.execute(CreateIndex(trials_by_state, if_not_exists=True))
