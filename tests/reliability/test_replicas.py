@@ -1,0 +1,245 @@
+"""Several replicas on one database: every replica serves every study, and handouts,
+budgets, caps, leases and repeated completions stay exact across them.
+
+Two layers:
+
+- in-process: three :class:`StudyManager` objects on one shared SQLite file (always) and
+  on one PostgreSQL schema (when ``PROMPTBO_TEST_POSTGRES_URL`` is set, as the storage
+  contract tests), calls spread over them;
+- real servers: three ``promptbo serve`` processes on port 0 sharing one PostgreSQL
+  schema, clients spread over them, and a kill -9 drill (one replica killed at a time,
+  restarted, clients failing over): every acknowledged result stored, no trial held by
+  two clients at once, counts within budget, ``promptbo admin check`` clean.
+  PROMPTBO_REPLICA_KILLS sets the drill's kills (default 3); ``python -m
+  benchmarks.replicas`` runs a longer one.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from promptbo.errors import FailedPreconditionError, ResourceExhaustedError
+from promptbo.server.domain import SoftPromptSpace, StudySpec, StudyState, TrialState
+from promptbo.server.manager import StudyManager
+from promptbo.server.storage.sql import SqlStorage
+from tests.storage.conftest import _postgres_schema, postgres_url
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def spec(**kw) -> StudySpec:
+    kw.setdefault("strategy", "random")
+    return StudySpec(space=SoftPromptSpace(2, 3), lease_seconds=10, **kw)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def database(request, tmp_path) -> Iterator[str]:
+    """The URL of an empty database the replicas share."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'replicas.db'}"
+        return
+    url, drop = _postgres_schema(postgres_url())
+    yield url
+    drop()
+
+
+@pytest.fixture
+def replicas(database) -> Iterator[tuple[list[StudyManager], Clock]]:
+    """Three managers, each with its own storage connection, on one shared database."""
+    clock = Clock()
+    stores = [SqlStorage(database) for _ in range(3)]
+    for s in stores:
+        s.shared = True
+    managers = [StudyManager(s, clock=clock) for s in stores]
+    yield managers, clock
+    for m in managers:
+        m.close()
+        m.storage.close()
+
+
+def test_a_storage_says_whether_it_is_shared(database):
+    store = SqlStorage(database)
+    try:
+        assert store.shared == database.startswith("postgresql")
+    finally:
+        store.close()
+
+
+def test_any_replica_serves_any_study(replicas):
+    (a, b, c), _ = replicas
+    a.create_study("s", spec(max_trials=4))
+    assert b.create_study("s", spec(max_trials=4))[1] is False  # get, not create
+    (t1,), _ = b.suggest_trials("s", 1, "w1")
+    (t2,), _ = c.suggest_trials("s", 1, "w2")
+    assert t1.id != t2.id
+    a.complete_trial("s", t1.id, 1.0, client_id="w1")
+    c.complete_trial("s", t2.id, 3.0, client_id="w2")
+    for m in (a, b, c):
+        counts = m.study_counts("s")
+        assert (counts[TrialState.COMPLETED], counts[TrialState.ACTIVE]) == (2, 0)
+        assert m.best_trial("s").id == t2.id
+
+
+def test_the_budget_is_exact_across_replicas(replicas):
+    (a, b, c), _ = replicas
+    a.create_study("s", spec(max_trials=5))
+    handed = [m.suggest_trials("s", 2, f"w{i}")[0] for i, m in enumerate((a, b, c))]
+    assert [len(h) for h in handed] == [2, 2, 1]
+    ids = [t.id for h in handed for t in h]
+    assert sorted(ids) == [1, 2, 3, 4, 5]
+    for i, h in enumerate(handed):
+        for t in h:
+            (a, b, c)[(i + 1) % 3].complete_trial("s", t.id, float(t.id), client_id=f"w{i}")
+    for m in (a, b, c):
+        assert m.suggest_trials("s", 1, "late") == ([], True)
+        assert m.get_study("s").state is StudyState.COMPLETED
+
+
+def test_the_active_cap_is_exact_across_replicas(replicas):
+    (a, b, c), _ = replicas
+    a.create_study("s", spec(max_active_trials=2))
+    a.suggest_trials("s", 1, "w0")
+    b.suggest_trials("s", 1, "w1")
+    with pytest.raises(ResourceExhaustedError):
+        c.suggest_trials("s", 1, "w2")
+
+
+def test_a_stale_replica_never_exceeds_the_budget(replicas):
+    (a, b, _), _ = replicas
+    a.create_study("s", spec(max_trials=3))
+    b.study_counts("s")  # b caches the study while it is empty
+    (t,), _ = a.suggest_trials("s", 1, "w0")
+    assert len(a.suggest_trials("s", 2, "w1")[0]) == 2
+    assert b.suggest_trials("s", 5, "w2") == ([], False)  # nothing left, none stored
+    assert len(b.storage.list_trials("s")) == 3
+
+
+def test_an_expired_trial_goes_to_one_client_only(replicas):
+    (a, b, c), clock = replicas
+    a.create_study("s", spec(max_trials=1))
+    (t,), _ = a.suggest_trials("s", 1, "w0")
+    b.study_counts("s")
+    c.study_counts("s")
+    clock.now += 11  # w0's lease ran out
+    (t1,), _ = b.suggest_trials("s", 1, "w1")
+    assert t1.id == t.id and t1.client_id == "w1"
+    assert c.suggest_trials("s", 1, "w2") == ([], False)  # w1 holds it now
+    with pytest.raises(FailedPreconditionError, match="held by another worker"):
+        c.complete_trial("s", t.id, 1.0, client_id="w0")
+    with pytest.raises(FailedPreconditionError, match="held by another worker"):
+        a.heartbeat_trial("s", t.id, "w0")
+
+
+def test_a_completion_retried_on_another_replica_is_acknowledged_once(replicas):
+    (a, b, c), _ = replicas
+    a.create_study("s", spec(max_trials=2))
+    (t,), _ = a.suggest_trials("s", 1, "w0")
+    done = a.complete_trial("s", t.id, 0.5, client_id="w0")
+    again = b.complete_trial("s", t.id, 0.5, client_id="w0")  # a retry after a failover
+    assert again == done
+    with pytest.raises(FailedPreconditionError, match="completed once"):
+        c.complete_trial("s", t.id, 0.7, client_id="w0")
+    assert [x.value for x in c.storage.list_trials("s")] == [0.5]
+
+
+def test_racing_completions_store_one_result(replicas):
+    (a, b, _), _ = replicas
+    a.create_study("s", spec())
+    (t,), _ = a.suggest_trials("s", 1, "")
+    b.study_counts("s")  # b holds the trial as active too
+    a.complete_trial("s", t.id, 1.0)
+    with pytest.raises(FailedPreconditionError, match="completed once"):
+        b.complete_trial("s", t.id, 2.0)
+    assert b.storage.get_trial("s", t.id).value == 1.0
+
+
+def test_every_replicas_engine_learns_every_result(replicas):
+    (a, b, c), _ = replicas
+    a.create_study("s", spec(max_trials=6))
+    for i, m in enumerate((a, b, c)):
+        m.suggest_trials("s", 1, f"w{i}")  # every replica builds its engine
+    trials = a.storage.list_trials("s")
+    assert len(trials) == 3
+    for i, t in enumerate(trials):
+        (a, b, c)[i].complete_trial("s", t.id, float(i))
+    for m in (a, b, c):
+        m.study_counts("s")  # catches up
+        live = m.studies.peek("s")
+        assert live is not None and live.runtime is not None
+        assert live.runtime.version.observed == 3
+
+
+def test_results_from_elsewhere_invalidate_prefetched_suggestions(replicas):
+    (a, b, _), _ = replicas
+    a.create_study("s", spec())
+    a.suggest_trials("s", 1, "w")
+    rt = a.studies.peek("s").runtime
+    epoch = rt.version.epoch
+    (t,), _ = b.suggest_trials("s", 1, "x")
+    b.complete_trial("s", t.id, 1.0, client_id="x")
+    a.study_counts("s")
+    assert rt.version.epoch > epoch  # suggestions computed before are not handed out
+
+
+def test_a_study_deleted_on_one_replica_is_gone_on_all(replicas):
+    (a, b, _), _ = replicas
+    a.create_study("s", spec())
+    b.study_counts("s")
+    a.delete_study("s")
+    from promptbo.errors import NotFoundError
+
+    with pytest.raises(NotFoundError):
+        b.suggest_trials("s", 1, "w")
+
+
+def test_concurrent_workers_on_three_replicas_stay_exact(replicas):
+    managers, _ = replicas
+    budget = 60
+    managers[0].create_study("s", spec(max_trials=budget, max_active_trials=4))
+    acked: dict[int, float] = {}
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+
+    def worker(k: int) -> None:
+        try:
+            for step in range(400):
+                m = managers[(k + step) % 3]
+                try:
+                    trials, done = m.suggest_trials("s", 1, f"w{k}")
+                except ResourceExhaustedError:
+                    continue
+                if done:
+                    return
+                for t in trials:
+                    value = float(t.id) + k / 10
+                    m2 = managers[(k + step + 1) % 3]
+                    try:
+                        out = m2.complete_trial("s", t.id, value, client_id=f"w{k}")
+                    except FailedPreconditionError:
+                        continue
+                    with lock:
+                        assert t.id not in acked
+                        acked[t.id] = out.value
+        except BaseException as e:  # reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(6)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(timeout=120)
+    assert not errors, errors
+    stored = managers[0].storage.list_trials("s")
+    assert {t.id: t.value for t in stored if t.state is TrialState.COMPLETED} == acked
+    assert len(acked) == budget and len(stored) == budget
+    assert managers[0].storage.check_integrity() == []
+
