@@ -16,11 +16,14 @@ Two layers:
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Iterator
 
 import pytest
 
+import promptbo
+from benchmarks.replicas import Replica, run_drill
 from promptbo.errors import FailedPreconditionError, ResourceExhaustedError
 from promptbo.server.domain import SoftPromptSpace, StudySpec, StudyState, TrialState
 from promptbo.server.manager import StudyManager
@@ -243,3 +246,72 @@ def test_concurrent_workers_on_three_replicas_stay_exact(replicas):
     assert len(acked) == budget and len(stored) == budget
     assert managers[0].storage.check_integrity() == []
 
+
+
+# --- real servers on one PostgreSQL --------------------------------------------------------
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    url, drop = _postgres_schema(postgres_url())
+    yield url
+    drop()
+
+
+@pytest.fixture
+def servers(pg_url, tmp_path) -> Iterator[list[Replica]]:
+    """Three ``promptbo serve`` processes on port 0 sharing one PostgreSQL schema."""
+    started = [Replica(pg_url, tmp_path, i) for i in range(3)]
+    try:
+        for s in started:
+            s.start()
+        yield started
+    finally:
+        for s in started:
+            s.stop()
+
+
+@pytest.mark.postgres
+def test_three_servers_serve_one_study(servers):
+    a, b, c = (promptbo.Client(s.address, client_id="w", timeout=30) for s in servers)
+    try:
+        created = a.create_study("s", promptbo.SoftPromptSpace(2, 2), strategy="random",
+                                 max_trials=4, max_active_trials=2, lease_seconds=60)
+        same = b.create_study("s", promptbo.SoftPromptSpace(2, 2), strategy="random",
+                              max_trials=4, max_active_trials=2, lease_seconds=60)
+        assert same.name == created.name
+        on_b, on_c = b.get_study("s"), c.get_study("s")
+        (t1,) = on_b.ask(1)
+        assert [t.id for t in on_c.ask(1)] == [t1.id]  # the same client's own trial back
+        (t2,) = on_c.ask(1, client_id="other")
+        with pytest.raises(promptbo.ResourceExhaustedError):  # the cap, counted on a
+            a.get_study("s").ask(1, client_id="third")
+        on_c.tell(t1, 1.0)
+        assert on_b.tell(t1, 1.0).value == 1.0  # a repeat on another replica: acknowledged
+        with pytest.raises(promptbo.FailedPreconditionError):
+            a.get_study("s").tell(t1, 2.0)
+        on_b.tell(t2, 3.0, client_id="other")
+        rest = a.get_study("s").ask(5, client_id="third")
+        assert len(rest) == 2  # the budget: 4 in all
+        for t in rest:
+            b.get_study("s").tell(t, 0.5, client_id="third")
+        for client in (a, b, c):
+            study = client.get_study("s")
+            assert study.done and study.best_trial().id == t2.id
+            assert sorted(t.id for t in study.trials()) == [1, 2, 3, 4]
+    finally:
+        for client in (a, b, c):
+            client.close()
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_kill_9_one_replica_at_a_time_loses_nothing(pg_url, tmp_path):
+    kills = int(os.environ.get("PROMPTBO_REPLICA_KILLS", "3"))
+    figures = run_drill(pg_url, replicas=3, workers=4, studies=2, budget=40, kills=kills,
+                        kill_every=1.5, seconds=240, folder=tmp_path)
+    print(figures)
+    assert figures["replicas_killed"] == kills, "the load ended first: raise the budget"
+    assert figures["results_lost"] == 0 and figures["acknowledged_twice_differently"] == 0
+    assert figures["double_handouts"] == 0 and figures["over_budget"] == []
+    assert figures["studies_complete"] and figures["results_stored"] == 80
+    assert figures["integrity_problems"] == [] and figures["admin_check_rc"] == 0
+    assert figures["worker_errors"] == []
