@@ -187,8 +187,11 @@ _BUMP_VERSION = (
 )
 _counted = sa.and_(trials.c.source != "reference")
 _active = sa.and_(_counted, trials.c.state == TrialState.ACTIVE.value)
-# The last id, and with a handout guard the trials it counts (see HandoutGuard).
-_LAST_TRIAL_ID = sa.select(
+_LAST_TRIAL_ID = sa.select(sa.func.max(trials.c.id)).where(
+    trials.c.study == sa.bindparam("study")
+)
+# The last id and the trials a handout guard counts (see HandoutGuard).
+_LAST_TRIAL_ID_AND_COUNTS = sa.select(
     sa.func.max(trials.c.id),
     sa.func.count().filter(
         sa.and_(_counted, trials.c.state.in_([TrialState.ACTIVE.value,
@@ -206,6 +209,29 @@ _UPDATE_TRIAL = (
 )
 # The same, only while the stored trial still has the expected state, holder and lease.
 _UPDATE_HELD_TRIAL = _UPDATE_TRIAL.where(
+    trials.c.state == sa.bindparam("held_state"),
+    trials.c.client_id == sa.bindparam("held_client_id"),
+    trials.c.lease_deadline == sa.bindparam("held_lease_deadline", type_=sa.Double),
+)
+# PostgreSQL only, one trial in one statement (one round trip): the CTE bumps the study's
+# marker, locking its row while the update computes the new row, before it locks the trial.
+_BUMPED = (
+    studies.update()
+    .where(studies.c.name == sa.bindparam("key_study"))
+    .values(version=studies.c.version + 1)
+    .returning(studies.c.version)
+    .cte("bumped")
+)
+_UPDATE_ONE_TRIAL = (
+    trials.update()
+    .where(trials.c.study == sa.bindparam("key_study"), trials.c.id == sa.bindparam("key_id"))
+    # Parameters named apart from the columns: the CTE's table has columns of those names.
+    .values({c.name: sa.bindparam(f"b_{c.name}", type_=c.type) for c in trials.c
+             if c.name not in ("study", "id", "version")})
+    .values(version=sa.select(_BUMPED.c.version).scalar_subquery())
+    .add_cte(_BUMPED)
+)
+_UPDATE_ONE_HELD_TRIAL = _UPDATE_ONE_TRIAL.where(
     trials.c.state == sa.bindparam("held_state"),
     trials.c.client_id == sa.bindparam("held_client_id"),
     trials.c.lease_deadline == sa.bindparam("held_lease_deadline", type_=sa.Double),
@@ -705,9 +731,12 @@ class SqlStorage(Storage):
         rows = [_trial_row(t) for t in trials_]
         with self._write() as conn:
             version = self._bump(conn, study)
-            last, budget, held = conn.execute(
-                _LAST_TRIAL_ID, {"study": study, "now": guard.now if guard else 0.0}
-            ).one()
+            if guard is None:
+                last, budget, held = conn.execute(_LAST_TRIAL_ID, {"study": study}).scalar(), 0, 0
+            else:
+                last, budget, held = conn.execute(
+                    _LAST_TRIAL_ID_AND_COUNTS, {"study": study, "now": guard.now}
+                ).one()
             first = (last or 0) + 1
             if guard is not None and (
                 (guard.max_trials and budget + len(rows) > guard.max_trials)
@@ -746,13 +775,17 @@ class SqlStorage(Storage):
     ) -> None:
         """One write transaction: the change markers of the trials' studies are bumped
         first (in name order, so writers never wait on each other in a cycle), then the
-        trials are written with one executemany (pipelined by psycopg)."""
+        trials are written with one executemany (pipelined by psycopg). One trial (a tell)
+        on PostgreSQL is one statement in autocommit that does both."""
         check_trials_text(trials_)
         if not trials_:
             return
         if expected is not None and len(expected) != len(trials_):
             raise InvalidArgumentError("expected needs one trial per trial written")
         rows = [_trial_row(t) for t in trials_]
+        if len(rows) == 1 and not self._sqlite:
+            self._update_one(rows[0], expected[0] if expected is not None else None)
+            return
         with self._write() as conn:
             versions = {name: self._bump(conn, name) for name in sorted({r["study"] for r in rows})}
             params = [
@@ -781,6 +814,27 @@ class SqlStorage(Storage):
                     f"trials of study {rows[0]['study']!r} were changed by another writer"
                 )
             raise UnavailableError(f"updated {done.rowcount} of {len(rows)} trials")
+
+    def _update_one(self, row: dict[str, Any], expected: Trial | None) -> None:
+        params = {f"b_{k}": v for k, v in _trial_values(row).items()}
+        params.update(key_study=row["study"], key_id=row["id"])
+        statement = _UPDATE_ONE_TRIAL
+        if expected is not None:
+            statement = _UPDATE_ONE_HELD_TRIAL
+            params.update(held_state=expected.state.value, held_client_id=expected.client_id,
+                          held_lease_deadline=float(expected.lease_deadline))
+        with self._errors(), self._autocommit.connect() as conn:
+            if conn.execute(statement, params).rowcount == 1:
+                return
+            query = sa.select(trials.c.id).where(
+                trials.c.study == row["study"], trials.c.id == row["id"]
+            )
+            if conn.execute(query).first() is None:
+                self._study_row(conn, row["study"])
+                raise trial_not_found(row["study"], row["id"])
+        raise StaleWriteError(
+            f"trial {row['id']} of study {row['study']!r} was changed by another writer"
+        )
 
     def changes(self, study: str, since: int) -> StudyChanges:
         with self._snapshot() as conn:
