@@ -75,7 +75,8 @@ class StudyManager:
 
     Args:
         storage: where studies, trials and vocabularies live. The manager must be its
-            only writer (one server process per database).
+            only writer unless the storage is ``shared`` (several replicas on one
+            database; see :mod:`promptbo.server.replica_sync`).
         clock: returns the time in Unix seconds (tests pass a fake one).
         engine_factory: builds an engine (defaults to
             :func:`promptbo.server.optim.make_engine`).

@@ -63,9 +63,10 @@ EngineFactory = Callable[..., Any]
 class LiveStudy:
     """What the server keeps in memory about a study: the study, its active trials, counts
     per state, the best trial, the reference trial, the example ledger and (once needed)
-    its runtime. The manager is its storage's only writer, so this stays exact provided
-    every change is written to storage first and mirrored here only if the write
-    succeeded. Read and changed only under the study lock."""
+    its runtime. On a shared storage it is refreshed before every decision
+    (:mod:`~promptbo.server.replica_sync`); otherwise the manager is its storage's only
+    writer, so this stays exact provided every change is written to storage first and
+    mirrored here only if the write succeeded. Read and changed only under the study lock."""
 
     def __init__(self, study: Study, trials: list[Trial]) -> None:
         self.study = study
