@@ -41,7 +41,10 @@ study row, so writers of one study take turns (in every server process alike: th
 what makes several replicas on one PostgreSQL exact), ids ``max(id) + 1, ...`` cannot
 race, and every written trial carries the marker it was written under, which
 :meth:`SqlStorage.changes` reads back in one statement. PostgreSQL is therefore always
-``shared``; SQLite is when the server is told so. A pooled connection is checked
+``shared``; SQLite is when the server is told so. On PostgreSQL the two writes of the
+ask/tell path are one statement each in autocommit: a tell's ``UPDATE`` bumps the marker
+in a CTE, an ask calls ``promptbo_add_trial`` (created with the schema), a function that
+locks, counts and inserts inside the database. A pooled connection is checked
 without a round trip when it is handed out: one the server has closed (a restart, an
 idle timeout) has data or EOF waiting on its socket and is replaced.
 """
@@ -249,6 +252,53 @@ _CHANGES = (
     .where(studies.c.name == sa.bindparam("name"))
     .order_by(trials.c.id)
 )
+
+# PostgreSQL only: an ask's insert of one trial as one statement (one round trip), the
+# study row locked for the few statements inside, not for network round trips. Each
+# statement of a volatile function reads a fresh snapshot, so the counts taken after the
+# lock see every trial committed before it. Returns the new id, 0 when the guard leaves no
+# room, -1 when there is no such study.
+_ADD_TRIAL_FUNCTION = """
+CREATE OR REPLACE FUNCTION promptbo_add_trial(
+    p_study text, p_state text, p_prompt text, p_vector bytea, p_client_id text,
+    p_lease_deadline double precision, p_value double precision, p_metrics text,
+    p_failure_reason text, p_create_time double precision, p_complete_time double precision,
+    p_source text, p_principal text, p_max_trials bigint, p_max_active bigint,
+    p_now double precision) RETURNS bigint LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    marker bigint; last bigint; budget bigint; held bigint;
+BEGIN
+    UPDATE studies SET version = version + 1 WHERE name = p_study RETURNING version INTO marker;
+    IF marker IS NULL THEN
+        RETURN -1;
+    END IF;
+    SELECT coalesce(max(id), 0),
+           count(*) FILTER (WHERE source <> 'reference' AND state IN ('active', 'completed')),
+           count(*) FILTER (WHERE source <> 'reference' AND state = 'active'
+                            AND lease_deadline >= p_now)
+      INTO last, budget, held FROM trials WHERE study = p_study;
+    IF (p_max_trials > 0 AND budget + 1 > p_max_trials)
+       OR (p_max_active > 0 AND held + 1 > p_max_active) THEN
+        RETURN 0;
+    END IF;
+    INSERT INTO trials (study, id, state, prompt, vector, client_id, lease_deadline, value,
+                        metrics, failure_reason, create_time, complete_time, source,
+                        principal, version)
+    VALUES (p_study, last + 1, p_state, p_prompt, p_vector, p_client_id, p_lease_deadline,
+            p_value, p_metrics, p_failure_reason, p_create_time, p_complete_time, p_source,
+            p_principal, marker);
+    RETURN last + 1;
+END $$
+"""
+_ADD_TRIAL_COLUMNS = (
+    "state", "prompt", "vector", "client_id", "lease_deadline", "value", "metrics",
+    "failure_reason", "create_time", "complete_time", "source", "principal",
+)
+_CALL_ADD_TRIAL = sa.text(
+    "SELECT promptbo_add_trial(:study, "
+    + ", ".join(f":{c}" for c in _ADD_TRIAL_COLUMNS)
+    + ", :max_trials, :max_active, :now)"
+).bindparams(sa.bindparam("vector", type_=sa.LargeBinary))
 
 # One lock per SQLite file, shared by every SqlStorage of this process that opens it.
 _FILE_LOCKS: dict[str, threading.Lock] = {}
@@ -543,6 +593,8 @@ class SqlStorage(Storage):
 
     def _create_schema(self) -> None:
         with self._write() as conn:
+            if not self._sqlite:  # replicas starting together take turns
+                conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7243501)")
             for table in metadata.sorted_tables:
                 conn.execute(CreateTable(table, if_not_exists=True))
             stored = conn.execute(sa.select(sa.func.max(schema_table.c.version))).scalar()
@@ -561,6 +613,8 @@ class SqlStorage(Storage):
                 conn.execute(schema_table.update().values(version=SCHEMA_VERSION))
             conn.execute(CreateIndex(trials_by_state, if_not_exists=True))
             conn.execute(CreateIndex(trials_by_version, if_not_exists=True))
+            if not self._sqlite:
+                conn.exec_driver_sql(_ADD_TRIAL_FUNCTION)
             if stored is not None and stored > SCHEMA_VERSION:
                 raise FailedPreconditionError(
                     f"the database has schema version {stored} but this promptbo supports "
@@ -726,9 +780,13 @@ class SqlStorage(Storage):
         """Numbers the trials ``max(id) + 1, ...`` in one write transaction that locks the
         study row first (bumping its change marker), so writers of one study in any
         number of server processes take turns; with ``guard`` the stored trials are
-        counted in that same transaction, before anything is inserted."""
+        counted in that same transaction, before anything is inserted. One trial (an ask)
+        on PostgreSQL is one statement: the function ``promptbo_add_trial`` does all that
+        inside the database."""
         check_trials_text(trials_)
         rows = [_trial_row(t) for t in trials_]
+        if len(rows) == 1 and not self._sqlite:
+            return [trials_[0].evolve(study=study, id=self._add_one(study, rows[0], guard))]
         with self._write() as conn:
             version = self._bump(conn, study)
             if guard is None:
@@ -748,6 +806,22 @@ class SqlStorage(Storage):
             if rows:
                 conn.execute(_INSERT_TRIALS, rows)
         return [t.evolve(study=study, id=first + i) for i, t in enumerate(trials_)]
+
+    def _add_one(self, study: str, row: dict[str, Any], guard: HandoutGuard | None) -> int:
+        """One trial on PostgreSQL, in one statement (``promptbo_add_trial``)."""
+        params = {c: row[c] for c in _ADD_TRIAL_COLUMNS} | {
+            "study": study,
+            "max_trials": guard.max_trials if guard else 0,
+            "max_active": guard.max_active if guard else 0,
+            "now": float(guard.now) if guard else 0.0,
+        }
+        with self._errors(), self._autocommit.connect() as conn:
+            new_id = conn.execute(_CALL_ADD_TRIAL, params).scalar_one()
+        if new_id == -1:
+            raise study_not_found(study)
+        if new_id == 0:
+            raise StaleWriteError(f"study {study!r} has no room for 1 trial")
+        return int(new_id)
 
     def _bump(self, conn: Connection, study: str) -> int:
         """Locks the study row and bumps its change marker; returns the new marker."""
