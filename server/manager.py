@@ -328,6 +328,9 @@ class StudyManager:
     ) -> tuple[list[Trial], bool]:
         with self._lock(name):
             live = self.studies.get(name)
+            # A server killed between a study's last result and marking it COMPLETED left
+            # it ACTIVE with its budget used: mark it now (an in-memory check otherwise).
+            self._maybe_finish(live)
             spec = live.study.spec
             now = self.clock()
             active = sorted(live.active.values(), key=lambda t: t.id)

@@ -105,6 +105,21 @@ class ReplicaSync:
         seen.version = changes.version
         seen.last_id = max([seen.last_id] + [t.id for t in changes.trials])
 
+    def catch_up(self, live: LiveStudy) -> list[Trial]:
+        """All of the study's trials, read in one snapshot that ``live`` is brought up to
+        as well: what an engine built now replays, so that no later refresh hands it a
+        result twice."""
+        seen = self._seen.get(live)
+        changes = self.storage.changes(live.study.name, -1)
+        if seen is None:
+            seen = self._seen[live] = _Seen(-1, 0)
+        if changes.version != seen.version:
+            # The rule of _apply needs no versions: trials already accounted are skipped.
+            self._apply(live, seen, changes.trials)
+            live.study = changes.study
+            seen.version = changes.version
+        return changes.trials
+
     def wrote(self, live: LiveStudy, trials: Iterable[Trial]) -> None:
         """Notes trials this replica added (and already accounted for in ``live``)."""
         seen = self._seen.get(live)

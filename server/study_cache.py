@@ -283,7 +283,8 @@ class StudyCache:
             return live.runtime
         study = live.study
         rt = self.new_runtime(study.spec)
-        trials = self.storage.list_trials(study.name)
+        trials = (self.replicas.catch_up(live) if self.replicas is not None
+                  else self.storage.list_trials(study.name))
         # Replayed in the order the live engine saw them (completion order), not id order:
         # trust regions and CMA-ES generations depend on it.
         completed = sorted(

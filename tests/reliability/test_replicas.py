@@ -126,6 +126,18 @@ def test_a_stale_replica_never_exceeds_the_budget(replicas):
     assert len(b.storage.list_trials("s")) == 3
 
 
+def test_a_study_left_active_with_its_budget_used_is_finished_on_the_next_ask(replicas):
+    (a, b, _), _ = replicas
+    a.create_study("s", spec(max_trials=1))
+    (t,), _ = a.suggest_trials("s", 1, "w0")
+    # What a replica killed after storing the last result, before marking the study
+    # COMPLETED, leaves behind.
+    a.storage.update_trials([t.evolve(state=TrialState.COMPLETED, value=1.0,
+                                      complete_time=1.0)])
+    assert b.suggest_trials("s", 1, "w1") == ([], True)
+    assert a.get_study("s").state is StudyState.COMPLETED
+
+
 def test_an_expired_trial_goes_to_one_client_only(replicas):
     (a, b, c), clock = replicas
     a.create_study("s", spec(max_trials=1))
@@ -179,6 +191,19 @@ def test_every_replicas_engine_learns_every_result(replicas):
         live = m.studies.peek("s")
         assert live is not None and live.runtime is not None
         assert live.runtime.version.observed == 3
+
+
+def test_an_engine_built_late_learns_each_result_once(replicas):
+    (a, b, _), _ = replicas
+    a.create_study("s", spec())
+    (t,), _ = a.suggest_trials("s", 1, "w0")
+    b.study_counts("s")  # b holds t as active and has no engine yet
+    a.complete_trial("s", t.id, 1.0, client_id="w0")
+    b.suggest_trials("s", 1, "w1")  # b builds its engine from storage
+    (u,), _ = a.suggest_trials("s", 1, "w2")
+    a.complete_trial("s", u.id, 2.0, client_id="w2")
+    b.study_counts("s")
+    assert b.studies.peek("s").runtime.version.observed == 2
 
 
 def test_results_from_elsewhere_invalidate_prefetched_suggestions(replicas):
