@@ -14,7 +14,7 @@ repeated identical completion is acknowledged once. Afterwards:
 - ``promptbo admin check --storage URL`` exits 0 (``admin_check_rc``).
 
     python -m benchmarks.replicas --storage postgresql://postgres@127.0.0.1:54329/db \\
-        --kills 10 --workers 8 --budget 200
+        --kills 10 --workers 8 --budget 100000 --wind-down 20
 
 Prints one JSON object of figures (and writes it to ``--out`` if given).
 """
@@ -201,13 +201,16 @@ def _worker(name: str, addresses: list[str], studies: list[str], ledger: Ledger,
 def run_drill(
     url: str, *, replicas: int = 3, workers: int = 6, studies: int = 2, budget: int = 60,
     kills: int = 3, kill_every: float = 2.0, lease_seconds: float = 30.0,
-    seconds: float = 600.0, folder: Path | None = None,
+    seconds: float = 600.0, folder: Path | None = None, wind_down: int = 0,
 ) -> dict[str, Any]:
     """Runs the drill on the (empty or not) PostgreSQL database ``url``; returns figures.
 
     ``budget`` trials per study; ``kills`` replicas are killed, one at a time, every
     ``kill_every`` seconds (each restarted before the next kill); the drill stops when
-    every study is complete or after ``seconds``."""
+    every study is complete or after ``seconds``. With ``wind_down`` > 0, once the kills
+    are done each study's budget is lowered (UpdateStudy) to what it holds plus
+    ``wind_down``, so a generous ``budget`` outlasts the kills and the load still ends
+    soon after them with every study complete."""
     work = Path(folder or tempfile.mkdtemp(prefix="promptbo-replicas-"))
     servers = [Replica(url, work, i) for i in range(replicas)]
     tag = uuid.uuid4().hex[:8]  # studies of their own in a database that has others
@@ -244,6 +247,8 @@ def run_drill(
             r0 = time.monotonic()
             victim.start()
             restart_s.append(time.monotonic() - r0)
+        if wind_down and killed == kills:
+            _wind_down(addresses, names, wind_down)
         for th in threads:
             th.join(timeout=max(1.0, deadline - time.monotonic()))
         stop.set()
@@ -257,9 +262,27 @@ def run_drill(
     return _verify(url, names, budget, ledger, killed, load_s, start_s, restart_s)
 
 
+def _wind_down(addresses: list[str], names: list[str], extra: int) -> None:
+    """Lowers each study's budget to its completed plus active trials plus ``extra``
+    (retried while workers race the change)."""
+    for name in names:
+        for attempt in range(50):
+            address = addresses[attempt % len(addresses)]
+            try:
+                with promptbo.Client(address, timeout=10) as c:
+                    info = c.get_study(name).info
+                    held = info.completed_count + info.active_count
+                    if info.spec.max_trials and held + extra >= info.spec.max_trials:
+                        break
+                    c.update_study(name, max_trials=held + extra)
+                break
+            except (promptbo.InvalidArgumentError, promptbo.UnavailableError):
+                time.sleep(0.1)
+
+
 def _verify(url: str, names: list[str], budget: int, ledger: Ledger, killed: int,
             load_s: float, start_s: float, restart_s: list[float]) -> dict[str, Any]:
-    from promptbo.server.domain import TrialState
+    from promptbo.server.domain import StudyState, TrialState
     from promptbo.server.storage import open_storage
 
     store = open_storage(url, read_only=True)
@@ -267,9 +290,13 @@ def _verify(url: str, names: list[str], budget: int, ledger: Ledger, killed: int
         stored: dict[tuple[str, int], float | None] = {}
         over_budget = []
         completed = 0
+        states = []
         for name in names:
             counts = store.count_trials(name)
-            if counts[TrialState.COMPLETED] + counts[TrialState.ACTIVE] > budget:
+            study = store.get_study(name)
+            states.append(study.state.value)
+            held = counts[TrialState.COMPLETED] + counts[TrialState.ACTIVE]
+            if held > budget or (study.spec.max_trials and held > study.spec.max_trials):
                 over_budget.append(name)
             completed += counts[TrialState.COMPLETED]
             for t in store.list_trials(name, TrialState.COMPLETED):
@@ -294,7 +321,7 @@ def _verify(url: str, names: list[str], budget: int, ledger: Ledger, killed: int
         "failovers": ledger.failovers,
         "lost_leases": ledger.lost_leases,
         "over_budget": over_budget,
-        "studies_complete": completed == budget * len(names),
+        "studies_complete": all(s == StudyState.COMPLETED.value for s in states),
         "integrity_problems": problems,
         "admin_check_rc": check.returncode,
         "worker_errors": ledger.errors[:5],
@@ -315,19 +342,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--kill-every", type=float, default=2.0)
     p.add_argument("--lease-seconds", type=float, default=30.0)
     p.add_argument("--seconds", type=float, default=900.0)
+    p.add_argument("--wind-down", type=int, default=20,
+                   help="after the kills, lower each budget to what is held plus this")
     p.add_argument("--out", default="")
     args = p.parse_args(argv)
     figures = run_drill(
         args.storage, replicas=args.replicas, workers=args.workers, studies=args.studies,
         budget=args.budget, kills=args.kills, kill_every=args.kill_every,
-        lease_seconds=args.lease_seconds, seconds=args.seconds,
+        lease_seconds=args.lease_seconds, seconds=args.seconds, wind_down=args.wind_down,
     )
     text = json.dumps(figures, indent=2)
     print(text)
     if args.out:
         Path(args.out).write_text(text + "\n")
-    ok = (figures["results_lost"] == 0 and figures["double_handouts"] == 0
-          and not figures["over_budget"] and figures["admin_check_rc"] == 0)
+    ok = (figures["results_lost"] == 0 and figures["studies_complete"]
+          and figures["double_handouts"] == 0 and not figures["over_budget"]
+          and figures["admin_check_rc"] == 0)
     return 0 if ok else 1
 
 
