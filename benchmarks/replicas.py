@@ -50,6 +50,8 @@ class Replica:
     folder: Path
     index: int
     port: int = 0
+    #: More ``promptbo serve`` arguments (``--shared-storage`` for a SQLite file).
+    extra: tuple[str, ...] = ()
     proc: subprocess.Popen | None = None
     log: IO[str] | None = None
 
@@ -66,7 +68,8 @@ class Replica:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "promptbo.cli", "--log-level", "warning", "serve",
              "--storage", self.url, "--host", "127.0.0.1", "--port", str(self.port),
-             "--port-file", str(port_file), "--prefetch", "0", "--suggest-workers", "1"],
+             "--port-file", str(port_file), "--prefetch", "0", "--suggest-workers", "1",
+             *self.extra],
             stdout=self.log, stderr=self.log, cwd=REPO_ROOT,
         )
         deadline = time.monotonic() + timeout

@@ -294,6 +294,27 @@ def servers(pg_url, tmp_path) -> Iterator[list[Replica]]:
             s.stop()
 
 
+def test_two_servers_share_a_sqlite_file_when_told(tmp_path):
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    started = [Replica(url, tmp_path, i, extra=("--shared-storage",)) for i in range(2)]
+    try:
+        for s in started:
+            s.start()
+        a, b = (promptbo.Client(s.address, client_id="w", timeout=30) for s in started)
+        with a, b:
+            a.create_study("s", promptbo.SoftPromptSpace(2, 2), strategy="random",
+                           max_trials=2, lease_seconds=60)
+            (t1,) = b.get_study("s").ask(1)
+            (t2,) = a.get_study("s").ask(1, client_id="other")
+            assert t1.id != t2.id and a.get_study("s").ask(1, client_id="third") == []
+            a.get_study("s").tell(t1, 1.0)
+            b.get_study("s").tell(t2, 2.0, client_id="other")
+            assert a.get_study("s").done and b.get_study("s").best_trial().id == t2.id
+    finally:
+        for s in started:
+            s.stop()
+
+
 @pytest.mark.postgres
 def test_three_servers_serve_one_study(servers):
     a, b, c = (promptbo.Client(s.address, client_id="w", timeout=30) for s in servers)
