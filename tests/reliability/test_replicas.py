@@ -6,7 +6,8 @@ Two layers:
 - in-process: three :class:`StudyManager` objects on one shared SQLite file (always) and
   on one PostgreSQL schema (when ``PROMPTBO_TEST_POSTGRES_URL`` is set, as the storage
   contract tests), calls spread over them;
-- real servers: three ``promptbo serve`` processes on port 0 sharing one PostgreSQL
+- real servers: two ``promptbo serve --shared-storage`` processes on one SQLite file;
+  three ``promptbo serve`` processes on port 0 sharing one PostgreSQL
   schema, clients spread over them, and a kill -9 drill (one replica killed at a time,
   restarted, clients failing over): every acknowledged result stored, no trial held by
   two clients at once, counts within budget, ``promptbo admin check`` clean.

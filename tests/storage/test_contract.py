@@ -778,3 +778,57 @@ def test_a_guarded_handout_counts_what_is_stored(store):
     with pytest.raises(StaleWriteError):
         store.add_trials("s", [draft(7)], guard=cap)
     assert [t.id for t in store.list_trials("s")] == [1, 2, 3, 4, 5, 6]
+
+
+_GUARDED_PROCESS = """
+import sys
+from promptbo.server.domain import Prompt, Trial, TrialState
+from promptbo.server.storage.base import HandoutGuard, StaleWriteError
+from promptbo.server.storage.sql import SqlStorage
+s = SqlStorage(sys.argv[1])
+me, taken, completed_here = sys.argv[2], 0, 0
+while True:
+    try:
+        (t,) = s.add_trials("s", [Trial("s", 0, TrialState.ACTIVE, Prompt(token_ids=(1,)),
+                                        client_id=me, lease_deadline=1e12)],
+                            guard=HandoutGuard(max_trials=int(sys.argv[3])))
+    except StaleWriteError:
+        break
+    taken += 1
+    for other in s.list_trials("s", TrialState.ACTIVE):  # race the others to complete
+        try:
+            s.update_trials([other.evolve(state=TrialState.COMPLETED, value=1.0)],
+                            expected=[other])
+            completed_here += 1
+        except StaleWriteError:
+            pass
+print(taken, completed_here, flush=True)
+s.close()
+"""
+
+
+def test_processes_racing_guarded_handouts_and_completions_stay_exact(sql_backend):
+    """Three processes (replicas) hand out trials against one budget and race to complete
+    every active trial: the budget holds exactly and each trial is completed once."""
+    store = sql_backend.open()
+    store.create_study(soft_study("s"))
+    budget = 90
+    procs = [
+        subprocess.Popen([sys.executable, "-c", _GUARDED_PROCESS, sql_backend.url, f"p{i}",
+                          str(budget)], stdout=subprocess.PIPE, text=True)
+        for i in range(3)
+    ]
+    try:
+        outputs = [p.communicate(timeout=240)[0].split() for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+    assert all(p.returncode == 0 for p in procs)
+    taken = sum(int(o[0]) for o in outputs)
+    completed = sum(int(o[1]) for o in outputs)
+    trials = store.list_trials("s")
+    assert taken == budget and [t.id for t in trials] == list(range(1, budget + 1))
+    stored_completed = sum(t.state is C for t in trials)
+    assert completed == stored_completed  # no completion acknowledged twice
+    assert store.check_integrity() == []
