@@ -79,6 +79,8 @@ class ReplicaSync:
         if seen is None:  # a study this replica just created, with no trials yet
             seen = self._seen[live] = _Seen(-1, 0)
         changes = self.storage.changes(name, seen.version)
+        if changes.version < seen.version or changes.study.create_time != live.study.create_time:
+            return self._load(name)  # deleted and created again elsewhere: a new study
         if changes.version != seen.version:
             self._apply(live, seen, changes.trials)
             live.study = changes.study

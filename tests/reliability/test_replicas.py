@@ -230,6 +230,21 @@ def test_a_study_deleted_on_one_replica_is_gone_on_all(replicas):
         b.suggest_trials("s", 1, "w")
 
 
+def test_a_study_created_again_elsewhere_is_loaded_afresh(replicas):
+    (a, b, _), clock = replicas
+    a.create_study("s", spec())
+    for i in range(3):
+        (t,), _ = a.suggest_trials("s", 1, f"w{i}")
+        a.complete_trial("s", t.id, 1.0, client_id=f"w{i}")
+    assert b.study_counts("s")[TrialState.COMPLETED] == 3
+    a.delete_study("s")
+    clock.now += 1
+    a.create_study("s", spec())
+    (t,), _ = a.suggest_trials("s", 1, "w")
+    counts = b.study_counts("s")
+    assert (counts[TrialState.COMPLETED], counts[TrialState.ACTIVE]) == (0, 1)
+
+
 def test_concurrent_workers_on_three_replicas_stay_exact(replicas):
     managers, _ = replicas
     budget = 60
