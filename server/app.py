@@ -36,7 +36,7 @@ from promptbo.server.auth import AuthInterceptor, Principals
 from promptbo.server.limits import Limits
 from promptbo.server.manager import StudyManager
 from promptbo.server.servicer import OptimizerServicer
-from promptbo.server.storage import Storage, open_storage
+from promptbo.server.storage import InMemoryStorage, Storage, open_storage
 from promptbo.server.wire import SafeDecoding
 from promptbo.v1 import optimizer_service_pb2, optimizer_service_pb2_grpc
 
@@ -268,15 +268,22 @@ def serve(
     options: ServerOptions | None = None,
     port_file: str = "",
     grace_seconds: float = 10.0,
+    shared: bool = False,
 ) -> None:
     """Runs a server until SIGTERM or SIGINT, then stops gracefully. Sets torch's
-    intra-op threads so that ``suggest_workers`` concurrent computations fit the cores."""
+    intra-op threads so that ``suggest_workers`` concurrent computations fit the cores.
+    ``shared`` marks a SQLite storage as written by other server processes too (a
+    PostgreSQL one always is; see :mod:`promptbo.server.replica_sync`)."""
     opts = options or ServerOptions()
     workers = compute.suggest_workers(opts.suggest_workers)
     threads = compute.configure_torch_threads(workers)
     log.info("suggestions: %d at once (%s pool), %d torch thread(s) each, %d core(s) "
              "available", workers, opts.suggest_pool, threads, compute.available_cores())
     store = open_storage(storage_url)
+    if shared:
+        if isinstance(store, InMemoryStorage):
+            raise ValueError("an in-memory store cannot be shared by several servers")
+        store.shared = True
     server, port, manager = create_server(store, opts)
     pool = manager.studies.suggest_pool
     if pool is not None:  # its workers load their libraries while the server starts
@@ -290,8 +297,8 @@ def serve(
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     log.info(
-        "promptbo serving on %s:%d (storage %s, auth %s, tls %s)",
-        opts.host, port, _redact(storage_url),
+        "promptbo serving on %s:%d (storage %s%s, auth %s, tls %s)",
+        opts.host, port, _redact(storage_url), ", shared" if store.shared else "",
         "principals" if opts.principals else "on" if opts.auth_token else "off",
         "on" if opts.tls_cert else "off",
     )

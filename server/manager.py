@@ -12,6 +12,14 @@ raises only :mod:`promptbo.errors`. It coordinates three parts, one concept each
 
 Every change is written to storage first and mirrored in the cache only if the write
 succeeded; events are published after the study lock is released.
+
+On a shared storage (several replicas on one database, ``Storage.shared``) the cache
+catches up with other replicas' writes before every decision
+(:mod:`~promptbo.server.replica_sync`) and the trial writes are conditional: a handout
+is stored only within the budget and cap counted in the database, a completion, lease or
+heartbeat only while the trial is still as this replica read it. A write that finds it
+changed (StaleWriteError) makes the call recount the study and decide again, at most
+:data:`STALE_RETRIES` times.
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
+from typing import TypeVar
 
 from promptbo.errors import AlreadyExistsError, InvalidArgumentError, NotFoundError
 from promptbo.server import rules, telemetry, transfer_sources
@@ -45,7 +54,7 @@ from promptbo.server.recommend import Recommendation, recommend
 from promptbo.server.rules import MAX_PAGE_SIZE, MAX_SUGGEST_COUNT, KnownTrial, TrialResult
 from promptbo.server.runtime import StudyRuntime
 from promptbo.server.specdiff import VOCABULARY_FIELDS, paths, spec_differences
-from promptbo.server.storage.base import Storage
+from promptbo.server.storage.base import HandoutGuard, StaleWriteError, Storage
 from promptbo.server.storage.memory import check_text
 from promptbo.server.study_cache import EngineFactory, LiveStudy, StudyCache
 from promptbo.server.suggest_pool import make_pool
@@ -56,13 +65,19 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+#: Attempts of a call whose conditional write found the study changed by another replica.
+STALE_RETRIES = 8
+
+T = TypeVar("T")
+
 
 class StudyManager:
     """Implements every operation of the service on top of ``storage``.
 
     Args:
         storage: where studies, trials and vocabularies live. The manager must be its
-            only writer (one server process per database).
+            only writer unless the storage is ``shared`` (several replicas on one
+            database; see :mod:`promptbo.server.replica_sync`).
         clock: returns the time in Unix seconds (tests pass a fake one).
         engine_factory: builds an engine (defaults to
             :func:`promptbo.server.optim.make_engine`).
@@ -187,7 +202,13 @@ class StudyManager:
             study = Study(name=name, spec=spec, create_time=self.clock(), request_id=request_id)
             if validate_only:
                 return study, False
-            study = self.storage.create_study(study)
+            try:
+                study = self.storage.create_study(study)
+            except AlreadyExistsError:
+                if not self.storage.shared:
+                    raise
+                # Another replica created it meanwhile: answer as for an existing study.
+                return self.create_study(name, spec, request_id, validate_only)
             live = self.studies.add(study, runtime)
             self.studies.schedule_refill(name, live)
             return study, True
@@ -308,8 +329,18 @@ class StudyManager:
         if not 1 <= count <= MAX_SUGGEST_COUNT:
             raise InvalidArgumentError(f"count must be in [1, {MAX_SUGGEST_COUNT}], got {count}")
         check_text("client_id", client_id)
+        return self._until_fresh(name, lambda: self._suggest_once(
+            name, count, client_id, cancelled, principal))
+
+    def _suggest_once(
+        self, name: str, count: int, client_id: str,
+        cancelled: Callable[[], bool] | None, principal: str,
+    ) -> tuple[list[Trial], bool]:
         with self._lock(name):
             live = self.studies.get(name)
+            # A server killed between a study's last result and marking it COMPLETED left
+            # it ACTIVE with its budget used: mark it now (an in-memory check otherwise).
+            self._maybe_finish(live)
             spec = live.study.spec
             now = self.clock()
             active = sorted(live.active.values(), key=lambda t: t.id)
@@ -340,7 +371,7 @@ class StudyManager:
         lease_seconds = live.study.spec.lease_seconds
         leased = [rules.leased(t, client_id, principal, now, lease_seconds) for t in trials]
         if leased:
-            self.storage.update_trials(leased)
+            self.storage.update_trials(leased, expected=trials if self.storage.shared else None)
             live.active.update((t.id, t) for t in leased)
         return leased
 
@@ -372,7 +403,12 @@ class StudyManager:
             if ledger.enabled:
                 ledger.created_trial(p.key(), draft)
             drafts.append(draft)
-        stored = self.storage.add_trials(live.study.name, drafts) if drafts else []
+        guard = None
+        if self.storage.shared:  # counted again in the database, in the insert's transaction
+            spec = live.study.spec
+            guard = HandoutGuard(spec.max_trials, spec.max_active_trials, now)
+        stored = self.storage.add_trials(live.study.name, drafts, guard) if drafts else []
+        self._wrote(live, stored)
         live.active.update((t.id, t) for t in stored)
         live.counts[TrialState.ACTIVE] += len(stored)
         self.studies.schedule_refill(live.study.name, live)
@@ -408,9 +444,17 @@ class StudyManager:
         """
         rules.check_results(results)
         check_text("client_id", client_id)
+        return self._until_fresh(name, lambda: self._complete_once(
+            name, results, client_id, principal, admin))
+
+    def _complete_once(
+        self, name: str, results: Sequence[TrialResult], client_id: str, principal: str,
+        admin: bool,
+    ) -> list[Trial]:
         many = len(results) > 1
         out: list[Trial] = []
         changed: list[tuple[Trial, float | None]] = []
+        held: list[Trial] = []
         with self._lock(name):
             live = self.studies.get(name)
             study = live.study
@@ -425,9 +469,11 @@ class StudyManager:
                 done, obj = rules.finished(trial, r, study.spec, now,
                                            rules.result_label(i, r, many))
                 changed.append((done, obj))
+                held.append(trial)
                 out.append(done)
             if changed:
-                self.storage.update_trials([done for done, _ in changed])
+                self.storage.update_trials([done for done, _ in changed],
+                                           expected=held if self.storage.shared else None)
             for done, _ in changed:
                 live.finish(done)
             observed = [(done, obj) for done, obj in changed if obj is not None]
@@ -457,6 +503,12 @@ class StudyManager:
         SuggestTrials hands a trial to another client); another principal's trial gets
         PermissionDeniedError."""
         check_text("client_id", client_id)
+        return self._until_fresh(name, lambda: self._heartbeat_once(
+            name, trial_id, client_id, principal, admin))
+
+    def _heartbeat_once(
+        self, name: str, trial_id: int, client_id: str, principal: str, admin: bool
+    ) -> Trial:
         with self._lock(name):
             live = self.studies.get(name)
             trial = live.active.get(trial_id) or self._get_trial(name, trial_id)
@@ -516,6 +568,7 @@ class StudyManager:
                     )
                 )
             stored = self.storage.add_trials(name, drafts)
+            self._wrote(live, stored)
             live.counts[TrialState.COMPLETED] += len(stored)
             for t in stored:
                 live.consider_best(t)
@@ -550,6 +603,7 @@ class StudyManager:
                 examples_scored=k.examples_scored,
             )
             live.reference = self.storage.add_trials(name, [draft])[0]
+            self._wrote(live, [live.reference])
             return live.reference
 
     def recommendation(self, name: str) -> tuple[Recommendation | None, Trial | None, Trial | None]:
@@ -600,6 +654,26 @@ class StudyManager:
     # --- helpers ---------------------------------------------------------------------
     def _lock(self, name: str) -> AbstractContextManager[None]:
         return self.studies.lock(name)
+
+    def _until_fresh(self, name: str, call: Callable[[], T]) -> T:
+        """``call()``, again after recounting the study whenever its conditional write
+        found the study changed by another replica (StaleWriteError, re-raised after
+        :data:`STALE_RETRIES` attempts)."""
+        for attempt in range(STALE_RETRIES):
+            try:
+                return call()
+            except StaleWriteError:
+                if attempt == STALE_RETRIES - 1 or self.studies.replicas is None:
+                    raise
+                log.info("study %s changed under a write; recounting it", name)
+                with self._lock(name):
+                    self.studies.replicas.rebuild(self.studies.get(name))
+        raise AssertionError("unreachable")
+
+    def _wrote(self, live: LiveStudy, trials: list[Trial]) -> None:
+        """Notes trials this replica added, so the change check does not count them twice."""
+        if self.studies.replicas is not None:
+            self.studies.replicas.wrote(live, trials)
 
     def _get_trial(self, name: str, trial_id: int) -> Trial:
         try:

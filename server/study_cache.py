@@ -52,6 +52,7 @@ from promptbo.server.limits import Limits, trial_bytes
 from promptbo.server.locks import LockTable
 from promptbo.server.prefetch import DataVersion, still_valid
 from promptbo.server.remote_engine import RemoteEngine
+from promptbo.server.replica_sync import ReplicaSync
 from promptbo.server.rules import noise, stored_objective
 from promptbo.server.runtime import StudyRuntime
 from promptbo.server.storage.base import Storage
@@ -66,9 +67,10 @@ EngineFactory = Callable[..., Any]
 class LiveStudy:
     """What the server keeps in memory about a study: the study, its active trials, counts
     per state, the best trial, the reference trial, the example ledger and (once needed)
-    its runtime. The manager is its storage's only writer, so this stays exact provided
-    every change is written to storage first and mirrored here only if the write
-    succeeded. Read and changed only under the study lock."""
+    its runtime. On a shared storage it is refreshed before every decision
+    (:mod:`~promptbo.server.replica_sync`); otherwise the manager is its storage's only
+    writer, so this stays exact provided every change is written to storage first and
+    mirrored here only if the write succeeded. Read and changed only under the study lock."""
 
     def __init__(self, study: Study, trials: list[Trial]) -> None:
         self.study = study
@@ -136,6 +138,8 @@ class StudyCache:
         self._live: dict[str, LiveStudy] = {}
         self._vocab_cache: dict[str, Vocabulary] = {}
         self._pool_cache: dict[str, Pool] = {}
+        #: Keeps studies in step with other replicas' writes (a shared storage only).
+        self.replicas = ReplicaSync(storage, LiveStudy) if storage.shared else None
 
     def close(self) -> None:
         """Stops prefetching and the suggestion pool's workers (a running refill is
@@ -193,6 +197,12 @@ class StudyCache:
         """The study's state, loaded on first use (NotFoundError if it does not exist).
         Caller holds its lock."""
         live = self._live.get(name)
+        if self.replicas is not None:  # another replica may have written: catch up
+            try:
+                live = self._live[name] = self.replicas.fresh(name, live)
+            except NotFoundError:
+                self._live.pop(name, None)
+                raise
         if live is None:
             study = self.storage.get_study(name)
             live = self._live[name] = LiveStudy(study, self.storage.list_trials(name))
@@ -290,7 +300,8 @@ class StudyCache:
             return live.runtime
         study = live.study
         rt = self.new_runtime(study.spec)
-        trials = self.storage.list_trials(study.name)
+        trials = (self.replicas.catch_up(live) if self.replicas is not None
+                  else self.storage.list_trials(study.name))
         # Replayed in the order the live engine saw them (completion order), not id order:
         # trust regions and CMA-ES generations depend on it.
         completed = sorted(

@@ -6,6 +6,14 @@ enforce no lease rules; :class:`promptbo.server.manager.StudyManager` does, hold
 lock per study (:mod:`promptbo.server.study_cache`), so a backend only needs to be safe
 for concurrent calls from threads.
 
+Shared storage: a backend whose data other server processes may write at the same time
+(PostgreSQL; SQLite when the server is started so) has ``shared`` set. Every write of a
+study's trials or state then bumps the study's change marker (:meth:`Storage.changes`)
+in the same transaction, and the conditional forms of the trial writes (``expected`` of
+:meth:`Storage.update_trials`, ``guard`` of :meth:`Storage.add_trials`) decide against
+what is stored, under the study-row lock, raising :class:`StaleWriteError` when another
+process got there first. :mod:`promptbo.server.replica_sync` builds on these.
+
 Errors: methods raise :class:`~promptbo.errors.NotFoundError` for a missing study,
 trial or vocabulary and :class:`~promptbo.errors.AlreadyExistsError` for a duplicate
 study name, never a backend's own exception type. ``tests/storage/test_contract.py`` is
@@ -16,14 +24,67 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
+from promptbo.errors import UnavailableError
 from promptbo.server.domain import Pool, Study, Trial, TrialState, Vocabulary
+
+
+class StaleWriteError(UnavailableError):
+    """A conditional write found the stored trials changed by another process since the
+    caller read them; nothing was written. The caller reloads and decides again (a client
+    that sees it retries, as for any UNAVAILABLE)."""
+
+
+@dataclass(frozen=True)
+class HandoutGuard:
+    """Limits :meth:`Storage.add_trials` checks against the stored trials before adding
+    new ACTIVE ones, in the same transaction: after the insert the study has at most
+    ``max_trials`` completed plus active trials (the reference excluded) and at most
+    ``max_active`` active trials whose lease runs at ``now`` (0: no such limit)."""
+
+    max_trials: int = 0
+    max_active: int = 0
+    now: float = 0.0
+
+
+@dataclass(frozen=True)
+class StudyChanges:
+    """What :meth:`Storage.changes` returns: the study, its change marker ``version`` and
+    the trials written after the marker passed (by increasing id)."""
+
+    study: Study
+    version: int
+    trials: list[Trial] = field(default_factory=list)
+
+
+def same_hold(stored: Trial, expected: Trial) -> bool:
+    """Whether ``stored`` still has ``expected``'s state, holder and lease (see ``expected``
+    of :meth:`Storage.update_trials`)."""
+    return (stored.state is expected.state and stored.client_id == expected.client_id
+            and stored.lease_deadline == expected.lease_deadline)
+
+
+def room_for(trials: Sequence[Trial], new: int, guard: HandoutGuard) -> bool:
+    """Whether a study holding ``trials`` has room for ``new`` active trials (see
+    :class:`HandoutGuard`)."""
+    counted = [t for t in trials if t.source != "reference"]
+    active = [t for t in counted if t.state is TrialState.ACTIVE]
+    budget = sum(t.state is TrialState.COMPLETED for t in counted) + len(active)
+    held = sum(t.lease_deadline >= guard.now for t in active)
+    return not (
+        (guard.max_trials and budget + new > guard.max_trials)
+        or (guard.max_active and held + new > guard.max_active)
+    )
 
 
 class Storage(abc.ABC):
     #: True when calls do no network I/O and take at most milliseconds (in-memory, SQLite),
     #: so the server may run them on its event loop instead of handing them to a thread.
     local: bool = False
+    #: True when other processes may write the same data (several server replicas on one
+    #: database): the server then checks :meth:`changes` before every decision.
+    shared: bool = False
 
     # --- vocabularies -------------------------------------------------------------
     @abc.abstractmethod
@@ -69,19 +130,33 @@ class Storage(abc.ABC):
 
     # --- trials -------------------------------------------------------------------
     @abc.abstractmethod
-    def add_trials(self, study: str, trials: Sequence[Trial]) -> list[Trial]:
+    def add_trials(
+        self, study: str, trials: Sequence[Trial], guard: HandoutGuard | None = None
+    ) -> list[Trial]:
         """Stores new trials, assigning ids 1, 2, ... in order of arrival within the study
         (the ``id`` field of the given trials is ignored). Returns them with their ids.
-        NotFoundError if the study is absent."""
+        NotFoundError if the study is absent. With ``guard``, StaleWriteError (nothing
+        stored) when the stored trials leave no room for them (see :class:`HandoutGuard`)."""
 
     @abc.abstractmethod
     def get_trial(self, study: str, trial_id: int) -> Trial:
         """NotFoundError if the study or the trial is absent."""
 
     @abc.abstractmethod
-    def update_trials(self, trials: Sequence[Trial]) -> None:
+    def update_trials(
+        self, trials: Sequence[Trial], expected: Sequence[Trial] | None = None
+    ) -> None:
         """Replaces stored trials (matched by study and id), all in one transaction.
-        NotFoundError, and nothing written, if any of them is absent."""
+        NotFoundError, and nothing written, if any of them is absent. With ``expected``
+        (one per trial, same order): StaleWriteError, and nothing written, unless each
+        stored trial still has its expected state, ``client_id`` and ``lease_deadline``
+        (a compare-and-set: a trial completed or re-leased elsewhere is not overwritten)."""
+
+    @abc.abstractmethod
+    def changes(self, study: str, since: int) -> StudyChanges:
+        """The study, its change marker and its trials written after the marker was
+        ``since`` (all of them for ``since`` < 0), read in one snapshot. The marker grows
+        with every write of the study or its trials. NotFoundError if the study is absent."""
 
     @abc.abstractmethod
     def list_trials(

@@ -25,7 +25,14 @@ from promptbo.server.domain import (
     Vocabulary,
     check_study_name,
 )
-from promptbo.server.storage.base import Storage
+from promptbo.server.storage.base import (
+    HandoutGuard,
+    StaleWriteError,
+    Storage,
+    StudyChanges,
+    room_for,
+    same_hold,
+)
 
 
 def study_not_found(name: str) -> NotFoundError:
@@ -89,6 +96,9 @@ class InMemoryStorage(Storage):
         self._pools: dict[str, Pool] = {}
         self._studies: dict[str, Study] = {}
         self._trials: dict[str, list[Trial]] = {}
+        #: Change markers: per study, and per trial the study's marker when it was written.
+        self._versions: dict[str, int] = {}
+        self._trial_versions: dict[str, list[int]] = {}
 
     # --- vocabularies -------------------------------------------------------------
     def put_vocabulary(self, vocabulary: Vocabulary) -> bool:
@@ -158,6 +168,8 @@ class InMemoryStorage(Storage):
                 )
             self._studies[study.name] = kept
             self._trials[study.name] = []
+            self._versions[study.name] = 0
+            self._trial_versions[study.name] = []
         return _copy_study(kept)
 
     def get_study(self, name: str) -> Study:
@@ -173,12 +185,15 @@ class InMemoryStorage(Storage):
         with self._lock:
             self._study(study.name)
             self._studies[study.name] = kept
+            self._versions[study.name] += 1
 
     def delete_study(self, name: str) -> None:
         with self._lock:
             self._study(name)
             del self._studies[name]
             del self._trials[name]
+            del self._versions[name]
+            del self._trial_versions[name]
 
     def _study(self, name: str) -> Study:
         try:
@@ -187,18 +202,28 @@ class InMemoryStorage(Storage):
             raise study_not_found(name) from None
 
     # --- trials -------------------------------------------------------------------
-    def add_trials(self, study: str, trials: Sequence[Trial]) -> list[Trial]:
+    def add_trials(
+        self, study: str, trials: Sequence[Trial], guard: HandoutGuard | None = None
+    ) -> list[Trial]:
         check_trials_text(trials)
         copies = [_copy_trial(t) for t in trials]
         with self._lock:
             self._study(study)
             stored = self._trials[study]
+            if guard is not None and not room_for(stored, len(copies), guard):
+                raise StaleWriteError(f"study {study!r} has no room for {len(copies)} trials")
+            version = self._bump(study)
             added = []
             for t in copies:
                 kept = replace(t, study=study, id=len(stored) + 1)
                 stored.append(kept)
+                self._trial_versions[study].append(version)
                 added.append(_copy_trial(kept))
             return added
+
+    def _bump(self, study: str) -> int:
+        self._versions[study] += 1
+        return self._versions[study]
 
     def get_trial(self, study: str, trial_id: int) -> Trial:
         with self._lock:
@@ -208,7 +233,9 @@ class InMemoryStorage(Storage):
                 raise trial_not_found(study, trial_id)
             return _copy_trial(stored[trial_id - 1])
 
-    def update_trials(self, trials: Sequence[Trial]) -> None:
+    def update_trials(
+        self, trials: Sequence[Trial], expected: Sequence[Trial] | None = None
+    ) -> None:
         check_trials_text(trials)
         copies = [_copy_trial(t) for t in trials]
         with self._lock:
@@ -216,8 +243,25 @@ class InMemoryStorage(Storage):
                 self._study(t.study)
                 if not 1 <= t.id <= len(self._trials[t.study]):
                     raise trial_not_found(t.study, t.id)
+            for t, e in zip(copies, expected or copies, strict=True):
+                if expected is not None and not same_hold(self._trials[t.study][t.id - 1], e):
+                    raise StaleWriteError(
+                        f"trial {t.id} of study {t.study!r} was changed by another writer"
+                    )
+            versions = {name: self._bump(name) for name in {t.study for t in copies}}
             for t in copies:
                 self._trials[t.study][t.id - 1] = t
+                self._trial_versions[t.study][t.id - 1] = versions[t.study]
+
+    def changes(self, study: str, since: int) -> StudyChanges:
+        with self._lock:
+            found = _copy_study(self._study(study))
+            changed = [
+                _copy_trial(t)
+                for t, v in zip(self._trials[study], self._trial_versions[study], strict=True)
+                if v > since
+            ]
+            return StudyChanges(found, self._versions[study], changed)
 
     def list_trials(
         self,

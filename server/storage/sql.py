@@ -6,14 +6,18 @@ Schema (version :data:`SCHEMA_VERSION`, recorded in ``promptbo_schema``)::
                   blob), embeddings (little-endian float32 blob, size x dim, row-major)
     pools         id PK, size, dim, texts (JSON text), embedding_model, embeddings
                   (little-endian float32 blob, size x dim, row-major)
-    studies       name PK, spec (JSON text, see promptbo.spec), state, create_time, request_id
+    studies       name PK, spec (JSON text, see promptbo.spec), state, create_time, request_id,
+                  version (the change marker)
     trials        (study, id) PK, state, prompt (JSON text: the prompt, a pool prompt's
                   index as its "pool_index" key, and the trial's fidelity: examples,
                   value_stderr, examples_scored), vector (blob), client_id,
                   lease_deadline, value, metrics (JSON text), failure_reason,
-                  create_time, complete_time, source, principal; index (study, state)
+                  create_time, complete_time, source, principal, version (the study's
+                  marker when the trial was last written); indexes (study, state),
+                  (study, version)
 
-Version 2 added ``trials.principal``; a version-1 database is upgraded in place on open.
+Version 2 added ``trials.principal``, version 3 the change markers ``studies.version``
+and ``trials.version``; an older database is upgraded in place on open.
 
 JSON is kept in text columns written with ``ensure_ascii``, so tokens holding NUL or
 control characters and metrics holding NaN survive on both engines. A soft prompt's
@@ -31,11 +35,16 @@ generous busy timeout, so concurrent threads (and a second process) wait instead
 failing with "database is locked"; adding trials reads ``max(id)`` and inserts
 ``max(id) + 1, ...`` inside that transaction.
 
-On PostgreSQL every statement is a network round trip, so the two writes of the ask/tell
-path are single statements run in autocommit, each its own transaction: a tell updates
-its trial with one ``UPDATE``; an ask adds its trial with one ``INSERT ... RETURNING``
-that reads ``max(id)`` itself (see :meth:`SqlStorage.add_trials` for how writers of one
-study in several server processes keep ids unique). A pooled connection is checked
+Every write of trials runs in one transaction that first bumps the study's change marker
+with ``UPDATE studies SET version = version + 1 ... RETURNING version``: that locks the
+study row, so writers of one study take turns (in every server process alike: this is
+what makes several replicas on one PostgreSQL exact), ids ``max(id) + 1, ...`` cannot
+race, and every written trial carries the marker it was written under, which
+:meth:`SqlStorage.changes` reads back in one statement. PostgreSQL is therefore always
+``shared``; SQLite is when the server is told so. On PostgreSQL the two writes of the
+ask/tell path are one statement each in autocommit: a tell's ``UPDATE`` bumps the marker
+in a CTE, an ask calls ``promptbo_add_trial`` (created with the schema), a function that
+locks, counts and inserts inside the database. A pooled connection is checked
 without a round trip when it is handed out: one the server has closed (a restart, an
 idle timeout) has data or EOF waiting on its socket and is replaced.
 """
@@ -43,6 +52,7 @@ idle timeout) has data or EOF waiting on its socket and is replaced.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import select
@@ -50,6 +60,7 @@ import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -72,13 +83,14 @@ from promptbo.server.domain import (
     PoolSpace,
     Prompt,
     Study,
+    StudySpec,
     StudyState,
     Trial,
     TrialState,
     Vocabulary,
     check_study_name,
 )
-from promptbo.server.storage.base import Storage
+from promptbo.server.storage.base import HandoutGuard, StaleWriteError, Storage, StudyChanges
 from promptbo.server.storage.memory import (
     MAX_TRIAL_ID,
     check_limit,
@@ -91,10 +103,8 @@ from promptbo.server.storage.memory import (
 )
 from promptbo.spec import spec_from_json, spec_to_json
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 SQLITE_BUSY_TIMEOUT_MS = 120_000
-#: Attempts of one PostgreSQL insert of trials before giving up on races for its ids.
-ID_RACE_ATTEMPTS = 50
 #: PostgreSQL connections kept open, and opened beyond those under load: together as many
 #: as the server's RPC threads (32 by default), so no call waits for a connection.
 PG_POOL_SIZE, PG_MAX_OVERFLOW = 8, 24
@@ -137,6 +147,7 @@ studies = sa.Table(
     sa.Column("state", sa.String(16), nullable=False),
     sa.Column("create_time", sa.Double, nullable=False),
     sa.Column("request_id", sa.Text, nullable=False),
+    sa.Column("version", sa.BigInteger, nullable=False, server_default="0"),
 )
 
 trials = sa.Table(
@@ -161,34 +172,133 @@ trials = sa.Table(
     sa.Column("complete_time", sa.Double, nullable=False),
     sa.Column("source", sa.String(32), nullable=False),
     sa.Column("principal", sa.Text, nullable=False, server_default=""),
+    sa.Column("version", sa.BigInteger, nullable=False, server_default="0"),
 )
 trials_by_state = sa.Index("ix_trials_study_state", trials.c.study, trials.c.state)
+trials_by_version = sa.Index("ix_trials_study_version", trials.c.study, trials.c.version)
 
 # The statements of the ask/tell path, built once: building a statement per call costs
 # more than running it on SQLite (SQLAlchemy caches the compiled form by statement).
 _STUDY_ROW = sa.select(studies).where(studies.c.name == sa.bindparam("name"))
-_STUDY_ROW_LOCKED = _STUDY_ROW.with_for_update(key_share=True)
+# Locks the study row and bumps its change marker: the first statement of every write of
+# its trials (the study row lock orders the writers of one study).
+_BUMP_VERSION = (
+    studies.update()
+    .where(studies.c.name == sa.bindparam("study_name"))
+    .values(version=studies.c.version + 1)
+    .returning(studies.c.version)
+)
+_counted = sa.and_(trials.c.source != "reference")
+_active = sa.and_(_counted, trials.c.state == TrialState.ACTIVE.value)
 _LAST_TRIAL_ID = sa.select(sa.func.max(trials.c.id)).where(
     trials.c.study == sa.bindparam("study")
 )
+# The last id and the trials a handout guard counts (see HandoutGuard).
+_LAST_TRIAL_ID_AND_COUNTS = sa.select(
+    sa.func.max(trials.c.id),
+    sa.func.count().filter(
+        sa.and_(_counted, trials.c.state.in_([TrialState.ACTIVE.value,
+                                              TrialState.COMPLETED.value]))
+    ),
+    sa.func.count().filter(
+        sa.and_(_active, trials.c.lease_deadline >= sa.bindparam("now", type_=sa.Double))
+    ),
+).where(trials.c.study == sa.bindparam("study"))
 _INSERT_TRIALS = trials.insert()
-# One trial of the study ``study``, numbered max(id) + 1 as read by this very statement.
-_NEXT_TRIAL_ID = (
-    sa.select(sa.func.coalesce(sa.func.max(trials.c.id), 0) + 1)
-    .where(trials.c.study == sa.bindparam("study"))
-    .scalar_subquery()
-)
-_INSERT_NEXT_TRIAL = (
-    trials.insert()
-    .values({c.name: sa.bindparam(c.name, type_=c.type) for c in trials.c if c.name != "id"})
-    .values(id=_NEXT_TRIAL_ID)
-    .returning(trials.c.id)
-)
 _UPDATE_TRIAL = (
     trials.update()
     .where(trials.c.study == sa.bindparam("key_study"), trials.c.id == sa.bindparam("key_id"))
     .values({c.name: sa.bindparam(c.name) for c in trials.c if c.name not in ("study", "id")})
 )
+# The same, only while the stored trial still has the expected state, holder and lease.
+_UPDATE_HELD_TRIAL = _UPDATE_TRIAL.where(
+    trials.c.state == sa.bindparam("held_state"),
+    trials.c.client_id == sa.bindparam("held_client_id"),
+    trials.c.lease_deadline == sa.bindparam("held_lease_deadline", type_=sa.Double),
+)
+# PostgreSQL only, one trial in one statement (one round trip): the CTE bumps the study's
+# marker, locking its row while the update computes the new row, before it locks the trial.
+_BUMPED = (
+    studies.update()
+    .where(studies.c.name == sa.bindparam("key_study"))
+    .values(version=studies.c.version + 1)
+    .returning(studies.c.version)
+    .cte("bumped")
+)
+_UPDATE_ONE_TRIAL = (
+    trials.update()
+    .where(trials.c.study == sa.bindparam("key_study"), trials.c.id == sa.bindparam("key_id"))
+    # Parameters named apart from the columns: the CTE's table has columns of those names.
+    .values({c.name: sa.bindparam(f"b_{c.name}", type_=c.type) for c in trials.c
+             if c.name not in ("study", "id", "version")})
+    .values(version=sa.select(_BUMPED.c.version).scalar_subquery())
+    .add_cte(_BUMPED)
+)
+_UPDATE_ONE_HELD_TRIAL = _UPDATE_ONE_TRIAL.where(
+    trials.c.state == sa.bindparam("held_state"),
+    trials.c.client_id == sa.bindparam("held_client_id"),
+    trials.c.lease_deadline == sa.bindparam("held_lease_deadline", type_=sa.Double),
+)
+_TRIAL_LABELS = [c.label(f"t_{c.name}") for c in trials.c]
+# The study row and its trials written after the marker was ``since``, in one statement.
+_CHANGES = (
+    sa.select(
+        studies.c.name, studies.c.spec, studies.c.state, studies.c.create_time,
+        studies.c.request_id, studies.c.version, *_TRIAL_LABELS,
+    )
+    .select_from(studies.outerjoin(trials, sa.and_(
+        trials.c.study == studies.c.name, trials.c.version > sa.bindparam("since")
+    )))
+    .where(studies.c.name == sa.bindparam("name"))
+    .order_by(trials.c.id)
+)
+
+# PostgreSQL only: an ask's insert of one trial as one statement (one round trip), the
+# study row locked for the few statements inside, not for network round trips. Each
+# statement of a volatile function reads a fresh snapshot, so the counts taken after the
+# lock see every trial committed before it. Returns the new id, 0 when the guard leaves no
+# room, -1 when there is no such study.
+_ADD_TRIAL_FUNCTION = """
+CREATE OR REPLACE FUNCTION promptbo_add_trial(
+    p_study text, p_state text, p_prompt text, p_vector bytea, p_client_id text,
+    p_lease_deadline double precision, p_value double precision, p_metrics text,
+    p_failure_reason text, p_create_time double precision, p_complete_time double precision,
+    p_source text, p_principal text, p_max_trials bigint, p_max_active bigint,
+    p_now double precision) RETURNS bigint LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    marker bigint; last bigint; budget bigint; held bigint;
+BEGIN
+    UPDATE studies SET version = version + 1 WHERE name = p_study RETURNING version INTO marker;
+    IF marker IS NULL THEN
+        RETURN -1;
+    END IF;
+    SELECT coalesce(max(id), 0),
+           count(*) FILTER (WHERE source <> 'reference' AND state IN ('active', 'completed')),
+           count(*) FILTER (WHERE source <> 'reference' AND state = 'active'
+                            AND lease_deadline >= p_now)
+      INTO last, budget, held FROM trials WHERE study = p_study;
+    IF (p_max_trials > 0 AND budget + 1 > p_max_trials)
+       OR (p_max_active > 0 AND held + 1 > p_max_active) THEN
+        RETURN 0;
+    END IF;
+    INSERT INTO trials (study, id, state, prompt, vector, client_id, lease_deadline, value,
+                        metrics, failure_reason, create_time, complete_time, source,
+                        principal, version)
+    VALUES (p_study, last + 1, p_state, p_prompt, p_vector, p_client_id, p_lease_deadline,
+            p_value, p_metrics, p_failure_reason, p_create_time, p_complete_time, p_source,
+            p_principal, marker);
+    RETURN last + 1;
+END $$
+"""
+_ADD_TRIAL_COLUMNS = (
+    "state", "prompt", "vector", "client_id", "lease_deadline", "value", "metrics",
+    "failure_reason", "create_time", "complete_time", "source", "principal",
+)
+_CALL_ADD_TRIAL = sa.text(
+    "SELECT promptbo_add_trial(:study, "
+    + ", ".join(f":{c}" for c in _ADD_TRIAL_COLUMNS)
+    + ", :max_trials, :max_active, :now)"
+).bindparams(sa.bindparam("vector", type_=sa.LargeBinary))
 
 # One lock per SQLite file, shared by every SqlStorage of this process that opens it.
 _FILE_LOCKS: dict[str, threading.Lock] = {}
@@ -213,6 +323,12 @@ def _study_row(study: Study) -> dict[str, Any]:
         "create_time": float(study.create_time),
         "request_id": study.request_id,
     }
+
+
+@functools.lru_cache(maxsize=256)
+def _spec(text: str) -> StudySpec:
+    """A stored spec decoded, once per distinct text (read on every change check)."""
+    return spec_from_json(text)
 
 
 def _study_from_row(row: Any) -> Study:
@@ -331,10 +447,6 @@ def _replace_closed_connections(engine: sa.Engine) -> None:
             raise sa.exc.DisconnectionError("the server closed the connection")
 
 
-def _is_unique_violation(error: sa.exc.IntegrityError) -> bool:
-    return getattr(error.orig, "sqlstate", None) == "23505"
-
-
 def normalize_url(url: str) -> sa.URL:
     """Parses ``url``; plain ``postgresql://``/``postgres://`` select the psycopg 3 driver."""
     if url.startswith("postgres://"):
@@ -370,6 +482,7 @@ class SqlStorage(Storage):
         self.read_only = read_only
         self._sqlite = self.url.get_backend_name() == "sqlite"
         self.local = self._sqlite
+        self.shared = not self._sqlite
         self._serialize_reads = False
         self._write_lock: threading.Lock | contextlib.nullcontext = contextlib.nullcontext()
         if self._sqlite:
@@ -451,12 +564,12 @@ class SqlStorage(Storage):
                 yield conn
 
     @contextlib.contextmanager
-    def _statement(self) -> Iterator[Connection]:
-        """A connection for a write of one statement, atomic by itself: on PostgreSQL it
-        runs in autocommit (no BEGIN and COMMIT round trips), on SQLite in a write
-        transaction as any other write."""
+    def _snapshot(self) -> Iterator[Connection]:
+        """A connection for a read of one statement, a consistent snapshot by itself: on
+        PostgreSQL in autocommit (no BEGIN and COMMIT round trips), on SQLite a read
+        transaction as any other read."""
         if self._sqlite:
-            with self._write() as conn:
+            with self._read() as conn:
                 yield conn
             return
         with self._errors(), self._autocommit.connect() as conn:
@@ -480,18 +593,29 @@ class SqlStorage(Storage):
 
     def _create_schema(self) -> None:
         with self._write() as conn:
+            if not self._sqlite:  # replicas starting together take turns
+                conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7243501)")
             for table in metadata.sorted_tables:
                 conn.execute(CreateTable(table, if_not_exists=True))
-            conn.execute(CreateIndex(trials_by_state, if_not_exists=True))
             stored = conn.execute(sa.select(sa.func.max(schema_table.c.version))).scalar()
             if stored is None:
                 conn.execute(schema_table.insert().values(version=SCHEMA_VERSION))
-            elif stored == 1:  # version 2 added trials.principal
-                conn.exec_driver_sql(
-                    "ALTER TABLE trials ADD COLUMN principal TEXT NOT NULL DEFAULT ''"
-                )
+            elif stored < SCHEMA_VERSION:
+                if stored == 1:  # version 2 added trials.principal
+                    conn.exec_driver_sql(
+                        "ALTER TABLE trials ADD COLUMN principal TEXT NOT NULL DEFAULT ''"
+                    )
+                if stored <= 2:  # version 3 added the change markers
+                    for name in ("studies", "trials"):
+                        conn.exec_driver_sql(
+                            f"ALTER TABLE {name} ADD COLUMN version BIGINT NOT NULL DEFAULT 0"
+                        )
                 conn.execute(schema_table.update().values(version=SCHEMA_VERSION))
-            elif stored > SCHEMA_VERSION:
+            conn.execute(CreateIndex(trials_by_state, if_not_exists=True))
+            conn.execute(CreateIndex(trials_by_version, if_not_exists=True))
+            if not self._sqlite:
+                conn.exec_driver_sql(_ADD_TRIAL_FUNCTION)
+            if stored is not None and stored > SCHEMA_VERSION:
                 raise FailedPreconditionError(
                     f"the database has schema version {stored} but this promptbo supports "
                     f"up to {SCHEMA_VERSION}; upgrade promptbo or use another database"
@@ -630,7 +754,7 @@ class SqlStorage(Storage):
         return sorted((_study_from_row(r) for r in rows), key=lambda s: s.name)
 
     def update_study(self, study: Study) -> None:
-        row = _study_row(study)
+        row = _study_row(study) | {"version": studies.c.version + 1}
         with self._write() as conn:
             done = conn.execute(studies.update().where(studies.c.name == study.name).values(row))
             if done.rowcount != 1:
@@ -638,61 +762,73 @@ class SqlStorage(Storage):
 
     def delete_study(self, name: str) -> None:
         with self._write() as conn:
+            self._bump(conn, name)  # the study row first, as every writer of its trials
             conn.execute(trials.delete().where(trials.c.study == name))
-            if conn.execute(studies.delete().where(studies.c.name == name)).rowcount != 1:
-                raise study_not_found(name)
+            conn.execute(studies.delete().where(studies.c.name == name))
 
     @staticmethod
-    def _study_row(conn: Connection, name: str, lock: bool = False) -> Any:
-        row = conn.execute(_STUDY_ROW_LOCKED if lock else _STUDY_ROW, {"name": name}).first()
+    def _study_row(conn: Connection, name: str) -> Any:
+        row = conn.execute(_STUDY_ROW, {"name": name}).first()
         if row is None:
             raise study_not_found(name)
         return row
 
     # --- trials ----------------------------------------------------------------------
-    def add_trials(self, study: str, trials_: Sequence[Trial]) -> list[Trial]:
-        """Numbers the trials ``max(id) + 1, ...``.
-
-        On SQLite, in one write transaction (writers are serialized). On PostgreSQL, one
-        trial (an ask) is first tried as a single autocommit statement that reads
-        ``max(id)`` itself; several trials, or a retry, run in a transaction that locks
-        the study row (``FOR NO KEY UPDATE``, which does not block other inserts' checks
-        of the foreign key) before reading ``max(id)``, so such writers take turns. A
-        writer that loses the race for an id to another one (another server process)
-        fails on the primary key and retries with a fresh snapshot.
-        """
+    def add_trials(
+        self, study: str, trials_: Sequence[Trial], guard: HandoutGuard | None = None
+    ) -> list[Trial]:
+        """Numbers the trials ``max(id) + 1, ...`` in one write transaction that locks the
+        study row first (bumping its change marker), so writers of one study in any
+        number of server processes take turns; with ``guard`` the stored trials are
+        counted in that same transaction, before anything is inserted. One trial (an ask)
+        on PostgreSQL is one statement: the function ``promptbo_add_trial`` does all that
+        inside the database."""
         check_trials_text(trials_)
         rows = [_trial_row(t) for t in trials_]
-        for row in rows:
-            row["study"] = study
-        for attempt in range(ID_RACE_ATTEMPTS):
-            try:
-                if attempt == 0 and len(rows) == 1 and not self._sqlite:
-                    params = {k: v for k, v in rows[0].items() if k != "id"}
-                    with self._statement() as conn:
-                        first = conn.execute(_INSERT_NEXT_TRIAL, params).scalar_one()
-                else:
-                    first = self._insert_after_last(study, rows)
-                return [t.evolve(study=study, id=first + i) for i, t in enumerate(trials_)]
-            except sa.exc.IntegrityError as e:
-                if not _is_unique_violation(e):  # the foreign key: no such study
-                    raise study_not_found(study) from None
-        raise UnavailableError(
-            f"could not assign trial ids in study {study!r}: other writers won the race "
-            f"{ID_RACE_ATTEMPTS} times"
-        )
-
-    def _insert_after_last(self, study: str, rows: list[dict[str, Any]]) -> int:
-        """Inserts ``rows`` numbered after the study's last trial, in a write transaction
-        that locks the study row first; returns the first id."""
+        if len(rows) == 1 and not self._sqlite:
+            return [trials_[0].evolve(study=study, id=self._add_one(study, rows[0], guard))]
         with self._write() as conn:
-            self._study_row(conn, study, lock=True)
-            first = (conn.execute(_LAST_TRIAL_ID, {"study": study}).scalar() or 0) + 1
+            version = self._bump(conn, study)
+            if guard is None:
+                last, budget, held = conn.execute(_LAST_TRIAL_ID, {"study": study}).scalar(), 0, 0
+            else:
+                last, budget, held = conn.execute(
+                    _LAST_TRIAL_ID_AND_COUNTS, {"study": study, "now": guard.now}
+                ).one()
+            first = (last or 0) + 1
+            if guard is not None and (
+                (guard.max_trials and budget + len(rows) > guard.max_trials)
+                or (guard.max_active and held + len(rows) > guard.max_active)
+            ):
+                raise StaleWriteError(f"study {study!r} has no room for {len(rows)} trials")
             for i, row in enumerate(rows):
-                row["id"] = first + i
+                row.update(study=study, id=first + i, version=version)
             if rows:
                 conn.execute(_INSERT_TRIALS, rows)
-        return first
+        return [t.evolve(study=study, id=first + i) for i, t in enumerate(trials_)]
+
+    def _add_one(self, study: str, row: dict[str, Any], guard: HandoutGuard | None) -> int:
+        """One trial on PostgreSQL, in one statement (``promptbo_add_trial``)."""
+        params = {c: row[c] for c in _ADD_TRIAL_COLUMNS} | {
+            "study": study,
+            "max_trials": guard.max_trials if guard else 0,
+            "max_active": guard.max_active if guard else 0,
+            "now": float(guard.now) if guard else 0.0,
+        }
+        with self._errors(), self._autocommit.connect() as conn:
+            new_id = conn.execute(_CALL_ADD_TRIAL, params).scalar_one()
+        if new_id == -1:
+            raise study_not_found(study)
+        if new_id == 0:
+            raise StaleWriteError(f"study {study!r} has no room for 1 trial")
+        return int(new_id)
+
+    def _bump(self, conn: Connection, study: str) -> int:
+        """Locks the study row and bumps its change marker; returns the new marker."""
+        version = conn.execute(_BUMP_VERSION, {"study_name": study}).scalar()
+        if version is None:
+            raise study_not_found(study)
+        return int(version)
 
     def get_trial(self, study: str, trial_id: int) -> Trial:
         if not 0 <= trial_id <= MAX_TRIAL_ID:
@@ -708,16 +844,36 @@ class SqlStorage(Storage):
                 raise trial_not_found(study, trial_id)
         return _trial_from_row(row)
 
-    def update_trials(self, trials_: Sequence[Trial]) -> None:
-        """One trial (a tell) is one statement, atomic without a transaction around it;
-        several are one executemany (pipelined by psycopg) in one transaction."""
+    def update_trials(
+        self, trials_: Sequence[Trial], expected: Sequence[Trial] | None = None
+    ) -> None:
+        """One write transaction: the change markers of the trials' studies are bumped
+        first (in name order, so writers never wait on each other in a cycle), then the
+        trials are written with one executemany (pipelined by psycopg). One trial (a tell)
+        on PostgreSQL is one statement in autocommit that does both."""
         check_trials_text(trials_)
         if not trials_:
             return
+        if expected is not None and len(expected) != len(trials_):
+            raise InvalidArgumentError("expected needs one trial per trial written")
         rows = [_trial_row(t) for t in trials_]
-        params = [_trial_values(r) | {"key_study": r["study"], "key_id": r["id"]} for r in rows]
-        with self._statement() if len(rows) == 1 else self._write() as conn:
-            done = conn.execute(_UPDATE_TRIAL, params[0] if len(rows) == 1 else params)
+        if len(rows) == 1 and not self._sqlite:
+            self._update_one(rows[0], expected[0] if expected is not None else None)
+            return
+        with self._write() as conn:
+            versions = {name: self._bump(conn, name) for name in sorted({r["study"] for r in rows})}
+            params = [
+                _trial_values(r) | {"key_study": r["study"], "key_id": r["id"],
+                                    "version": versions[r["study"]]}
+                for r in rows
+            ]
+            statement = _UPDATE_TRIAL
+            if expected is not None:
+                statement = _UPDATE_HELD_TRIAL
+                for p, e in zip(params, expected, strict=True):
+                    p.update(held_state=e.state.value, held_client_id=e.client_id,
+                             held_lease_deadline=float(e.lease_deadline))
+            done = conn.execute(statement, params[0] if len(rows) == 1 else params)
             if done.rowcount == len(rows):
                 return
             # Raising rolls back the ones already written; name one that is missing.
@@ -726,9 +882,51 @@ class SqlStorage(Storage):
                     trials.c.study == row["study"], trials.c.id == row["id"]
                 )
                 if conn.execute(query).first() is None:
-                    self._study_row(conn, row["study"])
                     raise trial_not_found(row["study"], row["id"])
+            if expected is not None:
+                raise StaleWriteError(
+                    f"trials of study {rows[0]['study']!r} were changed by another writer"
+                )
             raise UnavailableError(f"updated {done.rowcount} of {len(rows)} trials")
+
+    def _update_one(self, row: dict[str, Any], expected: Trial | None) -> None:
+        params = {f"b_{k}": v for k, v in _trial_values(row).items()}
+        params.update(key_study=row["study"], key_id=row["id"])
+        statement = _UPDATE_ONE_TRIAL
+        if expected is not None:
+            statement = _UPDATE_ONE_HELD_TRIAL
+            params.update(held_state=expected.state.value, held_client_id=expected.client_id,
+                          held_lease_deadline=float(expected.lease_deadline))
+        with self._errors(), self._autocommit.connect() as conn:
+            if conn.execute(statement, params).rowcount == 1:
+                return
+            query = sa.select(trials.c.id).where(
+                trials.c.study == row["study"], trials.c.id == row["id"]
+            )
+            if conn.execute(query).first() is None:
+                self._study_row(conn, row["study"])
+                raise trial_not_found(row["study"], row["id"])
+        raise StaleWriteError(
+            f"trial {row['id']} of study {row['study']!r} was changed by another writer"
+        )
+
+    def changes(self, study: str, since: int) -> StudyChanges:
+        with self._snapshot() as conn:
+            rows = conn.execute(_CHANGES, {"name": study, "since": since}).all()
+        if not rows:
+            raise study_not_found(study)
+        first = rows[0]
+        found = Study(
+            name=first.name, spec=_spec(first.spec), state=StudyState(first.state),
+            create_time=first.create_time, request_id=first.request_id,
+        )
+        changed = [
+            _trial_from_row(SimpleNamespace(**{
+                c.name: getattr(r, f"t_{c.name}") for c in trials.c
+            }))
+            for r in rows if r.t_id is not None
+        ]
+        return StudyChanges(found, int(first.version), changed)
 
     def list_trials(
         self,

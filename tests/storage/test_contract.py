@@ -471,7 +471,31 @@ def test_everything_persists_across_reopening(sql_backend):
     assert [t.id for t in again.add_trials("s", [draft(3)])] == [3]
     assert again.check_integrity() == []
     with again.engine.connect() as conn:
-        assert conn.exec_driver_sql("SELECT version FROM promptbo_schema").all() == [(2,)]
+        assert conn.exec_driver_sql("SELECT version FROM promptbo_schema").all() == [(3,)]
+
+
+def _drop_change_markers(conn) -> None:
+    """Makes a current database look like version 2: no change markers."""
+    conn.exec_driver_sql("DROP INDEX ix_trials_study_version")
+    conn.exec_driver_sql("ALTER TABLE trials DROP COLUMN version")
+    conn.exec_driver_sql("ALTER TABLE studies DROP COLUMN version")
+
+
+def test_a_version_2_database_gets_change_markers_in_place(sql_backend):
+    first = sql_backend.open()
+    first.create_study(soft_study("s"))
+    first.add_trials("s", [draft(1, state=C, value=2.0)])
+    with first.engine.begin() as conn:
+        _drop_change_markers(conn)
+        conn.exec_driver_sql("UPDATE promptbo_schema SET version = 2")
+    first.close()
+    again = sql_backend.open()
+    seen = again.changes("s", -1)
+    assert [t.value for t in seen.trials] == [2.0] and seen.version == 0
+    (added,) = again.add_trials("s", [draft(2)])
+    later = again.changes("s", seen.version)
+    assert later.version > seen.version and [t.id for t in later.trials] == [added.id]
+    assert again.check_integrity() == []
 
 
 def test_a_version_1_database_is_upgraded_in_place(sql_backend):
@@ -479,6 +503,7 @@ def test_a_version_1_database_is_upgraded_in_place(sql_backend):
     first.create_study(soft_study("s"))
     first.add_trials("s", [draft(1, state=C, value=2.0)])
     with first.engine.begin() as conn:  # what version 1 looked like: no principal column
+        _drop_change_markers(conn)
         conn.exec_driver_sql("ALTER TABLE trials DROP COLUMN principal")
         conn.exec_driver_sql("UPDATE promptbo_schema SET version = 1")
     first.close()
@@ -488,7 +513,7 @@ def test_a_version_1_database_is_upgraded_in_place(sql_backend):
     (added,) = again.add_trials("s", [draft(2, principal="team-a")])
     assert again.get_trial("s", added.id).principal == "team-a"
     with again.engine.connect() as conn:
-        assert conn.exec_driver_sql("SELECT version FROM promptbo_schema").all() == [(2,)]
+        assert conn.exec_driver_sql("SELECT version FROM promptbo_schema").all() == [(3,)]
 
 
 def test_a_spec_stored_before_the_shared_codec_still_loads(sql_backend):
@@ -696,3 +721,114 @@ def test_fidelity_fields_roundtrip(store):
 
 def test_spec_without_pool_stores_no_fidelity_keys():
     assert "pool_size" not in spec_to_json(soft_study().spec)
+
+
+# --- shared storage: change markers and conditional writes ------------------------------
+def test_changes_return_the_trials_written_after_a_marker(store):
+    from promptbo.server.storage.base import StudyChanges
+
+    store.create_study(soft_study("s"))
+    start = store.changes("s", -1)
+    assert isinstance(start, StudyChanges) and start.trials == []
+    a, b = store.add_trials("s", [draft(1), draft(2)])
+    after_add = store.changes("s", start.version)
+    assert after_add.version > start.version and [t.id for t in after_add.trials] == [1, 2]
+    store.update_trials([b.evolve(state=C, value=1.0)])
+    after_tell = store.changes("s", after_add.version)
+    assert [(t.id, t.state) for t in after_tell.trials] == [(2, C)]
+    assert store.changes("s", after_tell.version).trials == []
+    store.update_study(store.get_study("s").evolve(state=StudyState.COMPLETED))
+    done = store.changes("s", after_tell.version)
+    assert done.version > after_tell.version and done.study.state is StudyState.COMPLETED
+    assert done.trials == [] and done.study.spec == soft_study("s").spec
+    with pytest.raises(NotFoundError):
+        store.changes("nope", 0)
+
+
+def test_a_conditional_update_writes_only_what_is_still_held(store):
+    from promptbo.server.storage.base import StaleWriteError
+
+    store.create_study(soft_study("s"))
+    (t,) = store.add_trials("s", [draft(1, client_id="w1", lease_deadline=10.0)])
+    mine = t.evolve(state=C, value=1.0)
+    other = t.evolve(client_id="w2", lease_deadline=20.0)
+    store.update_trials([other], expected=[t])  # re-leased by another writer
+    with pytest.raises(StaleWriteError):
+        store.update_trials([mine], expected=[t])
+    assert store.get_trial("s", 1) == other
+    store.update_trials([other.evolve(state=C, value=2.0)], expected=[other])
+    with pytest.raises(StaleWriteError):  # completed once: a second completion is refused
+        store.update_trials([other.evolve(state=C, value=3.0)], expected=[other])
+    assert store.get_trial("s", 1).value == 2.0
+
+
+def test_a_guarded_handout_counts_what_is_stored(store):
+    from promptbo.server.storage.base import HandoutGuard, StaleWriteError
+
+    store.create_study(soft_study("s"))
+    store.add_trials("s", [draft(1, state=C, value=1.0), draft(2, lease_deadline=5.0),
+                           draft(3, lease_deadline=50.0)])
+    store.add_trials("s", [draft(4, state=C, value=0.5, source="reference")])
+    budget = HandoutGuard(max_trials=4, now=10.0)
+    store.add_trials("s", [draft(5)], guard=budget)  # 3 counted + 1 = 4
+    with pytest.raises(StaleWriteError):
+        store.add_trials("s", [draft(6)], guard=budget)
+    cap = HandoutGuard(max_active=2, now=10.0)  # only trial 3 is held (leases ran out)
+    store.add_trials("s", [draft(6, lease_deadline=60.0)], guard=cap)
+    with pytest.raises(StaleWriteError):
+        store.add_trials("s", [draft(7)], guard=cap)
+    assert [t.id for t in store.list_trials("s")] == [1, 2, 3, 4, 5, 6]
+
+
+_GUARDED_PROCESS = """
+import sys
+from promptbo.server.domain import Prompt, Trial, TrialState
+from promptbo.server.storage.base import HandoutGuard, StaleWriteError
+from promptbo.server.storage.sql import SqlStorage
+s = SqlStorage(sys.argv[1])
+me, taken, completed_here = sys.argv[2], 0, 0
+while True:
+    try:
+        (t,) = s.add_trials("s", [Trial("s", 0, TrialState.ACTIVE, Prompt(token_ids=(1,)),
+                                        client_id=me, lease_deadline=1e12)],
+                            guard=HandoutGuard(max_trials=int(sys.argv[3])))
+    except StaleWriteError:
+        break
+    taken += 1
+    for other in s.list_trials("s", TrialState.ACTIVE):  # race the others to complete
+        try:
+            s.update_trials([other.evolve(state=TrialState.COMPLETED, value=1.0)],
+                            expected=[other])
+            completed_here += 1
+        except StaleWriteError:
+            pass
+print(taken, completed_here, flush=True)
+s.close()
+"""
+
+
+def test_processes_racing_guarded_handouts_and_completions_stay_exact(sql_backend):
+    """Three processes (replicas) hand out trials against one budget and race to complete
+    every active trial: the budget holds exactly and each trial is completed once."""
+    store = sql_backend.open()
+    store.create_study(soft_study("s"))
+    budget = 90
+    procs = [
+        subprocess.Popen([sys.executable, "-c", _GUARDED_PROCESS, sql_backend.url, f"p{i}",
+                          str(budget)], stdout=subprocess.PIPE, text=True)
+        for i in range(3)
+    ]
+    try:
+        outputs = [p.communicate(timeout=240)[0].split() for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+    assert all(p.returncode == 0 for p in procs)
+    taken = sum(int(o[0]) for o in outputs)
+    completed = sum(int(o[1]) for o in outputs)
+    trials = store.list_trials("s")
+    assert taken == budget and [t.id for t in trials] == list(range(1, budget + 1))
+    stored_completed = sum(t.state is C for t in trials)
+    assert completed == stored_completed  # no completion acknowledged twice
+    assert store.check_integrity() == []

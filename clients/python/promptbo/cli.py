@@ -129,6 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=50051, help="0 picks a free port")
     p.add_argument("--port-file", default="", help="write the bound port here once serving")
+    p.add_argument("--shared-storage", action="store_true",
+                   help="other servers write this SQLite database too (replicas; "
+                        "PostgreSQL always is shared)")
     p.add_argument("--max-message-mb", type=int, default=64)
     p.add_argument("--auth-token-file", help="require this bearer token on every RPC")
     p.add_argument("--principals-file", default="",
@@ -326,8 +329,8 @@ def _serve(args) -> int:
         suggest_pool=args.suggest_pool, ray_address=args.ray_address,
     )
     try:
-        serve(args.storage, opts, port_file=args.port_file)
-    except OSError as err:
+        serve(args.storage, opts, port_file=args.port_file, shared=args.shared_storage)
+    except (OSError, ValueError) as err:
         raise SystemExit(f"error: {err}") from None
     return 0
 

@@ -1,0 +1,178 @@
+"""Keeps a server's in-memory studies in step with a storage other servers write too.
+
+Several API replicas may serve one database (``Storage.shared``: PostgreSQL, or SQLite
+when the server is told so). A replica's :class:`~promptbo.server.study_cache.LiveStudy`
+is then only a cache: before every call that decides something (a handout against the
+budget and the active-trial cap, a lease renewal or expiry, a completion, a repeated
+call) :class:`ReplicaSync` reads the study's change marker with the trials written since
+it last looked, in one statement (:meth:`Storage.changes`), and applies them:
+
+- a new trial (id above the last one this replica accounted for) is counted; an active
+  one joins the active trials, a completed one becomes a candidate for the best trial;
+- a trial this replica held as active is replaced (another replica re-leased it) or, if
+  it finished elsewhere, finished here;
+- every result another replica recorded goes to this replica's engine with
+  ``invalidate=True``, so no prefetched suggestion computed without it is handed out
+  (:mod:`~promptbo.server.prefetch`);
+- the study row (state, budget, cap, labels) replaces the cached one.
+
+Memory never decides alone, though: the writes the decisions lead to are conditional
+(``expected`` and ``guard`` of :class:`~promptbo.server.storage.base.Storage`) and run
+under the study-row lock, so a replica whose view went stale between its check and its
+write gets :class:`~promptbo.server.storage.base.StaleWriteError`; the manager then calls
+:meth:`ReplicaSync.rebuild` and decides again.
+
+A trial is accounted for once: this replica's own writes update the cache as they happen
+(and :meth:`ReplicaSync.wrote` moves the last accounted id past the trials it added), so
+when they come back through the change marker they are recognized and skipped.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from promptbo.server.domain import Study, Trial, TrialState
+from promptbo.server.rules import noise, stored_objective
+from promptbo.server.storage.base import Storage
+
+if TYPE_CHECKING:
+    from promptbo.server.study_cache import LiveStudy
+
+
+@dataclass
+class _Seen:
+    """How far a replica has read a study: the change marker and the last trial id it
+    accounted for."""
+
+    version: int
+    last_id: int
+
+
+class ReplicaSync:
+    """Loads and refreshes :class:`LiveStudy` objects from a shared ``storage``.
+
+    Args:
+        storage: the shared storage.
+        make_live: builds a LiveStudy from a study and all of its trials.
+
+    Every method is called under the study's lock.
+    """
+
+    def __init__(
+        self, storage: Storage, make_live: Callable[[Study, list[Trial]], LiveStudy]
+    ) -> None:
+        self.storage = storage
+        self._make_live = make_live
+        self._seen: weakref.WeakKeyDictionary[LiveStudy, _Seen] = weakref.WeakKeyDictionary()
+        #: Trials written by other replicas that this one applied (a metric for tests).
+        self.applied = 0
+
+    def fresh(self, name: str, live: LiveStudy | None) -> LiveStudy:
+        """``live`` brought up to date with storage, or the study loaded if ``live`` is
+        None or unknown to this sync (NotFoundError if the study is gone)."""
+        if live is None:
+            return self._load(name)
+        seen = self._seen.get(live)
+        if seen is None:  # a study this replica just created, with no trials yet
+            seen = self._seen[live] = _Seen(-1, 0)
+        changes = self.storage.changes(name, seen.version)
+        if changes.version < seen.version or changes.study.create_time != live.study.create_time:
+            return self._load(name)  # deleted and created again elsewhere: a new study
+        if changes.version != seen.version:
+            self._apply(live, seen, changes.trials)
+            live.study = changes.study
+            if live.runtime is not None:
+                live.runtime.spec = changes.study.spec
+            seen.version = changes.version
+        return live
+
+    def rebuild(self, live: LiveStudy) -> None:
+        """Recounts ``live`` from all of its stored trials, after a conditional write found
+        it stale; results this replica had not seen go to its engine first."""
+        seen = self._seen.get(live)
+        changes = self.storage.changes(live.study.name, -1)
+        if seen is None:
+            seen = self._seen[live] = _Seen(changes.version, 0)
+        self._apply(live, seen, changes.trials, count=False)
+        again = self._make_live(changes.study, changes.trials)
+        live.study = changes.study
+        live.active, live.counts, live.best, live.best_obj = (
+            again.active, again.counts, again.best, again.best_obj)
+        live.ledger, live.reference = again.ledger, again.reference
+        if live.runtime is not None:
+            live.runtime.spec = changes.study.spec
+        seen.version = changes.version
+        seen.last_id = max([seen.last_id] + [t.id for t in changes.trials])
+
+    def catch_up(self, live: LiveStudy) -> list[Trial]:
+        """All of the study's trials, read in one snapshot that ``live`` is brought up to
+        as well: what an engine built now replays, so that no later refresh hands it a
+        result twice."""
+        seen = self._seen.get(live)
+        changes = self.storage.changes(live.study.name, -1)
+        if seen is None:
+            seen = self._seen[live] = _Seen(-1, 0)
+        if changes.version != seen.version:
+            # The rule of _apply needs no versions: trials already accounted are skipped.
+            self._apply(live, seen, changes.trials)
+            live.study = changes.study
+            seen.version = changes.version
+        return changes.trials
+
+    def wrote(self, live: LiveStudy, trials: Iterable[Trial]) -> None:
+        """Notes trials this replica added (and already accounted for in ``live``)."""
+        seen = self._seen.get(live)
+        if seen is not None:
+            seen.last_id = max([seen.last_id] + [t.id for t in trials])
+
+    # --- helpers ----------------------------------------------------------------------
+    def _load(self, name: str) -> LiveStudy:
+        changes = self.storage.changes(name, -1)
+        live = self._make_live(changes.study, changes.trials)
+        last = max((t.id for t in changes.trials), default=0)
+        self._seen[live] = _Seen(changes.version, last)
+        return live
+
+    def _apply(self, live: LiveStudy, seen: _Seen, trials: list[Trial],
+               count: bool = True) -> None:
+        """Applies trials written elsewhere to ``live`` (only teaches its engine unless
+        ``count``)."""
+        spec = live.study.spec
+        learned: list[tuple[Trial, float]] = []
+        for t in trials:
+            new = t.id > seen.last_id
+            if new:
+                seen.last_id = t.id
+            elif t.id not in live.active:
+                continue  # this replica accounted for it already (its own write)
+            self.applied += 1
+            if t.state is TrialState.COMPLETED and t.source != "reference":
+                obj = stored_objective(spec, t.value, t.metrics)
+                if obj is not None:
+                    learned.append((t, obj))
+            if not count:
+                continue
+            if t.source == "reference":
+                live.reference = t
+            elif not new:  # one this replica held as active
+                if t.state is TrialState.ACTIVE:
+                    live.active[t.id] = t
+                else:
+                    live.finish(t)
+            else:
+                live.counts[t.state] += 1
+                live.ledger.added(t)
+                if t.state is TrialState.ACTIVE:
+                    live.active[t.id] = t
+                elif t.state is TrialState.COMPLETED:
+                    live.consider_best(t)
+        rt = live.runtime
+        if learned and rt is not None:
+            rt.queue_observation(
+                [t.prompt for t, _ in learned], [o for _, o in learned],
+                [noise(spec, t) for t, _ in learned], [t.examples_scored for t, _ in learned],
+                invalidate=True,  # no suggestion computed without these is handed out
+            )
