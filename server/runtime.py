@@ -125,8 +125,12 @@ class StudyRuntime:
         self.engine_version = DataVersion()
         #: Prefetched batches dropped because new data made them stale.
         self.discarded = 0
-        #: Foreground suggestions waiting for or holding the engine; a refill yields to them.
-        self._foreground = 0
+        #: A finished refill's prompts, kept (under ``inbox_lock``) between the moment it
+        #: releases the engine and the moment it stores them, so that a foreground
+        #: suggestion that waited for the engine takes them instead of computing again;
+        #: computed on :attr:`_handoff_version`.
+        self._handoff: list[Prompt] = []
+        self._handoff_version = DataVersion()
         #: Measured suggestion and evaluation times (they set the prefetch depth).
         self.pace = Pace()
         #: The prefetch depth last chosen (see :func:`~promptbo.server.prefetch.adaptive_depth`).
@@ -222,22 +226,46 @@ class StudyRuntime:
     def suggest(self, n: int, pending: Sequence[Prompt],
                 cancelled: Callable[[], bool] | None = None) -> list[Prompt]:
         """``n`` new prompts, none equal to a pending one (hard prompts). ``cancelled``
-        is polled while the engine computes (see ``Engine.should_stop``)."""
-        with self.inbox_lock:
-            self._foreground += 1
-        try:
-            with self.engine_lock, self._slot():
+        is polled while the engine computes (see ``Engine.should_stop``).
+
+        A suggestion that waited for a refill holding the engine first takes that refill's
+        prompts (while they are still valid) and computes only the rest: the refill's work
+        is used, not thrown away."""
+        with self.engine_lock:
+            taken = self._take_handoff(n, pending)
+            if len(taken) == n:
+                return taken
+            with self._slot():
                 self._drain()
-                return self._suggest_locked(n, pending, cancelled)
-        finally:
-            with self.inbox_lock:
-                self._foreground -= 1
+                return taken + self._suggest_locked(n - len(taken), [*pending, *taken],
+                                                    cancelled)
+
+    def _take_handoff(self, n: int, pending: Sequence[Prompt]) -> list[Prompt]:
+        """Up to ``n`` of a finished refill's prompts that are still valid and not pending;
+        they leave the hand-off. ``n`` < 0: all of them."""
+        with self.inbox_lock:
+            if not self._handoff:
+                return []
+            if not still_valid(self._handoff_version, DataVersion(self._epoch, self._queued)):
+                self._handoff = []
+                return []
+            busy = {p.key() for p in pending}
+            taken: list[Prompt] = []
+            keep: list[Prompt] = []
+            for p in self._handoff:
+                if (n < 0 or len(taken) < n) and p.key() not in busy:
+                    taken.append(p)
+                    busy.add(p.key())
+                else:
+                    keep.append(p)
+            self._handoff = keep
+            return taken
 
     def _yield(self, version: DataVersion) -> bool:
-        """Whether a refill computing on ``version`` should stop."""
-        with self.inbox_lock:
-            waiting = self._foreground > 0
-        return waiting or not still_valid(version, self.version)
+        """Whether a refill computing on ``version`` should stop: new data made it stale.
+        A foreground suggestion waiting for the engine does not stop it; it takes the
+        refill's prompts when it finishes (see :meth:`suggest`)."""
+        return not still_valid(version, self.version)
 
     def _slot(self) -> AbstractContextManager[None]:
         return nullcontext() if self._slots is None or self.remote else self._slots.hold()
@@ -272,11 +300,11 @@ class StudyRuntime:
         """Computes ``count`` suggestions in the background thread that calls it.
 
         ``snapshot`` (takes the study lock) returns the pending prompts; ``store`` (takes
-        the study lock) gets the result and the data version it was computed on. The
-        computation is cancelled, and ``store`` gets None, once new data makes it stale
-        or a foreground suggestion waits for the engine (which would otherwise wait for
-        this refill and then compute its own). A failed one stores no prompts. Never
-        holds the study lock with the engine's.
+        the study lock) gets the result and the data version it was computed on: the
+        prompts a foreground suggestion did not take from the hand-off meanwhile (see
+        :meth:`suggest`), or None if the computation was cancelled because new data made
+        it stale. A failed one stores no prompts. Never holds the study lock with the
+        engine's.
         """
         version = self.version
         try:
@@ -286,9 +314,11 @@ class StudyRuntime:
                 version = self.engine_version
                 prompts = self._suggest_locked(count, pending, lambda: self._yield(version),
                                                background=True)
-            store(prompts, version)
+                with self.inbox_lock:
+                    self._handoff, self._handoff_version = list(prompts), version
+            store(self._take_handoff(-1, ()), version)
         except CancelledError:
-            log.debug("a prefetch went stale or yielded to a foreground suggestion")
+            log.debug("a prefetch went stale")
             store(None, version)
         except Exception:  # a failed prefetch only costs latency; the sync path still works
             log.exception("prefetching suggestions failed")

@@ -14,7 +14,8 @@ here; nothing else touches the lock. Lock order: the study lock, then the runtim
 locks (see :mod:`~promptbo.server.runtime`).
 
 With ``prefetch`` > 0 background threads keep that many suggestions ready per study of
-an expensive engine, refreshed whenever results arrive (:meth:`StudyCache.schedule_refill`).
+an expensive engine, topped up whenever some were handed out or went stale
+(:meth:`StudyCache.schedule_refill`).
 Ready suggestions that new data made stale are never handed out (the rule is in
 :mod:`~promptbo.server.prefetch`); a refill that went stale is dropped and started again.
 
@@ -339,13 +340,16 @@ class StudyCache:
         expensive engines only); a completed study's ready ones are dropped instead.
         Caller holds the study lock.
 
-        It computes as many as the study's measured times call for (at most ``prefetch``;
-        :func:`~promptbo.server.prefetch.adaptive_depth`); none when suggestions are cheap
-        relative to evaluations. One refill per study runs at a time. Its result replaces
-        the ready ones if it is still valid when it finishes
-        (:func:`~promptbo.server.prefetch.still_valid`); otherwise it is dropped and, new
-        data having arrived, another refill starts. A refill yields to a foreground
-        suggestion that waits for the engine, and starts again after it."""
+        The study keeps as many ready as its measured times call for (at most
+        ``prefetch``; :func:`~promptbo.server.prefetch.adaptive_depth`; none when
+        suggestions are cheap relative to evaluations); a refill computes only the ones
+        missing, since ready ones that are still valid
+        (:func:`~promptbo.server.prefetch.still_valid`) are never recomputed. One refill
+        per study runs at a time. Its result joins the ready ones if it is still valid
+        when it finishes; otherwise it is dropped and, new data having arrived, another
+        refill starts. A foreground suggestion that waits for the engine while a refill
+        computes takes the refill's prompts (``StudyRuntime.suggest``) instead of
+        cancelling it."""
         rt = live.runtime
         if self._executor is None or rt is None or rt.refilling or rt.cheap:
             return
@@ -353,14 +357,15 @@ class StudyCache:
             rt.ready = []
             return
         rt.depth = rt.pace.depth(self.prefetch, len(live.active))
-        if rt.depth == 0:
+        missing = rt.depth - rt.ready_count()
+        if missing <= 0:  # the ready ones are still valid: nothing is recomputed
             return
         rt.refilling = True
 
         def snapshot() -> list[Prompt]:
             with self.lock(name):
                 rt.issued = set()
-                return [t.prompt for t in live.active.values()]
+                return [t.prompt for t in live.active.values()] + list(rt.ready)
 
         def store(prompts: list[Prompt] | None, version: DataVersion) -> None:
             with self.lock(name):
@@ -376,10 +381,19 @@ class StudyCache:
                 # Prompts handed out while the refill ran may be completed already: they
                 # are neither active nor known to the refill's snapshot.
                 busy = {t.prompt.key() for t in live.active.values()} | issued
-                rt.ready = [p for p in prompts if p.key() not in busy]
-                rt.ready_version = version
+                kept = rt.ready if rt.ready_count() else []  # computed earlier, still valid
+                fresh = []
+                for p in [*kept, *prompts]:
+                    if p.key() not in busy:
+                        fresh.append(p)
+                        busy.add(p.key())
+                if not kept:
+                    rt.ready_version = version  # else the older version ages the list
+                rt.ready = fresh
+                if prompts and len(fresh) < rt.depth and self._live.get(name) is live:
+                    self.schedule_refill(name, live)  # some were taken meanwhile
 
         try:
-            self._executor.submit(rt.refill, rt.depth, snapshot, store)
+            self._executor.submit(rt.refill, missing, snapshot, store)
         except RuntimeError:  # closing: no more prefetch
             rt.refilling = False

@@ -12,10 +12,12 @@ Scheduling (:meth:`SuggestPool.run`):
 - requests wait in two FIFO queues, foreground suggestions before prefetch refills; the
   oldest request whose study is not running goes first, so no study starves another, and
   a study's jobs never run twice at once;
-- a request goes to a free worker that holds the study's engine warm if there is one,
-  else to the free worker holding the fewest engines (a cold worker gets the recipe and
-  the whole history); the pool mirrors each worker's LRU to know what it holds and which
-  history batches it has seen (a worker that answers ``missing`` gets everything again);
+- each study has a home worker (the free one with the fewest studies at its first job)
+  and its jobs wait for it, so its engine stays warm in one place; a study moves only
+  to even out a free worker that has two studies fewer (a cold worker gets the recipe
+  and the whole history); the pool mirrors each worker's LRU to know what it holds and
+  which history batches it has seen (a worker that answers ``missing`` gets everything
+  again);
 - the caller's thread waits for its reply, polling its ``should_stop``: once it fires, a
   queued request is dropped and a running job is told to stop (the engine polls a shared
   flag), and the caller gets :class:`~promptbo.errors.CancelledError`;
@@ -167,6 +169,8 @@ class SuggestPool:
         self._busy = [False] * workers
         #: Per worker, the mirror of its LRU: study key -> history batches it has seen.
         self._held: list[OrderedDict[str, int]] = [OrderedDict() for _ in range(workers)]
+        #: Each study's home worker (see :meth:`_home_locked`).
+        self._homes: dict[str, int] = {}
         #: Per worker, studies it should drop with its next job (see :meth:`forget`).
         self._drop: list[set[str]] = [set() for _ in range(workers)]
         self._fg: deque[_Request] = deque()
@@ -216,6 +220,7 @@ class SuggestPool:
         """Study ``key`` is gone: every worker holding its engine drops it with its next
         job."""
         with self._cond:
+            self._homes.pop(key, None)
             for i in range(self.size):
                 if self._held[i].pop(key, None) is not None:
                     self._drop[i].add(key)
@@ -249,14 +254,35 @@ class SuggestPool:
                     return
                 if req.key in self._running:
                     continue
-                warm = [i for i in free if req.key in self._held[i]]
-                i = warm[0] if warm else min(free, key=lambda j: (len(self._held[j]), j))
+                i = self._home_locked(req.key, free)
+                if i is None:
+                    continue  # its home worker is busy: it waits for it
                 free.remove(i)
                 queue.remove(req)
                 self._busy[i] = True
                 self._running.add(req.key)
                 req.worker = i
         # notify_all by the caller
+
+    def _home_locked(self, key: str, free: list[int]) -> int | None:
+        """The worker that runs study ``key``'s job now, or None to wait for its home.
+
+        Each study has a home worker, chosen at its first job as the free worker with the
+        fewest studies, so its engine is built once and stays warm there. A study whose
+        home is busy waits for it, unless a free worker has at least two studies fewer:
+        the study then moves there for good (rebuilt once from its history), which
+        evens the load out without moving studies back and forth."""
+        counts = [0] * self.size
+        for h in self._homes.values():
+            counts[h] += 1
+        home = self._homes.get(key)
+        if home is not None and home in free:
+            return home
+        j = min(free, key=lambda w: (counts[w], w))
+        if home is not None and counts[home] - counts[j] < 2:
+            return None
+        self._homes[key] = j
+        return j
 
     def _ensure_worker_locked(self, i: int) -> WorkerHandle:
         h = self._handles[i]

@@ -180,7 +180,7 @@ def test_a_refill_that_went_stale_is_cancelled_and_started_again():
         manager.close()
 
 
-def test_a_refill_yields_to_an_ask_waiting_for_the_engine_and_starts_again():
+def test_an_ask_waiting_for_a_refill_takes_its_prompts_and_nothing_is_computed_twice():
     GATE.clear()
     manager = StudyManager(open_storage("memory:"), prefetch=2)
     try:
@@ -193,11 +193,32 @@ def test_a_refill_yields_to_an_ask_waiting_for_the_engine_and_starts_again():
         time.sleep(0.2)  # the ask now waits for the engine the refill holds
         GATE.set()
         asking.join(20)
-        assert len(asked) == 1 and ObservingEngine.cancelled == 1
-        wait_ready(manager, "s", 2)  # refilled after the ask
-        assert manager.studies.get("s").runtime.discarded == 0  # yielded, not stale
+        assert len(asked) == 1 and ObservingEngine.cancelled == 0  # taken, not cancelled
+        wait_ready(manager, "s", 2)  # topped up with one more after the ask
+        assert len(ObservingEngine.seen) == 3  # the refill's pair and the top-up
+        assert key(asked[0].prompt.vector) in ObservingEngine.seen
+        assert manager.studies.get("s").runtime.discarded == 0
     finally:
         GATE.set()
+        manager.close()
+
+
+def test_a_refill_computes_only_the_ready_ones_that_are_missing():
+    manager = StudyManager(open_storage("memory:"), prefetch=2)
+    try:
+        manager.create_study("s", soft())
+        wait_ready(manager, "s", 2)
+        rt = manager.studies.get("s").runtime
+        first = list(rt.ready)
+        (t,), _ = manager.suggest_trials("s", 1, "w")
+        assert t.prompt == first[0]
+        wait_ready(manager, "s", 2)
+        assert rt.ready[0] == first[1]  # still valid: kept, not recomputed
+        assert len(ObservingEngine.seen) == 3
+        manager.complete_trial("s", t.id, 1.0, client_id="w")  # one tell: still valid
+        time.sleep(0.2)
+        assert len(ObservingEngine.seen) == 3 and rt.ready[0] == first[1]
+    finally:
         manager.close()
 
 

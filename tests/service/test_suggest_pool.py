@@ -362,3 +362,18 @@ def _alive(pids: set[int]) -> bool:
         except OSError:
             continue
     return False
+
+
+def test_each_study_keeps_a_home_worker_and_moves_only_to_even_the_load():
+    pool = SuggestPool(2, make_worker=lambda: pytest.fail("no worker is started"))
+    with pool._cond:
+        assert pool._home_locked("a", [0, 1]) == 0  # the first study: worker 0
+        assert pool._home_locked("b", [1]) == 1
+        assert pool._home_locked("a", [1]) is None  # its home is busy: "a" waits
+        pool._homes["c"] = 0
+        assert pool._home_locked("a", [1]) is None  # 2 against 1: not worth a rebuild
+        pool._homes["d"] = 0
+        assert pool._home_locked("a", [1]) == 1  # 3 against 1: "a" moves for good
+        assert pool._home_locked("a", [0, 1]) == 1
+    pool.forget("a")
+    assert "a" not in pool._homes
