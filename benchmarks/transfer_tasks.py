@@ -103,12 +103,14 @@ CONFIGS = (
 
 def schedule(args) -> list[tuple[Config, int]]:
     """The target runs in order of importance: each pair of configs (cold, transfer) of a
-    task interleaved by seed, then the multi-source config."""
+    task interleaved by seed, then the multi-source config; only the configs named in
+    ``--configs`` when it is given."""
+    chosen = getattr(args, "configs", None)
     order: list[tuple[Config, int]] = []
     for group in (CONFIGS[0:2], CONFIGS[2:4], CONFIGS[4:]):
         seeds = getattr(args, group[0].seeds_arg)
         for seed in seeds:
-            order += [(c, seed) for c in group]
+            order += [(c, seed) for c in group if not chosen or c.name in chosen]
     return order
 
 
@@ -299,9 +301,11 @@ class Bench:
         return classes * self.args.k
 
     def run(self) -> None:
+        chosen = getattr(self.args, "configs", None)
         for config, seed in schedule(self.args):
             for group_config in CONFIGS:  # a group's sources run before its first target
-                if group_config.seeds_arg == config.seeds_arg:
+                if group_config.seeds_arg == config.seeds_arg and (
+                        not chosen or group_config.name in chosen):
                     for s in group_config.sources:
                         self.source(s)
             self.target(config, seed)
@@ -427,6 +431,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seeds", default="0,1,2,3,4", help="MR cold and MR <- SST-2")
     p.add_argument("--seeds-unrelated", default=None, help="SUBJ cold and SUBJ <- AG News")
     p.add_argument("--seeds-multi", default=None, help="MR <- {SST-2, SUBJ}")
+    p.add_argument("--configs", default=None,
+                   help="comma-separated target configs to run (default: all); runs of "
+                        "separate processes (other --out and --db) can be merged")
     p.add_argument("--source-seed", type=int, default=0)
     p.add_argument("--budget", type=int, default=50, help="evaluations per study")
     p.add_argument("--budgets", default="10,15,25,50", help="where the pick is reported")
@@ -450,6 +457,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                             if args.seeds_unrelated else args.seeds)
     args.seeds_multi = ([int(s) for s in args.seeds_multi.split(",")]
                         if args.seeds_multi else args.seeds)
+    names = {c.name for c in CONFIGS}
+    args.configs = [c for c in args.configs.split(",") if c] if args.configs else None
+    if args.configs and not set(args.configs) <= names:
+        p.error(f"--configs: unknown {sorted(set(args.configs) - names)}; "
+                f"known: {', '.join(c.name for c in CONFIGS)}")
     args.budgets = sorted({int(b) for b in args.budgets.split(",")})
     if max(args.budgets) > args.budget:
         p.error("--budgets must not exceed --budget")
