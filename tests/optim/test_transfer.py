@@ -110,6 +110,28 @@ def test_cv_predictions_refit_without_the_held_out_point():
     assert torch.allclose(var[2], alone.variance.reshape(()).detach(), atol=1e-6)
 
 
+def _rank_correlation(a: torch.Tensor, b: torch.Tensor) -> float:
+    ra, rb = (torch.argsort(torch.argsort(v)).double() for v in (a, b))
+    return float(torch.corrcoef(torch.stack([ra, rb]))[0, 1])
+
+
+def test_cv_predictions_do_not_rank_pure_noise_the_closed_form_loo_does():
+    # 10 points in 20 dimensions with values that are pure noise: no model can rank them.
+    # The closed-form leave-one-out with hyperparameters fitted on all points claims it
+    # can (the leak that kept every source's RGPE weight at 0); refitted folds do not.
+    loo_rho, cv_rho = [], []
+    for seed in range(3):
+        g = torch.Generator().manual_seed(seed)
+        X = torch.rand(10, 20, generator=g, dtype=torch.float64)
+        y = robust(torch.randn(10, generator=g, dtype=torch.float64))
+        model = _fit(X, y)
+        loo_rho.append(_rank_correlation(loo_predictions(model)[0], model.train_targets))
+        cv_rho.append(_rank_correlation(cv_predictions(X, y, [GPFitter() for _ in range(5)])[0],
+                                        y))
+    assert sum(loo_rho) / 3 > 0.5
+    assert sum(cv_rho) / 3 < 0.3
+
+
 def test_rgpe_weights_give_a_related_source_weight_in_many_dimensions_a_random_one_none():
     # The case of hard prompts: many dimensions, few target points. A leave-one-out with
     # hyperparameters fitted on all points ranks the target's own points too well and
