@@ -112,3 +112,12 @@ def test_transfer_benchmark_runs_in_order_selects_and_resumes(tmp_path):
     assert [line for line in lines if line.startswith(("target ", "source study "))] == [
         "target mr-cold-s2", "target mr-from-sst2-s2"]
     assert len(again.results["runs"]) == len(results["runs"]) + 2
+
+
+def test_configs_selects_the_target_runs(tmp_path):
+    args = transfer_tasks.parse_args(["--seeds", "0,1", "--seeds-unrelated", "2",
+                                      "--configs", "subj<-agnews,mr-cold"])
+    assert [(c.name, s) for c, s in transfer_tasks.schedule(args)] == [
+        ("mr-cold", 0), ("mr-cold", 1), ("subj<-agnews", 2)]
+    with pytest.raises(SystemExit):
+        transfer_tasks.parse_args(["--configs", "mr<-agnews"])
