@@ -333,6 +333,27 @@ def write_outputs(results: dict[str, Any], budgets, out: Path, final: bool = Fal
         plot(results, budgets, out.with_suffix(".png"))
 
 
+def merge_results(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """The union of several ``<out>.json`` results (runs, sources, scores, unprompted
+    references); the first part's config and machine. Raises ValueError if their
+    :data:`FIXED` settings differ or two parts hold the same run."""
+    merged: dict[str, Any] = {"config": dict(parts[0]["config"]),
+                              "machine": parts[0].get("machine", "")}
+    for part in parts:
+        changed = [k for k in FIXED if part["config"].get(k) != merged["config"].get(k)]
+        if changed:
+            raise ValueError(f"results with other settings ({', '.join(changed)})")
+        for key in ("runs", "sources", "unprompted", "test_examples"):
+            into = merged.setdefault(key, {})
+            if key == "runs" and set(into) & set(part.get(key, {})):
+                raise ValueError(f"runs in two parts: {sorted(set(into) & set(part[key]))}")
+            into.update(part.get(key, {}))
+        for task, scores in part.get("scores", {}).items():
+            merged.setdefault("scores", {}).setdefault(task, {}).update(scores)
+    merged["config"]["db"] = [p["config"].get("db") for p in parts]
+    return merged
+
+
 def summarize(results: dict[str, Any], budgets) -> dict[str, Any]:
     """Per config: test accuracy mean/std per budget, mean final source weights, seeds."""
     out: dict[str, Any] = {}
@@ -451,6 +472,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", default="benchmarks/results/transfer-real")
     p.add_argument("--report", action="store_true",
                    help="only rewrite <out>.md and <out>.png from <out>.json")
+    p.add_argument("--merge", default=None,
+                   help="comma-separated <out>.json files of runs made with --configs in "
+                        "separate processes: writes their union to <out> (same settings "
+                        "required) and its report")
     args = p.parse_args(argv)
     args.seeds = [int(s) for s in args.seeds.split(",")]
     args.seeds_unrelated = ([int(s) for s in args.seeds_unrelated.split(",")]
@@ -476,6 +501,12 @@ def main(argv=None) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
     path = Path(args.out).with_suffix(".json")
+    if args.merge:
+        results = merge_results([json.loads(Path(f).read_text())
+                                 for f in args.merge.split(",") if f])
+        write_outputs(results, results["config"]["budgets"], Path(args.out), final=True)
+        print(Path(args.out).with_suffix(".md").read_text(), flush=True)
+        return
     if args.report:
         results = json.loads(path.read_text())
         write_outputs(results, results["config"]["budgets"], Path(args.out), final=True)

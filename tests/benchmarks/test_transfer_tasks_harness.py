@@ -121,3 +121,18 @@ def test_configs_selects_the_target_runs(tmp_path):
         ("mr-cold", 0), ("mr-cold", 1), ("subj<-agnews", 2)]
     with pytest.raises(SystemExit):
         transfer_tasks.parse_args(["--configs", "mr<-agnews"])
+
+
+def test_merge_results_joins_runs_of_separate_processes():
+    config = {k: 1 for k in transfer_tasks.FIXED}
+    a = {"config": config, "runs": {"mr-cold|0": {}}, "scores": {"mr": {"x": 1}},
+         "sources": {}, "unprompted": {"mr": {}}, "test_examples": {"mr": 9}}
+    b = {"config": config, "runs": {"subj-cold|0": {}}, "scores": {"mr": {"y": 2}},
+         "sources": {"agnews": {}}, "unprompted": {}, "test_examples": {}}
+    merged = transfer_tasks.merge_results([a, b])
+    assert set(merged["runs"]) == {"mr-cold|0", "subj-cold|0"}
+    assert merged["scores"] == {"mr": {"x": 1, "y": 2}} and "agnews" in merged["sources"]
+    with pytest.raises(ValueError, match="runs in two parts"):
+        transfer_tasks.merge_results([a, a])
+    with pytest.raises(ValueError, match="other settings"):
+        transfer_tasks.merge_results([a, {**b, "config": {**config, "k": 2}}])
