@@ -42,7 +42,10 @@ unfinished in storage.
         --db /tmp/transfer-bench.sqlite --out benchmarks/results/transfer-real
 
 writes ``<out>.json`` (config, scores, traces, picks, weights), ``<out>.md`` (the table)
-and ``<out>.png`` (test accuracy vs evaluations per target task).
+and ``<out>.png`` (test accuracy vs evaluations per target task). ``--configs`` runs a
+subset of the target configs (and the sources they need), so independent configs can run
+as separate processes, each with its own ``--out`` and ``--db``; ``--merge a.json,b.json
+--out <out>`` then writes their union and its table.
 """
 
 from __future__ import annotations
