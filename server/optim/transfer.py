@@ -312,6 +312,7 @@ class TransferEngine(Engine):
         self._source_models: list[SingleTaskGP | None] | None = None
         self._fold_fitters: list[GPFitter] = []
         self._transferred: set[bytes] = set()
+        self._design: set[bytes] = set()
         self._observed: set[bytes] = set()
         #: Observed values of source prompts and of the study's own initial design points.
         self.source_values: list[float] = []
@@ -344,7 +345,13 @@ class TransferEngine(Engine):
         self._observed.update(keys)
         flat = torch.as_tensor(values, dtype=torch.float64).reshape(-1).tolist()
         for i, (key, value) in enumerate(zip(keys, flat, strict=True)):
-            if key in self._source_keys:
+            # What this engine handed out decides; replayed history (after a restart)
+            # counts a prompt among the source candidates as a source prompt.
+            if key in self._transferred:
+                self.source_values.append(value)
+            elif key in self._design:
+                self.design_values.append(value)
+            elif key in self._source_keys:
                 self.source_values.append(value)
             elif before + i < self.init_count:
                 self.design_values.append(value)
@@ -367,7 +374,10 @@ class TransferEngine(Engine):
         if taken:
             rows = torch.stack([row for _, row in taken])
             pending = rows if pending is None else torch.cat([pending, rows])
+        design = inner.num_observed < self.init_count
         rest = inner.suggest(own, pending)
+        if design and self.init_candidates is not None:
+            self._design.update(inner.box.keys(rest))
         if not taken:
             return rest
         # In slot order: the source prompts on their slots, the strategy's rows between.

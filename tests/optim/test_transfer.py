@@ -197,3 +197,13 @@ def test_guard_counts_source_prompts_observed_after_a_restart():
     again.observe(x, torch.tensor([0.0, 1.0]))  # replayed history: source below design
     assert again.source_values == [0.0] and again.design_values == [1.0]
     assert again.is_transferred(again.suggest(1)) == [False]
+
+
+def test_guard_counts_a_design_point_that_a_source_also_evaluated_as_design():
+    # A study and its source with the same seed share the Sobol sequence: the study's own
+    # design point can be among the source's prompts. It still counts as design.
+    engine, cands = _init_engine()
+    x = engine.suggest(2)
+    engine._source_keys.update(engine.inner.box.keys(x[1:]))
+    engine.observe(x, torch.tensor([0.0, 1.0]))
+    assert engine.source_values == [0.0] and engine.design_values == [1.0]
