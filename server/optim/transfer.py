@@ -20,8 +20,10 @@ candidates in the target's encoding, values to maximize) and uses them in up to 
     observed so far; otherwise the slot goes to the Sobol design. So an unrelated source
     costs the study at most the first slot, plus the slots already handed out when the
     evidence arrives (asynchronous batches), while a related source keeps about half of
-    the initial design. A rule of ranks on the study's own observations, with no
-    threshold to tune.
+    the initial design. When the guard trips, a design shortened for transfer (``both``:
+    ``min(num_initial, 5)``) gets back the strategy's own ``num_initial`` Sobol slots, as
+    a cold study has. A rule of ranks on the study's own observations, with no threshold
+    to tune.
 ``surrogate`` (``gp`` strategy only)
     After a short initial design (``min(num_initial, 5)`` points) the GP is replaced by a
     ranking-weighted ensemble (RGPE, Feurer et al. 2018) of one GP per source (fitted once
@@ -295,6 +297,8 @@ class TransferEngine(Engine):
         self.names = [s.name for s in sources]
         self.counts = {s.name: int(s.values.shape[0]) for s in sources}
         num_initial = int(getattr(inner, "num_initial", 10))
+        #: The strategy's own initial design length (restored when the guard trips).
+        self.own_initial = num_initial
         init = mode in ("both", "init")
         if surrogate:
             assert isinstance(inner, GPEngine)
@@ -358,15 +362,25 @@ class TransferEngine(Engine):
 
     def sources_rank_well(self) -> bool:
         """The guard (see the module doc): no evidence yet, or the median of the source
-        prompts observed so far is at least the median of the study's own design points."""
+        prompts observed so far is at least the median of the study's own design points.
+        When it fails, the initial design gets back the strategy's own length (the
+        shortened transfer design assumed the sources would stand in for it)."""
         if not self.source_values or not self.design_values:
             return True
-        return statistics.median(self.source_values) >= statistics.median(self.design_values)
+        if statistics.median(self.source_values) >= statistics.median(self.design_values):
+            return True
+        if self.init_count < self.own_initial:
+            self.init_count = self.own_initial
+            if isinstance(self.inner, GPEngine):
+                self.inner.num_initial = self.own_initial
+        return False
 
     def suggest(self, n: int, pending: Tensor | None = None) -> Tensor:
         inner = self.inner
         assert isinstance(inner, BoxEngine)
         inner.should_stop = self.should_stop
+        if self.init_candidates is not None:
+            self.sources_rank_well()  # a tripped guard restores the initial design first
         taken = self._take_initial(n, pending)
         own = n - len(taken)
         if own <= 0:

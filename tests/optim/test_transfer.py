@@ -207,3 +207,15 @@ def test_guard_counts_a_design_point_that_a_source_also_evaluated_as_design():
     engine._source_keys.update(engine.inner.box.keys(x[1:]))
     engine.observe(x, torch.tensor([0.0, 1.0]))
     assert engine.source_values == [0.0] and engine.design_values == [1.0]
+
+
+def test_a_tripped_guard_gives_back_the_strategys_own_initial_design():
+    space = SoftPromptSpace(1, 2)
+    source = SourceData("s", torch.tensor([[0.1, 0.1], [0.9, 0.9], [0.5, 0.2]]),
+                        torch.tensor([0.0, 2.0, 1.0]))
+    inner = make_engine(space, "gp", {"num_initial": "8"}, seed=0)
+    engine = TransferEngine(inner, [source], "both", "gp")
+    assert engine.init_count == 5 and inner.num_initial == 5  # shortened for transfer
+    kinds = _run(engine, lambda source: 0.0 if source else 1.0, 3)
+    assert kinds == [True, False, False]
+    assert engine.init_count == 8 and inner.num_initial == 8  # as a cold study
