@@ -89,13 +89,23 @@ def main() -> None:
     parser.add_argument("--source-trials", type=int, default=60)
     parser.add_argument("--shift", type=float, default=0.1)
     parser.add_argument("--json", default="")
+    parser.add_argument("--configs", default="",
+                        help="only these targets, by label joined with ';' "
+                             "(e.g. 'related, both;unrelated, both'); default all")
     args = parser.parse_args()
+    chosen = [c for c in args.configs.split(";") if c]
+    labels = [label for label, _, _ in CONFIGS]
+    if not set(chosen) <= set(labels):
+        parser.error(f"--configs: unknown {sorted(set(chosen) - set(labels))}; known: "
+                     + "; ".join(labels))
     checkpoints = [k for k in (5, 10, 15) if k < args.budget] + [args.budget]
     results = {}
     print("| target | " + " | ".join(f"best after {k}" for k in checkpoints)
           + " | source weight | s per run |")
     print("|---" * (len(checkpoints) + 3) + "|")
     for label, source, mode in CONFIGS:
+        if chosen and label not in chosen:
+            continue
         runs = [one_run(seed, source, mode, args) for seed in range(args.seeds)]
         results[label] = runs
         cells = []

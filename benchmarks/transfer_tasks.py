@@ -42,7 +42,10 @@ unfinished in storage.
         --db /tmp/transfer-bench.sqlite --out benchmarks/results/transfer-real
 
 writes ``<out>.json`` (config, scores, traces, picks, weights), ``<out>.md`` (the table)
-and ``<out>.png`` (test accuracy vs evaluations per target task).
+and ``<out>.png`` (test accuracy vs evaluations per target task). ``--configs`` runs a
+subset of the target configs (and the sources they need), so independent configs can run
+as separate processes, each with its own ``--out`` and ``--db``; ``--merge a.json,b.json
+--out <out>`` then writes their union and its table.
 """
 
 from __future__ import annotations
@@ -103,12 +106,14 @@ CONFIGS = (
 
 def schedule(args) -> list[tuple[Config, int]]:
     """The target runs in order of importance: each pair of configs (cold, transfer) of a
-    task interleaved by seed, then the multi-source config."""
+    task interleaved by seed, then the multi-source config; only the configs named in
+    ``--configs`` when it is given."""
+    chosen = getattr(args, "configs", None)
     order: list[tuple[Config, int]] = []
     for group in (CONFIGS[0:2], CONFIGS[2:4], CONFIGS[4:]):
         seeds = getattr(args, group[0].seeds_arg)
         for seed in seeds:
-            order += [(c, seed) for c in group]
+            order += [(c, seed) for c in group if not chosen or c.name in chosen]
     return order
 
 
@@ -299,9 +304,11 @@ class Bench:
         return classes * self.args.k
 
     def run(self) -> None:
+        chosen = getattr(self.args, "configs", None)
         for config, seed in schedule(self.args):
             for group_config in CONFIGS:  # a group's sources run before its first target
-                if group_config.seeds_arg == config.seeds_arg:
+                if group_config.seeds_arg == config.seeds_arg and (
+                        not chosen or group_config.name in chosen):
                     for s in group_config.sources:
                         self.source(s)
             self.target(config, seed)
@@ -327,6 +334,27 @@ def write_outputs(results: dict[str, Any], budgets, out: Path, final: bool = Fal
     out.with_suffix(".md").write_text(markdown(results, budgets))
     if final:
         plot(results, budgets, out.with_suffix(".png"))
+
+
+def merge_results(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """The union of several ``<out>.json`` results (runs, sources, scores, unprompted
+    references); the first part's config and machine. Raises ValueError if their
+    :data:`FIXED` settings differ or two parts hold the same run."""
+    merged: dict[str, Any] = {"config": dict(parts[0]["config"]),
+                              "machine": parts[0].get("machine", "")}
+    for part in parts:
+        changed = [k for k in FIXED if part["config"].get(k) != merged["config"].get(k)]
+        if changed:
+            raise ValueError(f"results with other settings ({', '.join(changed)})")
+        for key in ("runs", "sources", "unprompted", "test_examples"):
+            into = merged.setdefault(key, {})
+            if key == "runs" and set(into) & set(part.get(key, {})):
+                raise ValueError(f"runs in two parts: {sorted(set(into) & set(part[key]))}")
+            into.update(part.get(key, {}))
+        for task, scores in part.get("scores", {}).items():
+            merged.setdefault("scores", {}).setdefault(task, {}).update(scores)
+    merged["config"]["db"] = [p["config"].get("db") for p in parts]
+    return merged
 
 
 def summarize(results: dict[str, Any], budgets) -> dict[str, Any]:
@@ -427,6 +455,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seeds", default="0,1,2,3,4", help="MR cold and MR <- SST-2")
     p.add_argument("--seeds-unrelated", default=None, help="SUBJ cold and SUBJ <- AG News")
     p.add_argument("--seeds-multi", default=None, help="MR <- {SST-2, SUBJ}")
+    p.add_argument("--configs", default=None,
+                   help="comma-separated target configs to run (default: all); runs of "
+                        "separate processes (other --out and --db) can be merged")
     p.add_argument("--source-seed", type=int, default=0)
     p.add_argument("--budget", type=int, default=50, help="evaluations per study")
     p.add_argument("--budgets", default="10,15,25,50", help="where the pick is reported")
@@ -444,12 +475,21 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", default="benchmarks/results/transfer-real")
     p.add_argument("--report", action="store_true",
                    help="only rewrite <out>.md and <out>.png from <out>.json")
+    p.add_argument("--merge", default=None,
+                   help="comma-separated <out>.json files of runs made with --configs in "
+                        "separate processes: writes their union to <out> (same settings "
+                        "required) and its report")
     args = p.parse_args(argv)
     args.seeds = [int(s) for s in args.seeds.split(",")]
     args.seeds_unrelated = ([int(s) for s in args.seeds_unrelated.split(",")]
                             if args.seeds_unrelated else args.seeds)
     args.seeds_multi = ([int(s) for s in args.seeds_multi.split(",")]
                         if args.seeds_multi else args.seeds)
+    names = {c.name for c in CONFIGS}
+    args.configs = [c for c in args.configs.split(",") if c] if args.configs else None
+    if args.configs and not set(args.configs) <= names:
+        p.error(f"--configs: unknown {sorted(set(args.configs) - names)}; "
+                f"known: {', '.join(c.name for c in CONFIGS)}")
     args.budgets = sorted({int(b) for b in args.budgets.split(",")})
     if max(args.budgets) > args.budget:
         p.error("--budgets must not exceed --budget")
@@ -464,6 +504,12 @@ def main(argv=None) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
     path = Path(args.out).with_suffix(".json")
+    if args.merge:
+        results = merge_results([json.loads(Path(f).read_text())
+                                 for f in args.merge.split(",") if f])
+        write_outputs(results, results["config"]["budgets"], Path(args.out), final=True)
+        print(Path(args.out).with_suffix(".md").read_text(), flush=True)
+        return
     if args.report:
         results = json.loads(path.read_text())
         write_outputs(results, results["config"]["budgets"], Path(args.out), final=True)

@@ -6,12 +6,24 @@ candidates in the target's encoding, values to maximize) and uses them in up to 
 (the study's ``transfer`` mode):
 
 ``init``
-    The study's first ``num_initial`` trials are the sources' best prompts instead of the
-    Sobol design. Prompts are ranked by the sum over sources of ``2 q - 1``, ``q`` being the
-    prompt's rank quantile in that source (1 = its best), so a prompt good on several
-    sources comes before one good on a single source, and a prompt a source found bad is
-    pushed back. Hard prompts are projected into the target's filter (nearest allowed
-    tokens), soft prompts into its subspace.
+    The study's first ``num_initial`` trials alternate between the sources' best prompts
+    and the study's own Sobol design, a source prompt first (slots 0, 2, 4, ... of the
+    initial design). Source prompts are ranked by the sum over sources of ``2 q - 1``,
+    ``q`` being the prompt's rank quantile in that source (1 = its best), so a prompt good
+    on several sources comes before one good on a single source, and a prompt a source
+    found bad is pushed back. Hard prompts are projected into the target's filter (nearest
+    allowed tokens), soft prompts into its subspace.
+
+    The guard: once the study has observed at least one source prompt and one of its own
+    design points, a source prompt is handed out only while the median value of the
+    source prompts observed so far is at least the median value of its own design points
+    observed so far; otherwise the slot goes to the Sobol design. So an unrelated source
+    costs the study at most the first slot, plus the slots already handed out when the
+    evidence arrives (asynchronous batches), while a related source keeps about half of
+    the initial design. When the guard trips, a design shortened for transfer (``both``:
+    ``min(num_initial, 5)``) gets back the strategy's own ``num_initial`` Sobol slots, as
+    a cold study has. A rule of ranks on the study's own observations, with no threshold
+    to tune.
 ``surrogate`` (``gp`` strategy only)
     After a short initial design (``min(num_initial, 5)`` points) the GP is replaced by a
     ranking-weighted ensemble (RGPE, Feurer et al. 2018) of one GP per source (fitted once
@@ -19,10 +31,20 @@ candidates in the target's encoding, values to maximize) and uses them in up to 
     is ``N(sum_i w_i mu_i, sum_i w_i^2 Sigma_i)``. The weights are recomputed at every
     suggestion from how well each model ranks the study's own observations: ``S`` samples
     of each source GP's posterior at the observed points and of the study GP's
-    leave-one-out predictions give ranking losses (misordered pairs); a model's weight is
+    cross-validated predictions give ranking losses (misordered pairs); a model's weight is
     the share of samples in which it has the lowest loss (ties shared). A source whose
-    median loss is above the study GP's median loss gets weight 0, so a source unrelated
-    to the study fades out as its own observations accumulate.
+    median loss is above the study GP's median loss, or not below chance (half the pairs
+    misordered), gets weight 0, so a source unrelated to the study fades out as its own
+    observations accumulate.
+
+    The study GP's predictions are ``NUM_FOLDS``-fold cross-validated with hyperparameters
+    fitted without the held-out fold (point ``i`` is in fold ``i mod NUM_FOLDS``, so a
+    fold's fitter warm-starts across suggestions): the closed-form leave-one-out of a GP
+    whose hyperparameters were fitted on all points, RGPE's usual shortcut, leaks the
+    held-out points through the hyperparameters. With ARD lengthscales on a hard-prompt
+    space (tens of dimensions, a handful of points) that leak made the study GP rank its
+    own points almost perfectly (Spearman 0.8 to 0.97, against 0.2 to 0.6 when refitted
+    without the point), so it won every sample and even a related source's weight was 0.
 ``both`` (default)
     Initialization from the sources (``min(num_initial, 5)`` prompts) and then the RGPE
     surrogate. With a strategy other than ``gp``, ``both`` means ``init``.
@@ -34,6 +56,7 @@ storage (so transfer survives restarts) and passes them in.
 from __future__ import annotations
 
 import logging
+import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -41,7 +64,6 @@ import torch
 from botorch.models import SingleTaskGP
 from botorch.models.gpytorch import GPyTorchModel
 from botorch.models.model import Model
-from botorch.models.transforms.outcome import Standardize
 from gpytorch.distributions import MultivariateNormal
 from gpytorch.models import GP
 from linear_operator.operators import SumLinearOperator
@@ -57,7 +79,6 @@ from promptbo.server.optim.spaces import derive_seed
 from promptbo.server.optim.surrogate import (
     FitSettings,
     GPFitter,
-    hyperparameters,
     subset_indices,
 )
 
@@ -71,6 +92,8 @@ NUM_RANK_SAMPLES = 256
 MAX_RANK_POINTS = 100
 #: At most this many observations per source GP.
 MAX_SOURCE_POINTS = 256
+#: Folds of the study GP's cross-validated predictions for the weights.
+NUM_FOLDS = 5
 
 
 @dataclass(frozen=True)
@@ -164,24 +187,58 @@ def sample_posterior(model: torch.nn.Module, X: Tensor, num: int, gen: torch.Gen
         return mean + z @ L.T
 
 
+def cv_predictions(
+    X: Tensor, Y: Tensor, fitters: Sequence[GPFitter]
+) -> tuple[Tensor, Tensor]:
+    """Cross-validated predictive means and variances (`n` each) at ``X`` (`n x d`) for
+    the values ``Y`` (`n`): point ``i`` is predicted by a GP fitted (hyperparameters
+    included) by ``fitters[i % k]`` on the points of the other folds, ``k = len(fitters)``
+    folds (fewer when ``n < k``). Predictions with observation noise, in ``Y``'s scale. A
+    point whose fold leaves fewer than 2 training points gets ``Y``'s mean and variance.
+    """
+    n = X.shape[0]
+    k = max(1, min(len(fitters), n))
+    fold = torch.arange(n) % k
+    mean = torch.full((n,), float(Y.mean()), dtype=torch.float64)
+    var = torch.full((n,), float(Y.var()) if n > 1 else 1.0, dtype=torch.float64)
+    for f in range(k):
+        held = fold == f
+        if int((~held).sum()) < 2:
+            continue
+        model = fitters[f].fit(X[~held], Y[~held])
+        with torch.no_grad():
+            post = model.posterior(X[held], observation_noise=True)
+        mean[held] = post.mean.reshape(-1).double()
+        var[held] = post.variance.reshape(-1).double().clamp_min(1e-12)
+    return mean, var
+
+
 def rgpe_weights(
-    sources: Sequence[torch.nn.Module], target: SingleTaskGP, num_samples: int, seed: int
+    sources: Sequence[torch.nn.Module], X: Tensor, y: Tensor, target_mean: Tensor,
+    target_var: Tensor, num_samples: int, seed: int,
 ) -> Tensor:
     """RGPE weights of the sources' models and the target model (`len(sources) + 1`, the
-    target last; they sum to 1), from ranking losses on the target's training points."""
-    X = target.train_inputs[0]
-    y = target.train_targets
+    target last; they sum to 1), from ranking losses on the target's observations ``X``
+    (`n x d`), ``y`` (`n`). ``target_mean`` and ``target_var`` (`n` each) are the target
+    model's out-of-sample predictions there (:func:`cv_predictions` or
+    :func:`loo_predictions`); the sources' posteriors are sampled jointly.
+
+    A source whose median loss is above the target's median loss, or not below chance
+    (half of the ordered pairs of distinct values misordered), gets weight 0.
+    """
+    y = y.double().reshape(-1)
     gen = torch.Generator().manual_seed(seed % (2**63))
     losses = []
     for model in sources:
         losses.append(ranking_loss(sample_posterior(model, X, num_samples, gen), y).double())
-    mean, var = loo_predictions(target)
+    mean, var = target_mean.double(), target_var.double()
     z = torch.randn(num_samples, mean.shape[0], generator=gen, dtype=mean.dtype)
     losses.append(ranking_loss(mean + z * var.sqrt(), y).double())
     loss = torch.stack(losses)  # (m + 1) x S
     target_median = loss[-1].median()
+    chance = float((y.unsqueeze(-1) != y.unsqueeze(-2)).sum()) / 2
     for i in range(len(sources)):
-        if loss[i].median() > target_median:
+        if loss[i].median() > target_median or loss[i].median() >= chance:
             loss[i] = float("inf")
     best = loss == loss.min(dim=0, keepdim=True).values
     share = best.double() / best.sum(dim=0, keepdim=True)
@@ -240,6 +297,8 @@ class TransferEngine(Engine):
         self.names = [s.name for s in sources]
         self.counts = {s.name: int(s.values.shape[0]) for s in sources}
         num_initial = int(getattr(inner, "num_initial", 10))
+        #: The strategy's own initial design length (restored when the guard trips).
+        self.own_initial = num_initial
         init = mode in ("both", "init")
         if surrogate:
             assert isinstance(inner, GPEngine)
@@ -247,11 +306,21 @@ class TransferEngine(Engine):
             inner.num_initial = num_initial
             if self.sources:
                 inner.surrogate = self._ensemble
+        #: Slots of the initial design (source prompts go to the even ones, see the guard).
         self.init_count = num_initial if init else 0
         self.init_candidates = self._initial_candidates() if init else None
+        self._source_keys: set[bytes] = (
+            set() if self.init_candidates is None
+            else set(inner.box.keys(self.init_candidates))
+        )
         self._source_models: list[SingleTaskGP | None] | None = None
+        self._fold_fitters: list[GPFitter] = []
         self._transferred: set[bytes] = set()
+        self._design: set[bytes] = set()
         self._observed: set[bytes] = set()
+        #: Observed values of source prompts and of the study's own initial design points.
+        self.source_values: list[float] = []
+        self.design_values: list[float] = []
         #: Current weight per source name (None until the first model is built).
         self.weights: dict[str, float] | None = None
         self.target_weight: float | None = None
@@ -270,22 +339,68 @@ class TransferEngine(Engine):
         return self.inner.cheap
 
     def observe(self, candidates: Tensor, values: Tensor) -> None:
-        self.inner.observe(candidates, values)
-        if self.init_candidates is not None:
-            assert isinstance(self.inner, BoxEngine)
-            self._observed.update(self.inner.box.keys(candidates))
+        inner = self.inner
+        assert isinstance(inner, BoxEngine)
+        before = inner.num_observed
+        inner.observe(candidates, values)
+        if self.init_candidates is None:
+            return
+        keys = inner.box.keys(candidates)
+        self._observed.update(keys)
+        flat = torch.as_tensor(values, dtype=torch.float64).reshape(-1).tolist()
+        for i, (key, value) in enumerate(zip(keys, flat, strict=True)):
+            # What this engine handed out decides; replayed history (after a restart)
+            # counts a prompt among the source candidates as a source prompt.
+            if key in self._transferred:
+                self.source_values.append(value)
+            elif key in self._design:
+                self.design_values.append(value)
+            elif key in self._source_keys:
+                self.source_values.append(value)
+            elif before + i < self.init_count:
+                self.design_values.append(value)
+
+    def sources_rank_well(self) -> bool:
+        """The guard (see the module doc): no evidence yet, or the median of the source
+        prompts observed so far is at least the median of the study's own design points.
+        When it fails, the initial design gets back the strategy's own length (the
+        shortened transfer design assumed the sources would stand in for it)."""
+        if not self.source_values or not self.design_values:
+            return True
+        if statistics.median(self.source_values) >= statistics.median(self.design_values):
+            return True
+        if self.init_count < self.own_initial:
+            self.init_count = self.own_initial
+            if isinstance(self.inner, GPEngine):
+                self.inner.num_initial = self.own_initial
+        return False
 
     def suggest(self, n: int, pending: Tensor | None = None) -> Tensor:
         inner = self.inner
         assert isinstance(inner, BoxEngine)
         inner.should_stop = self.should_stop
+        if self.init_candidates is not None:
+            self.sources_rank_well()  # a tripped guard restores the initial design first
         taken = self._take_initial(n, pending)
-        rest = n - taken.shape[0]
-        if rest <= 0:
-            return taken
-        if taken.shape[0]:
-            pending = taken if pending is None else torch.cat([pending, taken])
-        return torch.cat([taken, inner.suggest(rest, pending)])
+        own = n - len(taken)
+        if own <= 0:
+            return torch.stack([row for _, row in taken])
+        if taken:
+            rows = torch.stack([row for _, row in taken])
+            pending = rows if pending is None else torch.cat([pending, rows])
+        design = inner.num_observed < self.init_count
+        rest = inner.suggest(own, pending)
+        if design and self.init_candidates is not None:
+            self._design.update(inner.box.keys(rest))
+        if not taken:
+            return rest
+        # In slot order: the source prompts on their slots, the strategy's rows between.
+        out: list[Tensor] = []
+        it = iter(rest)
+        slots = dict(taken)
+        for i in range(n):
+            out.append(slots[i] if i in slots else next(it))
+        return torch.stack(out)
 
     def is_transferred(self, candidates: Tensor) -> list[bool]:
         """Whether each candidate was handed out as a source's prompt (init)."""
@@ -307,27 +422,29 @@ class TransferEngine(Engine):
         # Into the target's space: nearest allowed tokens / the target's subspace.
         return inner.box.project(inner.box.to_unit(raw), set(), gen)[0]
 
-    def _take_initial(self, n: int, pending: Tensor | None) -> Tensor:
+    def _take_initial(self, n: int, pending: Tensor | None) -> list[tuple[int, Tensor]]:
+        """Source prompts for this request: ``(position in the request, row)`` for each
+        even slot of the initial design among the request's, while the guard holds."""
         inner = self.inner
         assert isinstance(inner, BoxEngine)
         cands = self.init_candidates
-        empty = inner.box.project(torch.empty(0, inner.box.dim), set(), torch.Generator())[0]
         npending = 0 if pending is None else pending.shape[0]
-        room = min(n, self.init_count - inner.num_observed - npending)
-        if cands is None or room <= 0:
-            return empty
+        first = inner.num_observed + npending  # the initial-design slot of position 0
+        slots = [i for i in range(n) if first + i < self.init_count and (first + i) % 2 == 0]
+        if cands is None or not slots or not self.sources_rank_well():
+            return []
         busy = self._observed | self._transferred
         if pending is not None and npending:
             busy.update(inner.box.keys(pending))
-        picked: list[Tensor] = []
+        picked: list[tuple[int, Tensor]] = []
         for row, key in zip(cands, inner.box.keys(cands), strict=True):
-            if len(picked) >= room:
+            if len(picked) >= len(slots):
                 break
             if key not in busy:
-                picked.append(row)
+                picked.append((slots[len(picked)], row))
                 busy.add(key)
                 self._transferred.add(key)
-        return torch.stack(picked) if picked else empty
+        return picked
 
     # --- surrogate --------------------------------------------------------------------
     def _fit_sources(self) -> list[SingleTaskGP | None]:
@@ -358,15 +475,20 @@ class TransferEngine(Engine):
             self._source_models = self._fit_sources()
         usable = [(s, m) for s, m in zip(self.sources, self._source_models, strict=True)
                   if m is not None]
-        rank_target = target
+        Xr, Yr = X, Y
         if X.shape[0] > MAX_RANK_POINTS:
             keep = subset_indices(Y, MAX_RANK_POINTS)
-            rank_target = SingleTaskGP(X[keep], Y[keep].reshape(-1, 1),
-                                       outcome_transform=Standardize(m=1))
-            rank_target.load_state_dict(hyperparameters(target), strict=False)
-            rank_target.eval()
+            Xr, Yr = X[keep], Y[keep]
         seed = derive_seed(inner.seed, inner.num_suggested, 0x26BE)
-        w = rgpe_weights([m for _, m in usable], rank_target, NUM_RANK_SAMPLES, seed)
+        if usable:
+            if not self._fold_fitters:
+                settings = FitSettings(full_maxiter=inner.opts["full_maxiter"])
+                self._fold_fitters = [GPFitter(settings) for _ in range(NUM_FOLDS)]
+            mean, var = cv_predictions(Xr, Yr, self._fold_fitters)
+            w = rgpe_weights([m for _, m in usable], Xr, Yr, mean, var, NUM_RANK_SAMPLES,
+                             seed)
+        else:
+            w = torch.ones(1, dtype=torch.float64)
         weights = dict.fromkeys(self.names, 0.0)
         for (src, _), wi in zip(usable, w[:-1].tolist(), strict=True):
             weights[src.name] = wi

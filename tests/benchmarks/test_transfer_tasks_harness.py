@@ -112,3 +112,27 @@ def test_transfer_benchmark_runs_in_order_selects_and_resumes(tmp_path):
     assert [line for line in lines if line.startswith(("target ", "source study "))] == [
         "target mr-cold-s2", "target mr-from-sst2-s2"]
     assert len(again.results["runs"]) == len(results["runs"]) + 2
+
+
+def test_configs_selects_the_target_runs(tmp_path):
+    args = transfer_tasks.parse_args(["--seeds", "0,1", "--seeds-unrelated", "2",
+                                      "--configs", "subj<-agnews,mr-cold"])
+    assert [(c.name, s) for c, s in transfer_tasks.schedule(args)] == [
+        ("mr-cold", 0), ("mr-cold", 1), ("subj<-agnews", 2)]
+    with pytest.raises(SystemExit):
+        transfer_tasks.parse_args(["--configs", "mr<-agnews"])
+
+
+def test_merge_results_joins_runs_of_separate_processes():
+    config = {k: 1 for k in transfer_tasks.FIXED}
+    a = {"config": config, "runs": {"mr-cold|0": {}}, "scores": {"mr": {"x": 1}},
+         "sources": {}, "unprompted": {"mr": {}}, "test_examples": {"mr": 9}}
+    b = {"config": config, "runs": {"subj-cold|0": {}}, "scores": {"mr": {"y": 2}},
+         "sources": {"agnews": {}}, "unprompted": {}, "test_examples": {}}
+    merged = transfer_tasks.merge_results([a, b])
+    assert set(merged["runs"]) == {"mr-cold|0", "subj-cold|0"}
+    assert merged["scores"] == {"mr": {"x": 1, "y": 2}} and "agnews" in merged["sources"]
+    with pytest.raises(ValueError, match="runs in two parts"):
+        transfer_tasks.merge_results([a, a])
+    with pytest.raises(ValueError, match="other settings"):
+        transfer_tasks.merge_results([a, {**b, "config": {**config, "k": 2}}])

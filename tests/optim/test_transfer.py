@@ -11,11 +11,13 @@ from botorch.models import SingleTaskGP
 
 from promptbo.server.domain import SoftPromptSpace
 from promptbo.server.optim import make_engine
+from promptbo.server.optim.robust import robust_standardize as robust
 from promptbo.server.optim.surrogate import GPFitter
 from promptbo.server.optim.transfer import (
     EnsembleModel,
     SourceData,
     TransferEngine,
+    cv_predictions,
     loo_predictions,
     rank_prompts,
     ranking_loss,
@@ -73,7 +75,8 @@ def test_rgpe_weights_favour_a_related_source_and_drop_an_anti_correlated_one():
 
     related, anti = _fit(Xs, f(Xs) + 0.01), _fit(Xs, -f(Xs))
     target = _fit(Xt, f(Xt))
-    w = rgpe_weights([related, anti], target, 256, seed=3)
+    mean, var = cv_predictions(Xt, f(Xt), [GPFitter() for _ in range(5)])
+    w = rgpe_weights([related, anti], Xt, f(Xt), mean, var, 256, seed=3)
     assert torch.isclose(w.sum(), torch.tensor(1.0, dtype=w.dtype))
     assert w[0] > 0.5 and w[1] == 0.0
     ensemble = EnsembleModel([related, target], torch.tensor([0.5, 0.5]))
@@ -83,17 +86,136 @@ def test_rgpe_weights_favour_a_related_source_and_drop_an_anti_correlated_one():
     assert torch.allclose(post.mean, expected)
 
 
-def test_engine_hands_out_source_prompts_first_then_its_strategy():
+def _high_dim_task(dim: int = 40):
+    """A smooth objective in ``dim`` dimensions, 60 source points, 10 target points."""
+    g = torch.Generator().manual_seed(4)
+    direction = torch.randn(dim, generator=g, dtype=torch.float64)
+
+    def f(x):
+        return torch.sin(2.0 * x @ direction / dim**0.5)
+
+    Xs = torch.rand(60, dim, generator=g, dtype=torch.float64)
+    Xt = torch.rand(10, dim, generator=g, dtype=torch.float64)
+    return f, Xs, Xt, g
+
+
+def test_cv_predictions_refit_without_the_held_out_point():
+    g = torch.Generator().manual_seed(0)
+    X = torch.rand(6, 2, generator=g, dtype=torch.float64)
+    y = torch.sin(6 * X[:, 0]) + X[:, 1]
+    mean, var = cv_predictions(X, y, [GPFitter() for _ in range(6)])  # leave-one-out
+    keep = torch.arange(6) != 2
+    alone = GPFitter().fit(X[keep], y[keep]).posterior(X[2:3], observation_noise=True)
+    assert torch.allclose(mean[2], alone.mean.reshape(()).detach(), atol=1e-6)
+    assert torch.allclose(var[2], alone.variance.reshape(()).detach(), atol=1e-6)
+
+
+def _rank_correlation(a: torch.Tensor, b: torch.Tensor) -> float:
+    ra, rb = (torch.argsort(torch.argsort(v)).double() for v in (a, b))
+    return float(torch.corrcoef(torch.stack([ra, rb]))[0, 1])
+
+
+def test_cv_predictions_do_not_rank_pure_noise_the_closed_form_loo_does():
+    # 10 points in 20 dimensions with values that are pure noise: no model can rank them.
+    # The closed-form leave-one-out with hyperparameters fitted on all points claims it
+    # can (the leak that kept every source's RGPE weight at 0); refitted folds do not.
+    loo_rho, cv_rho = [], []
+    for seed in range(3):
+        g = torch.Generator().manual_seed(seed)
+        X = torch.rand(10, 20, generator=g, dtype=torch.float64)
+        y = robust(torch.randn(10, generator=g, dtype=torch.float64))
+        model = _fit(X, y)
+        loo_rho.append(_rank_correlation(loo_predictions(model)[0], model.train_targets))
+        cv_rho.append(_rank_correlation(cv_predictions(X, y, [GPFitter() for _ in range(5)])[0],
+                                        y))
+    assert sum(loo_rho) / 3 > 0.5
+    assert sum(cv_rho) / 3 < 0.3
+
+
+def test_rgpe_weights_give_a_related_source_weight_in_many_dimensions_a_random_one_none():
+    # The case of hard prompts: many dimensions, few target points. A leave-one-out with
+    # hyperparameters fitted on all points ranks the target's own points too well and
+    # left even a related source with weight 0; cross-validated predictions do not.
+    f, Xs, Xt, g = _high_dim_task()
+    related = _fit(Xs, robust(f(Xs)))
+    unrelated = _fit(Xs, robust(torch.randn(60, generator=g, dtype=torch.float64)))
+    y = robust(f(Xt))
+    mean, var = cv_predictions(Xt, y, [GPFitter() for _ in range(5)])
+    w = rgpe_weights([related, unrelated], Xt, y, mean, var, 256, seed=5)
+    assert w[0] > 0.3, w
+    assert w[1] < 0.05, w
+
+
+def _init_engine(init_count: int = 5) -> tuple[TransferEngine, torch.Tensor]:
     space = SoftPromptSpace(1, 2)
-    cands = torch.tensor([[0.1, 0.1], [0.5, 0.5], [0.9, 0.9]])
-    source = SourceData("s", cands, torch.tensor([0.0, 2.0, 1.0]))
+    cands = torch.tensor([[0.1, 0.1], [0.5, 0.5], [0.9, 0.9], [0.3, 0.7]])
+    source = SourceData("s", cands, torch.tensor([0.0, 3.0, 2.0, 1.0]))
     engine = TransferEngine(make_engine(space, "random", {}, seed=0), [source], "init", "random")
-    engine.init_count = 2
-    first = engine.suggest(3)
-    assert torch.allclose(first[:2], cands[[1, 2]], atol=1e-6)
-    assert engine.is_transferred(first) == [True, True, False]
-    engine.observe(first, torch.zeros(3))
-    assert engine.is_transferred(engine.suggest(1)) == [False]
-    assert engine.num_suggested == 2  # only the strategy's own suggestions count
+    engine.init_count = init_count
+    return engine, cands
 
 
+def _run(engine: TransferEngine, value, steps: int) -> list[bool]:
+    """Suggests and observes one candidate at a time; whether each was a source prompt."""
+    kinds = []
+    for _ in range(steps):
+        x = engine.suggest(1)
+        kind = engine.is_transferred(x)[0]
+        kinds.append(kind)
+        engine.observe(x, torch.tensor([value(kind)]))
+    return kinds
+
+
+def test_initial_design_interleaves_source_prompts_best_first_with_its_own_design():
+    engine, cands = _init_engine()
+    first = engine.suggest(4)
+    assert engine.is_transferred(first) == [True, False, True, False]
+    assert torch.allclose(first[[0, 2]], cands[[1, 2]], atol=1e-6)
+    engine.observe(first, torch.tensor([1.0, 0.0, 1.0, 0.0]))
+    # Slot 4 is a source prompt again; after the initial design only the strategy's.
+    assert engine.is_transferred(engine.suggest(2)) == [True, False]
+    assert engine.num_suggested == 3  # only the strategy's own suggestions count
+
+
+def test_guard_keeps_source_prompts_that_rank_above_the_study_design():
+    engine, _ = _init_engine()
+    kinds = _run(engine, lambda source: 1.0 if source else 0.0, 7)
+    assert kinds == [True, False, True, False, True, False, False]
+
+
+def test_guard_stops_source_prompts_that_rank_below_the_study_design():
+    engine, _ = _init_engine()
+    kinds = _run(engine, lambda source: 0.0 if source else 1.0, 7)
+    assert kinds == [True, False, False, False, False, False, False]
+    assert not engine.sources_rank_well()
+
+
+def test_guard_counts_source_prompts_observed_after_a_restart():
+    engine, cands = _init_engine()
+    again, _ = _init_engine()
+    x = engine.suggest(2)
+    again.observe(x, torch.tensor([0.0, 1.0]))  # replayed history: source below design
+    assert again.source_values == [0.0] and again.design_values == [1.0]
+    assert again.is_transferred(again.suggest(1)) == [False]
+
+
+def test_guard_counts_a_design_point_that_a_source_also_evaluated_as_design():
+    # A study and its source with the same seed share the Sobol sequence: the study's own
+    # design point can be among the source's prompts. It still counts as design.
+    engine, cands = _init_engine()
+    x = engine.suggest(2)
+    engine._source_keys.update(engine.inner.box.keys(x[1:]))
+    engine.observe(x, torch.tensor([0.0, 1.0]))
+    assert engine.source_values == [0.0] and engine.design_values == [1.0]
+
+
+def test_a_tripped_guard_gives_back_the_strategys_own_initial_design():
+    space = SoftPromptSpace(1, 2)
+    source = SourceData("s", torch.tensor([[0.1, 0.1], [0.9, 0.9], [0.5, 0.2]]),
+                        torch.tensor([0.0, 2.0, 1.0]))
+    inner = make_engine(space, "gp", {"num_initial": "8"}, seed=0)
+    engine = TransferEngine(inner, [source], "both", "gp")
+    assert engine.init_count == 5 and inner.num_initial == 5  # shortened for transfer
+    kinds = _run(engine, lambda source: 0.0 if source else 1.0, 3)
+    assert kinds == [True, False, False]
+    assert engine.init_count == 8 and inner.num_initial == 8  # as a cold study
