@@ -88,11 +88,14 @@ def test_transfer_benchmark_runs_in_order_selects_and_resumes(tmp_path):
         want = {"mr<-sst2": {"source-sst2"}, "subj<-agnews": {"source-agnews"},
                 "mr<-sst2+subj": {"source-sst2", "source-subj"}}.get(config, set())
         assert set(run["weights"]) == want
-        assert all(w is not None and 0 <= w <= 1 for w in run["weights"].values())
+        # None: no model yet (a 6-evaluation run may end inside its initial design)
+        assert all(w is None or 0 <= w <= 1 for w in run["weights"].values())
         assert set(run["picks"]) == {"3", "6"}
         best6 = max(run["values"])
         assert run["picks"]["6"]["objective"] >= sorted(run["values"])[-3] - 1e-12
         assert run["picks"]["6"]["objective"] <= best6
+    weighed = [w for run in results["runs"].values() for w in run["weights"].values()]
+    assert any(w is not None for w in weighed)  # some target fitted its ensemble
     summary = results["summary"]
     accs = [results["runs"][f"mr-cold|{s}"]["picks"]["6"]["test_accuracy"] for s in (0, 1)]
     assert summary["mr-cold"]["6"][0] == pytest.approx(np.mean(accs))
