@@ -13,13 +13,20 @@ raises only :mod:`promptbo.errors`. It coordinates three parts, one concept each
 Every change is written to storage first and mirrored in the cache only if the write
 succeeded; events are published after the study lock is released.
 
-On a shared storage (several replicas on one database, ``Storage.shared``) the cache
-catches up with other replicas' writes before every decision
-(:mod:`~promptbo.server.replica_sync`) and the trial writes are conditional: a handout
-is stored only within the budget and cap counted in the database, a completion, lease or
-heartbeat only while the trial is still as this replica read it. A write that finds it
-changed (StaleWriteError) makes the call recount the study and decide again, at most
-:data:`STALE_RETRIES` times.
+On a shared storage (several replicas on one database, ``Storage.shared``) every write is
+conditional on the study's change marker this replica last saw, so a call that ends in a
+write decides on the cache without reading first; a write that finds the marker moved,
+or the stored trials changed (a handout is stored only within the budget and cap counted
+in the database, a completion, lease or heartbeat only while the trial is still as this
+replica read it), raises StaleWriteError and writes nothing, and the call catches up
+with the other replicas' writes (:mod:`~promptbo.server.replica_sync`) and decides
+again, at most :data:`STALE_RETRIES` times. Those later attempts read first and write
+conditionally on the trials only (not the marker), as other replicas writing the study
+all the time would otherwise keep moving it between the read and the write; a study's
+own row (``update_study``) stays conditional on its marker on every attempt. A call that
+answers without writing (an error, a study found complete, nothing to hand out) first
+confirms with one change read that no other replica wrote meanwhile, and decides again
+if one did. Reads (describe, best trial) catch up before answering.
 """
 
 from __future__ import annotations
@@ -32,7 +39,12 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from typing import TypeVar
 
-from promptbo.errors import AlreadyExistsError, InvalidArgumentError, NotFoundError
+from promptbo.errors import (
+    AlreadyExistsError,
+    InvalidArgumentError,
+    NotFoundError,
+    PromptboError,
+)
 from promptbo.server import rules, telemetry, transfer_sources
 from promptbo.server.domain import (
     HardPromptSpace,
@@ -69,6 +81,11 @@ log = logging.getLogger(__name__)
 STALE_RETRIES = 8
 
 T = TypeVar("T")
+
+
+class _Moved(Exception):
+    """A call that was about to answer without writing found the study written by another
+    replica (and caught up with it): it decides again."""
 
 
 class StudyManager:
@@ -119,6 +136,7 @@ class StudyManager:
         self.studies = StudyCache(storage, self.limits, engine_factory, prefetch,
                                   suggest_workers, pool)
         self.events = EventHub()
+        self._attempt = threading.local()  # .retry: a later attempt of _until_fresh
 
     def close(self) -> None:
         """Stops prefetching and the suggestion pool's workers."""
@@ -222,9 +240,19 @@ class StudyManager:
 
         ``max_trials`` must be 0 (no limit) or at least the completed plus active trials;
         raising it past the completed count makes a COMPLETED study ACTIVE again.
+        Across replicas the write is conditional on the study as this replica knows it, so
+        a concurrent change elsewhere (another update, a result) is never overwritten: the
+        call catches up and decides again.
         """
+        return self._until_fresh(name, lambda: self._update_study_once(
+            name, max_trials, max_active_trials, labels))
+
+    def _update_study_once(
+        self, name: str, max_trials: int | None, max_active_trials: int | None,
+        labels: dict[str, str] | None,
+    ) -> Study:
         with self._lock(name):
-            live = self.studies.get(name)
+            live = self.studies.get(name, sync=False)
             study = live.study
             completed = live.counts[TrialState.COMPLETED]
             if max_trials is not None:
@@ -243,7 +271,9 @@ class StudyManager:
             study = study.evolve(
                 spec=spec, state=StudyState.COMPLETED if done else StudyState.ACTIVE
             )
-            self.storage.update_study(study)
+            since = self._since(live, always=True)
+            self.storage.update_study(study, since=since)
+            self._advanced(live, since)
             live.study = study
             if live.runtime is not None:
                 live.runtime.spec = spec
@@ -337,7 +367,7 @@ class StudyManager:
         cancelled: Callable[[], bool] | None, principal: str,
     ) -> tuple[list[Trial], bool]:
         with self._lock(name):
-            live = self.studies.get(name)
+            live = self.studies.get(name, sync=self._retrying())
             # A server killed between a study's last result and marking it COMPLETED left
             # it ACTIVE with its budget used: mark it now (an in-memory check otherwise).
             self._maybe_finish(live)
@@ -352,6 +382,7 @@ class StudyManager:
                 client_id, principal, now, live.ledger.remaining,
             )
             if plan.done:
+                self._confirm(name)
                 return [], True
             if not plan.retry:
                 telemetry.lease_expired(name, plan.reissued)
@@ -361,6 +392,8 @@ class StudyManager:
             if plan.new:
                 trials += self._new_trials(live, plan.new, active, client_id, now, cancelled,
                                            principal)
+            if not trials:
+                self._confirm(name)
         for t in trials:
             self._publish(name, "suggested", t)
         return trials, False
@@ -371,7 +404,10 @@ class StudyManager:
         lease_seconds = live.study.spec.lease_seconds
         leased = [rules.leased(t, client_id, principal, now, lease_seconds) for t in trials]
         if leased:
-            self.storage.update_trials(leased, expected=trials if self.storage.shared else None)
+            since = self._since(live)
+            self.storage.update_trials(leased, expected=trials if self.storage.shared else None,
+                                       since=since)
+            self._advanced(live, since)
             live.active.update((t.id, t) for t in leased)
         return leased
 
@@ -379,7 +415,10 @@ class StudyManager:
         self, live: LiveStudy, n: int, active: list[Trial], client_id: str, now: float,
         cancelled: Callable[[], bool] | None = None, principal: str = "",
     ) -> list[Trial]:
+        before = self._since(live)
         rt = self.studies.runtime(live)
+        if before is not None and self._since(live) != before:
+            raise _Moved()  # building the engine caught the study up: decide again
         pending = [t.prompt for t in active]
         prompts = rt.take_ready(n, pending)
         if len(prompts) < n:
@@ -407,7 +446,12 @@ class StudyManager:
         if self.storage.shared:  # counted again in the database, in the insert's transaction
             spec = live.study.spec
             guard = HandoutGuard(spec.max_trials, spec.max_active_trials, now)
-        stored = self.storage.add_trials(live.study.name, drafts, guard) if drafts else []
+        stored: list[Trial] = []
+        if drafts:
+            since = self._since(live)
+            stored = self.storage.add_trials(live.study.name, drafts, guard,
+                                             since=since)
+            self._advanced(live, since)
         self._wrote(live, stored)
         live.active.update((t.id, t) for t in stored)
         live.counts[TrialState.ACTIVE] += len(stored)
@@ -456,7 +500,7 @@ class StudyManager:
         changed: list[tuple[Trial, float | None]] = []
         held: list[Trial] = []
         with self._lock(name):
-            live = self.studies.get(name)
+            live = self.studies.get(name, sync=self._retrying())
             study = live.study
             now = self.clock()
             for i, r in enumerate(results):
@@ -472,8 +516,11 @@ class StudyManager:
                 held.append(trial)
                 out.append(done)
             if changed:
+                since = self._since(live)
                 self.storage.update_trials([done for done, _ in changed],
-                                           expected=held if self.storage.shared else None)
+                                           expected=held if self.storage.shared else None,
+                                           since=since)
+                self._advanced(live, since)
             for done, _ in changed:
                 live.finish(done)
             observed = [(done, obj) for done, obj in changed if obj is not None]
@@ -510,7 +557,7 @@ class StudyManager:
         self, name: str, trial_id: int, client_id: str, principal: str, admin: bool
     ) -> Trial:
         with self._lock(name):
-            live = self.studies.get(name)
+            live = self.studies.get(name, sync=self._retrying())
             trial = live.active.get(trial_id) or self._get_trial(name, trial_id)
             rules.check_owner(trial, principal, admin)
             rules.check_heartbeat(trial, client_id)
@@ -547,9 +594,12 @@ class StudyManager:
                 f"{len(known)}; send them in several requests"
             )
         if reference:
-            return [self._add_reference(name, known)]
+            return self._until_fresh(name, lambda: [self._add_reference(name, known)])
+        return self._until_fresh(name, lambda: self._add_once(name, known))
+
+    def _add_once(self, name: str, known: Sequence[KnownTrial]) -> list[Trial]:
         with self._lock(name):
-            live = self.studies.get(name)
+            live = self.studies.get(name, sync=self._retrying())
             spec = live.study.spec
             rt = self.studies.runtime(live)
             now = self.clock()
@@ -567,7 +617,9 @@ class StudyManager:
                         examples_scored=k.examples_scored,
                     )
                 )
-            stored = self.storage.add_trials(name, drafts)
+            since = self._since(live)
+            stored = self.storage.add_trials(name, drafts, since=since)
+            self._advanced(live, since)
             self._wrote(live, stored)
             live.counts[TrialState.COMPLETED] += len(stored)
             for t in stored:
@@ -602,7 +654,10 @@ class StudyManager:
                 complete_time=now, source="reference", value_stderr=k.value_stderr,
                 examples_scored=k.examples_scored,
             )
-            live.reference = self.storage.add_trials(name, [draft])[0]
+            since = self._since(live)
+            live.reference = self.storage.add_trials(name, [draft],
+                                                     since=since)[0]
+            self._advanced(live, since)
             self._wrote(live, [live.reference])
             return live.reference
 
@@ -656,19 +711,65 @@ class StudyManager:
         return self.studies.lock(name)
 
     def _until_fresh(self, name: str, call: Callable[[], T]) -> T:
-        """``call()``, again after recounting the study whenever its conditional write
-        found the study changed by another replica (StaleWriteError, re-raised after
-        :data:`STALE_RETRIES` attempts)."""
+        """``call()``, again whenever it found the study written by another replica: its
+        conditional write raised StaleWriteError (the study is caught up, and recounted
+        from all of its trials from the second time on or when it allots scored examples),
+        or it was about to answer without writing, with an error or not, and a change
+        read showed the study had moved. StaleWriteError after :data:`STALE_RETRIES`
+        attempts."""
+        replicas = self.studies.replicas
         for attempt in range(STALE_RETRIES):
+            last = attempt == STALE_RETRIES - 1
+            self._attempt.retry = attempt > 0
             try:
                 return call()
+            except _Moved:
+                if last:
+                    raise StaleWriteError(
+                        f"study {name!r} kept changing under this call; try again"
+                    ) from None
             except StaleWriteError:
-                if attempt == STALE_RETRIES - 1 or self.studies.replicas is None:
+                if last or replicas is None:
                     raise
-                log.info("study %s changed under a write; recounting it", name)
+                log.debug("study %s changed under a write; catching up", name)
                 with self._lock(name):
-                    self.studies.replicas.rebuild(self.studies.get(name))
+                    live = self.studies.get(name)
+                    if attempt > 0 or live.ledger.enabled:
+                        replicas.rebuild(live)
+            except PromptboError:
+                if replicas is None or last:
+                    raise
+                with self._lock(name):
+                    if not self.studies.moved(name):
+                        raise
+            finally:
+                self._attempt.retry = False
         raise AssertionError("unreachable")
+
+    def _retrying(self) -> bool:
+        """Whether this thread runs a later attempt of :meth:`_until_fresh` (which reads
+        the study first and writes conditionally on its trials, not its marker)."""
+        return bool(getattr(self._attempt, "retry", False))
+
+    def _confirm(self, name: str) -> None:
+        """Before answering without a write: raises _Moved if another replica wrote the
+        study since this one last knew it (it is caught up then). Caller holds its lock."""
+        if self.studies.moved(name):
+            raise _Moved()
+
+    def _since(self, live: LiveStudy, always: bool = False) -> int | None:
+        """The change marker a write of ``live`` is conditional on (None: not on one); a
+        later attempt's writes are not unless ``always``."""
+        replicas = self.studies.replicas
+        if replicas is None or (self._retrying() and not always):
+            return None
+        return replicas.since(live)
+
+    def _advanced(self, live: LiveStudy, since: int | None) -> None:
+        """After a write conditional on ``since`` (from :meth:`_since`): the marker moved
+        one step."""
+        if self.studies.replicas is not None and since is not None:
+            self.studies.replicas.advanced(live)
 
     def _wrote(self, live: LiveStudy, trials: list[Trial]) -> None:
         """Notes trials this replica added, so the change check does not count them twice."""
@@ -698,7 +799,9 @@ class StudyManager:
         if not used:
             return study
         study = study.evolve(state=StudyState.COMPLETED)
-        self.storage.update_study(study)
+        since = self._since(live)
+        self.storage.update_study(study, since=since)
+        self._advanced(live, since)
         live.study = study
         if used == "examples":
             log.info("study %s used its budget of %d scored examples", study.name,

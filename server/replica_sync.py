@@ -16,11 +16,20 @@ it last looked, in one statement (:meth:`Storage.changes`), and applies them:
   (:mod:`~promptbo.server.prefetch`);
 - the study row (state, budget, cap, labels) replaces the cached one.
 
-Memory never decides alone, though: the writes the decisions lead to are conditional
-(``expected`` and ``guard`` of :class:`~promptbo.server.storage.base.Storage`) and run
-under the study-row lock, so a replica whose view went stale between its check and its
-write gets :class:`~promptbo.server.storage.base.StaleWriteError`; the manager then calls
-:meth:`ReplicaSync.rebuild` and decides again.
+A call that ends in a write need not read first: every write of a study or its trials is
+conditional on the change marker this replica last saw (``since`` of
+:class:`~promptbo.server.storage.base.Storage`, :meth:`ReplicaSync.since`), so it goes
+ahead only if nobody else wrote since, in which case the cache was exact and the
+decision too; the write moves the marker one step (:meth:`ReplicaSync.advanced`). When
+someone else did write, the write raises
+:class:`~promptbo.server.storage.base.StaleWriteError` and writes nothing, and the manager
+catches up (:meth:`ReplicaSync.fresh`, or :meth:`ReplicaSync.rebuild` to recount from
+scratch) and decides again. A call that decides without writing (an error, a study found
+complete, nothing to hand out) confirms with one change read that nothing moved
+(:meth:`~promptbo.server.study_cache.StudyCache.moved`) before it answers. On
+PostgreSQL an ask or a tell is thus one statement when no other replica wrote the study
+in between. The writes are conditional
+on the stored trials as well (``expected`` and ``guard``), under the study-row lock.
 
 A trial is accounted for once: this replica's own writes update the cache as they happen
 (and :meth:`ReplicaSync.wrote` moves the last accounted id past the trials it added), so
@@ -88,6 +97,19 @@ class ReplicaSync:
                 live.runtime.spec = changes.study.spec
             seen.version = changes.version
         return live
+
+    def since(self, live: LiveStudy) -> int | None:
+        """The change marker ``live`` is known to be up to date with, for a write
+        conditional on it; None while unknown (then :meth:`fresh` first)."""
+        seen = self._seen.get(live)
+        return seen.version if seen is not None and seen.version >= 0 else None
+
+    def advanced(self, live: LiveStudy) -> None:
+        """Notes that a write conditional on :meth:`since` went ahead (and ``live`` was
+        updated with it): the study's marker moved one step, by this replica."""
+        seen = self._seen.get(live)
+        if seen is not None and seen.version >= 0:
+            seen.version += 1
 
     def rebuild(self, live: LiveStudy) -> None:
         """Recounts ``live`` from all of its stored trials, after a conditional write found

@@ -194,11 +194,15 @@ class StudyCache:
                 held.release()
 
     # --- studies ----------------------------------------------------------------------
-    def get(self, name: str) -> LiveStudy:
+    def get(self, name: str, sync: bool = True) -> LiveStudy:
         """The study's state, loaded on first use (NotFoundError if it does not exist).
-        Caller holds its lock."""
+        Caller holds its lock. On a shared storage it is caught up with other replicas'
+        writes first, unless ``sync`` is False and the caller's writes are conditional on
+        the marker it is known at (:meth:`ReplicaSync.since`)."""
         live = self._live.get(name)
-        if self.replicas is not None:  # another replica may have written: catch up
+        if self.replicas is not None and (
+            sync or live is None or self.replicas.since(live) is None
+        ):  # another replica may have written: catch up
             try:
                 live = self._live[name] = self.replicas.fresh(name, live)
             except NotFoundError:
@@ -208,6 +212,17 @@ class StudyCache:
             study = self.storage.get_study(name)
             live = self._live[name] = LiveStudy(study, self.storage.list_trials(name))
         return live
+
+    def moved(self, name: str) -> bool:
+        """Catches the study up (as :meth:`get`) and says whether another replica had
+        written it since this one last knew it; False on a storage that is not shared.
+        NotFoundError if it is gone. Caller holds its lock."""
+        live = self._live.get(name)
+        if self.replicas is None or live is None:
+            return False
+        before = self.replicas.since(live)
+        again = self.get(name)
+        return again is not live or before is None or self.replicas.since(again) != before
 
     def peek(self, name: str) -> LiveStudy | None:
         """The study's state if it is in memory, without loading it or taking its lock

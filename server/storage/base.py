@@ -12,7 +12,12 @@ study's trials or state then bumps the study's change marker (:meth:`Storage.cha
 in the same transaction, and the conditional forms of the trial writes (``expected`` of
 :meth:`Storage.update_trials`, ``guard`` of :meth:`Storage.add_trials`) decide against
 what is stored, under the study-row lock, raising :class:`StaleWriteError` when another
-process got there first. :mod:`promptbo.server.replica_sync` builds on these.
+process got there first. Every write of a study or its trials also takes ``since``: the
+study's change marker as the caller last read it. The write then happens only while the
+marker is still ``since`` (StaleWriteError, nothing written, otherwise) and moves it to
+``since + 1``, so a caller that knows the study up to ``since`` learns, from the write
+alone, whether anyone else wrote in between (:func:`check_since`).
+:mod:`promptbo.server.replica_sync` builds on these.
 
 Errors: methods raise :class:`~promptbo.errors.NotFoundError` for a missing study,
 trial or vocabulary and :class:`~promptbo.errors.AlreadyExistsError` for a duplicate
@@ -56,6 +61,16 @@ class StudyChanges:
     study: Study
     version: int
     trials: list[Trial] = field(default_factory=list)
+
+
+def check_since(study: str, stored: int, since: int | None) -> None:
+    """Raises StaleWriteError unless a write conditional on ``since`` may go ahead on a
+    study whose change marker is ``stored`` (None: unconditional)."""
+    if since is not None and stored != since:
+        raise StaleWriteError(
+            f"study {study!r} was written by another process (its change marker is "
+            f"{stored}, not {since})"
+        )
 
 
 def same_hold(stored: Trial, expected: Trial) -> bool:
@@ -121,8 +136,10 @@ class Storage(abc.ABC):
         """All studies, ordered by name."""
 
     @abc.abstractmethod
-    def update_study(self, study: Study) -> None:
-        """Replaces the stored study of that name (state changes). NotFoundError if absent."""
+    def update_study(self, study: Study, since: int | None = None) -> None:
+        """Replaces the stored study of that name (state changes). NotFoundError if absent;
+        with ``since``, StaleWriteError (nothing written) unless the study's change marker
+        is still ``since``."""
 
     @abc.abstractmethod
     def delete_study(self, name: str) -> None:
@@ -131,12 +148,14 @@ class Storage(abc.ABC):
     # --- trials -------------------------------------------------------------------
     @abc.abstractmethod
     def add_trials(
-        self, study: str, trials: Sequence[Trial], guard: HandoutGuard | None = None
+        self, study: str, trials: Sequence[Trial], guard: HandoutGuard | None = None,
+        since: int | None = None,
     ) -> list[Trial]:
         """Stores new trials, assigning ids 1, 2, ... in order of arrival within the study
         (the ``id`` field of the given trials is ignored). Returns them with their ids.
         NotFoundError if the study is absent. With ``guard``, StaleWriteError (nothing
-        stored) when the stored trials leave no room for them (see :class:`HandoutGuard`)."""
+        stored) when the stored trials leave no room for them (see :class:`HandoutGuard`);
+        with ``since``, StaleWriteError unless the study's change marker is ``since``."""
 
     @abc.abstractmethod
     def get_trial(self, study: str, trial_id: int) -> Trial:
@@ -144,13 +163,16 @@ class Storage(abc.ABC):
 
     @abc.abstractmethod
     def update_trials(
-        self, trials: Sequence[Trial], expected: Sequence[Trial] | None = None
+        self, trials: Sequence[Trial], expected: Sequence[Trial] | None = None,
+        since: int | None = None,
     ) -> None:
         """Replaces stored trials (matched by study and id), all in one transaction.
         NotFoundError, and nothing written, if any of them is absent. With ``expected``
         (one per trial, same order): StaleWriteError, and nothing written, unless each
         stored trial still has its expected state, ``client_id`` and ``lease_deadline``
-        (a compare-and-set: a trial completed or re-leased elsewhere is not overwritten)."""
+        (a compare-and-set: a trial completed or re-leased elsewhere is not overwritten).
+        ``since`` needs every trial of one study: StaleWriteError unless its change marker
+        is still ``since`` (InvalidArgumentError for trials of several studies)."""
 
     @abc.abstractmethod
     def changes(self, study: str, since: int) -> StudyChanges:

@@ -30,6 +30,7 @@ from promptbo.server.storage.base import (
     StaleWriteError,
     Storage,
     StudyChanges,
+    check_since,
     room_for,
     same_hold,
 )
@@ -69,6 +70,12 @@ def check_trials_text(trials: Sequence[Trial]) -> None:
         check_text("client_id", t.client_id)
         check_text("failure_reason", t.failure_reason)
         check_text("principal", t.principal)
+def one_study(trials: Sequence[Trial], since: int | None) -> None:
+    """InvalidArgumentError if a write conditional on ``since`` spans several studies."""
+    if since is not None and len({t.study for t in trials}) > 1:
+        raise InvalidArgumentError("a write conditional on a change marker is of one study")
+
+
 def pool_not_found(pool_id: str) -> NotFoundError:
     return NotFoundError(
         f"pool {pool_id!r} not found; upload it with UploadPool (client.upload_pool) and "
@@ -180,10 +187,11 @@ class InMemoryStorage(Storage):
         with self._lock:
             return [_copy_study(self._studies[n]) for n in sorted(self._studies)]
 
-    def update_study(self, study: Study) -> None:
+    def update_study(self, study: Study, since: int | None = None) -> None:
         kept = _copy_study(study)
         with self._lock:
             self._study(study.name)
+            check_since(study.name, self._versions[study.name], since)
             self._studies[study.name] = kept
             self._versions[study.name] += 1
 
@@ -203,12 +211,14 @@ class InMemoryStorage(Storage):
 
     # --- trials -------------------------------------------------------------------
     def add_trials(
-        self, study: str, trials: Sequence[Trial], guard: HandoutGuard | None = None
+        self, study: str, trials: Sequence[Trial], guard: HandoutGuard | None = None,
+        since: int | None = None,
     ) -> list[Trial]:
         check_trials_text(trials)
         copies = [_copy_trial(t) for t in trials]
         with self._lock:
             self._study(study)
+            check_since(study, self._versions[study], since)
             stored = self._trials[study]
             if guard is not None and not room_for(stored, len(copies), guard):
                 raise StaleWriteError(f"study {study!r} has no room for {len(copies)} trials")
@@ -234,15 +244,19 @@ class InMemoryStorage(Storage):
             return _copy_trial(stored[trial_id - 1])
 
     def update_trials(
-        self, trials: Sequence[Trial], expected: Sequence[Trial] | None = None
+        self, trials: Sequence[Trial], expected: Sequence[Trial] | None = None,
+        since: int | None = None,
     ) -> None:
         check_trials_text(trials)
+        one_study(trials, since)
         copies = [_copy_trial(t) for t in trials]
         with self._lock:
             for t in copies:  # check every one before changing any
                 self._study(t.study)
                 if not 1 <= t.id <= len(self._trials[t.study]):
                     raise trial_not_found(t.study, t.id)
+            if copies:
+                check_since(copies[0].study, self._versions[copies[0].study], since)
             for t, e in zip(copies, expected or copies, strict=True):
                 if expected is not None and not same_hold(self._trials[t.study][t.id - 1], e):
                     raise StaleWriteError(

@@ -90,12 +90,19 @@ from promptbo.server.domain import (
     Vocabulary,
     check_study_name,
 )
-from promptbo.server.storage.base import HandoutGuard, StaleWriteError, Storage, StudyChanges
+from promptbo.server.storage.base import (
+    HandoutGuard,
+    StaleWriteError,
+    Storage,
+    StudyChanges,
+    check_since,
+)
 from promptbo.server.storage.memory import (
     MAX_TRIAL_ID,
     check_limit,
     check_text,
     check_trials_text,
+    one_study,
     pool_not_found,
     study_not_found,
     trial_not_found,
@@ -216,29 +223,6 @@ _UPDATE_HELD_TRIAL = _UPDATE_TRIAL.where(
     trials.c.client_id == sa.bindparam("held_client_id"),
     trials.c.lease_deadline == sa.bindparam("held_lease_deadline", type_=sa.Double),
 )
-# PostgreSQL only, one trial in one statement (one round trip): the CTE bumps the study's
-# marker, locking its row while the update computes the new row, before it locks the trial.
-_BUMPED = (
-    studies.update()
-    .where(studies.c.name == sa.bindparam("key_study"))
-    .values(version=studies.c.version + 1)
-    .returning(studies.c.version)
-    .cte("bumped")
-)
-_UPDATE_ONE_TRIAL = (
-    trials.update()
-    .where(trials.c.study == sa.bindparam("key_study"), trials.c.id == sa.bindparam("key_id"))
-    # Parameters named apart from the columns: the CTE's table has columns of those names.
-    .values({c.name: sa.bindparam(f"b_{c.name}", type_=c.type) for c in trials.c
-             if c.name not in ("study", "id", "version")})
-    .values(version=sa.select(_BUMPED.c.version).scalar_subquery())
-    .add_cte(_BUMPED)
-)
-_UPDATE_ONE_HELD_TRIAL = _UPDATE_ONE_TRIAL.where(
-    trials.c.state == sa.bindparam("held_state"),
-    trials.c.client_id == sa.bindparam("held_client_id"),
-    trials.c.lease_deadline == sa.bindparam("held_lease_deadline", type_=sa.Double),
-)
 _TRIAL_LABELS = [c.label(f"t_{c.name}") for c in trials.c]
 # The study row and its trials written after the marker was ``since``, in one statement.
 _CHANGES = (
@@ -253,52 +237,141 @@ _CHANGES = (
     .order_by(trials.c.id)
 )
 
-# PostgreSQL only: an ask's insert of one trial as one statement (one round trip), the
-# study row locked for the few statements inside, not for network round trips. Each
-# statement of a volatile function reads a fresh snapshot, so the counts taken after the
-# lock see every trial committed before it. Returns the new id, 0 when the guard leaves no
-# room, -1 when there is no such study.
-_ADD_TRIAL_FUNCTION = """
-CREATE OR REPLACE FUNCTION promptbo_add_trial(
-    p_study text, p_state text, p_prompt text, p_vector bytea, p_client_id text,
-    p_lease_deadline double precision, p_value double precision, p_metrics text,
-    p_failure_reason text, p_create_time double precision, p_complete_time double precision,
-    p_source text, p_principal text, p_max_trials bigint, p_max_active bigint,
-    p_now double precision) RETURNS bigint LANGUAGE plpgsql VOLATILE AS $$
+# PostgreSQL only: the writes of the ask/tell path, each one statement (one round trip)
+# in autocommit, the study row locked for the few statements inside the function, not for
+# network round trips. Each statement of a volatile function reads a fresh snapshot, so
+# what it reads after the lock includes every trial committed before. Rows come as one
+# array per column. A write conditional on the caller's marker (``p_since`` not NULL)
+# checks it first, so a replica learns from the write whether anyone else wrote.
+#
+# promptbo_add_trials inserts trials with ids max(id) + 1, ...; returns the first id,
+# 0 when the guard leaves no room, -1 when there is no such study, -2 when the marker is
+# not ``p_since``; nothing is written unless the result is positive.
+_ADD_TRIALS_FUNCTION = """
+CREATE OR REPLACE FUNCTION promptbo_add_trials(
+    p_study text, p_since bigint, p_state text[], p_prompt text[], p_vector bytea[],
+    p_client_id text[], p_lease_deadline double precision[], p_value double precision[],
+    p_metrics text[], p_failure_reason text[], p_create_time double precision[],
+    p_complete_time double precision[], p_source text[], p_principal text[],
+    p_max_trials bigint, p_max_active bigint, p_now double precision)
+    RETURNS bigint LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
-    marker bigint; last bigint; budget bigint; held bigint;
+    marker bigint; last bigint; budget bigint; held bigint; n bigint;
 BEGIN
-    UPDATE studies SET version = version + 1 WHERE name = p_study RETURNING version INTO marker;
-    IF marker IS NULL THEN
+    SELECT version INTO marker FROM studies WHERE name = p_study FOR UPDATE;
+    IF NOT FOUND THEN
         RETURN -1;
     END IF;
+    IF p_since IS NOT NULL AND marker <> p_since THEN
+        RETURN -2;
+    END IF;
+    n := cardinality(p_state);
     SELECT coalesce(max(id), 0),
            count(*) FILTER (WHERE source <> 'reference' AND state IN ('active', 'completed')),
            count(*) FILTER (WHERE source <> 'reference' AND state = 'active'
                             AND lease_deadline >= p_now)
       INTO last, budget, held FROM trials WHERE study = p_study;
-    IF (p_max_trials > 0 AND budget + 1 > p_max_trials)
-       OR (p_max_active > 0 AND held + 1 > p_max_active) THEN
+    IF (p_max_trials > 0 AND budget + n > p_max_trials)
+       OR (p_max_active > 0 AND held + n > p_max_active) THEN
         RETURN 0;
     END IF;
+    UPDATE studies SET version = marker + 1 WHERE name = p_study;
     INSERT INTO trials (study, id, state, prompt, vector, client_id, lease_deadline, value,
                         metrics, failure_reason, create_time, complete_time, source,
                         principal, version)
-    VALUES (p_study, last + 1, p_state, p_prompt, p_vector, p_client_id, p_lease_deadline,
-            p_value, p_metrics, p_failure_reason, p_create_time, p_complete_time, p_source,
-            p_principal, marker);
+    SELECT p_study, last + r.i, r.state, r.prompt, r.vector, r.client_id, r.lease_deadline,
+           r.value, r.metrics, r.failure_reason, r.create_time, r.complete_time, r.source,
+           r.principal, marker + 1
+      FROM unnest(p_state, p_prompt, p_vector, p_client_id, p_lease_deadline, p_value,
+                  p_metrics, p_failure_reason, p_create_time, p_complete_time, p_source,
+                  p_principal) WITH ORDINALITY
+           AS r(state, prompt, vector, client_id, lease_deadline, value, metrics,
+                failure_reason, create_time, complete_time, source, principal, i);
     RETURN last + 1;
 END $$
 """
-_ADD_TRIAL_COLUMNS = (
-    "state", "prompt", "vector", "client_id", "lease_deadline", "value", "metrics",
-    "failure_reason", "create_time", "complete_time", "source", "principal",
+# promptbo_update_trials replaces trials of one study by id; with p_held, only while each
+# still has its expected state, holder and lease. Returns the study's new marker, -1 when
+# there is no such study, -2 when the marker is not ``p_since``, -3 when a trial is
+# missing, 0 when one is no longer as expected; nothing is written unless positive.
+_UPDATE_TRIALS_FUNCTION = """
+CREATE OR REPLACE FUNCTION promptbo_update_trials(
+    p_study text, p_since bigint, p_id integer[], p_state text[], p_prompt text[],
+    p_vector bytea[], p_client_id text[], p_lease_deadline double precision[],
+    p_value double precision[], p_metrics text[], p_failure_reason text[],
+    p_create_time double precision[], p_complete_time double precision[], p_source text[],
+    p_principal text[], p_held boolean, p_held_state text[], p_held_client_id text[],
+    p_held_lease_deadline double precision[])
+    RETURNS bigint LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    marker bigint; found_n bigint; held_n bigint;
+BEGIN
+    SELECT version INTO marker FROM studies WHERE name = p_study FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN -1;
+    END IF;
+    IF p_since IS NOT NULL AND marker <> p_since THEN
+        RETURN -2;
+    END IF;
+    SELECT count(*),
+           count(*) FILTER (WHERE NOT p_held OR (t.state = h.state
+                            AND t.client_id = h.client_id
+                            AND t.lease_deadline = h.lease_deadline))
+      INTO found_n, held_n
+      FROM unnest(p_id, p_held_state, p_held_client_id, p_held_lease_deadline)
+           AS h(id, state, client_id, lease_deadline)
+      JOIN trials t ON t.study = p_study AND t.id = h.id;
+    IF found_n <> cardinality(p_id) THEN
+        RETURN -3;
+    END IF;
+    IF held_n <> found_n THEN
+        RETURN 0;
+    END IF;
+    UPDATE studies SET version = marker + 1 WHERE name = p_study;
+    UPDATE trials t
+       SET state = r.state, prompt = r.prompt, vector = r.vector, client_id = r.client_id,
+           lease_deadline = r.lease_deadline, value = r.value, metrics = r.metrics,
+           failure_reason = r.failure_reason, create_time = r.create_time,
+           complete_time = r.complete_time, source = r.source, principal = r.principal,
+           version = marker + 1
+      FROM unnest(p_id, p_state, p_prompt, p_vector, p_client_id, p_lease_deadline, p_value,
+                  p_metrics, p_failure_reason, p_create_time, p_complete_time, p_source,
+                  p_principal)
+           AS r(id, state, prompt, vector, client_id, lease_deadline, value, metrics,
+                failure_reason, create_time, complete_time, source, principal)
+     WHERE t.study = p_study AND t.id = r.id;
+    RETURN marker + 1;
+END $$
+"""
+_TRIAL_ARRAYS = (
+    ("state", "text"), ("prompt", "text"), ("vector", "bytea"), ("client_id", "text"),
+    ("lease_deadline", "float8"), ("value", "float8"), ("metrics", "text"),
+    ("failure_reason", "text"), ("create_time", "float8"), ("complete_time", "float8"),
+    ("source", "text"), ("principal", "text"),
 )
-_CALL_ADD_TRIAL = sa.text(
-    "SELECT promptbo_add_trial(:study, "
-    + ", ".join(f":{c}" for c in _ADD_TRIAL_COLUMNS)
-    + ", :max_trials, :max_active, :now)"
-).bindparams(sa.bindparam("vector", type_=sa.LargeBinary))
+
+
+def _arrays(names: Sequence[tuple[str, str]]) -> str:
+    return ", ".join(f"CAST(:{c} AS {t}[])" for c, t in names)
+
+
+_CALL_ADD_TRIALS = sa.text(
+    f"SELECT promptbo_add_trials(:study, CAST(:since AS bigint), {_arrays(_TRIAL_ARRAYS)}, "
+    ":max_trials, :max_active, CAST(:now AS float8))"
+)
+_CALL_UPDATE_TRIALS = sa.text(
+    "SELECT promptbo_update_trials(:study, CAST(:since AS bigint), CAST(:id AS integer[]), "
+    f"{_arrays(_TRIAL_ARRAYS)}, :held, "
+    + _arrays([("held_state", "text"), ("held_client_id", "text"),
+               ("held_lease_deadline", "float8")])
+    + ")"
+)
+
+
+def _columns(rows: Sequence[dict[str, Any]], names: Sequence[str]) -> dict[str, list[Any]]:
+    """The rows as one list per column (the arrays of the PostgreSQL functions)."""
+    return {c: [r[c] for r in rows] for c in names}
+
 
 # One lock per SQLite file, shared by every SqlStorage of this process that opens it.
 _FILE_LOCKS: dict[str, threading.Lock] = {}
@@ -614,7 +687,8 @@ class SqlStorage(Storage):
             conn.execute(CreateIndex(trials_by_state, if_not_exists=True))
             conn.execute(CreateIndex(trials_by_version, if_not_exists=True))
             if not self._sqlite:
-                conn.exec_driver_sql(_ADD_TRIAL_FUNCTION)
+                conn.exec_driver_sql(_ADD_TRIALS_FUNCTION)
+                conn.exec_driver_sql(_UPDATE_TRIALS_FUNCTION)
             if stored is not None and stored > SCHEMA_VERSION:
                 raise FailedPreconditionError(
                     f"the database has schema version {stored} but this promptbo supports "
@@ -753,12 +827,17 @@ class SqlStorage(Storage):
         # Sorted here: database collations disagree on the order of names.
         return sorted((_study_from_row(r) for r in rows), key=lambda s: s.name)
 
-    def update_study(self, study: Study) -> None:
+    def update_study(self, study: Study, since: int | None = None) -> None:
         row = _study_row(study) | {"version": studies.c.version + 1}
+        query = studies.update().where(studies.c.name == study.name)
+        if since is not None:
+            query = query.where(studies.c.version == since)
         with self._write() as conn:
-            done = conn.execute(studies.update().where(studies.c.name == study.name).values(row))
-            if done.rowcount != 1:
-                raise study_not_found(study.name)
+            if conn.execute(query.values(row)).rowcount == 1:
+                return
+            stored = self._study_row(conn, study.name).version  # NotFoundError if absent
+        check_since(study.name, stored, since)
+        raise UnavailableError(f"study {study.name!r} was not updated")  # not reached
 
     def delete_study(self, name: str) -> None:
         with self._write() as conn:
@@ -775,20 +854,22 @@ class SqlStorage(Storage):
 
     # --- trials ----------------------------------------------------------------------
     def add_trials(
-        self, study: str, trials_: Sequence[Trial], guard: HandoutGuard | None = None
+        self, study: str, trials_: Sequence[Trial], guard: HandoutGuard | None = None,
+        since: int | None = None,
     ) -> list[Trial]:
         """Numbers the trials ``max(id) + 1, ...`` in one write transaction that locks the
         study row first (bumping its change marker), so writers of one study in any
         number of server processes take turns; with ``guard`` the stored trials are
-        counted in that same transaction, before anything is inserted. One trial (an ask)
-        on PostgreSQL is one statement: the function ``promptbo_add_trial`` does all that
-        inside the database."""
+        counted in that same transaction, before anything is inserted. On PostgreSQL
+        this is one statement: the function ``promptbo_add_trials`` does all that inside
+        the database."""
         check_trials_text(trials_)
         rows = [_trial_row(t) for t in trials_]
-        if len(rows) == 1 and not self._sqlite:
-            return [trials_[0].evolve(study=study, id=self._add_one(study, rows[0], guard))]
+        if not self._sqlite and rows:
+            first = self._add_pg(study, rows, guard, since)
+            return [t.evolve(study=study, id=first + i) for i, t in enumerate(trials_)]
         with self._write() as conn:
-            version = self._bump(conn, study)
+            version = self._bump(conn, study, since)
             if guard is None:
                 last, budget, held = conn.execute(_LAST_TRIAL_ID, {"study": study}).scalar(), 0, 0
             else:
@@ -807,27 +888,34 @@ class SqlStorage(Storage):
                 conn.execute(_INSERT_TRIALS, rows)
         return [t.evolve(study=study, id=first + i) for i, t in enumerate(trials_)]
 
-    def _add_one(self, study: str, row: dict[str, Any], guard: HandoutGuard | None) -> int:
-        """One trial on PostgreSQL, in one statement (``promptbo_add_trial``)."""
-        params = {c: row[c] for c in _ADD_TRIAL_COLUMNS} | {
+    def _add_pg(self, study: str, rows: list[dict[str, Any]], guard: HandoutGuard | None,
+                since: int | None) -> int:
+        """Trials added on PostgreSQL in one statement (``promptbo_add_trials``); returns
+        the first id."""
+        params = _columns(rows, [c for c, _ in _TRIAL_ARRAYS]) | {
             "study": study,
+            "since": since,
             "max_trials": guard.max_trials if guard else 0,
             "max_active": guard.max_active if guard else 0,
             "now": float(guard.now) if guard else 0.0,
         }
         with self._errors(), self._autocommit.connect() as conn:
-            new_id = conn.execute(_CALL_ADD_TRIAL, params).scalar_one()
-        if new_id == -1:
+            first = conn.execute(_CALL_ADD_TRIALS, params).scalar_one()
+        if first == -1:
             raise study_not_found(study)
-        if new_id == 0:
-            raise StaleWriteError(f"study {study!r} has no room for 1 trial")
-        return int(new_id)
+        if first == -2:
+            raise StaleWriteError(f"study {study!r} was written by another process")
+        if first == 0:
+            raise StaleWriteError(f"study {study!r} has no room for {len(rows)} trials")
+        return int(first)
 
-    def _bump(self, conn: Connection, study: str) -> int:
-        """Locks the study row and bumps its change marker; returns the new marker."""
+    def _bump(self, conn: Connection, study: str, since: int | None = None) -> int:
+        """Locks the study row and bumps its change marker; returns the new marker.
+        StaleWriteError (the transaction then rolls back) unless it was ``since``."""
         version = conn.execute(_BUMP_VERSION, {"study_name": study}).scalar()
         if version is None:
             raise study_not_found(study)
+        check_since(study, int(version) - 1, since)
         return int(version)
 
     def get_trial(self, study: str, trial_id: int) -> Trial:
@@ -845,23 +933,26 @@ class SqlStorage(Storage):
         return _trial_from_row(row)
 
     def update_trials(
-        self, trials_: Sequence[Trial], expected: Sequence[Trial] | None = None
+        self, trials_: Sequence[Trial], expected: Sequence[Trial] | None = None,
+        since: int | None = None,
     ) -> None:
         """One write transaction: the change markers of the trials' studies are bumped
         first (in name order, so writers never wait on each other in a cycle), then the
-        trials are written with one executemany (pipelined by psycopg). One trial (a tell)
-        on PostgreSQL is one statement in autocommit that does both."""
+        trials are written with one executemany. Trials of one study on PostgreSQL are
+        one statement in autocommit that does both (``promptbo_update_trials``)."""
         check_trials_text(trials_)
+        one_study(trials_, since)
         if not trials_:
             return
         if expected is not None and len(expected) != len(trials_):
             raise InvalidArgumentError("expected needs one trial per trial written")
         rows = [_trial_row(t) for t in trials_]
-        if len(rows) == 1 and not self._sqlite:
-            self._update_one(rows[0], expected[0] if expected is not None else None)
+        if not self._sqlite and len({r["study"] for r in rows}) == 1:
+            self._update_pg(rows, expected, since)
             return
         with self._write() as conn:
-            versions = {name: self._bump(conn, name) for name in sorted({r["study"] for r in rows})}
+            versions = {name: self._bump(conn, name, since)
+                        for name in sorted({r["study"] for r in rows})}
             params = [
                 _trial_values(r) | {"key_study": r["study"], "key_id": r["id"],
                                     "version": versions[r["study"]]}
@@ -877,38 +968,50 @@ class SqlStorage(Storage):
             if done.rowcount == len(rows):
                 return
             # Raising rolls back the ones already written; name one that is missing.
-            for row in rows:
-                query = sa.select(trials.c.id).where(
-                    trials.c.study == row["study"], trials.c.id == row["id"]
-                )
-                if conn.execute(query).first() is None:
-                    raise trial_not_found(row["study"], row["id"])
+            self._name_missing(conn, rows)
             if expected is not None:
                 raise StaleWriteError(
                     f"trials of study {rows[0]['study']!r} were changed by another writer"
                 )
             raise UnavailableError(f"updated {done.rowcount} of {len(rows)} trials")
 
-    def _update_one(self, row: dict[str, Any], expected: Trial | None) -> None:
-        params = {f"b_{k}": v for k, v in _trial_values(row).items()}
-        params.update(key_study=row["study"], key_id=row["id"])
-        statement = _UPDATE_ONE_TRIAL
-        if expected is not None:
-            statement = _UPDATE_ONE_HELD_TRIAL
-            params.update(held_state=expected.state.value, held_client_id=expected.client_id,
-                          held_lease_deadline=float(expected.lease_deadline))
+    def _update_pg(self, rows: list[dict[str, Any]], expected: Sequence[Trial] | None,
+                   since: int | None) -> None:
+        """Trials of one study updated on PostgreSQL in one statement
+        (``promptbo_update_trials``)."""
+        study = rows[0]["study"]
+        held = expected or []
+        params = _columns(rows, ["id"] + [c for c, _ in _TRIAL_ARRAYS]) | {
+            "study": study,
+            "since": since,
+            "held": expected is not None,
+            "held_state": [e.state.value for e in held],
+            "held_client_id": [e.client_id for e in held],
+            "held_lease_deadline": [float(e.lease_deadline) for e in held],
+        }
+        if expected is None:  # unnest pads the shorter arrays with NULLs
+            params.update(held_state=[], held_client_id=[], held_lease_deadline=[])
         with self._errors(), self._autocommit.connect() as conn:
-            if conn.execute(statement, params).rowcount == 1:
+            done = conn.execute(_CALL_UPDATE_TRIALS, params).scalar_one()
+            if done > 0:
                 return
+            if done == -3:
+                self._name_missing(conn, rows)
+        if done == -1:
+            raise study_not_found(study)
+        if done == -2:
+            raise StaleWriteError(f"study {study!r} was written by another process")
+        raise StaleWriteError(f"trials of study {study!r} were changed by another writer")
+
+    def _name_missing(self, conn: Connection, rows: list[dict[str, Any]]) -> None:
+        """NotFoundError naming the first of ``rows`` (or its study) that is not stored."""
+        for row in rows:
             query = sa.select(trials.c.id).where(
                 trials.c.study == row["study"], trials.c.id == row["id"]
             )
             if conn.execute(query).first() is None:
                 self._study_row(conn, row["study"])
                 raise trial_not_found(row["study"], row["id"])
-        raise StaleWriteError(
-            f"trial {row['id']} of study {row['study']!r} was changed by another writer"
-        )
 
     def changes(self, study: str, since: int) -> StudyChanges:
         with self._snapshot() as conn:
