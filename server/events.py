@@ -62,6 +62,11 @@ class EventHub:
 
         return unsubscribe
 
+    def names(self) -> list[str]:
+        """The studies with at least one subscriber."""
+        with self._guard:
+            return list(self._watchers)
+
     def publish(self, name: str, make_event: Callable[[], Event | None]) -> None:
         """Passes the event ``make_event`` builds to the study's subscribers; it is built
         only when there are some (None from it: nothing to publish)."""

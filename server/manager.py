@@ -22,11 +22,20 @@ replica read it), raises StaleWriteError and writes nothing, and the call catche
 with the other replicas' writes (:mod:`~promptbo.server.replica_sync`) and decides
 again, at most :data:`STALE_RETRIES` times. Those later attempts read first and write
 conditionally on the trials only (not the marker), as other replicas writing the study
-all the time would otherwise keep moving it between the read and the write; a study's
-own row (``update_study``) stays conditional on its marker on every attempt. A call that
+all the time would otherwise keep moving it between the read and the write. A write of
+the study row (``update_study``, a study found complete) is a compare-and-set of the row
+as this replica knows it, with the new budget checked against the stored trials in the
+same statement, so it neither overwrites another replica's change nor depends on trial
+writes racing it; it does not move this replica's marker (the next trial write catches
+up once). A call that
 answers without writing (an error, a study found complete, nothing to hand out) first
 confirms with one change read that no other replica wrote meanwhile, and decides again
 if one did. Reads (describe, best trial) catch up before answering.
+
+Watchers of a study on a shared storage also hear of other replicas' handouts and results:
+while a study has watchers, a background thread catches it up every
+:data:`WATCH_POLL_SECONDS` (one change read), and every catch-up, whoever does it,
+publishes the trials it applied.
 """
 
 from __future__ import annotations
@@ -79,6 +88,8 @@ log = logging.getLogger(__name__)
 
 #: Attempts of a call whose conditional write found the study changed by another replica.
 STALE_RETRIES = 8
+#: How often a watched study is caught up with other replicas' writes (shared storage).
+WATCH_POLL_SECONDS = 0.5
 
 T = TypeVar("T")
 
@@ -137,9 +148,17 @@ class StudyManager:
                                   suggest_workers, pool)
         self.events = EventHub()
         self._attempt = threading.local()  # .retry: a later attempt of _until_fresh
+        self._closed = threading.Event()
+        self._poller: threading.Thread | None = None
+        self._poller_guard = threading.Lock()
+        if self.studies.replicas is not None:
+            self.studies.replicas.notify = self._from_elsewhere
 
     def close(self) -> None:
-        """Stops prefetching and the suggestion pool's workers."""
+        """Stops prefetching, the suggestion pool's workers and the watch poller."""
+        self._closed.set()
+        if self._poller is not None:
+            self._poller.join(timeout=10)
         self.studies.close()
 
     # --- vocabularies and pools --------------------------------------------------------
@@ -271,9 +290,7 @@ class StudyManager:
             study = study.evolve(
                 spec=spec, state=StudyState.COMPLETED if done else StudyState.ACTIVE
             )
-            since = self._since(live, always=True)
-            self.storage.update_study(study, since=since)
-            self._advanced(live, since)
+            self.storage.update_study(study, expected=self._expected(live))
             live.study = study
             if live.runtime is not None:
                 live.runtime.spec = spec
@@ -682,12 +699,43 @@ class StudyManager:
         None when the study is deleted."""
         study, counts, best = self.describe(name)
         unsubscribe = self.events.subscribe(name, callback)
+        if self.studies.replicas is not None:
+            self._start_poller()
         kind = "done" if study.state is StudyState.COMPLETED else "snapshot"
         return Event(kind, study, None, counts, best), unsubscribe
 
     def watch(self, name: str, stop: threading.Event | None = None) -> Iterator[Event]:
         """Yields events of a study until it completes, is deleted, or ``stop`` is set."""
         return follow(lambda callback: self.subscribe(name, callback), stop)
+
+    def _from_elsewhere(self, name: str, trials: list[Trial], finished: bool) -> None:
+        """Publishes what a catch-up applied: other replicas' handouts and results."""
+        for t in trials:
+            if t.source != "reference":
+                kind = "suggested" if t.state is TrialState.ACTIVE else t.state.value
+                self._publish(name, kind, t)
+        if finished:
+            self._publish(name, "done", None)
+
+    def _start_poller(self) -> None:
+        with self._poller_guard:
+            if self._poller is None and not self._closed.is_set():
+                self._poller = threading.Thread(target=self._poll_watched, daemon=True,
+                                                name="promptbo-watch-poller")
+                self._poller.start()
+
+    def _poll_watched(self) -> None:
+        """Catches watched studies up with other replicas' writes until :meth:`close`
+        (the catch-up publishes; a study deleted elsewhere ends its watches)."""
+        while not self._closed.wait(WATCH_POLL_SECONDS):
+            for name in self.events.names():
+                try:
+                    with self._lock(name):
+                        self.studies.get(name)
+                except NotFoundError:
+                    self.events.close(name)
+                except Exception:  # noqa: BLE001 - a database hiccup: try again next round
+                    log.warning("catching up watched study %s failed", name, exc_info=True)
 
     def _publish(self, name: str, kind: str, trial: Trial | None) -> None:
         def make() -> Event | None:
@@ -757,13 +805,17 @@ class StudyManager:
         if self.studies.moved(name):
             raise _Moved()
 
-    def _since(self, live: LiveStudy, always: bool = False) -> int | None:
-        """The change marker a write of ``live`` is conditional on (None: not on one); a
-        later attempt's writes are not unless ``always``."""
+    def _since(self, live: LiveStudy) -> int | None:
+        """The change marker a trial write of ``live`` is conditional on (None: not on
+        one, as in a later attempt)."""
         replicas = self.studies.replicas
-        if replicas is None or (self._retrying() and not always):
+        if replicas is None or self._retrying():
             return None
         return replicas.since(live)
+
+    def _expected(self, live: LiveStudy) -> Study | None:
+        """The study row a write of ``live``'s study is conditional on (shared storage)."""
+        return live.study if self.storage.shared else None
 
     def _advanced(self, live: LiveStudy, since: int | None) -> None:
         """After a write conditional on ``since`` (from :meth:`_since`): the marker moved
@@ -799,9 +851,7 @@ class StudyManager:
         if not used:
             return study
         study = study.evolve(state=StudyState.COMPLETED)
-        since = self._since(live)
-        self.storage.update_study(study, since=since)
-        self._advanced(live, since)
+        self.storage.update_study(study, expected=self._expected(live))
         live.study = study
         if used == "examples":
             log.info("study %s used its budget of %d scored examples", study.name,

@@ -14,7 +14,9 @@ it last looked, in one statement (:meth:`Storage.changes`), and applies them:
 - every result another replica recorded goes to this replica's engine with
   ``invalidate=True``, so no prefetched suggestion computed without it is handed out
   (:mod:`~promptbo.server.prefetch`);
-- the study row (state, budget, cap, labels) replaces the cached one.
+- the study row (state, budget, cap, labels) replaces the cached one;
+- ``notify`` (when set) hears of the trials applied and of the study found complete, so
+  that the server's watchers see other replicas' progress too.
 
 A call that ends in a write need not read first: every write of a study or its trials is
 conditional on the change marker this replica last saw (``since`` of
@@ -43,7 +45,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from promptbo.server.domain import Study, Trial, TrialState
+from promptbo.server.domain import Study, StudyState, Trial, TrialState
 from promptbo.server.rules import noise, stored_objective
 from promptbo.server.storage.base import Storage
 
@@ -78,6 +80,10 @@ class ReplicaSync:
         self._seen: weakref.WeakKeyDictionary[LiveStudy, _Seen] = weakref.WeakKeyDictionary()
         #: Trials written by other replicas that this one applied (a metric for tests).
         self.applied = 0
+        #: Called with the study's name, the trials of other replicas a catch-up applied
+        #: (in id order) and whether it found the study newly complete; under the study
+        #: lock, so it must not block.
+        self.notify: Callable[[str, list[Trial], bool], None] | None = None
 
     def fresh(self, name: str, live: LiveStudy | None) -> LiveStudy:
         """``live`` brought up to date with storage, or the study loaded if ``live`` is
@@ -91,7 +97,8 @@ class ReplicaSync:
         if changes.version < seen.version or changes.study.create_time != live.study.create_time:
             return self._load(name)  # deleted and created again elsewhere: a new study
         if changes.version != seen.version:
-            self._apply(live, seen, changes.trials)
+            applied = self._apply(live, seen, changes.trials)
+            self._tell(live, changes.study, applied)
             live.study = changes.study
             if live.runtime is not None:
                 live.runtime.spec = changes.study.spec
@@ -118,8 +125,9 @@ class ReplicaSync:
         changes = self.storage.changes(live.study.name, -1)
         if seen is None:
             seen = self._seen[live] = _Seen(changes.version, 0)
-        self._apply(live, seen, changes.trials, count=False)
+        applied = self._apply(live, seen, changes.trials, count=False)
         again = self._make_live(changes.study, changes.trials)
+        self._tell(live, changes.study, applied)
         live.study = changes.study
         live.active, live.counts, live.best, live.best_obj = (
             again.active, again.counts, again.best, again.best_obj)
@@ -139,7 +147,8 @@ class ReplicaSync:
             seen = self._seen[live] = _Seen(-1, 0)
         if changes.version != seen.version:
             # The rule of _apply needs no versions: trials already accounted are skipped.
-            self._apply(live, seen, changes.trials)
+            applied = self._apply(live, seen, changes.trials)
+            self._tell(live, changes.study, applied)
             live.study = changes.study
             seen.version = changes.version
         return changes.trials
@@ -151,6 +160,14 @@ class ReplicaSync:
             seen.last_id = max([seen.last_id] + [t.id for t in trials])
 
     # --- helpers ----------------------------------------------------------------------
+    def _tell(self, live: LiveStudy, study: Study, applied: list[Trial]) -> None:
+        """Passes a catch-up of ``live`` to :attr:`notify` (before ``study``, the row read,
+        replaces ``live.study``)."""
+        finished = (study.state is StudyState.COMPLETED
+                    and live.study.state is not StudyState.COMPLETED)
+        if self.notify is not None and (applied or finished):
+            self.notify(study.name, applied, finished)
+
     def _load(self, name: str) -> LiveStudy:
         changes = self.storage.changes(name, -1)
         live = self._make_live(changes.study, changes.trials)
@@ -159,11 +176,12 @@ class ReplicaSync:
         return live
 
     def _apply(self, live: LiveStudy, seen: _Seen, trials: list[Trial],
-               count: bool = True) -> None:
+               count: bool = True) -> list[Trial]:
         """Applies trials written elsewhere to ``live`` (only teaches its engine unless
-        ``count``)."""
+        ``count``); returns those applied."""
         spec = live.study.spec
         learned: list[tuple[Trial, float]] = []
+        applied: list[Trial] = []
         for t in trials:
             new = t.id > seen.last_id
             if new:
@@ -171,6 +189,7 @@ class ReplicaSync:
             elif t.id not in live.active:
                 continue  # this replica accounted for it already (its own write)
             self.applied += 1
+            applied.append(t)
             if t.state is TrialState.COMPLETED and t.source != "reference":
                 obj = stored_objective(spec, t.value, t.metrics)
                 if obj is not None:
@@ -198,3 +217,4 @@ class ReplicaSync:
                 [noise(spec, t) for t, _ in learned], [t.examples_scored for t, _ in learned],
                 invalidate=True,  # no suggestion computed without these is handed out
             )
+        return applied

@@ -436,7 +436,7 @@ def make_pool(kind: str, workers: int = 0, capacity: int = DEFAULT_CAPACITY,
     if kind == "ray":
         from promptbo.server.ray_pool import ray_worker_factory
 
-        factory, leave = ray_worker_factory(threads, capacity, ray_address)
+        factory, leave = ray_worker_factory(threads, capacity, ray_address, workers=n)
         return SuggestPool(n, factory, capacity, on_close=leave)
     return SuggestPool(n, lambda: ProcessWorker(threads, capacity), capacity)
 

@@ -12,11 +12,12 @@ study's trials or state then bumps the study's change marker (:meth:`Storage.cha
 in the same transaction, and the conditional forms of the trial writes (``expected`` of
 :meth:`Storage.update_trials`, ``guard`` of :meth:`Storage.add_trials`) decide against
 what is stored, under the study-row lock, raising :class:`StaleWriteError` when another
-process got there first. Every write of a study or its trials also takes ``since``: the
+process got there first. Every write of a study's trials also takes ``since``: the
 study's change marker as the caller last read it. The write then happens only while the
 marker is still ``since`` (StaleWriteError, nothing written, otherwise) and moves it to
 ``since + 1``, so a caller that knows the study up to ``since`` learns, from the write
-alone, whether anyone else wrote in between (:func:`check_since`).
+alone, whether anyone else wrote in between (:func:`check_since`). A write of the study
+row is a compare-and-set of the row itself (``expected`` of :meth:`Storage.update_study`).
 :mod:`promptbo.server.replica_sync` builds on these.
 
 Errors: methods raise :class:`~promptbo.errors.NotFoundError` for a missing study,
@@ -71,6 +72,12 @@ def check_since(study: str, stored: int, since: int | None) -> None:
             f"study {study!r} was written by another process (its change marker is "
             f"{stored}, not {since})"
         )
+
+
+def same_study(stored: Study, expected: Study) -> bool:
+    """Whether ``stored`` still has ``expected``'s spec and state (see ``expected`` of
+    :meth:`Storage.update_study`)."""
+    return stored.spec == expected.spec and stored.state is expected.state
 
 
 def same_hold(stored: Trial, expected: Trial) -> bool:
@@ -136,10 +143,12 @@ class Storage(abc.ABC):
         """All studies, ordered by name."""
 
     @abc.abstractmethod
-    def update_study(self, study: Study, since: int | None = None) -> None:
-        """Replaces the stored study of that name (state changes). NotFoundError if absent;
-        with ``since``, StaleWriteError (nothing written) unless the study's change marker
-        is still ``since``."""
+    def update_study(self, study: Study, expected: Study | None = None) -> None:
+        """Replaces the stored study of that name (state changes). NotFoundError if absent.
+        With ``expected``, a compare-and-set: StaleWriteError, and nothing written, unless
+        the stored study still has ``expected``'s spec and state and holds no more
+        completed plus active trials (the reference excluded) than the new spec's
+        ``max_trials`` (when it has one); trial writes alone do not make it fail."""
 
     @abc.abstractmethod
     def delete_study(self, name: str) -> None:

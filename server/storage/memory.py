@@ -33,6 +33,7 @@ from promptbo.server.storage.base import (
     check_since,
     room_for,
     same_hold,
+    same_study,
 )
 
 
@@ -187,11 +188,18 @@ class InMemoryStorage(Storage):
         with self._lock:
             return [_copy_study(self._studies[n]) for n in sorted(self._studies)]
 
-    def update_study(self, study: Study, since: int | None = None) -> None:
+    def update_study(self, study: Study, expected: Study | None = None) -> None:
         kept = _copy_study(study)
         with self._lock:
-            self._study(study.name)
-            check_since(study.name, self._versions[study.name], since)
+            stored = self._study(study.name)
+            if expected is not None:
+                held = sum(t.state in (TrialState.ACTIVE, TrialState.COMPLETED)
+                           and t.source != "reference" for t in self._trials[study.name])
+                budget = study.spec.max_trials
+                if not same_study(stored, expected) or (budget and held > budget):
+                    raise StaleWriteError(
+                        f"study {study.name!r} was changed by another writer"
+                    )
             self._studies[study.name] = kept
             self._versions[study.name] += 1
 

@@ -96,6 +96,7 @@ from promptbo.server.storage.base import (
     Storage,
     StudyChanges,
     check_since,
+    same_study,
 )
 from promptbo.server.storage.memory import (
     MAX_TRIAL_ID,
@@ -211,6 +212,11 @@ _LAST_TRIAL_ID_AND_COUNTS = sa.select(
         sa.and_(_active, trials.c.lease_deadline >= sa.bindparam("now", type_=sa.Double))
     ),
 ).where(trials.c.study == sa.bindparam("study"))
+# The completed plus active trials a study's budget counts (see HandoutGuard).
+_HELD_TRIALS = sa.select(sa.func.count()).where(
+    trials.c.study == sa.bindparam("study"), _counted,
+    trials.c.state.in_([TrialState.ACTIVE.value, TrialState.COMPLETED.value]),
+)
 _INSERT_TRIALS = trials.insert()
 _UPDATE_TRIAL = (
     trials.update()
@@ -827,17 +833,25 @@ class SqlStorage(Storage):
         # Sorted here: database collations disagree on the order of names.
         return sorted((_study_from_row(r) for r in rows), key=lambda s: s.name)
 
-    def update_study(self, study: Study, since: int | None = None) -> None:
+    def update_study(self, study: Study, expected: Study | None = None) -> None:
+        """With ``expected``, the study row is locked and compared (decoded: the stored
+        text of an older spec may differ from today's encoding) and its trials counted in
+        the same transaction."""
         row = _study_row(study) | {"version": studies.c.version + 1}
-        query = studies.update().where(studies.c.name == study.name)
-        if since is not None:
-            query = query.where(studies.c.version == since)
         with self._write() as conn:
-            if conn.execute(query.values(row)).rowcount == 1:
-                return
-            stored = self._study_row(conn, study.name).version  # NotFoundError if absent
-        check_since(study.name, stored, since)
-        raise UnavailableError(f"study {study.name!r} was not updated")  # not reached
+            if expected is not None:
+                stored = conn.execute(_STUDY_ROW.with_for_update(), {"name": study.name}).first()
+                if stored is None:
+                    raise study_not_found(study.name)
+                held = 0
+                if study.spec.max_trials:
+                    held = conn.execute(_HELD_TRIALS, {"study": study.name}).scalar() or 0
+                if (not same_study(_study_from_row(stored), expected)
+                        or (study.spec.max_trials and held > study.spec.max_trials)):
+                    raise StaleWriteError(f"study {study.name!r} was changed by another writer")
+            done = conn.execute(studies.update().where(studies.c.name == study.name).values(row))
+            if done.rowcount != 1:
+                raise study_not_found(study.name)
 
     def delete_study(self, name: str) -> None:
         with self._write() as conn:

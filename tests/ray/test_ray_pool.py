@@ -69,3 +69,29 @@ def test_ray_actors_suggest_as_in_process_and_a_lost_actor_is_replaced(ray_pool)
     stats = ray_pool.stats()
     assert stats["retried"] == 1 and stats["replaced"] == 1
     assert ray_pool.handle(0) is not actor
+
+
+def test_more_actors_than_the_cluster_has_cpus_fail_at_startup(ray_pool):
+    from promptbo.errors import FailedPreconditionError
+
+    started = time.monotonic()
+    with pytest.raises(FailedPreconditionError, match=r"--suggest-workers") as info:
+        make_pool("ray", workers=3)  # 3 actors of 1 CPU on a 2-CPU cluster
+    assert "of its 2 CPUs" in str(info.value) and "needs 3" in str(info.value)
+    assert time.monotonic() - started < 10  # no wait: the cluster can never place them
+
+
+def test_actors_without_free_cpus_fail_after_a_bounded_wait(ray_pool):
+    from promptbo.errors import FailedPreconditionError
+    from promptbo.server.ray_pool import ray_worker_factory
+
+    assert isinstance(ray_pool.handle(0), RayWorker)  # the module's pool holds 1 CPU
+    deadline = time.monotonic() + 60
+    while ray.available_resources().get("CPU", 0) > 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    started = time.monotonic()
+    with pytest.raises(FailedPreconditionError, match=r"1 of its 2 CPUs free after waiting"):
+        ray_worker_factory(1, 4, workers=2, wait_seconds=1.0)
+    assert 1.0 <= time.monotonic() - started < 10
+    assert ray.is_initialized()  # a Ray it did not start is left connected

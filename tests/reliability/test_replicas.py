@@ -19,13 +19,18 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
 
 import promptbo
 from benchmarks.replicas import Replica, run_drill
-from promptbo.errors import FailedPreconditionError, ResourceExhaustedError
+from promptbo.errors import (
+    FailedPreconditionError,
+    InvalidArgumentError,
+    ResourceExhaustedError,
+)
 from promptbo.server.domain import SoftPromptSpace, StudySpec, StudyState, TrialState
 from promptbo.server.manager import StudyManager
 from promptbo.server.storage.sql import SqlStorage
@@ -125,6 +130,91 @@ def test_a_stale_replica_never_exceeds_the_budget(replicas):
     assert len(a.suggest_trials("s", 2, "w1")[0]) == 2
     assert b.suggest_trials("s", 5, "w2") == ([], False)  # nothing left, none stored
     assert len(b.storage.list_trials("s")) == 3
+
+
+def test_study_updates_on_two_replicas_lose_nothing(replicas):
+    (a, b, _), _ = replicas
+    a.create_study("s", spec(max_trials=10))
+    b.study_counts("s")  # b caches the study as it is now
+    a.update_study("s", labels={"team": "x"})
+    study = b.update_study("s", max_trials=20)  # from its stale view: caught up first
+    assert study.spec.labels == {"team": "x"} and study.spec.max_trials == 20
+    for m in (a, b):
+        assert m.get_study("s").spec.labels == {"team": "x"}
+        assert m.get_study("s").spec.max_trials == 20
+
+
+def test_a_stale_study_update_gets_the_error_the_stored_trials_call_for(replicas):
+    (a, b, _), _ = replicas
+    a.create_study("s", spec(max_trials=10))
+    b.study_counts("s")  # b caches the study while it is empty
+    handed, _ = a.suggest_trials("s", 3, "w0")
+    a.complete_trial("s", handed[0].id, 1.0, client_id="w0")
+    with pytest.raises(InvalidArgumentError, match="below the 3 trials"):
+        b.update_study("s", max_trials=2)
+    assert b.update_study("s", max_trials=3).spec.max_trials == 3
+    a.complete_trial("s", handed[1].id, 1.0, client_id="w0")
+    a.complete_trial("s", handed[2].id, 1.0, client_id="w0")
+    assert a.get_study("s").state is StudyState.COMPLETED
+    assert b.update_study("s", max_trials=4).state is StudyState.ACTIVE  # room again
+    assert a.suggest_trials("s", 5, "w1")[0][0].id == 4
+
+
+def test_a_study_update_racing_results_on_other_replicas_stays_exact(replicas):
+    (a, b, c), _ = replicas
+    a.create_study("s", spec(max_trials=0))
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def work(m: StudyManager, worker: str) -> None:
+        try:
+            while not stop.is_set():
+                for t in m.suggest_trials("s", 1, worker)[0]:
+                    m.complete_trial("s", t.id, 1.0, client_id=worker)
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(m, f"w{i}")) for i, m in enumerate((b, c))]
+    for th in threads:
+        th.start()
+    try:
+        for k in range(10):
+            a.update_study("s", labels={"round": str(k)})
+    finally:
+        stop.set()
+        for th in threads:
+            th.join(timeout=60)
+    assert not errors, errors
+    for m in (a, b, c):
+        assert m.get_study("s").spec.labels == {"round": "9"}
+
+
+def test_a_watch_on_one_replica_sees_the_other_replicas_progress(replicas):
+    (a, b, c), _ = replicas
+    a.create_study("s", spec(max_trials=3))
+    stop = threading.Event()
+    events: list[tuple[str, int | None, int]] = []
+    watching = threading.Thread(target=lambda: events.extend(
+        (e.kind, e.trial.id if e.trial else None, e.counts[TrialState.COMPLETED])
+        for e in a.watch("s", stop)))
+    watching.start()
+    try:
+        time.sleep(0.2)
+        handed, _ = b.suggest_trials("s", 2, "w1")
+        (last,), _ = c.suggest_trials("s", 1, "w2")
+        for t in handed:
+            c.complete_trial("s", t.id, 1.0, client_id="w1")
+        b.complete_trial("s", last.id, 2.0, client_id="w2")
+        watching.join(timeout=30)
+        assert not watching.is_alive()
+    finally:
+        stop.set()
+    # A catch-up shows each trial as it is then: one handed out and finished between
+    # two polls is seen finished only.
+    kinds = [k for k, _, _ in events]
+    assert kinds.count("completed") == 3 and set(kinds) <= {"suggested", "completed", "done"}
+    assert kinds[-1] == "done" and events[-1][2] == 3
+    assert sorted(i for k, i, _ in events if k == "completed") == [1, 2, 3]
 
 
 def test_a_study_left_active_with_its_budget_used_is_finished_on_the_next_ask(replicas):

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,9 +21,16 @@ from promptbo.server.storage import open_storage
 @pytest.fixture(params=["in-process", "grpc"])
 def client(request, tmp_path):
     """A client wired to a fresh server: in-process servicer or a real one on port 0."""
+    with one_server(request.param, tmp_path) as c:
+        yield c
+
+
+@contextlib.contextmanager
+def one_server(kind: str, tmp_path: Path) -> Iterator[promptbo.Client]:
+    """A client of a fresh server of ``kind`` (``in-process`` or ``grpc``), stopped after."""
     url = os.environ.get("PROMPTBO_TEST_CLIENT_STORAGE") or f"sqlite:///{tmp_path / 'studies.db'}"
     storage = open_storage(url)
-    if request.param == "in-process":
+    if kind == "in-process":
         servicer = OptimizerServicer(StudyManager(storage))
         yield promptbo.Client(stub=LocalStub(servicer))
         storage.close()

@@ -1,15 +1,45 @@
-"""The client suite: every RPC through the Python client, in-process and over gRPC."""
+"""The client suite: every RPC through the Python client, in-process, over gRPC, and
+through three ``promptbo serve`` replicas on one PostgreSQL schema with every call sent
+to the next replica in turn (``replicas``, when ``PROMPTBO_TEST_POSTGRES_URL`` is set):
+the same assertions hold against one server and against three."""
 
 from __future__ import annotations
 
 import math
 import threading
+import time
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
 
 import promptbo
 from promptbo import HardPromptSpace, SoftPromptSpace
+from tests.service.conftest import one_server
+from tests.service.replicated import ReplicatedServers
+
+
+@pytest.fixture(scope="module")
+def replica_servers(tmp_path_factory) -> Iterator[ReplicatedServers]:
+    """Three servers on one fresh PostgreSQL schema, kept for the module (each test
+    deletes its studies afterwards)."""
+    with ReplicatedServers(tmp_path_factory.mktemp("replicas")) as servers:
+        yield servers
+
+
+@pytest.fixture(params=["in-process", "grpc",
+                        pytest.param("replicas", marks=pytest.mark.postgres)])
+def client(request, tmp_path) -> Iterator[promptbo.Client]:
+    """The suite's client: one server (see conftest) or three replicas taking turns."""
+    if request.param != "replicas":
+        with one_server(request.param, tmp_path) as one:
+            yield one
+        return
+    servers = request.getfixturevalue("replica_servers")
+    with servers.client() as c:
+        yield c
+        for study in c.list_studies():
+            c.delete_study(study.name)
 
 
 def soft_space(length=2, dim=3, intrinsic=0):
@@ -195,3 +225,88 @@ def test_watch_streams_until_done(client):
     assert events.count("completed") == 3 and events[-1] == "done"
     # Every event carries the study's counts right after it.
     assert completed == sorted(completed) and completed[-1] == 3
+
+
+def other_client(client: promptbo.Client, client_id: str) -> promptbo.Client:
+    """The same connection under another client id (another worker)."""
+    other = promptbo.Client.__new__(promptbo.Client)
+    other.__dict__.update(client.__dict__, client_id=client_id)
+    return other
+
+
+def test_an_expired_lease_goes_to_one_other_worker(client):
+    study = client.create_study("s", soft_space(), strategy="random", max_trials=1,
+                                lease_seconds=1)
+    (t,) = study.ask(1)
+    time.sleep(1.3)
+    b, c = (other_client(client, w).get_study("s") for w in ("b", "c"))
+    assert [x.id for x in b.ask(1)] == [t.id]  # reissued, the budget still 1
+    assert c.ask(1) == []  # held by b now, and no room for another
+    with pytest.raises(promptbo.FailedPreconditionError, match="held by another worker"):
+        study.tell(t, 1.0)
+    assert b.tell(t, 2.0).value == 2.0
+    with pytest.raises(promptbo.FailedPreconditionError):
+        study.tell(t, 3.0)
+    assert [(x.id, x.value) for x in study.trials()] == [(t.id, 2.0)]
+
+
+def test_a_heartbeat_keeps_the_lease(client):
+    study = client.create_study("s", soft_space(), strategy="random", lease_seconds=1)
+    (t,) = study.ask(1)
+    for _ in range(3):
+        time.sleep(0.4)
+        study.heartbeat(t)
+    assert [x.id for x in other_client(client, "b").get_study("s").ask(1)] != [t.id]
+    assert study.tell(t, 1.0).state == "completed"
+
+
+def test_a_batch_of_results_is_recorded_once(client):
+    study = client.create_study("s", soft_space(), strategy="random", max_trials=4)
+    trials = study.ask(4)
+    results = [(t, float(i)) for i, t in enumerate(trials)]
+    told, _ = study.tell_many(results)
+    again, _ = study.tell_many(results)  # a retry: acknowledged, nothing written twice
+    assert [t.value for t in told] == [t.value for t in again] == [0.0, 1.0, 2.0, 3.0]
+    with pytest.raises(promptbo.FailedPreconditionError, match="already completed"):
+        study.tell_many([(trials[0], 9.0)])
+    study.refresh()
+    assert study.done and study.info.completed_count == 4
+    assert study.best_trial().id == trials[3].id
+
+
+def test_a_failure_is_recorded_once(client):
+    study = client.create_study("s", soft_space(), strategy="random", max_trials=2)
+    (t,) = study.ask(1)
+    assert study.fail(t, "out of memory").state == "failed"
+    assert study.fail(t, "out of memory").state == "failed"  # the same again: a no-op
+    with pytest.raises(promptbo.FailedPreconditionError):
+        study.tell(t, 1.0)
+    (t2,) = study.ask(1)  # a failure does not use the budget
+    study.tell(t2, 1.0)
+    assert [x.state for x in study.trials()] == ["failed", "completed"]
+    study.refresh()
+    assert not study.done and study.info.completed_count == 1
+
+
+def test_a_retried_ask_returns_the_same_trials(client):
+    study = client.create_study("s", soft_space(), strategy="random", max_trials=3)
+    first = study.ask(2)
+    for _ in range(3):  # a worker retrying its ask, each time on another server
+        assert [t.id for t in study.ask(2)] == [t.id for t in first]
+    assert [t.id for t in study.ask(3)][:2] == [t.id for t in first]
+    assert len(list(study.trials())) == 3
+
+
+def test_studies_are_listed_and_deleted_everywhere(client):
+    for name in ("b", "a", "c"):
+        client.create_study(name, soft_space(), strategy="random")
+    for _ in range(3):
+        assert [s.name for s in client.list_studies()] == ["a", "b", "c"]
+    client.get_study("b").delete()
+    for _ in range(3):
+        assert [s.name for s in client.list_studies()] == ["a", "c"]
+        with pytest.raises(promptbo.NotFoundError):
+            client.get_study("b")
+    again = client.create_study("b", soft_space(dim=5), strategy="random", max_trials=1)
+    (t,) = again.ask(1)
+    assert t.id == 1 and t.prompt.vector.shape == (2, 5)
