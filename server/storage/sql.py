@@ -42,9 +42,10 @@ what makes several replicas on one PostgreSQL exact), ids ``max(id) + 1, ...`` c
 race, and every written trial carries the marker it was written under, which
 :meth:`SqlStorage.changes` reads back in one statement. PostgreSQL is therefore always
 ``shared``; SQLite is when the server is told so. On PostgreSQL the two writes of the
-ask/tell path are one statement each in autocommit: a tell's ``UPDATE`` bumps the marker
-in a CTE, an ask calls ``promptbo_add_trial`` (created with the schema), a function that
-locks, counts and inserts inside the database. A pooled connection is checked
+ask/tell path are one statement each in autocommit: functions created with the schema,
+``promptbo_add_trials`` (locks the study row, checks the caller's marker, counts against
+the guard, inserts) and ``promptbo_update_trials`` (locks, checks the marker and each
+trial's expected hold, updates). A pooled connection is checked
 without a round trip when it is handed out: one the server has closed (a restart, an
 idle timeout) has data or EOF waiting on its socket and is replaced.
 """
@@ -879,7 +880,7 @@ class SqlStorage(Storage):
         the database."""
         check_trials_text(trials_)
         rows = [_trial_row(t) for t in trials_]
-        if not self._sqlite and rows:
+        if not self._sqlite and len(rows) == 1:  # an ask: see _add_pg
             first = self._add_pg(study, rows, guard, since)
             return [t.evolve(study=study, id=first + i) for i, t in enumerate(trials_)]
         with self._write() as conn:
@@ -905,7 +906,8 @@ class SqlStorage(Storage):
     def _add_pg(self, study: str, rows: list[dict[str, Any]], guard: HandoutGuard | None,
                 since: int | None) -> int:
         """Trials added on PostgreSQL in one statement (``promptbo_add_trials``); returns
-        the first id."""
+        the first id. Used for one trial: for a batch of 8 the function measured slower
+        than the transaction (``docs/benchmarks.md``)."""
         params = _columns(rows, [c for c, _ in _TRIAL_ARRAYS]) | {
             "study": study,
             "since": since,
@@ -952,8 +954,8 @@ class SqlStorage(Storage):
     ) -> None:
         """One write transaction: the change markers of the trials' studies are bumped
         first (in name order, so writers never wait on each other in a cycle), then the
-        trials are written with one executemany. Trials of one study on PostgreSQL are
-        one statement in autocommit that does both (``promptbo_update_trials``)."""
+        trials are written with one executemany. One trial (a tell) on PostgreSQL is one
+        statement in autocommit that does both (``promptbo_update_trials``)."""
         check_trials_text(trials_)
         one_study(trials_, since)
         if not trials_:
@@ -961,7 +963,7 @@ class SqlStorage(Storage):
         if expected is not None and len(expected) != len(trials_):
             raise InvalidArgumentError("expected needs one trial per trial written")
         rows = [_trial_row(t) for t in trials_]
-        if not self._sqlite and len({r["study"] for r in rows}) == 1:
+        if not self._sqlite and len(rows) == 1:  # a tell: see _update_pg
             self._update_pg(rows, expected, since)
             return
         with self._write() as conn:
@@ -992,7 +994,7 @@ class SqlStorage(Storage):
     def _update_pg(self, rows: list[dict[str, Any]], expected: Sequence[Trial] | None,
                    since: int | None) -> None:
         """Trials of one study updated on PostgreSQL in one statement
-        (``promptbo_update_trials``)."""
+        (``promptbo_update_trials``). Used for one trial, as :meth:`_add_pg`."""
         study = rows[0]["study"]
         held = expected or []
         params = _columns(rows, ["id"] + [c for c, _ in _TRIAL_ARRAYS]) | {
