@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -760,6 +761,51 @@ def test_a_conditional_update_writes_only_what_is_still_held(store):
     with pytest.raises(StaleWriteError):  # completed once: a second completion is refused
         store.update_trials([other.evolve(state=C, value=3.0)], expected=[other])
     assert store.get_trial("s", 1).value == 2.0
+
+
+def test_writes_conditional_on_the_marker_go_ahead_only_while_it_is_unmoved(store):
+    from promptbo.server.storage.base import StaleWriteError
+
+    store.create_study(soft_study("s"))
+    v = store.changes("s", -1).version
+    (t,) = store.add_trials("s", [draft(1)], since=v)  # nobody wrote since v
+    assert store.changes("s", -1).version == v + 1
+    for stale in (lambda: store.add_trials("s", [draft(2)], since=v),  # a step behind
+                  lambda: store.update_trials([t.evolve(state=C, value=1.0)], since=v)):
+        with pytest.raises(StaleWriteError):
+            stale()
+    assert [x.id for x in store.list_trials("s")] == [1] and store.get_trial("s", 1) == t
+    assert store.changes("s", -1).version == v + 1  # a refused write moves nothing
+    many = store.add_trials("s", [draft(2), draft(3)], since=v + 1)
+    store.update_trials([x.evolve(state=C, value=2.0) for x in [t, *many]], since=v + 2)
+    assert store.changes("s", -1).version == v + 3
+    assert [x.state for x in store.list_trials("s")] == [C, C, C]
+    store.create_study(soft_study("u"))
+    (u,) = store.add_trials("u", [draft(1)])
+    with pytest.raises(InvalidArgumentError):  # a marker is one study's
+        store.update_trials([t, u], since=v + 3)
+
+
+def test_a_study_update_with_expected_is_a_compare_and_set(store):
+    from promptbo.server.storage.base import StaleWriteError
+
+    store.create_study(soft_study("s"))
+    seen = store.get_study("s")  # max_trials 40
+    labelled = seen.evolve(spec=replace(seen.spec, labels={"team": "x"}))
+    store.update_study(labelled, expected=seen)
+    store.add_trials("s", [draft(1), draft(2)])  # trial writes do not make it fail
+    grown = seen.evolve(spec=replace(seen.spec, max_trials=9))
+    with pytest.raises(StaleWriteError):  # from a stale view: the labels would be lost
+        store.update_study(grown, expected=seen)
+    assert store.get_study("s").spec.labels == {"team": "x"}
+    cut = labelled.evolve(spec=replace(labelled.spec, max_trials=1))
+    with pytest.raises(StaleWriteError):  # the study holds 2 trials
+        store.update_study(cut, expected=labelled)
+    store.update_study(labelled.evolve(spec=replace(labelled.spec, max_trials=2)),
+                       expected=labelled)
+    assert store.get_study("s").spec.max_trials == 2
+    with pytest.raises(NotFoundError):
+        store.update_study(soft_study("nope"), expected=soft_study("nope"))
 
 
 def test_a_guarded_handout_counts_what_is_stored(store):
