@@ -258,7 +258,8 @@ def test_smollm2_scores_demo_sentences():
     assert len(scores) == 2 and scores[0].metrics["examples"] == 8
     assert scores[0].metrics["accuracy"] >= 0.75
     assert scores[0].value > np.log(0.5)  # better than chance on clear-cut reviews
-    ev.use_kv_cache = False
+    assert ev.shared_prefix == "auto"
+    ev.use_kv_cache, ev.shared_prefix = False, "off"
     plain = ev.score(prompts)
     assert [s.value for s in plain] == pytest.approx([s.value for s in scores], abs=1e-3)
     ev.close()
