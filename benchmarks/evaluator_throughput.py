@@ -11,10 +11,17 @@ Two measurements on the demo reviews (or ``--data``) with the bundled SmolLM2-13
    values are computed once and reused. Reported as sentences/s with the cache off and on
    (steady state: the caches exist after the first call, as in an optimization loop), and
    the first call that builds them.
+3. ``--prompt-first``: instead of 1-2, the default template (the prompt before the review)
+   with pool candidates as text prompts (instruction, label phrase and one demonstration,
+   as in :mod:`benchmarks.pool_quality`; ``--demos`` for longer ones): sentences/s with
+   ``kv_cache=off`` (every row runs all its tokens) and ``auto`` (each prompt's shared
+   prefix runs once per call), and the bare forward of the same texts. ``--split
+   objective`` scores the 32 objective reviews of seed 0 instead of the first test ones.
 
 Usage::
 
     python -m benchmarks.evaluator_throughput --examples 16 --prompts 4 --repeats 3
+    python -m benchmarks.evaluator_throughput --prompt-first --examples 32 --prompts 1
 """
 
 from __future__ import annotations
@@ -79,8 +86,18 @@ def main(argv=None) -> dict:
     ap.add_argument("--prompts", type=int, default=4, help="prompts per score() call")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--prompt-first", action="store_true",
+                    help="the default template and ~60-token pool candidates as prompts; "
+                         "kv_cache off against auto (the shared prompt prefix)")
+    ap.add_argument("--demos", type=int, default=1,
+                    help="with --prompt-first: demonstrations per candidate prompt")
+    ap.add_argument("--split", default="test",
+                    help="with --prompt-first: test (its first --examples), or objective "
+                         "(--examples/2 per class, seed 0: a pool benchmark evaluation)")
     ap.add_argument("--json", help="also write the results to this file")
     args = ap.parse_args(argv)
+    if args.prompt_first:
+        return prompt_first(args)
 
     common = {"model": args.model, "data": args.data, "split": "test", "k": 8,
               "max_examples": args.examples, "batch_size": args.batch_size,
@@ -128,6 +145,78 @@ def main(argv=None) -> dict:
           f"{results['kv_first_call_sps']:.1f} |")
     print(f"| hf-causal, kv_cache=on, later calls | {results['kv_on_sps']:.1f} "
           f"(speed-up {results['kv_speedup']:.2f}x) |")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+    return results
+
+
+def pool_prompts(n: int, data: str, demos_per_prompt: int = 1) -> list[Prompt]:
+    """``n`` pool candidates (instruction, label phrase, ``demos_per_prompt``
+    demonstrations from the demo reviews or ``data``'s training pool), spread over the
+    instructions, as text prompts."""
+    from benchmarks.pool_synthetic import INSTRUCTIONS, LABEL_PHRASES
+    from promptbo.evaluators.data import demo_path, read_examples
+    from promptbo.evaluators.pools import combine, training_examples
+
+    if data == "demo":
+        demos = [(ex.text, "positive" if int(ex.label) == 1 else "negative")
+                 for ex in read_examples(demo_path())]
+    else:
+        demos = training_examples(data)[:200]
+    texts = combine(INSTRUCTIONS, label_phrases=LABEL_PHRASES[1:], demonstrations=demos,
+                    k=demos_per_prompt, seed=0)
+    step = max(len(texts) // n, 1)
+    return [Prompt(text=t) for t in texts[::step][:n]]
+
+
+def prompt_first(args) -> dict:
+    common = {"model": args.model, "data": args.data, "split": args.split,
+              "k": args.examples // 2, "batch_size": args.batch_size}
+    if args.split == "test":
+        common["max_examples"] = args.examples
+    plain = create_evaluator("hf-causal", kv_cache="off", **common)
+    shared = create_evaluator("hf-causal", kv_cache="auto", **common)
+    prompts = pool_prompts(args.prompts, args.data, args.demos)
+    n = len(prompts) * len(plain.task.examples)
+    template = plain.task.template
+    texts = [template.render_text(ex, p.text) for p in prompts for ex in plain.task.examples]
+    label_ids = [ids[0] for ids in plain.encoded[0].label_ids]
+    prompt_tokens = [len(plain._prompt_part(p)) for p in prompts]
+    input_tokens = [len(e.after) for e in plain.encoded]
+    plain.score(prompts)  # warm up
+    shared.score(prompts)
+    bare_forward(plain, texts, label_ids, args.batch_size)
+    t = timed({"bare": lambda: bare_forward(plain, texts, label_ids, args.batch_size),
+               "off": lambda: plain.score(prompts), "auto": lambda: shared.score(prompts)},
+              args.repeats)
+    values = [s.value for s in plain.score(prompts)], [s.value for s in shared.score(prompts)]
+    results = {
+        "model": args.model, "data": args.data, "split": args.split,
+        "template": template.source,
+        "mean_prompt_tokens": sum(prompt_tokens) / len(prompt_tokens),
+        "mean_tokens_after_prompt": sum(input_tokens) / len(input_tokens),
+        "device": str(plain.device), "dtype": str(plain.dtype).split(".")[-1],
+        "threads": torch.get_num_threads(), "sentences_per_call": n,
+        "batch_size": args.batch_size, "repeats": args.repeats, "demos": args.demos,
+        "bare_forward_sps": n / t["bare"], "kv_off_sps": n / t["off"],
+        "shared_prefix_sps": n / t["auto"], "speedup": t["off"] / t["auto"],
+        "seconds_per_call_off": t["off"], "seconds_per_call_auto": t["auto"],
+        "max_value_difference": max(abs(a - b) for a, b in zip(*values, strict=True)),
+    }
+    print(f"| {args.data}: {n} sentences ({len(prompts)} prompts of "
+          f"{results['mean_prompt_tokens']:.0f} tokens x {len(plain.task.examples)} inputs, "
+          f"{results['mean_tokens_after_prompt']:.0f} tokens after the prompt), prompt first, "
+          f"{results['device']} {results['dtype']}, {results['threads']} threads, "
+          f"batch {args.batch_size} | sentences/s | s per call |")
+    print("|---|---:|---:|")
+    print(f"| bare transformers forward | {results['bare_forward_sps']:.1f} | "
+          f"{n / results['bare_forward_sps']:.2f} |")
+    print(f"| hf-causal, kv_cache=off | {results['kv_off_sps']:.1f} | {t['off']:.2f} |")
+    print(f"| hf-causal, kv_cache=auto (shared prompt prefix) | "
+          f"{results['shared_prefix_sps']:.1f} (speed-up {results['speedup']:.2f}x) | "
+          f"{t['auto']:.2f} |")
+    print(f"max |value(off) - value(auto)| = {results['max_value_difference']:.2e}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)

@@ -13,6 +13,17 @@ Prompt after the input
     the tokens before the prompt do not depend on the prompt. Their key/value cache is
     computed once per example, kept across calls (up to ``kv_cache_mb``) and expanded over
     the batch, so each prompt costs only its own tokens and the template's tail.
+
+Prompt before the input
+    With the default template (``"{prompt}\\nReview: {text}..."``) every row of one prompt
+    starts with the same tokens: the template's head, the prompt, and whatever the rows'
+    tails share (``"\\nReview:"``). Per call, the longest token prefix common to a
+    prompt's rows (at most all but one token of its shortest row) runs once per prompt,
+    prompts left-padded together in batches of ``batch_size``; each row then runs only its
+    own tokens on that prefix's keys and values. The prefix is taken from the token ids the
+    rows are made of (the template pieces and the prompt are tokenized separately, never
+    across the boundary), so the rows are exactly those of the uncached path. A soft
+    prompt's vectors are shared the same way.
 """
 
 from __future__ import annotations
@@ -50,9 +61,12 @@ class CausalLMOptions(HFOptions):
 
     model: str = option("str", "smollm2", "checkpoint folder, hub name, or `smollm2` (the "
                         "bundled SmolLM2-135M-Instruct)")
-    kv_cache: str = option("switch", "auto", "keep the keys and values of the tokens before "
-                           "the prompt: `auto` (when the input precedes the prompt), on "
-                           "(whenever there are such tokens) or off")
+    kv_cache: str = option("switch", "auto", "reuse the keys and values of tokens that rows "
+                           "share: `auto`: if the input precedes the prompt, the tokens before "
+                           "the prompt, per example, kept across calls; else the prefix a "
+                           "prompt's rows share (template head, prompt), run once per call; "
+                           "on: the same, and the shared prefix also for a subset of examples "
+                           "or a prompt of one row; off: neither")
     kv_cache_mb: float = option("float", 1024, "memory for the prefix caches kept across "
                                 "calls", minimum=0)
 
@@ -72,10 +86,16 @@ class HFCausalEvaluator(HFEvaluator):
         self.kv_cache_bytes = options.kv_cache_mb * 2**20
         super().__init__(options)
         has_prefix = min(len(ex.before) for ex in self.encoded) > 0
+        after_input = self.task.template.prompt_after_input
         if options.kv_cache == "auto":
-            self.use_kv_cache = has_prefix and self.task.template.prompt_after_input
+            self.use_kv_cache = has_prefix and after_input
         else:
-            self.use_kv_cache = has_prefix and options.kv_cache == "on"
+            self.use_kv_cache = has_prefix and after_input and options.kv_cache == "on"
+        #: Share each prompt's common row prefix within a call (where the per-example
+        #: caches are not used): ``"auto"`` when a prompt has several rows, ``"on"``
+        #: always, ``"off"`` never.
+        self.shared_prefix = "off" if options.kv_cache == "off" else (
+            "on" if options.kv_cache == "on" else ("auto" if not after_input else "off"))
         forward = inspect.signature(self.model.forward).parameters
         self._keeps_logits = "logits_to_keep" in forward
         # transformers renamed the key/value cache argument and output field to ``cache``;
@@ -139,6 +159,8 @@ class HFCausalEvaluator(HFEvaluator):
         else:
             wanted = range(len(self.encoded)) if examples is None else examples
             rows = self._rows(parts, wanted, with_prefix=True)
+            if self.shared_prefix != "off" and self._score_with_shared_prefix(rows, soft, out):
+                return out
             for start in range(0, len(rows), self.batch_size):
                 batch = rows[start:start + self.batch_size]
                 logits = self._forward(batch, soft, past=None)
@@ -160,6 +182,46 @@ class HFCausalEvaluator(HFEvaluator):
                         mask.index_select(0, index))
                 logits = self._forward(batch, soft, past=past)
                 self._collect(batch, logits, out)
+
+    def _score_with_shared_prefix(self, rows: list[_Row], soft: bool, out: np.ndarray) -> bool:
+        """Scores ``rows`` (grouped by prompt, as :meth:`_rows` orders them) with each
+        prompt's shared prefix run once; False (nothing scored) where a prompt's rows share
+        no token, or, with ``shared_prefix="auto"``, where a prompt has a single row."""
+        import torch
+
+        groups: dict[int, list[_Row]] = {}
+        for r in rows:
+            groups.setdefault(r.p, []).append(r)
+        shared = {p: _shared_length([r.parts for r in g], [self._kept(r) for r in g])
+                  for p, g in groups.items()}
+        if min(shared.values()) < 1 or (
+                self.shared_prefix == "auto" and min(len(g) for g in groups.values()) < 2):
+            return False
+        prompts = list(groups)
+        for c0 in range(0, len(prompts), self.batch_size):
+            chunk = prompts[c0:c0 + self.batch_size]
+            heads = [_split(groups[p][0].parts, shared[p])[0] for p in chunk]
+            ids, mask, pos = self._pad(heads, soft=any(_has_vectors(h) for h in heads))
+            state = self._call(1, **{"inputs_embeds" if ids.dim() == 3 else "input_ids": ids},
+                               attention_mask=mask, position_ids=pos, use_cache=True)
+            kv = [(layer.keys, layer.values) for layer in state[self._cache_arg].layers]
+            tails = [_Row(r.p, r.e, r.c, _split(r.parts, shared[r.p])[1])
+                     for p in chunk for r in groups[p]]
+            where = {p: i for i, p in enumerate(chunk)}
+            tail_soft = soft and any(_has_vectors(r.parts) for r in tails)
+            for r0 in range(0, len(tails), self.batch_size):
+                batch = tails[r0:r0 + self.batch_size]
+                index = torch.tensor([where[r.p] for r in batch], device=self.device)
+                past = ([(k.index_select(0, index), v.index_select(0, index)) for k, v in kv],
+                        mask.index_select(0, index))
+                logits = self._forward(batch, tail_soft, past=past)
+                self._collect(batch, logits, out)
+        return True
+
+    def _kept(self, row: _Row) -> int:
+        """The positions at the end of ``row`` whose logits are read: 1, or the tokens of
+        its (multi-token) label word."""
+        return 1 if row.c < 0 else len(self.encoded[row.e].label_ids[row.c])
 
     def _prefix(self, chunk: int, members: list[int]):
         """Key/value tensors per layer (`b x heads x T x d`) and the `b x T` mask of the
@@ -226,3 +288,53 @@ class HFCausalEvaluator(HFEvaluator):
             steps = torch.arange(keep - len(ids), keep, device=logp.device)
             tok = torch.tensor(ids, device=logp.device)
             out[r.p, r.e, r.c] = float(logp[i, steps, tok].sum())
+
+
+def _size(part: Any) -> int:
+    """Positions in one part of a row: an id list's length, a `L x D` tensor's ``L``."""
+    return len(part) if isinstance(part, list) else int(part.shape[0])
+
+
+def _has_vectors(parts: list[Any]) -> bool:
+    return any(not isinstance(part, list) and _size(part) for part in parts)
+
+
+def _shared_length(rows: list[list[Any]], kept: list[int]) -> int:
+    """The number of leading positions all ``rows`` (lists of parts) have in common, short
+    enough that row ``i`` keeps its last ``kept[i]`` positions (those whose logits are
+    read). An id is equal to the same id; a soft prompt's row only to the same row of the
+    same tensor."""
+    def units(parts: list[Any]) -> list[Any]:
+        out: list[Any] = []
+        for part in parts:
+            if isinstance(part, list):
+                out.extend(part)
+            else:
+                out.extend((id(part), i) for i in range(_size(part)))
+        return out
+
+    seqs = [units(parts) for parts in rows]
+    first = seqs[0]
+    limit = min(len(s) - k for s, k in zip(seqs, kept, strict=True))
+    n = 0
+    while n < limit and all(s[n] == first[n] for s in seqs):
+        n += 1
+    return n
+
+
+def _split(parts: list[Any], n: int) -> tuple[list[Any], list[Any]]:
+    """``parts`` cut after its first ``n`` positions: ``(head, tail)``, a part straddling
+    the cut sliced in two."""
+    head: list[Any] = []
+    tail: list[Any] = []
+    for part in parts:
+        size = _size(part)
+        if n >= size:
+            head.append(part)
+        elif n > 0:
+            head.append(part[:n])
+            tail.append(part[n:])
+        else:
+            tail.append(part)
+        n = max(n - size, 0)
+    return head, tail

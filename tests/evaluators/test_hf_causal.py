@@ -71,6 +71,7 @@ def test_default_template_puts_the_prompt_before_the_input(tiny_llama_dir):
                           labels="negative,positive") as ev:
         assert ev.task.template.source == "{prompt}\nReview: {text}\nSentiment: {answer}"
         assert not ev.task.template.prompt_after_input and not ev.use_kv_cache
+        assert ev.shared_prefix == "auto"
         prompt = hard(ev, " Is it good or bad?")
         enc = ev.encoded[0]
         text = ev.tokenizer.decode(enc.before + list(prompt.token_ids) + enc.after,
@@ -107,6 +108,64 @@ def test_kv_cache_path_equals_plain_path(evaluator, kind):
     assert evaluator._prefixes, "the prefix caches should be kept across calls"
     np.testing.assert_allclose(cached, plain, atol=1e-5)
     np.testing.assert_array_equal(cached, again)
+
+
+POOL_TEXTS = ["Classify the review. Answer great or terrible. Input: The plot was fun. "
+              "Answer: great", "Is it good or bad?"]
+
+
+@pytest.mark.parametrize("kind", ["hard", "pool", "soft", "mixed"])
+def test_shared_prompt_prefix_equals_plain_path(tiny_llama_dir, kind):
+    """Prompt first: each prompt's common row prefix runs once per call; the scores are
+    those of the uncached rows, over reviews of different lengths and for a subset."""
+    common = {"model": str(tiny_llama_dir), "data": "demo", "k": 3,
+              "labels": "negative,positive", "batch_size": 4}
+    with create_evaluator("hf-causal", kv_cache="off", **common) as plain, \
+            create_evaluator("hf-causal", **common) as auto:
+        assert auto.shared_prefix == "auto" and not auto.use_kv_cache
+        assert plain.shared_prefix == "off"
+        assert len({len(e.after) for e in auto.encoded}) > 1
+        if kind == "pool":
+            prompts = [Prompt(text=t) for t in POOL_TEXTS + [""]]
+        else:
+            texts = PROMPT_TEXTS if kind != "mixed" else PROMPT_TEXTS[:2]
+            prompts = [(soft if kind == "soft" else hard)(auto, t) for t in texts]
+            if kind == "mixed":
+                prompts += [soft(auto, PROMPT_TEXTS[3]), Prompt(text=POOL_TEXTS[0])]
+        calls = []
+        forward = auto._forward
+        auto._forward = lambda batch, *a, **kw: calls.append(kw["past"]) or forward(
+            batch, *a, **kw)
+        try:
+            got = auto.label_log_probs(prompts)
+        finally:
+            del auto._forward
+        assert calls and all(past is not None for past in calls)
+        # every row ran only its own tokens: the prefix holds the prompt and what follows
+        width = calls[0][1].shape[1]
+        assert width > max(len(p.token_ids or ()) for p in prompts)
+        np.testing.assert_allclose(got, plain.label_log_probs(prompts), atol=1e-5)
+        subset = [5, 0, 2]
+        np.testing.assert_allclose(auto.label_log_probs(prompts, subset),
+                                   plain.label_log_probs(prompts, subset), atol=1e-5)
+        one = auto.label_log_probs(prompts, [1])  # one row per prompt: plain rows (auto)
+        np.testing.assert_allclose(one, plain.label_log_probs(prompts, [1]), atol=1e-5)
+
+
+def test_shared_prefix_keeps_a_token_per_row(tiny_llama_dir):
+    """Rows that end right after the prompt (empty prompt, input first, ``on``, a subset of
+    examples so the per-example caches are not used) with label words of several tokens
+    (no space before ``{answer}``): the prefix leaves each row the positions it reads."""
+    common = {"model": str(tiny_llama_dir), "data": "demo", "k": 3, "batch_size": 3,
+              "labels": "negative,positive", "template": "Review: {text}\n{prompt}{answer}"}
+    with create_evaluator("hf-causal", kv_cache="off", **common) as plain, \
+            create_evaluator("hf-causal", kv_cache="on", **common) as on:
+        assert on.shared_prefix == "on" and on.use_kv_cache and not on.single_token_labels
+        prompts = [hard(on, ""), hard(on, " great"), soft(on, " Is it good or bad?")]
+        np.testing.assert_allclose(on.label_log_probs(prompts, [3]),
+                                   plain.label_log_probs(prompts, [3]), atol=1e-5)
+        np.testing.assert_allclose(on.label_log_probs(prompts, [0, 4, 1]),
+                                   plain.label_log_probs(prompts, [0, 4, 1]), atol=1e-5)
 
 
 def test_soft_prompt_of_token_embeddings_equals_hard_prompt(evaluator):
@@ -199,7 +258,8 @@ def test_smollm2_scores_demo_sentences():
     assert len(scores) == 2 and scores[0].metrics["examples"] == 8
     assert scores[0].metrics["accuracy"] >= 0.75
     assert scores[0].value > np.log(0.5)  # better than chance on clear-cut reviews
-    ev.use_kv_cache = False
+    assert ev.shared_prefix == "auto"
+    ev.use_kv_cache, ev.shared_prefix = False, "off"
     plain = ev.score(prompts)
     assert [s.value for s in plain] == pytest.approx([s.value for s in scores], abs=1e-3)
     ev.close()

@@ -143,7 +143,7 @@ def test_worker_help_lists_every_declared_option(capsys):
         for o in evaluators.evaluator_options(name):
             row = rf"^ +{o.name} +{re.escape(o.type_name)} +{re.escape(o.default_text or '-')} "
             assert re.search(row, out, re.MULTILINE), (name, o.name)
-    assert re.search(r"^ +kv_cache +auto/on/off +auto +keep the keys", out, re.MULTILINE)
+    assert re.search(r"^ +kv_cache +auto/on/off +auto +reuse the keys", out, re.MULTILINE)
     with pytest.raises(SystemExit):
         cli.main(["worker"])  # a usage error shows the usage only
     assert "evaluator options" not in capsys.readouterr().err
