@@ -98,11 +98,12 @@ class ReplicaSync:
             return self._load(name)  # deleted and created again elsewhere: a new study
         if changes.version != seen.version:
             applied = self._apply(live, seen, changes.trials)
-            self._tell(live, changes.study, applied)
+            finished = _finishes(live, changes.study)
             live.study = changes.study
             if live.runtime is not None:
                 live.runtime.spec = changes.study.spec
             seen.version = changes.version
+            self._tell(live, applied, finished)
         return live
 
     def since(self, live: LiveStudy) -> int | None:
@@ -127,7 +128,7 @@ class ReplicaSync:
             seen = self._seen[live] = _Seen(changes.version, 0)
         applied = self._apply(live, seen, changes.trials, count=False)
         again = self._make_live(changes.study, changes.trials)
-        self._tell(live, changes.study, applied)
+        finished = _finishes(live, changes.study)
         live.study = changes.study
         live.active, live.counts, live.best, live.best_obj = (
             again.active, again.counts, again.best, again.best_obj)
@@ -136,6 +137,7 @@ class ReplicaSync:
             live.runtime.spec = changes.study.spec
         seen.version = changes.version
         seen.last_id = max([seen.last_id] + [t.id for t in changes.trials])
+        self._tell(live, applied, finished)  # after the recount: events carry its counts
 
     def catch_up(self, live: LiveStudy) -> list[Trial]:
         """All of the study's trials, read in one snapshot that ``live`` is brought up to
@@ -148,9 +150,10 @@ class ReplicaSync:
         if changes.version != seen.version:
             # The rule of _apply needs no versions: trials already accounted are skipped.
             applied = self._apply(live, seen, changes.trials)
-            self._tell(live, changes.study, applied)
+            finished = _finishes(live, changes.study)
             live.study = changes.study
             seen.version = changes.version
+            self._tell(live, applied, finished)
         return changes.trials
 
     def wrote(self, live: LiveStudy, trials: Iterable[Trial]) -> None:
@@ -160,13 +163,11 @@ class ReplicaSync:
             seen.last_id = max([seen.last_id] + [t.id for t in trials])
 
     # --- helpers ----------------------------------------------------------------------
-    def _tell(self, live: LiveStudy, study: Study, applied: list[Trial]) -> None:
-        """Passes a catch-up of ``live`` to :attr:`notify` (before ``study``, the row read,
-        replaces ``live.study``)."""
-        finished = (study.state is StudyState.COMPLETED
-                    and live.study.state is not StudyState.COMPLETED)
+    def _tell(self, live: LiveStudy, applied: list[Trial], finished: bool) -> None:
+        """Passes a catch-up of ``live`` to :attr:`notify`, once ``live`` holds all of it
+        (the events built then carry the caught-up study, counts and best)."""
         if self.notify is not None and (applied or finished):
-            self.notify(study.name, applied, finished)
+            self.notify(live.study.name, applied, finished)
 
     def _load(self, name: str) -> LiveStudy:
         changes = self.storage.changes(name, -1)
@@ -218,3 +219,9 @@ class ReplicaSync:
                 invalidate=True,  # no suggestion computed without these is handed out
             )
         return applied
+
+
+def _finishes(live: LiveStudy, study: Study) -> bool:
+    """Whether ``study``, the row just read, completes ``live`` (read before it replaces
+    ``live.study``)."""
+    return study.state is StudyState.COMPLETED and live.study.state is not StudyState.COMPLETED

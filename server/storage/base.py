@@ -29,6 +29,7 @@ the executable form of this contract and runs against every backend.
 from __future__ import annotations
 
 import abc
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -62,6 +63,14 @@ class StudyChanges:
     study: Study
     version: int
     trials: list[Trial] = field(default_factory=list)
+
+
+def first_marker() -> int:
+    """The change marker a new study starts at: the clock in microseconds. A study
+    created again under a deleted one's name thus starts above every marker the deleted
+    one reached (each of its writes took longer than a microsecond), so a write
+    conditional on a marker of the old study can never go ahead on the new one."""
+    return time.time_ns() // 1000
 
 
 def check_since(study: str, stored: int, since: int | None) -> None:

@@ -31,6 +31,7 @@ from promptbo.server.storage.base import (
     Storage,
     StudyChanges,
     check_since,
+    first_marker,
     room_for,
     same_hold,
     same_study,
@@ -176,7 +177,7 @@ class InMemoryStorage(Storage):
                 )
             self._studies[study.name] = kept
             self._trials[study.name] = []
-            self._versions[study.name] = 0
+            self._versions[study.name] = first_marker()
             self._trial_versions[study.name] = []
         return _copy_study(kept)
 

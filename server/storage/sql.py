@@ -97,6 +97,7 @@ from promptbo.server.storage.base import (
     Storage,
     StudyChanges,
     check_since,
+    first_marker,
     same_study,
 )
 from promptbo.server.storage.memory import (
@@ -243,6 +244,13 @@ _CHANGES = (
     .where(studies.c.name == sa.bindparam("name"))
     .order_by(trials.c.id)
 )
+
+
+_DROP_OLD_FUNCTIONS = """
+DROP FUNCTION IF EXISTS promptbo_add_trial(
+    text, text, text, bytea, text, double precision, double precision, text, text,
+    double precision, double precision, text, text, bigint, bigint, double precision)
+"""
 
 # PostgreSQL only: the writes of the ask/tell path, each one statement (one round trip)
 # in autocommit, the study row locked for the few statements inside the function, not for
@@ -696,6 +704,8 @@ class SqlStorage(Storage):
             if not self._sqlite:
                 conn.exec_driver_sql(_ADD_TRIALS_FUNCTION)
                 conn.exec_driver_sql(_UPDATE_TRIALS_FUNCTION)
+                # The one-trial function of earlier releases, replaced by the one above.
+                conn.exec_driver_sql(_DROP_OLD_FUNCTIONS)
             if stored is not None and stored > SCHEMA_VERSION:
                 raise FailedPreconditionError(
                     f"the database has schema version {stored} but this promptbo supports "
@@ -813,7 +823,7 @@ class SqlStorage(Storage):
     def create_study(self, study: Study) -> Study:
         check_study_name(study.name)
         check_text("request_id", study.request_id)
-        row = _study_row(study)
+        row = _study_row(study) | {"version": first_marker()}
         try:
             with self._write() as conn:
                 conn.execute(studies.insert(), row)

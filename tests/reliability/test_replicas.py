@@ -194,9 +194,15 @@ def test_a_watch_on_one_replica_sees_the_other_replicas_progress(replicas):
     a.create_study("s", spec(max_trials=3))
     stop = threading.Event()
     events: list[tuple[str, int | None, int]] = []
-    watching = threading.Thread(target=lambda: events.extend(
-        (e.kind, e.trial.id if e.trial else None, e.counts[TrialState.COMPLETED])
-        for e in a.watch("s", stop)))
+    states: list[StudyState] = []
+
+    def watch() -> None:
+        for e in a.watch("s", stop):
+            events.append((e.kind, e.trial.id if e.trial else None,
+                           e.counts[TrialState.COMPLETED]))
+            states.append(e.study.state)
+
+    watching = threading.Thread(target=watch)
     watching.start()
     try:
         time.sleep(0.2)
@@ -214,6 +220,7 @@ def test_a_watch_on_one_replica_sees_the_other_replicas_progress(replicas):
     kinds = [k for k, _, _ in events]
     assert kinds.count("completed") == 3 and set(kinds) <= {"suggested", "completed", "done"}
     assert kinds[-1] == "done" and events[-1][2] == 3
+    assert states[-1] is StudyState.COMPLETED  # events carry the caught-up study
     assert sorted(i for k, i, _ in events if k == "completed") == [1, 2, 3]
 
 

@@ -878,3 +878,42 @@ def test_processes_racing_guarded_handouts_and_completions_stay_exact(sql_backen
     stored_completed = sum(t.state is C for t in trials)
     assert completed == stored_completed  # no completion acknowledged twice
     assert store.check_integrity() == []
+
+
+def test_a_study_created_again_refuses_writes_conditional_on_the_old_ones_marker(store):
+    """A replica that cached a deleted study must not write into its namesake: the new
+    study's marker starts above every marker the old one reached."""
+    from promptbo.server.storage.base import StaleWriteError
+
+    store.create_study(soft_study("s"))
+    store.add_trials("s", [draft(1)])
+    old = store.changes("s", -1).version
+    store.delete_study("s")
+    store.create_study(soft_study("s"))
+    new = store.changes("s", -1).version
+    assert new > old
+    with pytest.raises(StaleWriteError):
+        store.add_trials("s", [draft(1)], since=old)
+    assert store.list_trials("s") == []
+    (t,) = store.add_trials("s", [draft(1)], since=new)
+    assert t.id == 1 and store.changes("s", new).version == new + 1
+
+
+def test_reopening_a_postgresql_database_drops_the_replaced_one_trial_function(sql_backend):
+    if sql_backend.name != "postgresql":
+        pytest.skip("the write functions are PostgreSQL's")
+    first = sql_backend.open()
+    with first.engine.begin() as conn:  # as an earlier release created it
+        conn.exec_driver_sql(
+            "CREATE FUNCTION promptbo_add_trial(text, text, text, bytea, text, "
+            "double precision, double precision, text, text, double precision, "
+            "double precision, text, text, bigint, bigint, double precision) "
+            "RETURNS bigint LANGUAGE sql AS 'SELECT 0::bigint'"
+        )
+    first.close()
+    again = sql_backend.open()
+    with again.engine.connect() as conn:
+        names = set(conn.exec_driver_sql(
+            "SELECT proname FROM pg_proc WHERE proname LIKE 'promptbo_%%' "
+            "AND pronamespace = to_regnamespace(current_schema())::oid").scalars())
+    assert names == {"promptbo_add_trials", "promptbo_update_trials"}
