@@ -55,9 +55,17 @@ def test_metrics_count_rpcs_by_method_and_code_and_report_studies(served):
         study.tell(trial, 0.5)
     with pytest.raises(NotFoundError):
         client.get_study("nope")
-    status, body = fetch(f"{base}/metrics")
-    assert status == 200
-    got = samples(body.decode())
+    # An aborted call's status reaches the client before the server's handler unwinds and
+    # counts it, so the count is read until it shows (bounded).
+    failed = ("promptbo_rpc_total", (("code", "NOT_FOUND"), ("method", "GetStudy")))
+    deadline = time.monotonic() + 10
+    while True:
+        status, body = fetch(f"{base}/metrics")
+        assert status == 200
+        got = samples(body.decode())
+        if failed in got or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     assert got[("promptbo_rpc_total", (("code", "OK"), ("method", "CompleteTrial")))] == 3
     assert got[("promptbo_rpc_total", (("code", "NOT_FOUND"), ("method", "GetStudy")))] == 1
     assert got[("promptbo_rpc_seconds_count", (("method", "SuggestTrials"),))] == 1
