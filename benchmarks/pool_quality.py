@@ -80,6 +80,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--reserved-seeds", default="0,1,2",
                    help="benchmark seeds whose objective and dev examples are no demonstrations")
     p.add_argument("--limit-test", type=int, default=300, help="first N test examples (0: all)")
+    p.add_argument("--instructions", default="",
+                   help="file of candidate instructions, one per line (default: the 24 "
+                        "SST-2 instructions of benchmarks.pool_synthetic)")
+    p.add_argument("--label-phrase", action="append", default=None, dest="label_phrases",
+                   help="a sentence naming the label words, repeatable; '' adds none "
+                        "(default: the SST-2 phrases of benchmarks.pool_synthetic)")
+    p.add_argument("--template", default=None,
+                   help="the evaluator's template ({prompt}, {text}, {answer}; default: "
+                        "hf-causal's, the prompt before the input)")
+    p.add_argument("--labels", default=None,
+                   help="comma-separated label words (default: the dataset's class names)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--log-every", type=int, default=25)
     p.add_argument("--out", default="benchmarks/results/pool-quality-sst2-full")
@@ -94,9 +105,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args.seeds = [int(s) for s in args.seeds.split(",")]
     args.reserved_seeds = sorted({int(s) for s in args.reserved_seeds.split(",") if s})
     args.strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
-    # What hf_evaluators reads besides the above: the evaluator's own template and labels.
-    args.template, args.labels, args.test_kv_cache_mb = None, None, 1024
+    args.test_kv_cache_mb = 1024  # what hf_evaluators reads besides the above
     return args
+
+
+def pool_parts(args) -> tuple[list[str], list[str]]:
+    """The instructions and label phrases the pool combines."""
+    from promptbo.evaluators.pools import read_instructions
+
+    instructions = read_instructions(args.instructions) if args.instructions else INSTRUCTIONS
+    phrases = LABEL_PHRASES if args.label_phrases is None else args.label_phrases
+    return list(instructions), list(phrases)
 
 
 def make_pool(args, log) -> tuple[Any, dict[str, int]]:
@@ -106,14 +125,15 @@ def make_pool(args, log) -> tuple[Any, dict[str, int]]:
     from promptbo.evaluators.pools import build_pool, combine, training_examples
 
     start = time.perf_counter()
-    rest = {seed: set(training_examples(args.data_dir, None, args.k, seed))
+    rest = {seed: set(training_examples(args.data_dir, args.labels, args.k, seed))
             for seed in {args.pool_seed, *args.reserved_seeds, *args.seeds}}
-    demos = training_examples(args.data_dir, None, args.k, args.pool_seed)
+    demos = training_examples(args.data_dir, args.labels, args.k, args.pool_seed)
     # Examples a reserved seed scores (its objective and dev sets) are no demonstrations.
     scored = {seed: set(demos) - r for seed, r in rest.items()}
     demos = [d for d in demos
              if not any(d in scored[seed] for seed in args.reserved_seeds)]
-    texts = combine(INSTRUCTIONS, label_phrases=LABEL_PHRASES, demonstrations=demos,
+    instructions, phrases = pool_parts(args)
+    texts = combine(instructions, label_phrases=phrases, demonstrations=demos,
                     k=args.demos, demo_sets=args.demo_sets, seed=args.pool_seed)
     table = build_pool(texts)
     # A check: candidates containing the text of an example a benchmark seed scores.
@@ -128,7 +148,11 @@ def make_pool(args, log) -> tuple[Any, dict[str, int]]:
 def fingerprint(args, texts: Sequence[str]) -> dict[str, Any]:
     """What a cached score depends on: the fixed config and the pool's texts."""
     digest = hashlib.sha256(json.dumps(list(texts)).encode()).hexdigest()[:16]
-    return {**{k: getattr(args, k) for k in FIXED_CONFIG}, "pool_sha256": digest}
+    fp = {**{k: getattr(args, k) for k in FIXED_CONFIG}, "pool_sha256": digest}
+    # Template and label words change every score; they enter only when set, so the
+    # caches written before these options existed (the defaults) stay valid.
+    fp.update({k: getattr(args, k) for k in ("template", "labels") if getattr(args, k)})
+    return fp
 
 
 def write_json(path: Path, doc: Any) -> None:
