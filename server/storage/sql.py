@@ -310,7 +310,9 @@ BEGIN
 END $$
 """
 # promptbo_update_trials replaces trials of one study by id; with p_held, only while each
-# still has its expected state, holder and lease. Returns the study's new marker, -1 when
+# still has its expected state, holder and lease. "t.id = ANY(p_id)" keeps both joins on the
+# primary key (the plan cached for the function would otherwise hash the study's trials
+# against the unnested ones, a scan of every stored trial per tell). Returns the study's new marker, -1 when
 # there is no such study, -2 when the marker is not ``p_since``, -3 when a trial is
 # missing, 0 when one is no longer as expected; nothing is written unless positive.
 _UPDATE_TRIALS_FUNCTION = """
@@ -339,7 +341,7 @@ BEGIN
       INTO found_n, held_n
       FROM unnest(p_id, p_held_state, p_held_client_id, p_held_lease_deadline)
            AS h(id, state, client_id, lease_deadline)
-      JOIN trials t ON t.study = p_study AND t.id = h.id;
+      JOIN trials t ON t.study = p_study AND t.id = h.id AND t.id = ANY(p_id);
     IF found_n <> cardinality(p_id) THEN
         RETURN -3;
     END IF;
@@ -358,7 +360,7 @@ BEGIN
                   p_principal)
            AS r(id, state, prompt, vector, client_id, lease_deadline, value, metrics,
                 failure_reason, create_time, complete_time, source, principal)
-     WHERE t.study = p_study AND t.id = r.id;
+     WHERE t.study = p_study AND t.id = r.id AND t.id = ANY(p_id);
     RETURN marker + 1;
 END $$
 """

@@ -826,6 +826,24 @@ def test_a_guarded_handout_counts_what_is_stored(store):
     assert [t.id for t in store.list_trials("s")] == [1, 2, 3, 4, 5, 6]
 
 
+def test_a_guarded_batch_leaves_failed_trials_out_of_the_budget(store):
+    from promptbo.server.storage.base import HandoutGuard, StaleWriteError
+
+    store.create_study(soft_study("s"))
+    store.add_trials("s", [draft(1, state=F), draft(2, state=F), draft(3, state=C, value=1.0)])
+    budget = HandoutGuard(max_trials=3, now=10.0)
+    # Ids reach 5, yet only 3 trials count: 1 completed + 2 new.
+    store.add_trials("s", [draft(4, lease_deadline=20.0), draft(5, lease_deadline=5.0)],
+                     guard=budget)
+    with pytest.raises(StaleWriteError):
+        store.add_trials("s", [draft(6)], guard=budget)
+    with pytest.raises(StaleWriteError):  # trial 4 is held: 1 + 2 > 2
+        store.add_trials("s", [draft(6), draft(7)], guard=HandoutGuard(max_active=2, now=10.0))
+    store.add_trials("s", [draft(6, lease_deadline=20.0)], guard=HandoutGuard(max_active=2,
+                                                                               now=10.0))
+    assert [t.id for t in store.list_trials("s")] == [1, 2, 3, 4, 5, 6]
+
+
 _GUARDED_PROCESS = """
 import sys
 from promptbo.server.domain import Prompt, Trial, TrialState
