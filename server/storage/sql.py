@@ -310,11 +310,13 @@ BEGIN
 END $$
 """
 # promptbo_update_trials replaces trials of one study by id; with p_held, only while each
-# still has its expected state, holder and lease. "t.id = ANY(p_id)" keeps both joins on the
-# primary key (the plan cached for the function would otherwise hash the study's trials
-# against the unnested ones, a scan of every stored trial per tell). Returns the study's new marker, -1 when
+# still has its expected state, holder and lease. Returns the study's new marker, -1 when
 # there is no such study, -2 when the marker is not ``p_since``, -3 when a trial is
-# missing, 0 when one is no longer as expected; nothing is written unless positive.
+# missing, 0 when one is no longer as expected; nothing is written unless positive. It
+# goes trial by trial, each statement on the whole primary key, so the plan is an index
+# lookup whatever the table's statistics say (a join against the unnested ids was planned,
+# for a study grown since the last ANALYZE, as a scan of its trials: 7 ms per tell at
+# 10,000 trials against 2 after an ANALYZE).
 _UPDATE_TRIALS_FUNCTION = """
 CREATE OR REPLACE FUNCTION promptbo_update_trials(
     p_study text, p_since bigint, p_id integer[], p_state text[], p_prompt text[],
@@ -325,7 +327,7 @@ CREATE OR REPLACE FUNCTION promptbo_update_trials(
     p_held_lease_deadline double precision[])
     RETURNS bigint LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
-    marker bigint; found_n bigint; held_n bigint;
+    marker bigint; i integer; cur record; stale boolean := false;
 BEGIN
     SELECT version INTO marker FROM studies WHERE name = p_study FOR UPDATE;
     IF NOT FOUND THEN
@@ -334,33 +336,31 @@ BEGIN
     IF p_since IS NOT NULL AND marker <> p_since THEN
         RETURN -2;
     END IF;
-    SELECT count(*),
-           count(*) FILTER (WHERE NOT p_held OR (t.state = h.state
-                            AND t.client_id = h.client_id
-                            AND t.lease_deadline = h.lease_deadline))
-      INTO found_n, held_n
-      FROM unnest(p_id, p_held_state, p_held_client_id, p_held_lease_deadline)
-           AS h(id, state, client_id, lease_deadline)
-      JOIN trials t ON t.study = p_study AND t.id = h.id AND t.id = ANY(p_id);
-    IF found_n <> cardinality(p_id) THEN
-        RETURN -3;
-    END IF;
-    IF held_n <> found_n THEN
+    FOR i IN 1 .. coalesce(cardinality(p_id), 0) LOOP
+        SELECT state, client_id, lease_deadline INTO cur
+          FROM trials WHERE study = p_study AND id = p_id[i];
+        IF NOT FOUND THEN
+            RETURN -3;
+        END IF;
+        stale := stale OR (p_held AND (cur.state IS DISTINCT FROM p_held_state[i]
+                                       OR cur.client_id IS DISTINCT FROM p_held_client_id[i]
+                                       OR cur.lease_deadline IS DISTINCT FROM
+                                          p_held_lease_deadline[i]));
+    END LOOP;
+    IF stale THEN
         RETURN 0;
     END IF;
     UPDATE studies SET version = marker + 1 WHERE name = p_study;
-    UPDATE trials t
-       SET state = r.state, prompt = r.prompt, vector = r.vector, client_id = r.client_id,
-           lease_deadline = r.lease_deadline, value = r.value, metrics = r.metrics,
-           failure_reason = r.failure_reason, create_time = r.create_time,
-           complete_time = r.complete_time, source = r.source, principal = r.principal,
-           version = marker + 1
-      FROM unnest(p_id, p_state, p_prompt, p_vector, p_client_id, p_lease_deadline, p_value,
-                  p_metrics, p_failure_reason, p_create_time, p_complete_time, p_source,
-                  p_principal)
-           AS r(id, state, prompt, vector, client_id, lease_deadline, value, metrics,
-                failure_reason, create_time, complete_time, source, principal)
-     WHERE t.study = p_study AND t.id = r.id AND t.id = ANY(p_id);
+    FOR i IN 1 .. coalesce(cardinality(p_id), 0) LOOP
+        UPDATE trials
+           SET state = p_state[i], prompt = p_prompt[i], vector = p_vector[i],
+               client_id = p_client_id[i], lease_deadline = p_lease_deadline[i],
+               value = p_value[i], metrics = p_metrics[i],
+               failure_reason = p_failure_reason[i], create_time = p_create_time[i],
+               complete_time = p_complete_time[i], source = p_source[i],
+               principal = p_principal[i], version = marker + 1
+         WHERE study = p_study AND id = p_id[i];
+    END LOOP;
     RETURN marker + 1;
 END $$
 """
