@@ -42,8 +42,8 @@ def ms_per_trial(url: str, batch: int, seconds: float, stored: int = 0) -> tuple
     store.create_study(Study(name=name, spec=StudySpec(SoftPromptSpace(2, 4))))
     draft = Trial(study=name, id=0, state=TrialState.ACTIVE, prompt=Prompt(vector=(0.0,) * 8))
     completed = dataclasses.replace(draft, state=TrialState.COMPLETED, value=1.0)
-    for start in range(0, stored, 1000):
-        store.add_trials(name, [completed] * min(1000, stored - start))
+    for filled in range(0, stored, 1000):
+        store.add_trials(name, [completed] * min(1000, stored - filled))
     since = store.changes(name, -1).version if store.shared else None
     done = 0
     start = time.perf_counter()
