@@ -143,12 +143,14 @@ def test_completions_with_logprobs(fake, monkeypatch, caplog):
     assert scores[1].value == pytest.approx(expected_log_prob(*WEAK))
     assert scores[0].metrics["accuracy"] == scores[1].metrics["accuracy"] == 1.0
     assert scores[0].metrics["completion_tokens"] == 4.0  # 4 examples, one token each
-    path, body, headers = fake.requests[-1]
+    # requests run concurrently, so they may arrive in any order: read one of the
+    # second prompt's
+    path, body, headers = next(r for r in fake.requests if " Hm." in r[1]["prompt"])
     assert path == "/v1/completions"
     assert body["model"] == "fake-model" and body["temperature"] == 0
     assert body["logprobs"] == 5 and body["max_tokens"] == 3
     # the prompt comes first (the default template), then the review and the answer cue
-    assert body["prompt"].startswith(" Hm.\nReview: ")  # the last prompt scored
+    assert body["prompt"].startswith(" Hm.\nReview: ")
     assert body["prompt"].endswith("\nSentiment:")
     review = body["prompt"].split("Review: ", 1)[1].split("\n")[0]
     assert review in LABELS
