@@ -55,6 +55,7 @@ from benchmarks.proposers import OPTUNA_TPE, TPEProposer, Trace, optimize
 from benchmarks.report import machine, markdown, plot, summarize
 from benchmarks.scoring import Key, ScoreCache, hf_evaluators, unprompted_scores
 from benchmarks.selection import select_and_test
+from promptbo.evaluators.pools import demo_counts
 from promptbo.types import Prompt
 
 #: Config entries that must match for ``--resume`` and for the score cache.
@@ -74,7 +75,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--k", type=int, default=16, help="examples per class (objective, dev)")
     p.add_argument("--top-k", type=int, default=3, help="candidates re-scored on dev")
-    p.add_argument("--demos", type=int, default=1, help="demonstrations per candidate")
+    p.add_argument("--demos", type=demo_counts, default=1,
+                   help="demonstrations per candidate; several counts (0,1) put each "
+                        "combination in once per count")
     p.add_argument("--demo-sets", type=int, default=7, help="demonstration draws per pair")
     p.add_argument("--pool-seed", type=int, default=0, help="seed of the pool's draws")
     p.add_argument("--reserved-seeds", default="0,1,2",

@@ -27,6 +27,7 @@ Heavy libraries (torch, transformers) are imported only by the functions that ne
 
 from __future__ import annotations
 
+import argparse
 import json
 import random
 import re
@@ -202,7 +203,7 @@ def combine(
     *,
     label_phrases: Sequence[str] = ("",),
     demonstrations: Sequence[tuple[str, str]] = (),
-    k: int = 0,
+    k: int | Sequence[int] = 0,
     demo_sets: int = 1,
     demo_format: str = "Input: {text} Answer: {label}",
     seed: int = 0,
@@ -211,37 +212,46 @@ def combine(
     """Every instruction × every label phrase × ``demo_sets`` draws of ``k``
     demonstrations, as distinct texts ``"<instruction> <label phrase> <demo> <demo> ..."``.
 
+    Several counts (``k=(0, 1)``) put every combination in the pool once per count, so the
+    search, not the pool's author, decides whether demonstrations help the task (they cost
+    context and may distract a small model). A count of 0 gives one candidate per
+    combination whatever ``demo_sets`` is.
+
     Args:
         label_phrases: sentences naming the label words, e.g. ``'Answer "great" or
             "terrible".'`` ("" adds none). The evaluator's ``labels`` option still decides
             which words are scored.
         demonstrations: ``(text, label word)`` pairs to draw from (the training pool; keep
             the examples the evaluator scores out of it).
-        k: demonstrations per candidate (0: none).
+        k: demonstrations per candidate (0: none), or several such counts.
         demo_sets: distinct random draws of ``k`` demonstrations per combination.
         demo_format: how one demonstration is written (``{text}``, ``{label}``).
         limit: keep at most this many candidates, a seeded random subset (0: all).
     """
-    if k < 0 or demo_sets < 1:
-        raise InvalidArgumentError("k must be >= 0 and demo_sets >= 1")
-    if k and len(demonstrations) < k:
+    counts = [k] if isinstance(k, int) else list(k)
+    if not counts or min(counts) < 0 or demo_sets < 1:
+        raise InvalidArgumentError("k must be >= 0 (or a list of such counts) "
+                                   "and demo_sets >= 1")
+    if max(counts) and len(demonstrations) < max(counts):
         raise InvalidArgumentError(
-            f"k={k} demonstrations wanted but the training pool has {len(demonstrations)}"
+            f"k={max(counts)} demonstrations wanted but the training pool has "
+            f"{len(demonstrations)}"
         )
-    if k and ("{text}" not in demo_format or "{label}" not in demo_format):
+    if max(counts) and ("{text}" not in demo_format or "{label}" not in demo_format):
         raise InvalidArgumentError("demo_format needs a {text} and a {label} slot")
     rng = random.Random(seed)
     out = []
-    draws = demo_sets if k else 1
     for instruction in instructions:
         for phrase in label_phrases:
             head = " ".join(p for p in (instruction.strip(), phrase.strip()) if p)
-            for _ in range(draws):
-                demos = rng.sample(list(demonstrations), k) if k else []
-                body = " ".join(
-                    demo_format.replace("{text}", x).replace("{label}", y) for x, y in demos
-                )
-                out.append(" ".join(p for p in (head, body) if p))
+            for count in counts:
+                for _ in range(demo_sets if count else 1):
+                    demos = rng.sample(list(demonstrations), count) if count else []
+                    body = " ".join(
+                        demo_format.replace("{text}", x).replace("{label}", y)
+                        for x, y in demos
+                    )
+                    out.append(" ".join(p for p in (head, body) if p))
     out = dedupe(out)
     if limit and len(out) > limit:
         keep = sorted(rng.sample(range(len(out)), limit))
@@ -337,6 +347,18 @@ def load_pool(path: str | Path) -> PoolTable:
 
 
 # --- the command line ----------------------------------------------------------------------
+def demo_counts(value: str) -> int | list[int]:
+    """``--demos``: one count (``"1"``) or several (``"0,1"``), each >= 0."""
+    try:
+        counts = [int(v) for v in value.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--demos takes counts such as 1 or 0,1, got {value!r}") from None
+    if min(counts) < 0:
+        raise argparse.ArgumentTypeError(f"--demos counts must be >= 0, got {value!r}")
+    return counts[0] if len(counts) == 1 else counts
+
+
 def add_pool_arguments(p) -> None:
     """The options of ``promptbo pool build|upload`` on the argparse parser ``p``."""
     p.add_argument("action", choices=("build", "upload"),
@@ -357,8 +379,9 @@ def add_pool_arguments(p) -> None:
     g.add_argument("--label-phrase", action="append", default=[], metavar="TEXT",
                    help="a sentence naming the label words, combined with every instruction "
                         "(repeatable; pass '' for none)")
-    g.add_argument("--demos", type=int, default=0, metavar="K",
-                   help="demonstrations from --data appended to each candidate")
+    g.add_argument("--demos", type=demo_counts, default=0, metavar="K[,K...]",
+                   help="demonstrations from --data appended to each candidate; several "
+                        "counts (0,1) put each combination in once per count")
     g.add_argument("--demo-sets", type=int, default=1, help="draws of --demos per combination")
     g.add_argument("--demo-format", default="Input: {text} Answer: {label}")
     g.add_argument("--limit", type=int, default=0, help="keep a random subset of this many")
@@ -387,7 +410,8 @@ def build_from_args(args) -> PoolTable:
     """The pool that ``promptbo pool build`` options describe."""
     if not args.file.endswith(".npz"):
         raise InvalidArgumentError(f"pool files end in .npz, got {args.file!r}")
-    needs_data = args.generate > 0 or args.demos > 0
+    needs_data = args.generate > 0 or max(
+        [args.demos] if isinstance(args.demos, int) else args.demos) > 0
     if needs_data and not args.data:
         raise InvalidArgumentError("--generate and --demos draw from training data: pass --data")
     instructions = read_instructions(args.instructions) if args.instructions else []

@@ -4,6 +4,7 @@ build` + `promptbo worker --pool` against a real server with real forward passes
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
 
@@ -50,6 +51,21 @@ def test_combine_crosses_instructions_phrases_and_demonstrations():
     assert len(pools.combine(["A.", "B.", "C."], limit=2)) == 2
     with pytest.raises(InvalidArgumentError, match="k=3"):
         pools.combine(["A."], demonstrations=demos[:2], k=3)
+
+
+def test_combine_with_several_demonstration_counts_keeps_the_bare_instructions():
+    demos = [(f"text {i}", "great" if i % 2 else "terrible") for i in range(10)]
+    one = pools.combine(["Rate it.", "Judge it."], demonstrations=demos, k=1, demo_sets=2,
+                        seed=3)
+    both = pools.combine(["Rate it.", "Judge it."], demonstrations=demos, k=(0, 1),
+                         demo_sets=2, seed=3)
+    # once bare (demo_sets does not repeat it), then the same draws as k=1 alone
+    assert both == ["Rate it.", *one[:2], "Judge it.", *one[2:]]
+    assert pools.demo_counts("0,1") == [0, 1] and pools.demo_counts("2") == 2
+    with pytest.raises(argparse.ArgumentTypeError, match=">= 0"):
+        pools.demo_counts("1,-1")
+    with pytest.raises(InvalidArgumentError, match="k must be >= 0"):
+        pools.combine(["A."], k=())
 
 
 def test_pool_files_roundtrip_and_bad_files_are_refused(tmp_path):
