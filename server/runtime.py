@@ -349,8 +349,8 @@ class StudyRuntime:
             encoded = torch.empty(0, space.size, dtype=torch.float32)
         elif isinstance(space, HardPromptSpace):
             encoded = torch.empty(0, space.prompt_length, dtype=torch.long)
-        else:  # transfer_sources refuses transfer_from for pool studies
-            raise TypeError("a pool study has no transfer sources")
+        else:  # a pool: n x 1 indices
+            encoded = torch.empty(0, 1, dtype=torch.long)
         values = torch.tensor([v for _, v in pairs], dtype=torch.float64)
         return SourceData(source.name, encoded, values)
 

@@ -5,7 +5,8 @@ A study names earlier studies in ``spec.transfer_from``. At creation each must e
 (NOT_FOUND naming it) and have a compatible space (INVALID_ARGUMENT naming the mismatch):
 the same kind; hard prompts the same vocabulary and ``prompt_length`` (the filters and
 PCA may differ: source prompts are projected into the target's filter); soft prompts the
-same ``prompt_length`` and ``embedding_dim``. A source deleted (or replaced by an
+same ``prompt_length`` and ``embedding_dim``; pool prompts the same pool (a pool study
+transfers by initialization only). A source deleted (or replaced by an
 incompatible study) later is skipped with a warning when the engine is rebuilt, and
 :func:`describe` says so; the target keeps working.
 
@@ -68,9 +69,13 @@ def mismatch(target: StudySpec, source: StudySpec, vocabulary: bool = True) -> s
         if a.prompt_length != b.prompt_length:
             return f"its prompt_length is {b.prompt_length}, this study's is {a.prompt_length}"
         return ""
-    if not isinstance(a, SoftPromptSpace) or not isinstance(b, SoftPromptSpace):
-        # Another kind of space: its prompts transfer when the spaces are equal.
-        return "" if a == b else f"its {_kind(b)} space differs from this study's"
+    if isinstance(a, PoolSpace):
+        assert isinstance(b, PoolSpace)
+        if a.pool_id != b.pool_id:
+            return (f"its pool is {b.pool_id[:12]}..., this study's is {a.pool_id[:12]}... "
+                    "(transfer needs the same pool: its candidates are taken by index)")
+        return ""
+    assert isinstance(a, SoftPromptSpace) and isinstance(b, SoftPromptSpace)
     if (a.prompt_length, a.embedding_dim) != (b.prompt_length, b.embedding_dim):
         return (f"its soft prompts are {b.prompt_length} x {b.embedding_dim}, this study's "
                 f"are {a.prompt_length} x {a.embedding_dim}")
@@ -85,10 +90,10 @@ def check_sources(storage: Storage, name: str, spec: StudySpec, vocabulary: bool
         InvalidArgumentError: the study names itself, or a source's space differs.
         NotFoundError: a source does not exist.
     """
-    if spec.transfer_from and isinstance(spec.space, PoolSpace):
+    if spec.transfer_from and isinstance(spec.space, PoolSpace) and spec.transfer == "surrogate":
         raise InvalidArgumentError(
-            "transfer_from is for hard- and soft-prompt studies; a pool study cannot transfer "
-            "yet: add the source's best candidates with AddTrials instead"
+            "transfer=surrogate needs the gp strategy on hard or soft prompts; a pool study "
+            "transfers by initialization: use transfer=init (or both, which means init here)"
         )
     if spec.transfer_from and spec.strategy == "mf":
         raise InvalidArgumentError(
@@ -158,10 +163,18 @@ def describe(
         if not note and not _exists(storage, source):
             note = "deleted; its trials are used until the server restarts"
         if not note and weights is None:
-            note = "weight computed once the study's model is built"
+            note = ("weight computed once the study's model is built" if _has_surrogate(spec)
+                    else "its best prompts start the study (no surrogate weight: transfer "
+                         "by initialization)")
         weight = None if weights is None else weights.get(source, 0.0)
         out.append(SourceStatus(source, weight, counts.get(source, 0), note))
     return out
+
+
+def _has_surrogate(spec: StudySpec) -> bool:
+    """Whether the study's transfer includes the RGPE surrogate (see TransferEngine)."""
+    return (spec.transfer in ("both", "surrogate") and (spec.strategy or "gp") == "gp"
+            and not isinstance(spec.space, PoolSpace))
 
 
 def _kind(space: object) -> str:
@@ -169,6 +182,8 @@ def _kind(space: object) -> str:
         return "hard prompts"
     if isinstance(space, SoftPromptSpace):
         return "soft prompts"
+    if isinstance(space, PoolSpace):
+        return "a candidate pool"
     return type(space).__name__
 
 

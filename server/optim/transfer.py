@@ -12,7 +12,8 @@ candidates in the target's encoding, values to maximize) and uses them in up to 
     ``q`` being the prompt's rank quantile in that source (1 = its best), so a prompt good
     on several sources comes before one good on a single source, and a prompt a source
     found bad is pushed back. Hard prompts are projected into the target's filter (nearest
-    allowed tokens), soft prompts into its subspace.
+    allowed tokens), soft prompts into its subspace; pool candidates (a study on the same
+    pool) are taken as they are.
 
     The guard: once the study has observed at least one source prompt and one of its own
     design points, a source prompt is handed out only while the median value of the
@@ -47,7 +48,8 @@ candidates in the target's encoding, values to maximize) and uses them in up to 
     without the point), so it won every sample and even a related source's weight was 0.
 ``both`` (default)
     Initialization from the sources (``min(num_initial, 5)`` prompts) and then the RGPE
-    surrogate. With a strategy other than ``gp``, ``both`` means ``init``.
+    surrogate. With a strategy other than ``gp`` on hard or soft prompts (and with every
+    pool strategy), ``both`` means ``init``.
 
 Nothing here reads storage or knows gRPC: the server loads the sources' trials from its
 storage (so transfer survives restarts) and passes them in.
@@ -74,6 +76,7 @@ from promptbo.errors import InvalidArgumentError
 from promptbo.server.optim.base import Engine
 from promptbo.server.optim.box_engine import BoxEngine
 from promptbo.server.optim.gp import GPEngine
+from promptbo.server.optim.pool_engines import PoolEngine
 from promptbo.server.optim.robust import robust_standardize
 from promptbo.server.optim.spaces import derive_seed
 from promptbo.server.optim.surrogate import (
@@ -274,7 +277,8 @@ class TransferEngine(Engine):
     """Wraps a strategy's engine with transfer from source studies (see the module doc).
 
     Args:
-        inner: the study's own engine (a unit-box engine).
+        inner: the study's own engine (a unit-box engine, or a pool engine: then ``init``
+            only).
         sources: the sources' observations, in ``inner``'s encoding.
         mode: ``both``, ``init`` or ``surrogate``.
         strategy: the study's strategy name (the surrogate needs ``gp``).
@@ -283,20 +287,25 @@ class TransferEngine(Engine):
     def __init__(
         self, inner: Engine, sources: Sequence[SourceData], mode: str, strategy: str
     ) -> None:
-        if not isinstance(inner, BoxEngine):
+        if not isinstance(inner, (BoxEngine, PoolEngine)):
             raise InvalidArgumentError(f"strategy {strategy!r} does not support transfer")
         surrogate = mode in ("both", "surrogate") and type(inner) is GPEngine
         if mode == "surrogate" and not surrogate:
+            kind = "a pool study's strategies" if isinstance(inner, PoolEngine) else repr(
+                strategy)
             raise InvalidArgumentError(
-                f"transfer=surrogate needs the gp strategy, not {strategy!r}; use "
-                "transfer=init with this strategy"
+                f"transfer=surrogate needs the gp strategy on hard or soft prompts, not "
+                f"{kind}; use transfer=init (or both, which means init here)"
             )
         self.inner = inner
         self.mode = mode
         self.sources = [s for s in sources if s.values.shape[0]]
         self.names = [s.name for s in sources]
         self.counts = {s.name: int(s.values.shape[0]) for s in sources}
-        num_initial = int(getattr(inner, "num_initial", 10))
+        if isinstance(inner, PoolEngine):
+            num_initial = int(inner.opts.get("num_initial", 10))
+        else:
+            num_initial = int(getattr(inner, "num_initial", 10))
         #: The strategy's own initial design length (restored when the guard trips).
         self.own_initial = num_initial
         init = mode in ("both", "init")
@@ -310,8 +319,7 @@ class TransferEngine(Engine):
         self.init_count = num_initial if init else 0
         self.init_candidates = self._initial_candidates() if init else None
         self._source_keys: set[bytes] = (
-            set() if self.init_candidates is None
-            else set(inner.box.keys(self.init_candidates))
+            set() if self.init_candidates is None else set(self._keys(self.init_candidates))
         )
         self._source_models: list[SingleTaskGP | None] | None = None
         self._fold_fitters: list[GPFitter] = []
@@ -338,14 +346,27 @@ class TransferEngine(Engine):
     def cheap(self) -> bool:  # type: ignore[override]
         return self.inner.cheap
 
+    def _keys(self, candidates: Tensor) -> list[bytes]:
+        """The identity of each candidate (equal prompts, equal keys)."""
+        if isinstance(self.inner, PoolEngine):
+            return [int(i).to_bytes(8, "little", signed=True)
+                    for i in candidates.reshape(-1).tolist()]
+        assert isinstance(self.inner, BoxEngine)
+        return self.inner.box.keys(candidates)
+
+    def _num_observed(self) -> int:
+        if isinstance(self.inner, PoolEngine):
+            return len(self.inner.obs_idx)
+        assert isinstance(self.inner, BoxEngine)
+        return self.inner.num_observed
+
     def observe(self, candidates: Tensor, values: Tensor) -> None:
         inner = self.inner
-        assert isinstance(inner, BoxEngine)
-        before = inner.num_observed
+        before = self._num_observed()
         inner.observe(candidates, values)
         if self.init_candidates is None:
             return
-        keys = inner.box.keys(candidates)
+        keys = self._keys(candidates)
         self._observed.update(keys)
         flat = torch.as_tensor(values, dtype=torch.float64).reshape(-1).tolist()
         for i, (key, value) in enumerate(zip(keys, flat, strict=True)):
@@ -377,7 +398,6 @@ class TransferEngine(Engine):
 
     def suggest(self, n: int, pending: Tensor | None = None) -> Tensor:
         inner = self.inner
-        assert isinstance(inner, BoxEngine)
         inner.should_stop = self.should_stop
         if self.init_candidates is not None:
             self.sources_rank_well()  # a tripped guard restores the initial design first
@@ -388,10 +408,10 @@ class TransferEngine(Engine):
         if taken:
             rows = torch.stack([row for _, row in taken])
             pending = rows if pending is None else torch.cat([pending, rows])
-        design = inner.num_observed < self.init_count
+        design = self._num_observed() < self.init_count
         rest = inner.suggest(own, pending)
         if design and self.init_candidates is not None:
-            self._design.update(inner.box.keys(rest))
+            self._design.update(self._keys(rest))
         if not taken:
             return rest
         # In slot order: the source prompts on their slots, the strategy's rows between.
@@ -404,20 +424,24 @@ class TransferEngine(Engine):
 
     def is_transferred(self, candidates: Tensor) -> list[bool]:
         """Whether each candidate was handed out as a source's prompt (init)."""
-        assert isinstance(self.inner, BoxEngine)
-        return [k in self._transferred for k in self.inner.box.keys(candidates)]
+        return [k in self._transferred for k in self._keys(candidates)]
 
     # --- initialization ---------------------------------------------------------------
     def _initial_candidates(self) -> Tensor | None:
         inner = self.inner
-        assert isinstance(inner, BoxEngine)
         if not self.sources:
             return None
-        keys = [inner.box.keys(s.candidates) for s in self.sources]
+        keys = [self._keys(s.candidates) for s in self.sources]
         order = rank_prompts(self.sources, keys)[: 4 * max(self.init_count, 1)]
+        if isinstance(inner, PoolEngine):  # the same pool: indices as they are
+            order = [(s, r) for s, r in order
+                     if 0 <= int(self.sources[s].candidates[r, 0]) < inner.size]
         if not order:
             return None
         raw = torch.stack([self.sources[s].candidates[r] for s, r in order])
+        if isinstance(inner, PoolEngine):
+            return raw.long()
+        assert isinstance(inner, BoxEngine)
         gen = torch.Generator().manual_seed(derive_seed(inner.seed, 0x7A5F))
         # Into the target's space: nearest allowed tokens / the target's subspace.
         return inner.box.project(inner.box.to_unit(raw), set(), gen)[0]
@@ -425,19 +449,17 @@ class TransferEngine(Engine):
     def _take_initial(self, n: int, pending: Tensor | None) -> list[tuple[int, Tensor]]:
         """Source prompts for this request: ``(position in the request, row)`` for each
         even slot of the initial design among the request's, while the guard holds."""
-        inner = self.inner
-        assert isinstance(inner, BoxEngine)
         cands = self.init_candidates
         npending = 0 if pending is None else pending.shape[0]
-        first = inner.num_observed + npending  # the initial-design slot of position 0
+        first = self._num_observed() + npending  # the initial-design slot of position 0
         slots = [i for i in range(n) if first + i < self.init_count and (first + i) % 2 == 0]
         if cands is None or not slots or not self.sources_rank_well():
             return []
         busy = self._observed | self._transferred
         if pending is not None and npending:
-            busy.update(inner.box.keys(pending))
+            busy.update(self._keys(pending))
         picked: list[tuple[int, Tensor]] = []
-        for row, key in zip(cands, inner.box.keys(cands), strict=True):
+        for row, key in zip(cands, self._keys(cands), strict=True):
             if len(picked) >= len(slots):
                 break
             if key not in busy:

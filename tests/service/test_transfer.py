@@ -198,3 +198,49 @@ def test_hard_prompts_with_another_filter_and_the_gp_surrogate(client, vocab_tab
     assert len({tuple(t.prompt.token_ids) for t in trials}) == 8
     (status,) = target.transfer_sources()
     assert status.trials == 20 and 0.0 <= status.weight <= 1.0 and status.note == ""
+
+
+@pytest.mark.parametrize("strategy", ["gp", "zopo"])
+def test_pool_studies_transfer_the_sources_best_candidates(client, strategy):
+    rng = np.random.default_rng(0)
+    table = promptbo.PoolTable([f"Candidate instruction {i}." for i in range(30)],
+                               rng.normal(size=(30, 6)).astype(np.float32), "test-enc")
+    pool_id = client.upload_pool(table)
+    space = promptbo.PoolSpace(pool_id)
+    src = client.create_study("src", space, strategy="random", seed=1)
+    src.add_trials([(promptbo.Prompt(pool_index=i), v)
+                    for i, v in [(4, 0.9), (11, 0.2), (17, 0.7), (23, 0.5), (2, 0.1)]])
+    target = client.create_study("t", space, strategy=strategy, seed=2, transfer_from=["src"],
+                                 strategy_options={"num_initial": 5})
+    trials = target.ask(5)
+    assert [t.source for t in trials] == INTERLEAVED
+    # the source's best three, best first, each with its text
+    assert [t.prompt.pool_index for t in trials[::2]] == [4, 17, 23]
+    assert all(t.prompt.text == table.texts[t.prompt.pool_index] for t in trials)
+    for t in trials:
+        target.tell(t, 1.0 if t.source == "transfer" else 0.0)
+    after = target.ask(3)
+    assert all(t.source == "suggested" for t in after)
+    assert len({t.prompt.pool_index for t in [*trials, *after]}) == 8
+    (status,) = target.transfer_sources()
+    assert status.study == "src" and status.trials == 5 and "initialization" in status.note
+
+
+def test_pool_transfer_needs_the_same_pool_and_init(client):
+    rng = np.random.default_rng(1)
+
+    def upload(n: int) -> str:
+        return client.upload_pool(promptbo.PoolTable(
+            [f"Text {i}" for i in range(n)], rng.normal(size=(n, 4)).astype(np.float32), "e"))
+
+    a, b = upload(12), upload(13)
+    client.create_study("on-a", promptbo.PoolSpace(a), strategy="random")
+    with pytest.raises(InvalidArgumentError, match="'on-a' does not fit.*same pool"):
+        client.create_study("t", promptbo.PoolSpace(b), transfer_from=["on-a"])
+    with pytest.raises(InvalidArgumentError, match="a pool study transfers by initialization"):
+        client.create_study("t", promptbo.PoolSpace(a), transfer_from=["on-a"],
+                            transfer="surrogate")
+    client.create_study("soft", SPACE, strategy="random")
+    with pytest.raises(InvalidArgumentError,
+                       match="'soft' does not fit.*soft prompts.*candidate pool"):
+        client.create_study("t", promptbo.PoolSpace(a), transfer_from=["soft"])
