@@ -42,10 +42,20 @@ unfinished in storage.
         --db /tmp/transfer-bench.sqlite --out benchmarks/results/transfer-real
 
 writes ``<out>.json`` (config, scores, traces, picks, weights), ``<out>.md`` (the table)
-and ``<out>.png`` (test accuracy vs evaluations per target task). ``--configs`` runs a
-subset of the target configs (and the sources they need), so independent configs can run
-as separate processes, each with its own ``--out`` and ``--db``; ``--merge a.json,b.json
---out <out>`` then writes their union and its table.
+and ``<out>.png`` (test accuracy vs evaluations per target task).
+
+``--space pool`` runs the MR configs on a candidate pool instead: ``combine`` and
+``build_pool`` as ``promptbo pool build`` makes them (``--instructions``, default the 24
+sentiment instructions of :mod:`benchmarks.pool_synthetic`; its label phrases or
+``--label-phrase``; ``--demo-sets`` draws of ``--demos`` demonstrations from ``--pool-task``'s
+training examples outside the source seed's objective and dev sets, leaving out every text
+that is also in a target task's files), embedded with all-MiniLM-L6-v2. Every study is on
+that one pool (``--strategy``: ``gp`` or ``zopo``; pool studies transfer by
+initialization), scored with the prompt before the input (:data:`PROMPT_FIRST`).
+
+``--configs`` runs a subset of the target configs (and the sources they need), so
+independent configs can run as separate processes, each with its own ``--out`` and
+``--db``; ``--merge a.json,b.json --out <out>`` then writes their union and its table.
 """
 
 from __future__ import annotations
@@ -67,10 +77,18 @@ from benchmarks.report import machine
 from benchmarks.scoring import TASK_STYLES, ScoreCache, hf_evaluators
 from benchmarks.selection import select_prompt
 from promptbo.errors import NotFoundError
-from promptbo.server.domain import HardPromptSpace, StudySpec, TrialState, Vocabulary
+from promptbo.evaluators.pools import demo_counts
+from promptbo.server.domain import (
+    HardPromptSpace,
+    Pool,
+    PoolSpace,
+    StudySpec,
+    TrialState,
+    Vocabulary,
+)
 from promptbo.server.manager import StudyManager, TrialResult
 from promptbo.server.storage import open_storage
-from promptbo.types import VocabularyTable, vocabulary_id
+from promptbo.types import Prompt, VocabularyTable, vocabulary_id
 from promptbo.wordlists import word_scores
 
 HERE = Path(__file__).resolve().parent
@@ -82,6 +100,15 @@ STYLES = {**TASK_STYLES, "mr": TASK_STYLES["sst2"]}
 MakeTask = Callable[[str], Callable[[str, int], Any]]  # task -> (split, seed) -> evaluator
 FIXED = ("data_root", "model", "k", "prompt_length", "top_n", "pca_dims", "limit_test",
          "top_k", "budget", "mode", "source_seed")
+#: More settings that must match, for ``--space pool`` (absent from hard-prompt results).
+POOL_FIXED = ("space", "strategy", "pool_task", "instructions", "label_phrases", "demos",
+              "demo_sets")
+#: Templates with the prompt before the input, for pool candidates (instructions and
+#: demonstrations read before the example).
+PROMPT_FIRST = {
+    "sst2": "{prompt}\nReview: {text}\nSentiment: {answer}",
+    "mr": "{prompt}\nReview: {text}\nSentiment: {answer}",
+}
 
 
 @dataclass(frozen=True)
@@ -122,6 +149,8 @@ def hf_tasks(args) -> MakeTask:
 
     def make(task: str):
         template, labels = STYLES[task]
+        if getattr(args, "space", "hard") == "pool":
+            template = PROMPT_FIRST[task]
         return hf_evaluators(SimpleNamespace(
             model=args.model, data_dir=str(Path(args.data_root) / task), k=args.k,
             template=template, labels=labels, limit_test=args.limit_test,
@@ -138,13 +167,13 @@ class Bench:
     """
 
     def __init__(self, args, results: dict[str, Any], make_task: MakeTask,
-                 vocabulary: VocabularyTable, log=print):
+                 vocabulary: VocabularyTable, log=print, pool: Any = None):
         self.args = args
         self.log = log
         self.results = results
         for part in ("scores", "sources", "runs", "unprompted", "test_examples"):
             results.setdefault(part, {})
-        results["config"] = {**{k: getattr(args, k) for k in FIXED}, "budgets": args.budgets,
+        results["config"] = {**fixed_config(args), "budgets": args.budgets,
                              "seeds": args.seeds, "seeds_unrelated": args.seeds_unrelated,
                              "seeds_multi": args.seeds_multi, "db": args.db}
         self.caches: dict[str, Any] = {}
@@ -160,6 +189,15 @@ class Bench:
                                                   tuple(vocabulary.token_ids),
                                                   np.asarray(vocabulary.embeddings,
                                                              dtype=np.float32)))
+        #: How a score key turns into a prompt: token ids, or ``(i,)`` for pool member i.
+        self.prompt_of: Any = vocabulary
+        self.pool = pool
+        if pool is not None:
+            pool_id, _ = self.manager.upload_pool(
+                Pool(tuple(pool.texts), pool.embeddings, pool.embedding_model))
+            self.space = PoolSpace(pool_id)
+            texts = list(pool.texts)
+            self.prompt_of = lambda key: Prompt(text=texts[key[0]] if key else "")
         self._active = ""
 
     # --- scoring ---------------------------------------------------------------------
@@ -170,7 +208,7 @@ class Bench:
         self._active = task
         if task not in self.caches:
             store = self.results["scores"].setdefault(task, {})
-            self.caches[task] = ScoreCache(self._make(task), self.vocab, store)
+            self.caches[task] = ScoreCache(self._make(task), self.prompt_of, store)
         return self.caches[task]
 
     def unprompted(self, task: str) -> dict[str, float]:
@@ -193,7 +231,7 @@ class Bench:
     def run_study(self, name: str, task: str, seed: int, sources: tuple[str, ...]) -> dict:
         """Creates (or continues) study ``name`` on ``task`` and runs it to ``--budget``
         evaluations; returns its trace."""
-        spec = StudySpec(self.space, strategy="gp", seed=seed,
+        spec = StudySpec(self.space, strategy=getattr(self.args, "strategy", "gp"), seed=seed,
                          transfer_from=tuple(source_name(s) for s in sources),
                          transfer=self.args.mode)
         if not self._exists(name):
@@ -208,7 +246,7 @@ class Bench:
             t0 = time.perf_counter()
             (trial,), _ = self.manager.suggest_trials(name, 1)
             suggest += time.perf_counter() - t0
-            (value, acc), = cache.score("objective", seed, [tuple(trial.prompt.token_ids)])
+            (value, acc), = cache.score("objective", seed, [self.key(trial.prompt)])
             self.manager.complete_trials(name, [TrialResult(trial.id, value,
                                                             {"accuracy": acc})])
             n = len(done) + 1
@@ -219,13 +257,20 @@ class Bench:
         done = self._completed(name)[:self.args.budget]
         weights = {s.study: s.weight for s in self.manager.transfer_status(name)}
         return {
-            "prompts": [list(t.prompt.token_ids) for t in done],  # the model's token ids
+            # the model's token ids, or [pool index]
+            "prompts": [list(self.key(t.prompt)) for t in done],
             "values": [float(t.value) for t in done],
             "accuracy": [float(t.metrics.get("accuracy", float("nan"))) for t in done],
             "weights": weights,
             "seconds": time.perf_counter() - start,
             "suggest_seconds": suggest,
         }
+
+    def key(self, prompt) -> tuple[int, ...]:
+        """A trial's prompt as a score key."""
+        if self.pool is not None:
+            return (int(prompt.pool_index),)
+        return tuple(prompt.token_ids)
 
     def _exists(self, name: str) -> bool:
         try:
@@ -320,6 +365,46 @@ class Bench:
         write_outputs(self.results, self.args.budgets, Path(self.args.out), final)
 
 
+def fixed_config(args) -> dict[str, Any]:
+    """The settings a resume or a merge must match (the pool ones only for a pool run)."""
+    keys = FIXED + (POOL_FIXED if getattr(args, "space", "hard") == "pool" else ())
+    return {k: getattr(args, k) for k in keys}
+
+
+def build_task_pool(args, log) -> Any:
+    """The pool of ``--space pool`` (a :class:`~promptbo.types.PoolTable`)."""
+    from benchmarks.pool_synthetic import INSTRUCTIONS, LABEL_PHRASES
+    from promptbo.evaluators.data import load_dataset
+    from promptbo.evaluators.pools import (
+        build_pool,
+        combine,
+        read_instructions,
+        training_examples,
+    )
+
+    start = time.perf_counter()
+    root = Path(args.data_root)
+    instructions = read_instructions(args.instructions) if args.instructions else INSTRUCTIONS
+    phrases = LABEL_PHRASES if args.label_phrases is None else args.label_phrases
+    demos = training_examples(str(root / args.pool_task), None, args.k, args.source_seed)
+    # SST-2 and MR are both Rotten Tomatoes sentences: no target text is a demonstration.
+    targets = {c.task for c in CONFIGS if not args.configs or c.name in args.configs}
+    taken = set()
+    for task in targets - {args.pool_task}:
+        data = load_dataset(str(root / task))
+        taken |= {" ".join(ex.text.lower().split()) for ex in [*data.train, *data.test]}
+    kept = [d for d in demos if " ".join(d[0].lower().split()) not in taken]
+    texts = combine(list(instructions), label_phrases=list(phrases), demonstrations=kept,
+                    k=args.demos, demo_sets=args.demo_sets, seed=args.source_seed)
+    table = build_pool(texts)
+    log(f"pool: {len(table.texts)} candidates from {len(instructions)} instructions x "
+        f"{len(phrases)} phrases x demonstrations {args.demos} ({args.demo_sets} draws) of "
+        f"{args.pool_task} ({len(demos) - len(kept)} of {len(demos)} training texts left out: "
+        f"also in {', '.join(sorted(targets - {args.pool_task}))}); "
+        f"{time.perf_counter() - start:.0f} s")
+    return table
+
+
 def source_name(task: str) -> str:
     return f"source-{task}"
 
@@ -343,7 +428,8 @@ def merge_results(parts: list[dict[str, Any]]) -> dict[str, Any]:
     merged: dict[str, Any] = {"config": dict(parts[0]["config"]),
                               "machine": parts[0].get("machine", "")}
     for part in parts:
-        changed = [k for k in FIXED if part["config"].get(k) != merged["config"].get(k)]
+        changed = [k for k in FIXED + POOL_FIXED
+                   if part["config"].get(k) != merged["config"].get(k)]
         if changed:
             raise ValueError(f"results with other settings ({', '.join(changed)})")
         for key in ("runs", "sources", "unprompted", "test_examples"):
@@ -435,8 +521,11 @@ def plot(results: dict[str, Any], budgets, path: Path) -> None:
         if base:
             ax.axhline(100 * base["test_accuracy"], color="k", ls="--", lw=1,
                        label="unprompted")
-        length = results["config"]["prompt_length"]
-        ax.set_title(f"{task.upper()}: {length}-token prompts, SmolLM2-135M-Instruct")
+        if results["config"].get("space") == "pool":
+            what = f"a pool of {results.get('pool_size', '?')} candidates"
+        else:
+            what = f"{results['config']['prompt_length']}-token prompts"
+        ax.set_title(f"{task.upper()}: {what}, SmolLM2-135M-Instruct")
         ax.set_xlabel("evaluations")
         ax.set_ylabel(f"test accuracy of the pick (%, {results['test_examples'].get(task)} ex.)")
         ax.set_xticks(list(budgets))
@@ -462,6 +551,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--budget", type=int, default=50, help="evaluations per study")
     p.add_argument("--budgets", default="10,15,25,50", help="where the pick is reported")
     p.add_argument("--mode", default="both", choices=("both", "init", "surrogate"))
+    p.add_argument("--space", default="hard", choices=("hard", "pool"),
+                   help="hard: 5-token prompts; pool: a candidate pool (the MR configs)")
+    p.add_argument("--strategy", default="gp", help="every study's strategy (pool: gp, zopo)")
+    p.add_argument("--pool-task", default="sst2", help="pool: demonstrations from this task")
+    p.add_argument("--instructions", default=None,
+                   help="pool: file of instructions (default: benchmarks.pool_synthetic's)")
+    p.add_argument("--label-phrase", dest="label_phrases", action="append", default=None,
+                   help="pool: a sentence naming the label words, repeatable ('' for none)")
+    p.add_argument("--demos", type=demo_counts, default=1, help="pool: demonstrations")
+    p.add_argument("--demo-sets", type=int, default=7, help="pool: draws per combination")
     p.add_argument("--prompt-length", type=int, default=5)
     p.add_argument("--top-n", type=int, default=2000)
     p.add_argument("--pca-dims", type=int, default=16)
@@ -490,6 +589,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.configs and not set(args.configs) <= names:
         p.error(f"--configs: unknown {sorted(set(args.configs) - names)}; "
                 f"known: {', '.join(c.name for c in CONFIGS)}")
+    if args.space == "pool":
+        pool_configs = [c.name for c in CONFIGS if c.task in PROMPT_FIRST
+                        and set(c.sources) <= set(PROMPT_FIRST)]
+        args.configs = args.configs or pool_configs
+        if not set(args.configs) <= set(pool_configs):
+            p.error(f"--space pool runs {', '.join(pool_configs)} (one pool of sentiment "
+                    "prompts); pass --configs among them")
     args.budgets = sorted({int(b) for b in args.budgets.split(",")})
     if max(args.budgets) > args.budget:
         p.error("--budgets must not exceed --budget")
@@ -515,11 +621,12 @@ def main(argv=None) -> None:
         write_outputs(results, results["config"]["budgets"], Path(args.out), final=True)
         print(Path(args.out).with_suffix(".md").read_text(), flush=True)
         return
-    config = {k: getattr(args, k) for k in FIXED}
+    config = fixed_config(args)
     results: dict[str, Any] = {}
     if path.exists():
         results = json.loads(path.read_text())
-        changed = [k for k in FIXED if results.get("config", {}).get(k) != config[k]]
+        changed = [k for k in FIXED + POOL_FIXED
+                   if results.get("config", {}).get(k) != config.get(k)]
         if changed:
             sys.exit(f"{path} was written with other settings ({', '.join(changed)}); "
                      "use the same ones or another --out")
@@ -530,7 +637,10 @@ def main(argv=None) -> None:
     first = make_task("sst2")("objective", args.source_seed)
     vocabulary = first.vocabulary()
     first.close()
-    bench = Bench(args, results, make_task, vocabulary, log)
+    pool = build_task_pool(args, log) if args.space == "pool" else None
+    if pool is not None:
+        results["pool_size"] = len(pool.texts)
+    bench = Bench(args, results, make_task, vocabulary, log, pool)
     bench.run()
     bench.write(final=True)
     print(Path(args.out).with_suffix(".md").read_text(), flush=True)

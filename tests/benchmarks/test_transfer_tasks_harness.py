@@ -12,7 +12,7 @@ import pytest
 
 from benchmarks import transfer_tasks
 from promptbo.evaluators.base import Evaluator
-from promptbo.types import Score, VocabularyTable
+from promptbo.types import PoolTable, Score, VocabularyTable
 
 TASKS = {"sst2": 2, "mr": 2, "subj": 2, "agnews": 4}
 
@@ -33,9 +33,11 @@ class FakeEvaluator(Evaluator):
     def score(self, prompts):
         out = []
         for p in prompts:
-            self.calls[(*self.key, tuple(p.token_ids))] += 1
-            v = _value(self.key[0], p.token_ids) + (0.3 if self.key[1] == "dev" else 0.0)
-            out.append(Score(v, {"accuracy": 0.5 + (sum(p.token_ids) % 40) / 100}))
+            # hard prompts by their token ids, pool candidates ("cand <i>") by their number
+            ids = tuple(p.token_ids) or ((int(p.text.split()[-1]),) if p.text else ())
+            self.calls[(*self.key, ids)] += 1
+            v = _value(self.key[0], ids) + (0.3 if self.key[1] == "dev" else 0.0)
+            out.append(Score(v, {"accuracy": 0.5 + (sum(ids) % 40) / 100}))
         return out
 
 
@@ -139,3 +141,37 @@ def test_merge_results_joins_runs_of_separate_processes():
         transfer_tasks.merge_results([a, a])
     with pytest.raises(ValueError, match="other settings"):
         transfer_tasks.merge_results([a, {**b, "config": {**config, "k": 2}}])
+
+
+def test_pool_space_runs_the_mr_configs_on_one_pool(tmp_path):
+    calls: Counter = Counter()
+
+    def make_task(task):
+        return lambda split, seed: FakeEvaluator(task, split, seed, calls)
+
+    args = _args(tmp_path)
+    pool_args = transfer_tasks.parse_args([
+        "--data-root", str(tmp_path), "--seeds", "0,1", "--budget", "8", "--budgets", "4,8",
+        "--db", str(tmp_path / "pool.sqlite"), "--space", "pool", "--strategy", "zopo",
+        "--out", str(tmp_path / "out" / "p")])
+    assert pool_args.configs == ["mr-cold", "mr<-sst2"]
+    assert transfer_tasks.fixed_config(pool_args)["strategy"] == "zopo"
+    assert "strategy" not in transfer_tasks.fixed_config(args)
+    texts = [f"Instruction cand {i}" for i in range(30)]
+    table = PoolTable(texts, np.random.default_rng(1).standard_normal((30, 6))
+                      .astype(np.float32), "test-enc")
+    bench = transfer_tasks.Bench(pool_args, {}, make_task, _vocabulary(), print, table)
+    bench.run()
+    bench.write(final=True)
+    results = bench.results
+    assert max(calls.values()) == 1
+    assert sorted(results["runs"]) == ["mr-cold|0", "mr-cold|1", "mr<-sst2|0", "mr<-sst2|1"]
+    source = results["sources"]["sst2"]
+    assert all(len(p) == 1 and 0 <= p[0] < 30 for p in source["prompts"])
+    assert source["best_text"] in texts
+    # transfer by initialization: the source's best candidate is the target's first trial
+    best = source["prompts"][int(np.argmax(source["values"]))]
+    for seed in (0, 1):
+        assert results["runs"][f"mr<-sst2|{seed}"]["prompts"][0] == best
+        assert results["runs"][f"mr<-sst2|{seed}"]["weights"] == {"source-sst2": None}
+    assert "| mr<-sst2 | 2 |" in (tmp_path / "out" / "p.md").read_text()
