@@ -142,7 +142,8 @@ def load_sources(
             continue
         prompts, values = [], []
         for t in storage.list_trials(source):
-            if t.state is not TrialState.COMPLETED:
+            # The reference trial (the unprompted model) is no prompt of the space.
+            if t.state is not TrialState.COMPLETED or t.source == "reference":
                 continue
             v = objective(study.spec, t.value, t.metrics)
             if v is not None:
