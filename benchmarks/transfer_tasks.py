@@ -458,7 +458,9 @@ def summarize(results: dict[str, Any], budgets) -> dict[str, Any]:
             row[f"best_objective@{b}"] = [float(best.mean()),
                                          float(best.std(ddof=1)) if len(best) > 1 else 0.0]
         names = sorted({n for r in runs for n in r["weights"]})
-        row["weights"] = {n: float(np.mean([r["weights"].get(n) or 0.0 for r in runs]))
+        # None everywhere: no surrogate (transfer by initialization), no weight to report
+        row["weights"] = {n: (None if all(r["weights"].get(n) is None for r in runs)
+                              else float(np.mean([r["weights"].get(n) or 0.0 for r in runs])))
                           for n in names}
         out[c.name] = row
     return out
@@ -474,7 +476,8 @@ def markdown(results: dict[str, Any], budgets) -> str:
         if row is None:
             continue
         cells = [f"{100 * row[str(b)][0]:.1f} ± {100 * row[str(b)][1]:.1f}" for b in budgets]
-        weights = ", ".join(f"{n.removeprefix('source-')} {w:.2f}"
+        weights = ", ".join(f"{n.removeprefix('source-')} "
+                            + ("(init only)" if w is None else f"{w:.2f}")
                             for n, w in row["weights"].items()) or "–"
         base = results["unprompted"].get(c.task, {}).get("test_accuracy")
         lines.append(f"| {c.name} | {row['seeds']} | " + " | ".join(cells)

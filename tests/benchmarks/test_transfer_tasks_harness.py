@@ -174,4 +174,5 @@ def test_pool_space_runs_the_mr_configs_on_one_pool(tmp_path):
     for seed in (0, 1):
         assert results["runs"][f"mr<-sst2|{seed}"]["prompts"][0] == best
         assert results["runs"][f"mr<-sst2|{seed}"]["weights"] == {"source-sst2": None}
-    assert "| mr<-sst2 | 2 |" in (tmp_path / "out" / "p.md").read_text()
+    md = (tmp_path / "out" / "p.md").read_text()
+    assert "| mr<-sst2 | 2 |" in md and "sst2 (init only)" in md
