@@ -427,6 +427,8 @@ def merge_results(parts: list[dict[str, Any]]) -> dict[str, Any]:
     :data:`FIXED` settings differ or two parts hold the same run."""
     merged: dict[str, Any] = {"config": dict(parts[0]["config"]),
                               "machine": parts[0].get("machine", "")}
+    if "pool_size" in parts[0]:
+        merged["pool_size"] = parts[0]["pool_size"]
     for part in parts:
         changed = [k for k in FIXED + POOL_FIXED
                    if part["config"].get(k) != merged["config"].get(k)]
