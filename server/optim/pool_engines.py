@@ -110,6 +110,22 @@ class PoolEngine(Engine):
         self.obs_y: list[float] = []
         self.seen = np.zeros(self.size, dtype=bool)
 
+    @property
+    def num_observed(self) -> int:
+        return len(self.obs_idx)
+
+    @property
+    def num_initial(self) -> int:
+        """Random candidates before the strategy's model (its ``num_initial`` option; 10
+        for a strategy without one, as for transfer's initial design)."""
+        return int(self.opts.get("num_initial", 10))
+
+    @staticmethod
+    def keys(candidates: Tensor) -> list[bytes]:
+        """The identity of each candidate (`n x 1` indices): equal indices, equal keys."""
+        return [int(i).to_bytes(8, "little", signed=True)
+                for i in candidates.reshape(-1).tolist()]
+
     def _indices(self, candidates: Tensor) -> list[int]:
         if candidates.ndim != 2 or candidates.shape[1] != 1:
             raise InvalidArgumentError(

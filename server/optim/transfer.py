@@ -302,10 +302,7 @@ class TransferEngine(Engine):
         self.sources = [s for s in sources if s.values.shape[0]]
         self.names = [s.name for s in sources]
         self.counts = {s.name: int(s.values.shape[0]) for s in sources}
-        if isinstance(inner, PoolEngine):
-            num_initial = int(inner.opts.get("num_initial", 10))
-        else:
-            num_initial = int(getattr(inner, "num_initial", 10))
+        num_initial = int(getattr(inner, "num_initial", 10))
         #: The strategy's own initial design length (restored when the guard trips).
         self.own_initial = num_initial
         init = mode in ("both", "init")
@@ -349,15 +346,12 @@ class TransferEngine(Engine):
     def _keys(self, candidates: Tensor) -> list[bytes]:
         """The identity of each candidate (equal prompts, equal keys)."""
         if isinstance(self.inner, PoolEngine):
-            return [int(i).to_bytes(8, "little", signed=True)
-                    for i in candidates.reshape(-1).tolist()]
+            return self.inner.keys(candidates)
         assert isinstance(self.inner, BoxEngine)
         return self.inner.box.keys(candidates)
 
     def _num_observed(self) -> int:
-        if isinstance(self.inner, PoolEngine):
-            return len(self.inner.obs_idx)
-        assert isinstance(self.inner, BoxEngine)
+        assert isinstance(self.inner, (BoxEngine, PoolEngine))
         return self.inner.num_observed
 
     def observe(self, candidates: Tensor, values: Tensor) -> None:
