@@ -373,19 +373,13 @@ def fixed_config(args) -> dict[str, Any]:
 
 def build_task_pool(args, log) -> Any:
     """The pool of ``--space pool`` (a :class:`~promptbo.types.PoolTable`)."""
-    from benchmarks.pool_synthetic import INSTRUCTIONS, LABEL_PHRASES
+    from benchmarks.pool_quality import pool_parts
     from promptbo.evaluators.data import load_dataset
-    from promptbo.evaluators.pools import (
-        build_pool,
-        combine,
-        read_instructions,
-        training_examples,
-    )
+    from promptbo.evaluators.pools import build_pool, combine, training_examples
 
     start = time.perf_counter()
     root = Path(args.data_root)
-    instructions = read_instructions(args.instructions) if args.instructions else INSTRUCTIONS
-    phrases = LABEL_PHRASES if args.label_phrases is None else args.label_phrases
+    instructions, phrases = pool_parts(args)  # the same options as benchmarks.pool_quality
     demos = training_examples(str(root / args.pool_task), None, args.k, args.source_seed)
     # SST-2 and MR are both Rotten Tomatoes sentences: no target text is a demonstration.
     targets = {c.task for c in CONFIGS if not args.configs or c.name in args.configs}
@@ -394,7 +388,7 @@ def build_task_pool(args, log) -> Any:
         data = load_dataset(str(root / task))
         taken |= {" ".join(ex.text.lower().split()) for ex in [*data.train, *data.test]}
     kept = [d for d in demos if " ".join(d[0].lower().split()) not in taken]
-    texts = combine(list(instructions), label_phrases=list(phrases), demonstrations=kept,
+    texts = combine(instructions, label_phrases=phrases, demonstrations=kept,
                     k=args.demos, demo_sets=args.demo_sets, seed=args.source_seed)
     table = build_pool(texts)
     log(f"pool: {len(table.texts)} candidates from {len(instructions)} instructions x "
