@@ -109,6 +109,8 @@ def recommendation_to_pb(rec: Recommendation) -> api.Recommendation:
         prompt=prompt_to_pb(rec.prompt), trial=trial_to_pb(rec.trial), estimate=rec.estimate,
         stderr=rec.stderr, lower=rec.lower, upper=rec.upper, examples=rec.examples,
         trials=rec.trials, posterior_mean=rec.posterior_mean, method=rec.method,
+        candidates=rec.candidates, pooled_estimate=rec.pooled_estimate,
+        pooled_examples=rec.pooled_examples,
     )
 
 

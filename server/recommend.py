@@ -15,9 +15,20 @@ examples the top value is mostly luck. The recommendation is instead:
    (method ``posterior_mean``); otherwise the candidate with the best pooled estimate
    (method ``observed_mean``).
 
-The estimate reported is the recommended prompt's pooled mean over its examples, with a
-95% interval of +/- 1.96 standard errors: the evidence behind that prompt alone, not the
-model's extrapolation (the posterior mean is reported beside it).
+The estimate reported is the evidence behind that prompt alone, not the model's
+extrapolation (the posterior mean is reported beside it), and it leaves out the scores that
+selected the prompt:
+
+- a prompt scored in several trials (screened, then promoted to fresh examples) was given
+  each later trial *because* its earlier scores ranked high, so those scores are biased
+  upward (the winner's curse of the screening); the estimate is its latest trial's value
+  alone, the examples scored after the last decision its scores took part in. The mean
+  over all its trials is reported beside it (``pooled_estimate``);
+- the recommendation is itself the best of ``candidates`` prompts, chosen on those same
+  values, so the interval is simultaneous over them (Bonferroni): estimate +/-
+  ``z * stderr`` with ``z`` the normal quantile of ``1 - 0.025 / candidates`` (1.96 for
+  one candidate, 2.39 for three, 2.81 for ten). It covers the chosen prompt's pool value
+  with at least 95% probability whichever candidate is chosen.
 """
 
 from __future__ import annotations
@@ -26,6 +37,7 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from statistics import NormalDist
 
 import torch
 
@@ -40,9 +52,21 @@ CANDIDATE_FRACTION = 0.5
 Z95 = 1.959963984540054
 
 
+def interval_z(candidates: int) -> float:
+    """The normal quantile of a 95% interval simultaneous over ``candidates`` (>= 1)."""
+    m = max(int(candidates), 1)
+    return Z95 if m == 1 else NormalDist().inv_cdf(1.0 - 0.025 / m)
+
+
 @dataclass(frozen=True)
 class Recommendation:
-    """See the module docstring; values are in the objective's units (not negated)."""
+    """See the module docstring; values are in the objective's units (not negated).
+
+    ``trial`` is the prompt's latest trial (by id) and ``trials`` how many it has;
+    ``estimate``, ``stderr`` and ``examples`` are the latest trial's when it has several,
+    its only trial's otherwise; ``pooled_estimate`` and ``pooled_examples`` its mean over
+    every trial; ``candidates`` how many prompts it was chosen among (the interval is
+    simultaneous over them)."""
 
     prompt: Prompt
     trial: Trial
@@ -52,14 +76,21 @@ class Recommendation:
     trials: int
     posterior_mean: float
     method: str
+    candidates: int = 1
+    pooled_estimate: float = math.nan
+    pooled_examples: int = 0
+
+    @property
+    def z(self) -> float:
+        return interval_z(self.candidates)
 
     @property
     def lower(self) -> float:
-        return self.estimate - Z95 * self.stderr
+        return self.estimate - self.z * self.stderr
 
     @property
     def upper(self) -> float:
-        return self.estimate + Z95 * self.stderr
+        return self.estimate + self.z * self.stderr
 
 
 def objective_of(spec: StudySpec, t: Trial) -> float | None:
@@ -84,8 +115,8 @@ def recommend(spec: StudySpec, completed: Sequence[Trial], runtime=None) -> Reco
     for members in groups.values():
         trials = [t for t, _ in members]
         mean, se, n = pooled(trials, [v for _, v in members])
-        latest = max(trials, key=lambda t: (t.complete_time, t.id))
-        stats.append((latest, mean, se, n, len(trials)))
+        latest, value = max(members, key=lambda m: m[0].id)  # created after every decision
+        stats.append((latest, mean, se, n, len(trials), value))
     top_n = max(s[3] for s in stats)
     cand = [i for i, s in enumerate(stats) if s[3] >= CANDIDATE_FRACTION * top_n]
     posterior = _posterior(spec, stats, runtime, sign)
@@ -95,8 +126,10 @@ def recommend(spec: StudySpec, completed: Sequence[Trial], runtime=None) -> Reco
     else:
         best = max(cand, key=lambda i: (stats[i][1] * sign, stats[i][3]))
         post_mean, method = stats[best][1], "observed_mean"
-    latest, mean, se, n, k = stats[best]
-    return Recommendation(latest.prompt, latest, mean, se, n, k, post_mean, method)
+    latest, mean, se, n, k, value = stats[best]
+    est, est_se, est_n = pooled([latest], [value]) if k > 1 else (mean, se, n)
+    return Recommendation(latest.prompt, latest, est, est_se, est_n, k, post_mean, method,
+                          candidates=len(cand), pooled_estimate=mean, pooled_examples=n)
 
 
 def _posterior(spec: StudySpec, stats: list, runtime, sign: float) -> torch.Tensor | None:

@@ -109,9 +109,12 @@ def test_mf_study_spends_exactly_its_budget_and_rescores_on_fresh_examples() -> 
     assert {len(t.examples) for t in trials} >= {8, 16}  # screens, then a promotion 8 -> 24
     rec, best, _ = manager.recommendation("s")
     assert rec is not None and rec.method == "posterior_mean"
-    assert rec.examples == max(sum(len(t.examples) for t in ts) for ts in by_prompt.values()) \
-        or rec.examples >= 0.5 * max(sum(len(t.examples) for t in ts)
-                                     for ts in by_prompt.values())
+    mine = by_prompt[rec.prompt.token_ids]
+    assert rec.pooled_examples == sum(len(t.examples) for t in mine)
+    assert rec.pooled_examples >= 0.5 * max(sum(len(t.examples) for t in ts)
+                                            for ts in by_prompt.values())
+    assert rec.trials == len(mine) and rec.trial.id == max(t.id for t in mine)
+    assert rec.examples == len(rec.trial.examples)  # the latest trial's, after promotion
     assert rec.lower < rec.estimate < rec.upper
     assert truth(rec.prompt.token_ids) >= np.median(
         [truth(ts[0].prompt.token_ids) for ts in by_prompt.values()])

@@ -104,11 +104,13 @@ class Trial:
 @dataclass(frozen=True)
 class Recommendation:
     """What :meth:`Study.recommendation` returns: the recommended prompt's ``trial``
-    (its latest), its pooled ``estimate`` over ``examples`` examples (``trials`` trials)
-    with ``stderr`` and a 95% interval ``lower``..``upper``, the surrogate's
-    ``posterior_mean`` and the ``method`` (``posterior_mean`` or ``observed_mean``);
-    ``best_observed`` is the best single trial and ``reference`` the unprompted model's
-    score, when recorded."""
+    (its latest) and how many ``trials`` it has; its ``estimate`` from the ``examples``
+    scored after its last promotion (the latest trial; the only one for a prompt scored
+    once) with ``stderr`` and a 95% interval ``lower``..``upper`` simultaneous over the
+    ``candidates`` it was chosen among; its mean over all its trials
+    (``pooled_estimate`` on ``pooled_examples``), the surrogate's ``posterior_mean`` and
+    the ``method`` (``posterior_mean`` or ``observed_mean``); ``best_observed`` is the
+    best single trial and ``reference`` the unprompted model's score, when recorded."""
 
     trial: Trial | None
     estimate: float
@@ -121,6 +123,9 @@ class Recommendation:
     method: str
     best_observed: Trial | None
     reference: Trial | None
+    candidates: int = 1
+    pooled_estimate: float = float("nan")
+    pooled_examples: int = 0
 
 
 def _trial_from_pb(msg: pb.Trial, soft_shape: tuple[int, int] | None) -> Trial:
@@ -575,6 +580,8 @@ class Study:
             trial=self._trial(r.trial) if has else None, estimate=r.estimate, stderr=r.stderr,
             lower=r.lower, upper=r.upper, examples=r.examples, trials=r.trials,
             posterior_mean=r.posterior_mean, method=r.method,
+            candidates=r.candidates, pooled_estimate=r.pooled_estimate,
+            pooled_examples=r.pooled_examples,
             best_observed=self._trial(resp.best_observed)
             if resp.HasField("best_observed") else None,
             reference=self._trial(resp.reference) if resp.HasField("reference") else None,

@@ -59,10 +59,16 @@ def recommendation_lines(
     if rec.trial is None:
         return ["no completed trial yet"]
     t = rec.trial
+    among = f", among {rec.candidates} prompts" if rec.candidates > 1 else ""
+    if rec.trials > 1:
+        basis = (f"on the {rec.examples} examples of its latest trial (all {rec.trials} "
+                 f"trials: {rec.pooled_estimate:.4f} on {rec.pooled_examples})")
+    else:
+        basis = f"on {rec.examples} examples"
     lines = [
         f"recommended: trial {t.id} {prompt_label(t)}: {rec.estimate:.4f} "
-        f"[{rec.lower:.4f}, {rec.upper:.4f}] (95%) on {rec.examples} examples over "
-        f"{rec.trials} trial{'s' if rec.trials != 1 else ''}, by {rec.method.replace('_', ' ')}"
+        f"[{rec.lower:.4f}, {rec.upper:.4f}] (95%{among}) {basis}, "
+        f"by {rec.method.replace('_', ' ')}"
         + (f" {rec.posterior_mean:.4f}" if rec.method == "posterior_mean" else "")
     ]
     b = rec.best_observed

@@ -350,7 +350,7 @@ class GetRecommendationRequest(_message.Message):
     def __init__(self, study: _Optional[str] = ...) -> None: ...
 
 class Recommendation(_message.Message):
-    __slots__ = ("prompt", "trial", "estimate", "stderr", "lower", "upper", "examples", "trials", "posterior_mean", "method")
+    __slots__ = ("prompt", "trial", "estimate", "stderr", "lower", "upper", "examples", "trials", "posterior_mean", "method", "candidates", "pooled_estimate", "pooled_examples")
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     TRIAL_FIELD_NUMBER: _ClassVar[int]
     ESTIMATE_FIELD_NUMBER: _ClassVar[int]
@@ -361,6 +361,9 @@ class Recommendation(_message.Message):
     TRIALS_FIELD_NUMBER: _ClassVar[int]
     POSTERIOR_MEAN_FIELD_NUMBER: _ClassVar[int]
     METHOD_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATES_FIELD_NUMBER: _ClassVar[int]
+    POOLED_ESTIMATE_FIELD_NUMBER: _ClassVar[int]
+    POOLED_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
     prompt: _resources_pb2.Prompt
     trial: _resources_pb2.Trial
     estimate: float
@@ -371,7 +374,10 @@ class Recommendation(_message.Message):
     trials: int
     posterior_mean: float
     method: str
-    def __init__(self, prompt: _Optional[_Union[_resources_pb2.Prompt, _Mapping]] = ..., trial: _Optional[_Union[_resources_pb2.Trial, _Mapping]] = ..., estimate: _Optional[float] = ..., stderr: _Optional[float] = ..., lower: _Optional[float] = ..., upper: _Optional[float] = ..., examples: _Optional[int] = ..., trials: _Optional[int] = ..., posterior_mean: _Optional[float] = ..., method: _Optional[str] = ...) -> None: ...
+    candidates: int
+    pooled_estimate: float
+    pooled_examples: int
+    def __init__(self, prompt: _Optional[_Union[_resources_pb2.Prompt, _Mapping]] = ..., trial: _Optional[_Union[_resources_pb2.Trial, _Mapping]] = ..., estimate: _Optional[float] = ..., stderr: _Optional[float] = ..., lower: _Optional[float] = ..., upper: _Optional[float] = ..., examples: _Optional[int] = ..., trials: _Optional[int] = ..., posterior_mean: _Optional[float] = ..., method: _Optional[str] = ..., candidates: _Optional[int] = ..., pooled_estimate: _Optional[float] = ..., pooled_examples: _Optional[int] = ...) -> None: ...
 
 class GetRecommendationResponse(_message.Message):
     __slots__ = ("recommendation", "best_observed", "reference")
