@@ -35,6 +35,8 @@ the baselines (``mipro-tpe``: its full scores, chosen among the fully scored pro
 
 writes ``<out>.json`` (every run's checkpoints) and ``<out>.md`` (the table); finished
 (strategy, seed) runs in an existing ``<out>.json`` are kept (the harness resumes).
+Runs made by several processes (each its own ``--out``) are united with
+``--merge a.json,b.json --out <out>``.
 """
 
 from __future__ import annotations
@@ -238,6 +240,33 @@ def run_tpe(strategy: str, seed: int, args, scorer: PoolScorer, space, ids, allo
     return run
 
 
+#: Settings that runs must share to sit in one table.
+SHARED = ("data_dir", "pool", "prompt_length", "top_n", "pca_dims", "k", "fixed", "minibatch",
+          "full_every", "limit_test", "model", "template")
+
+
+def merge_results(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The union of several runs' results (e.g. one process per strategy); they must share
+    :data:`SHARED` settings and a (strategy, seed) may appear in one part only."""
+    def setting(config: dict[str, Any], k: str) -> Any:
+        v = config.get(k)
+        return Path(v).name if k == "data_dir" and v else v  # run from another directory
+
+    merged: dict[str, Any] = {"config": dict(parts[0]["config"]), "runs": {}}
+    for part in parts:
+        diff = [k for k in SHARED
+                if setting(part["config"], k) != setting(merged["config"], k)]
+        if diff:
+            raise ValueError(f"cannot merge runs with different {', '.join(diff)}")
+        twice = sorted(set(part["runs"]) & set(merged["runs"]))
+        if twice:
+            raise ValueError(f"{', '.join(twice)} appear in more than one part")
+        merged["runs"].update(part["runs"])
+    merged["config"]["budgets"] = sorted({b for p in parts for b in p["config"]["budgets"]})
+    merged["machine"] = parts[0].get("machine")
+    return merged
+
+
 def summarize(results: dict[str, Any], strategies: Sequence[str], budgets: Sequence[int],
               seeds: Sequence[int]) -> str:
     """The table: test accuracy per budget (mean ± std over seeds) and how often the
@@ -296,10 +325,27 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--model", default="smollm2")
     p.add_argument("--template", default=None, help="default: the dataset's TASK_STYLES entry")
     p.add_argument("--out", default="benchmarks/results/equal-calls-sst2")
+    p.add_argument("--merge", default="",
+                   help="comma-separated results JSON files to unite into --out (no runs)")
     args = p.parse_args(argv)
     args.budgets = sorted(int(b) for b in args.budgets.split(","))
     seeds = [int(s) for s in args.seeds.split(",")]
     strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
+    if args.merge:
+        out = Path(args.out)
+        parts = [json.loads(Path(f).read_text()) for f in args.merge.split(",") if f]
+        try:
+            merged = merge_results(parts)
+        except ValueError as exc:
+            p.error(str(exc))
+        out.with_suffix(".json").write_text(json.dumps(merged, indent=1))
+        have = {t.split("|")[0] for t in merged["runs"]}
+        table_md = summarize(merged, [s for s in STRATEGIES if s in have],
+                             merged["config"]["budgets"],
+                             sorted({int(t.split("|")[1]) for t in merged["runs"]}))
+        out.with_suffix(".md").write_text(table_md + "\n")
+        print(table_md)
+        return
     unknown = sorted(set(strategies) - set(STRATEGIES))
     if unknown:
         p.error(f"unknown strategies {unknown}; choose from {', '.join(STRATEGIES)}")

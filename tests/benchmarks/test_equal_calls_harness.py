@@ -8,8 +8,9 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
+import pytest
 
-from benchmarks.equal_calls import run_tpe, summarize
+from benchmarks.equal_calls import merge_results, run_tpe, summarize
 from promptbo.server.domain import HardPromptSpace
 
 
@@ -66,3 +67,32 @@ def test_table_reports_accuracy_and_interval_coverage():
     }}
     table = summarize(results, ["mf"], [10], [0, 1])
     assert "| mf | 85.0 ± 5.0 | 1/2 |" in table
+
+
+def test_selection_aware_coverage_and_mipro_candidates():
+    args = argparse.Namespace(budgets=[400, 800], pool=100, minibatch=35, full_every=5,
+                              fixed=32)
+    run = run_tpe("mipro-tpe", 0, args, FakeScorer(), HardPromptSpace(2, "v", pca_dims=2),
+                  np.arange(1000, 1050), list(range(50)))
+    last = run.checkpoints[-1]
+    # chosen among the fully scored candidates, on its full score
+    assert last["candidates"] >= 2 and last["basis_examples"] == 100
+    c = {"budget": 10, "test_accuracy": 0.8, "pool_accuracy": 0.9, "stderr": 0.02,
+         "basis_accuracy": 0.85, "basis_stderr": 0.02, "candidates": 10}
+    # 0.05 off: outside 1.96 x 0.02, inside 2.81 x 0.02 (simultaneous over 10)
+    table = summarize({"runs": {"mf|0": {"checkpoints": [c]}}}, ["mf"], [10], [0])
+    assert "| mf | 80.0 ± 0.0 | 0/1 | 1/1 |" in table
+
+
+def test_merge_unites_parts_and_refuses_mismatches():
+    cfg = {"data_dir": "../shared/datasets/trec", "pool": 1000, "budgets": [1000]}
+    a = {"config": cfg, "runs": {"mf|0": {"checkpoints": []}}}
+    b = {"config": {**cfg, "data_dir": "../../shared/datasets/trec", "budgets": [2000]},
+         "runs": {"random-full|0": {"checkpoints": []}}}
+    merged = merge_results([a, b])
+    assert set(merged["runs"]) == {"mf|0", "random-full|0"}
+    assert merged["config"]["budgets"] == [1000, 2000]
+    with pytest.raises(ValueError, match="pool"):
+        merge_results([a, {"config": {**cfg, "pool": 500}, "runs": {}}])
+    with pytest.raises(ValueError, match="mf\\|0"):
+        merge_results([a, a])
