@@ -90,10 +90,10 @@ def check_sources(storage: Storage, name: str, spec: StudySpec, vocabulary: bool
         InvalidArgumentError: the study names itself, or a source's space differs.
         NotFoundError: a source does not exist.
     """
-    if spec.transfer_from and isinstance(spec.space, PoolSpace) and spec.transfer == "surrogate":
+    if spec.transfer_from and spec.transfer == "surrogate" and (spec.strategy or "gp") != "gp":
         raise InvalidArgumentError(
-            "transfer=surrogate needs the gp strategy on hard or soft prompts; a pool study "
-            "transfers by initialization: use transfer=init (or both, which means init here)"
+            f"transfer=surrogate needs the gp strategy, not {spec.strategy!r}; use "
+            f"transfer=init (or both, which means init here)"
         )
     if spec.transfer_from and spec.strategy == "mf":
         raise InvalidArgumentError(
@@ -174,8 +174,7 @@ def describe(
 
 def _has_surrogate(spec: StudySpec) -> bool:
     """Whether the study's transfer includes the RGPE surrogate (see TransferEngine)."""
-    return (spec.transfer in ("both", "surrogate") and (spec.strategy or "gp") == "gp"
-            and not isinstance(spec.space, PoolSpace))
+    return spec.transfer in ("both", "surrogate") and (spec.strategy or "gp") == "gp"
 
 
 def _kind(space: object) -> str:

@@ -237,6 +237,31 @@ def standardize(y: Tensor) -> Tensor:
     return (y - y.mean()) / (std if std > 0 else 1.0)
 
 
+#: The grids the pool GP's lengthscale and noise are chosen from (unit-length features,
+#: standardized values).
+LENGTHSCALES = (0.1, 0.15, 0.2, 0.3, 0.45, 0.7, 1.0, 1.5)
+NOISES = (1e-3, 1e-2, 1e-1)
+
+
+def rbf(a: Tensor, b: Tensor, lengthscale: float) -> Tensor:
+    """``exp(-|a_i - b_j|^2 / (2 l^2))``: `m x n` for `a` (`m x d`) and `b` (`n x d`)."""
+    return torch.exp(-torch.cdist(a, b).square() / (2 * lengthscale**2))
+
+
+def grid_hyperparameters(xs: Tensor, ys: Tensor) -> tuple[float, float]:
+    """The ``(lengthscale, noise)`` of :data:`LENGTHSCALES` x :data:`NOISES` with the
+    largest marginal likelihood of ``ys`` (`n`, standardized) at ``xs`` (`n x d`)."""
+    best, best_lml = (0.3, 1e-2), -math.inf
+    d2 = torch.cdist(xs, xs).square()
+    for ls in LENGTHSCALES:
+        k = torch.exp(-d2 / (2 * ls**2))
+        for noise in NOISES:
+            _, _, lml = gp_fit(k, ys, noise)
+            if lml > best_lml:
+                best, best_lml = (ls, noise), lml
+    return best
+
+
 def expected_improvement(mean: Tensor, std: Tensor, best: float) -> Tensor:
     z = (mean - best) / std
     normal = torch.distributions.Normal(0.0, 1.0)
@@ -254,6 +279,10 @@ class GpPoolEngine(PoolEngine):
 
     Options: ``num_initial`` [5] random candidates first; ``acquisition`` [ei] or ucb;
     ``beta`` [2.0] for ucb.
+
+    ``ensemble``, when set (transfer's RGPE, :class:`~.transfer.PoolEnsemble`), maps the
+    GP's posterior mean and standard deviation at the free candidates (standardized
+    scale) to the ensemble's before the acquisition: ``ensemble(cand, mean, std)``.
     """
 
     name = "gp"
@@ -262,30 +291,22 @@ class GpPoolEngine(PoolEngine):
         "beta": (float, 2.0, 0.0, 100.0),
     }
     CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {"acquisition": ("ei", "ucb")}
-    LENGTHSCALES = (0.1, 0.15, 0.2, 0.3, 0.45, 0.7, 1.0, 1.5)
-    NOISES = (1e-3, 1e-2, 1e-1)
-
     def __init__(self, embeddings: np.ndarray, options: dict[str, str], seed: int) -> None:
         super().__init__(embeddings, options, seed)
         self._hyper: tuple[float, float] | None = None
         self._hyper_at = -1
+        self.ensemble: Callable[[np.ndarray, Tensor, Tensor], tuple[Tensor, Tensor]] | None = (
+            None
+        )
 
     def _kernel(self, a: Tensor, b: Tensor, lengthscale: float) -> Tensor:
-        return torch.exp(-torch.cdist(a, b).square() / (2 * lengthscale**2))
+        return rbf(a, b, lengthscale)
 
     def _fit_hyper(self, xs: Tensor, ys: Tensor) -> tuple[float, float]:
         if self._hyper is not None and self._hyper_at == len(self.obs_y):
             return self._hyper
-        best, best_lml = (0.3, 1e-2), -math.inf
-        d2 = torch.cdist(xs, xs).square()
-        for ls in self.LENGTHSCALES:
-            k = torch.exp(-d2 / (2 * ls**2))
-            for noise in self.NOISES:
-                _, _, lml = gp_fit(k, ys, noise)
-                if lml > best_lml:
-                    best, best_lml = (ls, noise), lml
-        self._hyper, self._hyper_at = best, len(self.obs_y)
-        return best
+        self._hyper, self._hyper_at = grid_hyperparameters(xs, ys), len(self.obs_y)
+        return self._hyper
 
     def _pick(self, free: np.ndarray, pending: list[int], gen: np.random.Generator) -> int:
         if len(self.obs_idx) < self.opts["num_initial"]:
@@ -308,6 +329,8 @@ class GpPoolEngine(PoolEngine):
         mean, std = gp_posterior(
             self._kernel(xc, xs, ls), torch.ones(len(cand), dtype=xs.dtype), chol, alpha
         )
+        if self.ensemble is not None:
+            mean, std = self.ensemble(cand, mean, std)
         if self.opts["acquisition"] == "ucb":
             score = mean + self.opts["beta"] * std
         else:

@@ -25,7 +25,7 @@ candidates in the target's encoding, values to maximize) and uses them in up to 
     ``min(num_initial, 5)``) gets back the strategy's own ``num_initial`` Sobol slots, as
     a cold study has. A rule of ranks on the study's own observations, with no threshold
     to tune.
-``surrogate`` (``gp`` strategy only)
+``surrogate`` (``gp`` strategy only, on any space)
     After a short initial design (``min(num_initial, 5)`` points) the GP is replaced by a
     ranking-weighted ensemble (RGPE, Feurer et al. 2018) of one GP per source (fitted once
     on that source's standardized values) and the study's own GP. The ensemble's posterior
@@ -46,10 +46,14 @@ candidates in the target's encoding, values to maximize) and uses them in up to 
     space (tens of dimensions, a handful of points) that leak made the study GP rank its
     own points almost perfectly (Spearman 0.8 to 0.97, against 0.2 to 0.6 when refitted
     without the point), so it won every sample and even a related source's weight was 0.
+
+    On a candidate pool the ``gp`` strategy gets the same ensemble (:class:`PoolEnsemble`):
+    one exact GP per source on the pool candidates it observed, with the pool GP's kernel
+    and grid, its predictions at every candidate computed once.
 ``both`` (default)
     Initialization from the sources (``min(num_initial, 5)`` prompts) and then the RGPE
-    surrogate. With a strategy other than ``gp`` on hard or soft prompts (and with every
-    pool strategy), ``both`` means ``init``.
+    surrogate. With a strategy other than ``gp`` (on hard or soft prompts or a pool),
+    ``both`` means ``init``.
 
 Nothing here reads storage or knows gRPC: the server loads the sources' trials from its
 storage (so transfer survives restarts) and passes them in.
@@ -59,9 +63,10 @@ from __future__ import annotations
 
 import logging
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from botorch.models import SingleTaskGP
 from botorch.models.gpytorch import GPyTorchModel
@@ -76,7 +81,15 @@ from promptbo.errors import InvalidArgumentError
 from promptbo.server.optim.base import Engine
 from promptbo.server.optim.box_engine import BoxEngine
 from promptbo.server.optim.gp import GPEngine
-from promptbo.server.optim.pool_engines import PoolEngine
+from promptbo.server.optim.pool_engines import (
+    GpPoolEngine,
+    PoolEngine,
+    gp_fit,
+    gp_posterior,
+    grid_hyperparameters,
+    rbf,
+    standardize,
+)
 from promptbo.server.optim.robust import robust_standardize
 from promptbo.server.optim.spaces import derive_seed
 from promptbo.server.optim.surrogate import (
@@ -229,18 +242,27 @@ def rgpe_weights(
     A source whose median loss is above the target's median loss, or not below chance
     (half of the ordered pairs of distinct values misordered), gets weight 0.
     """
-    y = y.double().reshape(-1)
     gen = torch.Generator().manual_seed(seed % (2**63))
-    losses = []
-    for model in sources:
-        losses.append(ranking_loss(sample_posterior(model, X, num_samples, gen), y).double())
+    samples = [sample_posterior(model, X, num_samples, gen) for model in sources]
+    return weights_from_samples(samples, y, target_mean, target_var, gen)
+
+
+def weights_from_samples(
+    source_samples: Sequence[Tensor], y: Tensor, target_mean: Tensor, target_var: Tensor,
+    gen: torch.Generator,
+) -> Tensor:
+    """:func:`rgpe_weights` from the sources' joint posterior samples at the target's
+    observations (each `S x n`) instead of their models; ``gen`` draws the target's."""
+    y = y.double().reshape(-1)
+    losses = [ranking_loss(s, y).double() for s in source_samples]
+    num_samples = source_samples[0].shape[0] if source_samples else NUM_RANK_SAMPLES
     mean, var = target_mean.double(), target_var.double()
     z = torch.randn(num_samples, mean.shape[0], generator=gen, dtype=mean.dtype)
     losses.append(ranking_loss(mean + z * var.sqrt(), y).double())
     loss = torch.stack(losses)  # (m + 1) x S
     target_median = loss[-1].median()
     chance = float((y.unsqueeze(-1) != y.unsqueeze(-2)).sum()) / 2
-    for i in range(len(sources)):
+    for i in range(len(source_samples)):
         if loss[i].median() > target_median or loss[i].median() >= chance:
             loss[i] = float("inf")
     best = loss == loss.min(dim=0, keepdim=True).values
@@ -273,6 +295,132 @@ class EnsembleModel(GP, GPyTorchModel):
         return MultivariateNormal(mean, cov)
 
 
+class PoolEnsemble:
+    """RGPE for the pool ``gp`` strategy (:class:`~.pool_engines.GpPoolEngine`), the
+    counterpart of the box ensemble above on a candidate pool.
+
+    One exact GP per source on the candidates it observed (the same pool, so the same
+    features; its values standardized, its lengthscale and noise chosen on the pool GP's
+    grid), fitted once; its posterior mean and standard deviation at every pool
+    candidate are computed once too. The weights come from ranking losses on the study's
+    own observations, as for the box ensemble (the study GP's predictions
+    ``NUM_FOLDS``-fold cross-validated, its grid refitted without the held-out fold), and
+    are recomputed when the study has observed more. The ensemble at the free candidates
+    is ``N(sum_i w_i mu_i, sum_i w_i^2 sigma_i^2)`` with the study GP (pending fantasies
+    included) last. ``on_weights`` receives the weights (sources in order, then the
+    study's) each time they change.
+    """
+
+    def __init__(
+        self, engine: GpPoolEngine, sources: Sequence[SourceData], seed: int,
+        on_weights: Callable[[Tensor], None],
+    ) -> None:
+        self.engine = engine
+        self.seed = seed
+        self.on_weights = on_weights
+        #: Per source: (features `n x d`, lengthscale, Cholesky factor, alpha), or None.
+        self.models: list[tuple[Tensor, float, Tensor, Tensor] | None] = []
+        #: Per usable source: posterior mean and standard deviation at every candidate.
+        self.at_pool: list[tuple[Tensor, Tensor]] = []
+        x_all = engine.x
+        for src in sources:
+            idx = src.candidates.reshape(-1).long()
+            ok = (idx >= 0) & (idx < engine.size)
+            idx, y = idx[ok], src.values.double().reshape(-1)[ok]
+            if y.numel() > MAX_SOURCE_POINTS:
+                keep = subset_indices(y, MAX_SOURCE_POINTS)
+                idx, y = idx[keep], y[keep]
+            if y.numel() < 2 or float(y.std()) == 0.0:
+                self.models.append(None)
+                continue
+            x = x_all[idx]
+            y = standardize(y)
+            ls, noise = grid_hyperparameters(x, y)
+            chol, alpha, _ = gp_fit(rbf(x, x, ls), y, noise)
+            self.models.append((x, ls, chol, alpha))
+            ones = torch.ones(engine.size, dtype=x.dtype)
+            self.at_pool.append(gp_posterior(rbf(x_all, x, ls), ones, chol, alpha))
+        self._w: Tensor | None = None
+        self._at = -1
+
+    def __call__(self, cand: np.ndarray, mean: Tensor, std: Tensor) -> tuple[Tensor, Tensor]:
+        w = self.weights()
+        if float(w[:-1].sum()) == 0.0:
+            return mean, std
+        idx = torch.as_tensor(cand, dtype=torch.long)
+        out_mean = w[-1] * mean
+        out_var = w[-1] ** 2 * std.square()
+        usable = [wi for m, wi in zip(self.models, w[:-1].tolist(), strict=True)
+                  if m is not None]
+        for (mu, sd), wi in zip(self.at_pool, usable, strict=True):
+            if wi > 0:
+                out_mean = out_mean + wi * mu[idx]
+                out_var = out_var + wi**2 * sd[idx].square()
+        return out_mean, out_var.clamp_min(1e-12).sqrt()
+
+    def weights(self) -> Tensor:
+        """The current weights (`len(sources) + 1`, the study's last; they sum to 1)."""
+        engine = self.engine
+        n = engine.num_observed
+        if self._w is not None and self._at == n:
+            return self._w
+        ys = standardize(torch.tensor(engine.obs_y, dtype=torch.float64))
+        xs = engine.x[engine.obs_idx]
+        if n > MAX_RANK_POINTS:
+            keep = subset_indices(ys, MAX_RANK_POINTS)
+            xs, ys = xs[keep], ys[keep]
+        usable = [m for m in self.models if m is not None]
+        if usable and n >= 2:
+            gen = torch.Generator().manual_seed(derive_seed(self.seed, n, 0x9E1F) % (2**63))
+            samples = [self._joint_samples(m, xs, gen) for m in usable]
+            mean, var = self._cv(xs, ys)
+            w_usable = weights_from_samples(samples, ys, mean, var, gen).tolist()
+        else:
+            w_usable = [0.0] * len(usable) + [1.0]
+        it = iter(w_usable[:-1])
+        full = [next(it) if m is not None else 0.0 for m in self.models]
+        self._w = torch.tensor(full + [w_usable[-1]], dtype=torch.float64)
+        self._at = n
+        self.on_weights(self._w)
+        return self._w
+
+    @staticmethod
+    def _joint_samples(model, xq: Tensor, gen: torch.Generator) -> Tensor:
+        """`NUM_RANK_SAMPLES x n` joint posterior samples of a source GP at ``xq``."""
+        x, ls, chol, alpha = model
+        ks = rbf(xq, x, ls)
+        mean = ks @ alpha
+        v = torch.linalg.solve_triangular(chol, ks.T, upper=False)
+        cov = rbf(xq, xq, ls) - v.T @ v
+        eye = torch.eye(xq.shape[0], dtype=cov.dtype)
+        L, info = torch.linalg.cholesky_ex(cov + 1e-8 * eye)
+        if int(info) != 0:
+            L = torch.diag(torch.diagonal(cov).clamp_min(1e-12).sqrt())
+        z = torch.randn(NUM_RANK_SAMPLES, xq.shape[0], generator=gen, dtype=mean.dtype)
+        return mean + z @ L.T
+
+    @staticmethod
+    def _cv(xs: Tensor, ys: Tensor) -> tuple[Tensor, Tensor]:
+        """The study GP's ``NUM_FOLDS``-fold predictions (with noise) at its points."""
+        n = xs.shape[0]
+        k = max(1, min(NUM_FOLDS, n))
+        fold = torch.arange(n) % k
+        mean = torch.full((n,), float(ys.mean()), dtype=torch.float64)
+        var = torch.full((n,), float(ys.var()) if n > 1 else 1.0, dtype=torch.float64)
+        for f in range(k):
+            held = fold == f
+            if int((~held).sum()) < 2:
+                continue
+            xt, yt = xs[~held], ys[~held]
+            ls, noise = grid_hyperparameters(xt, yt)
+            chol, alpha, _ = gp_fit(rbf(xt, xt, ls), yt, noise)
+            ones = torch.ones(int(held.sum()), dtype=xs.dtype)
+            m, sd = gp_posterior(rbf(xs[held], xt, ls), ones, chol, alpha)
+            mean[held] = m
+            var[held] = sd.square() + noise
+        return mean, var
+
+
 class TransferEngine(Engine):
     """Wraps a strategy's engine with transfer from source studies (see the module doc).
 
@@ -289,13 +437,11 @@ class TransferEngine(Engine):
     ) -> None:
         if not isinstance(inner, (BoxEngine, PoolEngine)):
             raise InvalidArgumentError(f"strategy {strategy!r} does not support transfer")
-        surrogate = mode in ("both", "surrogate") and type(inner) is GPEngine
+        surrogate = mode in ("both", "surrogate") and type(inner) in (GPEngine, GpPoolEngine)
         if mode == "surrogate" and not surrogate:
-            kind = "a pool study's strategies" if isinstance(inner, PoolEngine) else repr(
-                strategy)
             raise InvalidArgumentError(
-                f"transfer=surrogate needs the gp strategy on hard or soft prompts, not "
-                f"{kind}; use transfer=init (or both, which means init here)"
+                f"transfer=surrogate needs the gp strategy, not {strategy!r}; use "
+                f"transfer=init (or both, which means init here)"
             )
         self.inner = inner
         self.mode = mode
@@ -306,12 +452,18 @@ class TransferEngine(Engine):
         #: The strategy's own initial design length (restored when the guard trips).
         self.own_initial = num_initial
         init = mode in ("both", "init")
-        if surrogate:
-            assert isinstance(inner, GPEngine)
+        if surrogate and isinstance(inner, GPEngine):
             num_initial = min(num_initial, TRANSFER_INITIAL)
             inner.num_initial = num_initial
             if self.sources:
                 inner.surrogate = self._ensemble
+        elif surrogate and isinstance(inner, GpPoolEngine):
+            num_initial = min(num_initial, TRANSFER_INITIAL)
+            inner.opts["num_initial"] = num_initial
+            if self.sources:
+                inner.ensemble = PoolEnsemble(inner, self.sources,
+                                              derive_seed(inner.seed, 0x26BE),
+                                              self._record_weights)
         #: Slots of the initial design (source prompts go to the even ones, see the guard).
         self.init_count = num_initial if init else 0
         self.init_candidates = self._initial_candidates() if init else None
@@ -388,6 +540,8 @@ class TransferEngine(Engine):
             self.init_count = self.own_initial
             if isinstance(self.inner, GPEngine):
                 self.inner.num_initial = self.own_initial
+            elif isinstance(self.inner, GpPoolEngine):
+                self.inner.opts["num_initial"] = self.own_initial
         return False
 
     def suggest(self, n: int, pending: Tensor | None = None) -> Tensor:
@@ -463,6 +617,13 @@ class TransferEngine(Engine):
         return picked
 
     # --- surrogate --------------------------------------------------------------------
+    def _record_weights(self, w: Tensor) -> None:
+        """The pool ensemble's weights (sources in order, the study's last)."""
+        self.weights = dict.fromkeys(self.names, 0.0)
+        for src, wi in zip(self.sources, w[:-1].tolist(), strict=True):
+            self.weights[src.name] = float(wi)
+        self.target_weight = float(w[-1])
+
     def _fit_sources(self) -> list[SingleTaskGP | None]:
         inner = self.inner
         assert isinstance(inner, GPEngine)

@@ -219,3 +219,45 @@ def test_a_tripped_guard_gives_back_the_strategys_own_initial_design():
     kinds = _run(engine, lambda source: 0.0 if source else 1.0, 3)
     assert kinds == [True, False, False]
     assert engine.init_count == 8 and inner.num_initial == 8  # as a cold study
+
+
+def _pool_objective(n: int = 300, d: int = 8, seed: int = 0):
+    import numpy as np
+
+    from promptbo.server.optim.pool_engines import pool_features
+
+    emb = np.random.default_rng(seed).normal(size=(n, d)).astype(np.float32)
+    x = pool_features(emb)
+    f = -(x - x[7]).square().sum(1)  # smooth, best at candidate 7
+    return emb, f
+
+
+def _pool_run(sources, mode: str, steps: int, f, emb):
+    from promptbo.server.optim.pool_engines import make_pool_engine
+
+    inner = make_pool_engine("gp", {"num_initial": "5"}, 3, emb)
+    engine = TransferEngine(inner, sources, mode, "gp")
+    picked = []
+    for _ in range(steps):
+        c = engine.suggest(1)
+        picked.append(int(c[0, 0]))
+        engine.observe(c, f[c.reshape(-1)])
+    return engine, picked
+
+
+def test_pool_gp_surrogate_weighs_a_related_source_and_drops_an_unrelated_one():
+    emb, f = _pool_objective()
+    gen = torch.Generator().manual_seed(1)
+    idx = torch.randperm(300, generator=gen)[:60]
+    related = SourceData("rel", idx.reshape(-1, 1), f[idx] + 0.01 * torch.randn(60, generator=gen,
+                                                                                  dtype=f.dtype))
+    anti = SourceData("anti", idx.reshape(-1, 1), -f[idx])
+    engine, picked = _pool_run([related, anti], "surrogate", 12, f, emb)
+    assert engine.init_count == 0 and engine.inner.opts["num_initial"] == 5
+    assert engine.weights is not None and engine.weights["anti"] == 0.0
+    assert engine.weights["rel"] > 0.5 and engine.target_weight < 0.5
+    rank = (f > f[picked[5]]).sum()  # the first suggestion of the ensemble
+    assert rank < 15, rank  # top 5% of the pool, from the source's model
+    # the unrelated source alone fades out and the study runs on its own GP
+    engine, _ = _pool_run([anti], "surrogate", 10, f, emb)
+    assert engine.weights == {"anti": 0.0} and engine.target_weight == 1.0

@@ -223,7 +223,11 @@ def test_pool_studies_transfer_the_sources_best_candidates(client, strategy):
     assert all(t.source == "suggested" for t in after)
     assert len({t.prompt.pool_index for t in [*trials, *after]}) == 8
     (status,) = target.transfer_sources()
-    assert status.study == "src" and status.trials == 5 and "initialization" in status.note
+    assert status.study == "src" and status.trials == 5
+    if strategy == "gp":  # both: the RGPE ensemble after the transferred start
+        assert 0.0 <= status.weight <= 1.0 and status.note == ""
+    else:
+        assert "initialization" in status.note
 
 
 def test_pool_transfer_needs_the_same_pool_and_init(client):
@@ -237,10 +241,35 @@ def test_pool_transfer_needs_the_same_pool_and_init(client):
     client.create_study("on-a", promptbo.PoolSpace(a), strategy="random")
     with pytest.raises(InvalidArgumentError, match="'on-a' does not fit.*same pool"):
         client.create_study("t", promptbo.PoolSpace(b), transfer_from=["on-a"])
-    with pytest.raises(InvalidArgumentError, match="a pool study transfers by initialization"):
-        client.create_study("t", promptbo.PoolSpace(a), transfer_from=["on-a"],
-                            transfer="surrogate")
+    with pytest.raises(InvalidArgumentError,
+                       match="transfer=surrogate needs the gp strategy, not 'zopo'"):
+        client.create_study("t", promptbo.PoolSpace(a), strategy="zopo",
+                            transfer_from=["on-a"], transfer="surrogate")
     client.create_study("soft", SPACE, strategy="random")
     with pytest.raises(InvalidArgumentError,
                        match="'soft' does not fit.*soft prompts.*candidate pool"):
         client.create_study("t", promptbo.PoolSpace(a), transfer_from=["soft"])
+
+
+def test_pool_gp_study_transfers_through_the_surrogate(client):
+    rng = np.random.default_rng(3)
+    emb = rng.normal(size=(40, 5)).astype(np.float32)
+    table = promptbo.PoolTable([f"Instruction {i}." for i in range(40)], emb, "test-enc")
+    space = promptbo.PoolSpace(client.upload_pool(table))
+    best = emb[9]
+
+    def value(i: int) -> float:
+        return -float(np.square(emb[i] - best).sum())
+
+    src = client.create_study("src", space, strategy="random", seed=1)
+    src.add_trials([(promptbo.Prompt(pool_index=i), value(i)) for i in range(0, 40, 2)])
+    target = client.create_study("t", space, seed=2, transfer_from=["src"],
+                                 transfer="surrogate", strategy_options={"num_initial": "3"})
+    assert target.info.spec.transfer == "surrogate"
+    for _ in range(6):
+        (t,) = target.ask(1)
+        assert t.source == "suggested"  # no transferred start in surrogate mode
+        target.tell(t, value(t.prompt.pool_index))
+    (status,) = target.transfer_sources()
+    assert status.note == "" and 0.5 < status.weight <= 1.0  # the source ranks the target well
+
