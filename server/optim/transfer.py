@@ -195,12 +195,18 @@ def sample_posterior(model: torch.nn.Module, X: Tensor, num: int, gen: torch.Gen
         post = model.posterior(X)  # type: ignore[operator]
         mean = post.mean.reshape(-1)
         cov = post.distribution.covariance_matrix.reshape(mean.shape[0], mean.shape[0])
-        eye = torch.eye(mean.shape[0], dtype=cov.dtype)
-        L, info = torch.linalg.cholesky_ex(cov + 1e-8 * eye)
-        if int(info) != 0:
-            L = torch.diag(torch.diagonal(cov).clamp_min(1e-12).sqrt())
-        z = torch.randn(num, mean.shape[0], generator=gen, dtype=mean.dtype)
-        return mean + z @ L.T
+        return sample_normal(mean, cov, num, gen)
+
+
+def sample_normal(mean: Tensor, cov: Tensor, num: int, gen: torch.Generator) -> Tensor:
+    """``num`` samples (`num x n`) of ``N(mean, cov)`` (a tiny jitter; the diagonal alone
+    when ``cov`` is not positive definite)."""
+    eye = torch.eye(mean.shape[0], dtype=cov.dtype)
+    L, info = torch.linalg.cholesky_ex(cov + 1e-8 * eye)
+    if int(info) != 0:
+        L = torch.diag(torch.diagonal(cov).clamp_min(1e-12).sqrt())
+    z = torch.randn(num, mean.shape[0], generator=gen, dtype=mean.dtype)
+    return mean + z @ L.T
 
 
 def cv_predictions(
@@ -212,8 +218,26 @@ def cv_predictions(
     folds (fewer when ``n < k``). Predictions with observation noise, in ``Y``'s scale. A
     point whose fold leaves fewer than 2 training points gets ``Y``'s mean and variance.
     """
+
+    def predict(f: int, Xt: Tensor, Yt: Tensor, Xh: Tensor) -> tuple[Tensor, Tensor]:
+        model = fitters[f].fit(Xt, Yt)
+        with torch.no_grad():
+            post = model.posterior(Xh, observation_noise=True)
+        return post.mean.reshape(-1).double(), post.variance.reshape(-1).double()
+
+    return k_fold(X, Y, len(fitters), predict)
+
+
+def k_fold(
+    X: Tensor, Y: Tensor, folds: int,
+    predict: Callable[[int, Tensor, Tensor, Tensor], tuple[Tensor, Tensor]],
+) -> tuple[Tensor, Tensor]:
+    """Out-of-fold predictive means and variances (`n` each) of ``Y`` (`n`) at ``X``
+    (`n x d`): point ``i`` is in fold ``i % k`` (``k = min(folds, n)``) and predicted by
+    ``predict(fold, X_train, Y_train, X_held)`` from the other folds' points. A point whose
+    fold leaves fewer than 2 training points gets ``Y``'s mean and variance."""
     n = X.shape[0]
-    k = max(1, min(len(fitters), n))
+    k = max(1, min(folds, n))
     fold = torch.arange(n) % k
     mean = torch.full((n,), float(Y.mean()), dtype=torch.float64)
     var = torch.full((n,), float(Y.var()) if n > 1 else 1.0, dtype=torch.float64)
@@ -221,11 +245,9 @@ def cv_predictions(
         held = fold == f
         if int((~held).sum()) < 2:
             continue
-        model = fitters[f].fit(X[~held], Y[~held])
-        with torch.no_grad():
-            post = model.posterior(X[held], observation_noise=True)
-        mean[held] = post.mean.reshape(-1).double()
-        var[held] = post.variance.reshape(-1).double().clamp_min(1e-12)
+        m, v = predict(f, X[~held], Y[~held], X[held])
+        mean[held] = m
+        var[held] = v.clamp_min(1e-12)
     return mean, var
 
 
@@ -392,33 +414,20 @@ class PoolEnsemble:
         mean = ks @ alpha
         v = torch.linalg.solve_triangular(chol, ks.T, upper=False)
         cov = rbf(xq, xq, ls) - v.T @ v
-        eye = torch.eye(xq.shape[0], dtype=cov.dtype)
-        L, info = torch.linalg.cholesky_ex(cov + 1e-8 * eye)
-        if int(info) != 0:
-            L = torch.diag(torch.diagonal(cov).clamp_min(1e-12).sqrt())
-        z = torch.randn(NUM_RANK_SAMPLES, xq.shape[0], generator=gen, dtype=mean.dtype)
-        return mean + z @ L.T
+        return sample_normal(mean, cov, NUM_RANK_SAMPLES, gen)
 
     @staticmethod
     def _cv(xs: Tensor, ys: Tensor) -> tuple[Tensor, Tensor]:
         """The study GP's ``NUM_FOLDS``-fold predictions (with noise) at its points."""
-        n = xs.shape[0]
-        k = max(1, min(NUM_FOLDS, n))
-        fold = torch.arange(n) % k
-        mean = torch.full((n,), float(ys.mean()), dtype=torch.float64)
-        var = torch.full((n,), float(ys.var()) if n > 1 else 1.0, dtype=torch.float64)
-        for f in range(k):
-            held = fold == f
-            if int((~held).sum()) < 2:
-                continue
-            xt, yt = xs[~held], ys[~held]
+
+        def predict(fold: int, xt: Tensor, yt: Tensor, xh: Tensor) -> tuple[Tensor, Tensor]:
             ls, noise = grid_hyperparameters(xt, yt)
             chol, alpha, _ = gp_fit(rbf(xt, xt, ls), yt, noise)
-            ones = torch.ones(int(held.sum()), dtype=xs.dtype)
-            m, sd = gp_posterior(rbf(xs[held], xt, ls), ones, chol, alpha)
-            mean[held] = m
-            var[held] = sd.square() + noise
-        return mean, var
+            ones = torch.ones(xh.shape[0], dtype=xs.dtype)
+            m, sd = gp_posterior(rbf(xh, xt, ls), ones, chol, alpha)
+            return m, sd.square() + noise
+
+        return k_fold(xs, ys, NUM_FOLDS, predict)
 
 
 class TransferEngine(Engine):
