@@ -1,8 +1,9 @@
 """Rescore a quality run's picks on another test subset, for side-by-side tables.
 
 Tables of two runs are comparable only on the same test examples. This reads a results JSON
-of :mod:`benchmarks.quality` or :mod:`benchmarks.pool_quality` (hard-token picks: the
-``selections`` keyed ``strategy|seed|budget`` with the model token ids of each pick) and
+of :mod:`benchmarks.quality` (hard-token picks: the ``selections`` keyed
+``strategy|seed|budget`` with the model token ids of each pick) or of
+:mod:`benchmarks.equal_calls` (each run's checkpoints: the recommendation per budget) and
 scores every pick, and the unprompted model, on the first ``--limit-test`` examples of the
 task's test split (0: all), with the run's own template, label words and model. Nothing is
 chosen here: the picks are the run's.
@@ -27,6 +28,15 @@ import numpy as np
 
 from benchmarks.report import machine
 from benchmarks.scoring import ScoreCache, hf_evaluators
+
+
+def selections(run: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """A run's picks keyed ``strategy|seed|budget``: a quality run's ``selections``, or an
+    equal-calls run's recommendation at each checkpoint."""
+    if "selections" in run:
+        return run["selections"]
+    return {f"{tag}|{c['budget']}": {"prompt": c["prompt"]}
+            for tag, r in run["runs"].items() for c in r["checkpoints"]}
 
 
 def table(picks: dict[str, float], unprompted: float, budgets: Sequence[int]) -> str:
@@ -57,6 +67,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     run = json.loads(Path(args.results).read_text())
     cfg = run["config"]
+    run["selections"] = selections(run)
     opts = SimpleNamespace(model=cfg["model"], data_dir=args.data_dir or cfg["data_dir"],
                            k=cfg["k"], template=cfg.get("template"), labels=cfg.get("labels"),
                            limit_test=args.limit_test, test_kv_cache_mb=0)

@@ -3,7 +3,7 @@ row (the scoring itself is the hf-causal evaluator's, tested elsewhere)."""
 
 from __future__ import annotations
 
-from benchmarks.rescore import table
+from benchmarks.rescore import selections, table
 
 
 def test_table_groups_seeds_per_strategy_and_budget():
@@ -13,3 +13,12 @@ def test_table_groups_seeds_per_strategy_and_budget():
     assert md[2] == "| gp | 82.0 ± 2.0 | 90.0 ± 0.0 |"
     assert md[3] == "| random | 70.0 ± 0.0 | – |"
     assert md[4] == "| unprompted | 79.0 | 79.0 |"
+
+
+def test_equal_calls_runs_give_their_recommendations():
+    run = {"runs": {"mf|0": {"checkpoints": [{"budget": 1000, "prompt": [5, 6]},
+                                             {"budget": 2000, "prompt": [7, 8]}]}}}
+    assert selections(run) == {"mf|0|1000": {"prompt": [5, 6]},
+                               "mf|0|2000": {"prompt": [7, 8]}}
+    quality = {"selections": {"gp|0|25": {"prompt": [1]}}, "runs": {}}
+    assert selections(quality) == quality["selections"]
