@@ -41,7 +41,8 @@ def selections(run: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def table(picks: dict[str, float], unprompted: float, budgets: Sequence[int]) -> str:
     """``picks``: ``strategy|seed|budget`` -> test accuracy; the markdown table."""
-    strategies = list(dict.fromkeys(k.split("|")[0] for k in picks))
+    strategies = [s for s in dict.fromkeys(k.split("|")[0] for k in picks)
+                  if s != "unprompted"]  # its own row, below
     lines = ["| strategy | " + " | ".join(f"b={b}" for b in budgets) + " |",
              "|---|" + "---:|" * len(budgets)]
     for s in strategies:
