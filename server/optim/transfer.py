@@ -317,6 +317,20 @@ class EnsembleModel(GP, GPyTorchModel):
         return MultivariateNormal(mean, cov)
 
 
+@dataclass(frozen=True)
+class _PoolSourceGP:
+    """A source's exact GP on the pool (features `n x d`, the grid's lengthscale, the
+    Cholesky factor and ``alpha`` of :func:`gp_fit`) and its posterior mean and standard
+    deviation at every candidate (`N` each)."""
+
+    x: Tensor
+    lengthscale: float
+    chol: Tensor
+    alpha: Tensor
+    mu: Tensor
+    sd: Tensor
+
+
 class PoolEnsemble:
     """RGPE for the pool ``gp`` strategy (:class:`~.pool_engines.GpPoolEngine`), the
     counterpart of the box ensemble above on a candidate pool.
@@ -340,10 +354,8 @@ class PoolEnsemble:
         self.engine = engine
         self.seed = seed
         self.on_weights = on_weights
-        #: Per source: (features `n x d`, lengthscale, Cholesky factor, alpha), or None.
-        self.models: list[tuple[Tensor, float, Tensor, Tensor] | None] = []
-        #: Per usable source: posterior mean and standard deviation at every candidate.
-        self.at_pool: list[tuple[Tensor, Tensor]] = []
+        #: Per source: its GP, or None when it has fewer than 2 distinct values here.
+        self.models: list[_PoolSourceGP | None] = []
         x_all = engine.x
         for src in sources:
             idx = src.candidates.reshape(-1).long()
@@ -359,9 +371,9 @@ class PoolEnsemble:
             y = standardize(y)
             ls, noise = grid_hyperparameters(x, y)
             chol, alpha, _ = gp_fit(rbf(x, x, ls), y, noise)
-            self.models.append((x, ls, chol, alpha))
             ones = torch.ones(engine.size, dtype=x.dtype)
-            self.at_pool.append(gp_posterior(rbf(x_all, x, ls), ones, chol, alpha))
+            mu, sd = gp_posterior(rbf(x_all, x, ls), ones, chol, alpha)
+            self.models.append(_PoolSourceGP(x, ls, chol, alpha, mu, sd))
         self._w: Tensor | None = None
         self._at = -1
 
@@ -372,12 +384,10 @@ class PoolEnsemble:
         idx = torch.as_tensor(cand, dtype=torch.long)
         out_mean = w[-1] * mean
         out_var = w[-1] ** 2 * std.square()
-        usable = [wi for m, wi in zip(self.models, w[:-1].tolist(), strict=True)
-                  if m is not None]
-        for (mu, sd), wi in zip(self.at_pool, usable, strict=True):
-            if wi > 0:
-                out_mean = out_mean + wi * mu[idx]
-                out_var = out_var + wi**2 * sd[idx].square()
+        for m, wi in zip(self.models, w[:-1].tolist(), strict=True):
+            if m is not None and wi > 0:
+                out_mean = out_mean + wi * m.mu[idx]
+                out_var = out_var + wi**2 * m.sd[idx].square()
         return out_mean, out_var.clamp_min(1e-12).sqrt()
 
     def weights(self) -> Tensor:
@@ -407,14 +417,12 @@ class PoolEnsemble:
         return self._w
 
     @staticmethod
-    def _joint_samples(model, xq: Tensor, gen: torch.Generator) -> Tensor:
+    def _joint_samples(m: _PoolSourceGP, xq: Tensor, gen: torch.Generator) -> Tensor:
         """`NUM_RANK_SAMPLES x n` joint posterior samples of a source GP at ``xq``."""
-        x, ls, chol, alpha = model
-        ks = rbf(xq, x, ls)
-        mean = ks @ alpha
-        v = torch.linalg.solve_triangular(chol, ks.T, upper=False)
-        cov = rbf(xq, xq, ls) - v.T @ v
-        return sample_normal(mean, cov, NUM_RANK_SAMPLES, gen)
+        ks = rbf(xq, m.x, m.lengthscale)
+        v = torch.linalg.solve_triangular(m.chol, ks.T, upper=False)
+        cov = rbf(xq, xq, m.lengthscale) - v.T @ v
+        return sample_normal(ks @ m.alpha, cov, NUM_RANK_SAMPLES, gen)
 
     @staticmethod
     def _cv(xs: Tensor, ys: Tensor) -> tuple[Tensor, Tensor]:
