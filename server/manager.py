@@ -223,7 +223,8 @@ class StudyManager:
                 )
             rules.check_lease_seconds(spec, self.limits)
             check_spec(spec, self.limits)
-            transfer_sources.check_sources(self.storage, name, spec, not unknown_vocab)
+            transfer_sources.check_sources(self.storage, name, spec, not unknown_vocab,
+                                          self.studies.pool)
             runtime: StudyRuntime | None
             if unknown_vocab:
                 from promptbo.server.optim import strategy_names

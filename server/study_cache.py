@@ -347,7 +347,7 @@ class StudyCache:
         """The study's transfer sources read from storage, and notes on unusable ones."""
         if not spec.transfer_from:
             return [], {}
-        return transfer_sources.load_sources(self.storage, spec, stored_objective)
+        return transfer_sources.load_sources(self.storage, spec, stored_objective, self.pool)
 
     # --- prefetch ---------------------------------------------------------------------
     def schedule_refill(self, name: str, live: LiveStudy) -> None:

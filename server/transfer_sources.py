@@ -5,8 +5,10 @@ A study names earlier studies in ``spec.transfer_from``. At creation each must e
 (NOT_FOUND naming it) and have a compatible space (INVALID_ARGUMENT naming the mismatch):
 the same kind; hard prompts the same vocabulary and ``prompt_length`` (the filters and
 PCA may differ: source prompts are projected into the target's filter); soft prompts the
-same ``prompt_length`` and ``embedding_dim``; pool prompts the same pool (a pool study
-transfers by initialization only). A source deleted (or replaced by an
+same ``prompt_length`` and ``embedding_dim``; pool prompts the same pool, or another
+pool embedded by the same ``embedding_model`` into as many dimensions (a source's
+candidates then come with their embeddings, :attr:`LoadedSource.embeddings`, and the
+engine places them among this study's candidates by those). A source deleted (or replaced by an
 incompatible study) later is skipped with a warning when the engine is rebuilt, and
 :func:`describe` says so; the target keeps working.
 
@@ -21,9 +23,12 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
+
 from promptbo.errors import InvalidArgumentError, NotFoundError
 from promptbo.server.domain import (
     HardPromptSpace,
+    Pool,
     PoolSpace,
     Prompt,
     SoftPromptSpace,
@@ -37,11 +42,15 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class LoadedSource:
-    """One source's completed trials: prompts and values to maximize."""
+    """One source's completed trials: prompts and values to maximize; for a source on
+    another pool (embedded by the same model), ``embeddings`` holds each prompt's row of
+    that pool (`n x D` float32; None when the source searched this study's own pool or
+    another kind of space)."""
 
     name: str
     prompts: list[Prompt]
     values: list[float]
+    embeddings: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -55,9 +64,15 @@ class SourceStatus:
     note: str = ""
 
 
-def mismatch(target: StudySpec, source: StudySpec, vocabulary: bool = True) -> str:
+PoolGetter = Callable[[str], Pool]
+
+
+def mismatch(target: StudySpec, source: StudySpec, vocabulary: bool = True,
+             pools: PoolGetter | None = None) -> str:
     """Why ``source``'s prompts cannot be used in ``target``'s space ("" if they can);
-    ``vocabulary=False`` skips comparing hard spaces' vocabularies."""
+    ``vocabulary=False`` skips comparing hard spaces' vocabularies; ``pools`` reads a
+    stored pool by id, to compare two different pools' embedding models (without it,
+    pool studies must share their pool)."""
     a, b = target.space, source.space
     if type(a) is not type(b):
         return f"its space is {_kind(b)}, this study's is {_kind(a)}"
@@ -71,10 +86,12 @@ def mismatch(target: StudySpec, source: StudySpec, vocabulary: bool = True) -> s
         return ""
     if isinstance(a, PoolSpace):
         assert isinstance(b, PoolSpace)
-        if a.pool_id != b.pool_id:
-            return (f"its pool is {b.pool_id[:12]}..., this study's is {a.pool_id[:12]}... "
-                    "(transfer needs the same pool: its candidates are taken by index)")
-        return ""
+        if a.pool_id == b.pool_id:
+            return ""
+        head = f"its pool is {b.pool_id[:12]}..., this study's is {a.pool_id[:12]}..."
+        if pools is None:
+            return f"{head} (transfer needs the same pool)"
+        return _pool_mismatch(head, pools(a.pool_id), pools(b.pool_id))
     assert isinstance(a, SoftPromptSpace) and isinstance(b, SoftPromptSpace)
     if (a.prompt_length, a.embedding_dim) != (b.prompt_length, b.embedding_dim):
         return (f"its soft prompts are {b.prompt_length} x {b.embedding_dim}, this study's "
@@ -82,14 +99,31 @@ def mismatch(target: StudySpec, source: StudySpec, vocabulary: bool = True) -> s
     return ""
 
 
-def check_sources(storage: Storage, name: str, spec: StudySpec, vocabulary: bool = True) -> None:
+def _pool_mismatch(head: str, mine: Pool, theirs: Pool) -> str:
+    """Why another pool's candidates cannot be placed among ``mine`` ("" if they can)."""
+    if not mine.embedding_model or mine.embedding_model != theirs.embedding_model:
+        return (f"{head}, embedded by {theirs.embedding_model or 'an unnamed model'!r} and "
+                f"{mine.embedding_model or 'an unnamed model'!r}; transfer between two pools "
+                "needs both embedded by the same named model (build both with the same "
+                "--embed), or the same pool")
+    if mine.embedding_dim != theirs.embedding_dim:
+        return (f"{head}, with {theirs.embedding_dim}- and {mine.embedding_dim}-dimensional "
+                "embeddings; transfer between two pools needs the same embedding space")
+    return ""
+
+
+def check_sources(storage: Storage, name: str, spec: StudySpec, vocabulary: bool = True,
+                  pools: PoolGetter | None = None) -> None:
     """Refuses sources that do not exist or do not fit ``spec``'s space (``vocabulary``:
     whether to compare vocabularies; False while validating flags before one is uploaded).
+
+    ``pools`` reads a stored pool by id (default: ``storage.get_pool``).
 
     Raises:
         InvalidArgumentError: the study names itself, or a source's space differs.
         NotFoundError: a source does not exist.
     """
+    pools = pools or storage.get_pool
     if spec.transfer_from and spec.transfer == "surrogate" and (spec.strategy or "gp") != "gp":
         raise InvalidArgumentError(
             f"transfer=surrogate needs the gp strategy, not {spec.strategy!r}; use "
@@ -110,7 +144,7 @@ def check_sources(storage: Storage, name: str, spec: StudySpec, vocabulary: bool
                 f"transfer source study {source!r} not found; create and run it first, or "
                 "remove it from transfer_from"
             ) from None
-        why = mismatch(spec, study.spec, vocabulary)
+        why = mismatch(spec, study.spec, vocabulary, pools)
         if why:
             raise InvalidArgumentError(
                 f"transfer source study {source!r} does not fit this study: {why}"
@@ -120,12 +154,14 @@ def check_sources(storage: Storage, name: str, spec: StudySpec, vocabulary: bool
 def load_sources(
     storage: Storage, spec: StudySpec,
     objective: Callable[[StudySpec, float | None, dict[str, float]], float | None],
+    pools: PoolGetter | None = None,
 ) -> tuple[list[LoadedSource], dict[str, str]]:
     """The sources' completed trials, and a note per source that could not be read.
 
     ``objective(source_spec, value, metrics)`` gives the number to maximize (None skips
-    the trial).
+    the trial); ``pools`` reads a stored pool by id (default: ``storage.get_pool``).
     """
+    pools = pools or storage.get_pool
     loaded: list[LoadedSource] = []
     notes: dict[str, str] = {}
     for source in spec.transfer_from:
@@ -135,7 +171,7 @@ def load_sources(
             notes[source] = "deleted; no longer used"
             log.warning("transfer source study %s no longer exists; it is not used", source)
             continue
-        why = mismatch(spec, study.spec)
+        why = mismatch(spec, study.spec, pools=pools)
         if why:
             notes[source] = f"not used: {why}"
             log.warning("transfer source study %s is not used: %s", source, why)
@@ -149,8 +185,22 @@ def load_sources(
             if v is not None:
                 prompts.append(t.prompt)
                 values.append(v)
-        loaded.append(LoadedSource(source, prompts, values))
+        loaded.append(LoadedSource(source, prompts, values,
+                                   _other_pool_rows(spec, study.spec, prompts, pools)))
     return loaded, notes
+
+
+def _other_pool_rows(target: StudySpec, source: StudySpec, prompts: list[Prompt],
+                     pools: PoolGetter) -> np.ndarray | None:
+    """The source pool's embedding row of each prompt (`n x D`), when the source searched
+    another pool than the target; None otherwise."""
+    a, b = target.space, source.space
+    if not (isinstance(a, PoolSpace) and isinstance(b, PoolSpace)) or a.pool_id == b.pool_id:
+        return None
+    table = pools(b.pool_id).embeddings
+    rows = [int(p.pool_index or 0) for p in prompts]  # pool prompts all have an index
+    return np.asarray(table[rows], dtype=np.float32).reshape(
+        len(prompts), table.shape[1])
 
 
 def describe(

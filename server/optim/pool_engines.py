@@ -76,13 +76,22 @@ def make_pool_engine(
     return factory(embeddings=embeddings, options=dict(options), seed=seed)
 
 
-def pool_features(embeddings: np.ndarray) -> Tensor:
-    """`N x D` float64: the embeddings centred on their mean, each row scaled to unit
-    length (a row equal to the mean stays zero)."""
+def pool_features(embeddings: np.ndarray, center: Tensor | None = None) -> Tensor:
+    """`N x D` float64: the embeddings centred on ``center`` (`D`; default: their own
+    mean), each row scaled to unit length (a row equal to the centre stays zero)."""
     x = torch.as_tensor(np.asarray(embeddings, dtype=np.float64))
-    x = x - x.mean(0, keepdim=True)
+    x = x - (x.mean(0, keepdim=True) if center is None else center.reshape(1, -1))
     norms = x.norm(dim=1, keepdim=True)
     return x / torch.where(norms > 0, norms, torch.ones_like(norms))
+
+
+def nearest_candidates(features: Tensor, others: Tensor) -> Tensor:
+    """For each row of ``others`` (`m x D` features, e.g. :meth:`PoolEngine.features_of`
+    of another pool's embeddings), the index of the nearest of ``features`` (`N x D`,
+    unit rows) by cosine similarity: LongTensor `m x 1`."""
+    if others.shape[0] == 0:
+        return torch.empty(0, 1, dtype=torch.long)
+    return (others.to(features.dtype) @ features.T).argmax(dim=1).reshape(-1, 1)
 
 
 class PoolEngine(Engine):
@@ -103,7 +112,9 @@ class PoolEngine(Engine):
                 f"a pool's embeddings must be a non-empty N x D table, got {embeddings.shape}"
             )
         self.opts = read_options(self.name, options, self.OPTIONS, self.CHOICES)
-        self.x = pool_features(embeddings)
+        #: The pool's mean embedding (`D`), the centre of its features.
+        self.center = torch.as_tensor(np.asarray(embeddings, dtype=np.float64)).mean(0)
+        self.x = pool_features(embeddings, self.center)
         self.size = int(self.x.shape[0])
         self.seed = seed
         self.obs_idx: list[int] = []
@@ -119,6 +130,11 @@ class PoolEngine(Engine):
         """Random candidates before the strategy's model (its ``num_initial`` option; 10
         for a strategy without one, as for transfer's initial design)."""
         return int(self.opts.get("num_initial", 10))
+
+    def features_of(self, embeddings: np.ndarray | Tensor) -> Tensor:
+        """`m x D` features of embeddings from another pool in the same embedding space,
+        transformed as this pool's own (centred on its mean, unit length)."""
+        return pool_features(np.asarray(embeddings, dtype=np.float64), self.center)
 
     @staticmethod
     def keys(candidates: Tensor) -> list[bytes]:

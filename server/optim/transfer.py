@@ -12,8 +12,9 @@ candidates in the target's encoding, values to maximize) and uses them in up to 
     ``q`` being the prompt's rank quantile in that source (1 = its best), so a prompt good
     on several sources comes before one good on a single source, and a prompt a source
     found bad is pushed back. Hard prompts are projected into the target's filter (nearest
-    allowed tokens), soft prompts into its subspace; pool candidates (a study on the same
-    pool) are taken as they are.
+    allowed tokens), soft prompts into its subspace; pool candidates are taken as they
+    are (a source on the same pool) or as the nearest candidate of this pool by their
+    embeddings (a source on another pool embedded by the same model).
 
     The guard: once the study has observed at least one source prompt and one of its own
     design points, a source prompt is handed out only while the median value of the
@@ -116,13 +117,19 @@ NUM_FOLDS = 5
 class SourceData:
     """One source study's observations in the target engine's encoding.
 
-    ``candidates``: `n x L` vocabulary rows (hard) or `n x (L*D)` vectors (soft);
-    ``values``: `n` finite floats, larger is better.
+    ``candidates``: `n x L` vocabulary rows (hard), `n x (L*D)` vectors (soft) or `n x 1`
+    pool indices; ``values``: `n` finite floats, larger is better. ``features``: for a
+    source that searched another pool embedded by the same model, the `n x D` features of
+    its candidates in this pool's feature space (:meth:`.PoolEngine.features_of`); its
+    ``candidates`` are then each one's nearest candidate of this pool (what transfer
+    initialization hands out), and the pool ensemble fits the source's GP on the features
+    themselves. None otherwise.
     """
 
     name: str
     candidates: Tensor
     values: Tensor
+    features: Tensor | None = None
 
 
 def rank_prompts(sources: Sequence[SourceData], keys: Sequence[Sequence[bytes]]) -> list[
@@ -335,16 +342,17 @@ class PoolEnsemble:
     """RGPE for the pool ``gp`` strategy (:class:`~.pool_engines.GpPoolEngine`), the
     counterpart of the box ensemble above on a candidate pool.
 
-    One exact GP per source on the candidates it observed (the same pool, so the same
-    features; its values standardized, its lengthscale and noise chosen on the pool GP's
-    grid), fitted once; its posterior mean and standard deviation at every pool
-    candidate are computed once too. The weights come from ranking losses on the study's
-    own observations, as for the box ensemble (the study GP's predictions
-    ``NUM_FOLDS``-fold cross-validated, its grid refitted without the held-out fold), and
-    are recomputed when the study has observed more. The ensemble at the free candidates
-    is ``N(sum_i w_i mu_i, sum_i w_i^2 sigma_i^2)`` with the study GP (pending fantasies
-    included) last. ``on_weights`` receives the weights (sources in order, then the
-    study's) each time they change.
+    One exact GP per source on the candidates it observed (on the same pool, their
+    features; on another pool embedded by the same model, its candidates' features in
+    this pool's feature space, :attr:`SourceData.features`; its values standardized, its
+    lengthscale and noise chosen on the pool GP's grid), fitted once; its posterior mean
+    and standard deviation at every pool candidate are computed once too. The weights
+    come from ranking losses on the study's own observations, as for the box ensemble
+    (the study GP's predictions ``NUM_FOLDS``-fold cross-validated, its grid refitted
+    without the held-out fold), and are recomputed when the study has observed more. The
+    ensemble at the free candidates is ``N(sum_i w_i mu_i, sum_i w_i^2 sigma_i^2)`` with
+    the study GP (pending fantasies included) last. ``on_weights`` receives the weights
+    (sources in order, then the study's) each time they change.
     """
 
     def __init__(
@@ -358,16 +366,19 @@ class PoolEnsemble:
         self.models: list[_PoolSourceGP | None] = []
         x_all = engine.x
         for src in sources:
-            idx = src.candidates.reshape(-1).long()
-            ok = (idx >= 0) & (idx < engine.size)
-            idx, y = idx[ok], src.values.double().reshape(-1)[ok]
+            y = src.values.double().reshape(-1)
+            if src.features is not None:  # another pool: the source's own points
+                x = src.features.to(x_all.dtype)
+            else:
+                idx = src.candidates.reshape(-1).long()
+                ok = (idx >= 0) & (idx < engine.size)
+                x, y = x_all[idx[ok]], y[ok]
             if y.numel() > MAX_SOURCE_POINTS:
                 keep = subset_indices(y, MAX_SOURCE_POINTS)
-                idx, y = idx[keep], y[keep]
+                x, y = x[keep], y[keep]
             if y.numel() < 2 or float(y.std()) == 0.0:
                 self.models.append(None)
                 continue
-            x = x_all[idx]
             y = standardize(y)
             ls, noise = grid_hyperparameters(x, y)
             chol, alpha, _ = gp_fit(rbf(x, x, ls), y, noise)
@@ -598,7 +609,7 @@ class TransferEngine(Engine):
             return None
         keys = [self._keys(s.candidates) for s in self.sources]
         order = rank_prompts(self.sources, keys)[: 4 * max(self.init_count, 1)]
-        if isinstance(inner, PoolEngine):  # the same pool: indices as they are
+        if isinstance(inner, PoolEngine):  # indices (another pool's: nearest ones here)
             order = [(s, r) for s, r in order
                      if 0 <= int(self.sources[s].candidates[r, 0]) < inner.size]
         if not order:

@@ -261,3 +261,37 @@ def test_pool_gp_surrogate_weighs_a_related_source_and_drops_an_unrelated_one():
     # the unrelated source alone fades out and the study runs on its own GP
     engine, _ = _pool_run([anti], "surrogate", 10, f, emb)
     assert engine.weights == {"anti": 0.0} and engine.target_weight == 1.0
+
+
+def test_pool_gp_surrogate_uses_a_source_on_another_pool_by_its_embeddings():
+    import numpy as np
+
+    from promptbo.server.optim.pool_engines import make_pool_engine, nearest_candidates
+
+    emb, f = _pool_objective()
+    inner = make_pool_engine("gp", {"num_initial": "5"}, 3, emb)
+    best = inner.x[7]
+    # Another pool of the same embedding space (none of its candidates is one of ours),
+    # scored by the same function of the features.
+    other = np.random.default_rng(9).normal(size=(80, emb.shape[1])).astype(np.float32)
+    z = inner.features_of(other)
+    source = SourceData("other-pool", nearest_candidates(inner.x, z),
+                        -(z - best).square().sum(1), z)
+    assert source.candidates.shape == (80, 1) and int(source.candidates.max()) < 300
+    engine, picked = _pool_run([source], "surrogate", 12, f, emb)
+    assert engine.weights is not None and engine.weights["other-pool"] > 0.5
+    rank = (f > f[picked[5]]).sum()  # the first suggestion of the ensemble
+    assert rank < 15, rank
+    # init hands out the target candidates nearest the source's best points
+    engine, picked = _pool_run([source], "init", 1, f, emb)
+    top = int(torch.argmax(source.values))
+    assert picked[0] == int(source.candidates[top, 0])
+
+
+def test_nearest_candidates_by_cosine():
+    from promptbo.server.optim.pool_engines import nearest_candidates, pool_features
+
+    x = pool_features(torch.eye(4, dtype=torch.float64).numpy())
+    q = torch.stack([x[2] * 3.0, x[0] + 0.1 * x[1]])
+    assert nearest_candidates(x, q).tolist() == [[2], [0]]
+    assert nearest_candidates(x, x[:0]).shape == (0, 1)

@@ -230,17 +230,24 @@ def test_pool_studies_transfer_the_sources_best_candidates(client, strategy):
         assert "initialization" in status.note
 
 
-def test_pool_transfer_needs_the_same_pool_and_init(client):
+def test_pool_transfer_needs_one_embedding_space_and_init(client):
     rng = np.random.default_rng(1)
 
-    def upload(n: int) -> str:
+    def upload(n: int, model: str, dim: int = 4) -> str:
         return client.upload_pool(promptbo.PoolTable(
-            [f"Text {i}" for i in range(n)], rng.normal(size=(n, 4)).astype(np.float32), "e"))
+            [f"Text {i}" for i in range(n)], rng.normal(size=(n, dim)).astype(np.float32),
+            model))
 
-    a, b = upload(12), upload(13)
+    a = upload(12, "enc-a")
     client.create_study("on-a", promptbo.PoolSpace(a), strategy="random")
-    with pytest.raises(InvalidArgumentError, match="'on-a' does not fit.*same pool"):
-        client.create_study("t", promptbo.PoolSpace(b), transfer_from=["on-a"])
+    with pytest.raises(InvalidArgumentError,
+                       match="'on-a' does not fit.*embedded by 'enc-a' and 'enc-b'.*same named"):
+        client.create_study("t", promptbo.PoolSpace(upload(13, "enc-b")), transfer_from=["on-a"])
+    with pytest.raises(InvalidArgumentError, match="'on-a' does not fit.*4- and 5-dimensional"):
+        client.create_study("t", promptbo.PoolSpace(upload(13, "enc-a", 5)),
+                            transfer_from=["on-a"])
+    with pytest.raises(InvalidArgumentError, match="'enc-a' and 'an unnamed model'"):
+        client.create_study("t", promptbo.PoolSpace(upload(13, "")), transfer_from=["on-a"])
     with pytest.raises(InvalidArgumentError,
                        match="transfer=surrogate needs the gp strategy, not 'zopo'"):
         client.create_study("t", promptbo.PoolSpace(a), strategy="zopo",
@@ -249,6 +256,41 @@ def test_pool_transfer_needs_the_same_pool_and_init(client):
     with pytest.raises(InvalidArgumentError,
                        match="'soft' does not fit.*soft prompts.*candidate pool"):
         client.create_study("t", promptbo.PoolSpace(a), transfer_from=["soft"])
+    assert [s.name for s in client.list_studies()] == ["on-a", "soft"]  # nothing half-made
+
+
+@pytest.mark.parametrize("strategy", ["gp", "zopo"])
+def test_pool_studies_transfer_from_another_pool_in_the_same_space(client, strategy):
+    """A source on pool A, a target on pool B (another task's candidates, embedded by the
+    same model): the target starts from the candidates of B nearest A's best ones, and
+    its gp ensemble fits the source on A's own embeddings."""
+    rng = np.random.default_rng(5)
+    emb_a = rng.normal(size=(30, 6)).astype(np.float32)
+    # B: 20 candidates of its own, plus near-copies of A's 4, 17 and 23 at rows 31, 7, 12.
+    emb_b = rng.normal(size=(40, 6)).astype(np.float32)
+    for a_row, b_row in [(4, 31), (17, 7), (23, 12)]:
+        emb_b[b_row] = emb_a[a_row] + 0.01 * rng.normal(size=6)
+    pool_a = client.upload_pool(promptbo.PoolTable(
+        [f"Source instruction {i}." for i in range(30)], emb_a, "shared-enc"))
+    pool_b = client.upload_pool(promptbo.PoolTable(
+        [f"Target instruction {i}." for i in range(40)], emb_b, "shared-enc"))
+    src = client.create_study("src", promptbo.PoolSpace(pool_a), strategy="random", seed=1)
+    src.add_trials([(promptbo.Prompt(pool_index=i), v)
+                    for i, v in [(4, 0.9), (11, 0.2), (17, 0.7), (23, 0.5), (2, 0.1)]])
+    target = client.create_study("t", promptbo.PoolSpace(pool_b), strategy=strategy, seed=2,
+                                 transfer_from=["src"], strategy_options={"num_initial": 5})
+    trials = target.ask(5)
+    assert [t.source for t in trials] == INTERLEAVED
+    assert [t.prompt.pool_index for t in trials[::2]] == [31, 7, 12]  # nearest, best first
+    assert all(t.prompt.text == f"Target instruction {t.prompt.pool_index}." for t in trials)
+    for t in trials:
+        target.tell(t, 1.0 if t.source == "transfer" else 0.0)
+    after = target.ask(3)
+    assert all(t.source == "suggested" and 0 <= t.prompt.pool_index < 40 for t in after)
+    (status,) = target.transfer_sources()
+    assert status.study == "src" and status.trials == 5
+    if strategy == "gp":
+        assert 0.0 <= status.weight <= 1.0 and status.note == ""
 
 
 def test_pool_gp_study_transfers_through_the_surrogate(client):
