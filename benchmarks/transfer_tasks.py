@@ -44,14 +44,24 @@ unfinished in storage.
 writes ``<out>.json`` (config, scores, traces, picks, weights), ``<out>.md`` (the table)
 and ``<out>.png`` (test accuracy vs evaluations per target task).
 
-``--space pool`` runs the MR configs on a candidate pool instead: ``combine`` and
-``build_pool`` as ``promptbo pool build`` makes them (``--instructions``, default the 24
-sentiment instructions of :mod:`benchmarks.pool_synthetic`; its label phrases or
-``--label-phrase``; ``--demo-sets`` draws of ``--demos`` demonstrations from ``--pool-task``'s
-training examples outside the source seed's objective and dev sets, leaving out every text
-that is also in a target task's files), embedded with all-MiniLM-L6-v2. Every study is on
-that one pool (``--strategy``: ``gp`` or ``zopo``; pool studies transfer by
-initialization), scored with the prompt before the input (:data:`PROMPT_FIRST`).
+``--space pool`` runs the configs on candidate pools instead: ``combine`` and
+``build_pool`` as ``promptbo pool build`` makes them, embedded with all-MiniLM-L6-v2,
+scored with the prompt before the input (:data:`PROMPT_FIRST`); ``--strategy`` ``gp``
+(transfer by initialization and the RGPE ensemble) or ``zopo`` (initialization only).
+``--pools`` says which pools:
+
+- ``shared`` (the default; the MR configs): one pool for every study, from
+  ``--instructions`` (default the 24 sentiment instructions of
+  :mod:`benchmarks.pool_synthetic`), its label phrases or ``--label-phrase``, and
+  ``--demo-sets`` draws of ``--demos`` demonstrations from ``--pool-task``'s training
+  examples outside the source seed's objective and dev sets, leaving out every text that
+  is also in a target task's files;
+- ``per-task`` (every config): each task its own pool, as a user would build it for that
+  task (:data:`TASK_POOLS`: the task's instructions file in ``benchmarks/pools/`` and
+  label phrases; demonstrations from its own training examples outside the objective and
+  dev sets of every seed the run scores it with). A target then transfers from studies on
+  other pools in the same embedding space: the sources' candidates are placed among its
+  own by their embeddings.
 
 ``--configs`` runs a subset of the target configs (and the sources they need), so
 independent configs can run as separate processes, each with its own ``--out`` and
@@ -108,6 +118,21 @@ POOL_FIXED = ("space", "strategy", "pool_task", "instructions", "label_phrases",
 PROMPT_FIRST = {
     "sst2": "{prompt}\nReview: {text}\nSentiment: {answer}",
     "mr": "{prompt}\nReview: {text}\nSentiment: {answer}",
+    "agnews": "{prompt}\nArticle: {text}\nTopic: {answer}",
+    "subj": "{prompt}\nSentence: {text}\nThis sentence is: {answer}",
+}
+#: ``--pools per-task``: each task's instructions (a file in ``benchmarks/pools/``; None:
+#: the sentiment instructions of :mod:`benchmarks.pool_synthetic`) and label phrases. The
+#: AG News ones are those of the pool quality benchmark; none was chosen on test scores.
+TASK_POOLS: dict[str, tuple[str | None, tuple[str, ...]]] = {
+    "sst2": (None, ("", "Answer positive or negative.", "Reply with great or terrible.")),
+    "mr": (None, ("", "Answer positive or negative.", "Reply with great or terrible.")),
+    "agnews": ("agnews-instructions.txt",
+               ("", "Answer World, Sports, Business or Tech.",
+                "Reply with the topic of the article.")),
+    "subj": ("subj-instructions.txt",
+             ("", "Answer subjective or objective.",
+              "Reply with whether the sentence is an opinion or a fact.")),
 }
 
 
@@ -167,7 +192,8 @@ class Bench:
     """
 
     def __init__(self, args, results: dict[str, Any], make_task: MakeTask,
-                 vocabulary: VocabularyTable, log=print, pool: Any = None):
+                 vocabulary: VocabularyTable, log=print, pool: Any = None,
+                 pools: dict[str, Any] | None = None):
         self.args = args
         self.log = log
         self.results = results
@@ -191,14 +217,33 @@ class Bench:
                                                              dtype=np.float32)))
         #: How a score key turns into a prompt: token ids, or ``(i,)`` for pool member i.
         self.prompt_of: Any = vocabulary
-        self.pool = pool
-        if pool is not None:
-            pool_id, _ = self.manager.upload_pool(
-                Pool(tuple(pool.texts), pool.embeddings, pool.embedding_model))
-            self.space = PoolSpace(pool_id)
-            texts = list(pool.texts)
-            self.prompt_of = lambda key: Prompt(text=texts[key[0]] if key else "")
+        #: Per task, its pool (``pool`` for every task, or ``pools[task]``); empty: hard.
+        self.pools: dict[str, Any] = dict(pools or {})
+        self.shared_pool = pool
+        self._spaces: dict[int, PoolSpace] = {}
         self._active = ""
+
+    def pool_of(self, task: str) -> Any:
+        """The task's pool table (None: the hard-prompt space)."""
+        return self.shared_pool if self.shared_pool is not None else self.pools.get(task)
+
+    def space_of(self, task: str) -> Any:
+        """The space the task's studies search (its pool uploaded once)."""
+        table = self.pool_of(task)
+        if table is None:
+            return self.space
+        if id(table) not in self._spaces:
+            pool_id, _ = self.manager.upload_pool(
+                Pool(tuple(table.texts), table.embeddings, table.embedding_model))
+            self._spaces[id(table)] = PoolSpace(pool_id)
+        return self._spaces[id(table)]
+
+    def _prompts(self, task: str) -> Any:
+        table = self.pool_of(task)
+        if table is None:
+            return self.prompt_of
+        texts = list(table.texts)
+        return lambda key: Prompt(text=texts[key[0]] if key else "")
 
     # --- scoring ---------------------------------------------------------------------
     def cache(self, task: str):
@@ -208,7 +253,7 @@ class Bench:
         self._active = task
         if task not in self.caches:
             store = self.results["scores"].setdefault(task, {})
-            self.caches[task] = ScoreCache(self._make(task), self.prompt_of, store)
+            self.caches[task] = ScoreCache(self._make(task), self._prompts(task), store)
         return self.caches[task]
 
     def unprompted(self, task: str) -> dict[str, float]:
@@ -231,8 +276,8 @@ class Bench:
     def run_study(self, name: str, task: str, seed: int, sources: tuple[str, ...]) -> dict:
         """Creates (or continues) study ``name`` on ``task`` and runs it to ``--budget``
         evaluations; returns its trace."""
-        spec = StudySpec(self.space, strategy=getattr(self.args, "strategy", "gp"), seed=seed,
-                         transfer_from=tuple(source_name(s) for s in sources),
+        spec = StudySpec(self.space_of(task), strategy=getattr(self.args, "strategy", "gp"),
+                         seed=seed, transfer_from=tuple(source_name(s) for s in sources),
                          transfer=self.args.mode)
         if not self._exists(name):
             self.manager.create_study(name, spec)
@@ -268,7 +313,7 @@ class Bench:
 
     def key(self, prompt) -> tuple[int, ...]:
         """A trial's prompt as a score key."""
-        if self.pool is not None:
+        if prompt.pool_index is not None:
             return (int(prompt.pool_index),)
         return tuple(prompt.token_ids)
 
@@ -368,7 +413,48 @@ class Bench:
 def fixed_config(args) -> dict[str, Any]:
     """The settings a resume or a merge must match (the pool ones only for a pool run)."""
     keys = FIXED + (POOL_FIXED if getattr(args, "space", "hard") == "pool" else ())
-    return {k: getattr(args, k) for k in keys}
+    out = {k: getattr(args, k) for k in keys}
+    if getattr(args, "pools", "shared") == "per-task":  # absent from the shared pool's runs
+        out["pools"] = "per-task"
+    return out
+
+
+def build_per_task_pools(args, log) -> dict[str, Any]:
+    """``--pools per-task``: each task of the chosen configs (targets and sources) its
+    own pool (:data:`TASK_POOLS`), demonstrations drawn from its training examples outside
+    the objective and dev sets of every seed the run scores it with."""
+    from benchmarks.pool_synthetic import INSTRUCTIONS
+    from promptbo.evaluators.pools import (
+        build_pool,
+        combine,
+        read_instructions,
+        training_examples,
+    )
+
+    chosen = [c for c in CONFIGS if c.name in args.configs]
+    seeds: dict[str, set[int]] = {}
+    for c in chosen:
+        seeds.setdefault(c.task, set()).update(getattr(args, c.seeds_arg))
+        for s in c.sources:
+            seeds.setdefault(s, set()).add(args.source_seed)
+    pools = {}
+    for task in sorted(seeds):
+        start = time.perf_counter()
+        path, phrases = TASK_POOLS[task]
+        instructions = read_instructions(str(HERE / "pools" / path)) if path else INSTRUCTIONS
+        data, labels = str(Path(args.data_root) / task), STYLES[task][1]
+        rests = [set(training_examples(data, labels, args.k, seed)) for seed in seeds[task]]
+        first = training_examples(data, labels, args.k, min(seeds[task]))
+        demos = [d for d in first if all(d in r for r in rests)]
+        texts = combine(list(instructions), label_phrases=list(phrases),
+                        demonstrations=demos, k=args.demos, demo_sets=args.demo_sets,
+                        seed=args.source_seed)
+        pools[task] = build_pool(texts)
+        log(f"pool of {task}: {len(texts)} candidates from {len(instructions)} instructions "
+            f"x {len(phrases)} phrases x demonstrations {args.demos} ({args.demo_sets} "
+            f"draws) of its own training examples outside seeds {sorted(seeds[task])}' "
+            f"objective and dev sets; {time.perf_counter() - start:.0f} s")
+    return pools
 
 
 def build_task_pool(args, log) -> Any:
@@ -424,7 +510,7 @@ def merge_results(parts: list[dict[str, Any]]) -> dict[str, Any]:
     if "pool_size" in parts[0]:
         merged["pool_size"] = parts[0]["pool_size"]
     for part in parts:
-        changed = [k for k in FIXED + POOL_FIXED
+        changed = [k for k in (*FIXED, *POOL_FIXED, "pools")
                    if part["config"].get(k) != merged["config"].get(k)]
         if changed:
             raise ValueError(f"results with other settings ({', '.join(changed)})")
@@ -521,7 +607,9 @@ def plot(results: dict[str, Any], budgets, path: Path) -> None:
             ax.axhline(100 * base["test_accuracy"], color="k", ls="--", lw=1,
                        label="unprompted")
         if results["config"].get("space") == "pool":
-            what = f"a pool of {results.get('pool_size', '?')} candidates"
+            size = results.get("pool_size", "?")
+            what = (f"a pool of {size} candidates" if not isinstance(size, dict) else
+                    f"its own pool of {size.get(task, '?')} candidates")
         else:
             what = f"{results['config']['prompt_length']}-token prompts"
         ax.set_title(f"{task.upper()}: {what}, SmolLM2-135M-Instruct")
@@ -551,7 +639,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--budgets", default="10,15,25,50", help="where the pick is reported")
     p.add_argument("--mode", default="both", choices=("both", "init", "surrogate"))
     p.add_argument("--space", default="hard", choices=("hard", "pool"),
-                   help="hard: 5-token prompts; pool: a candidate pool (the MR configs)")
+                   help="hard: 5-token prompts; pool: candidate pools (see --pools)")
+    p.add_argument("--pools", default="shared", choices=("shared", "per-task"),
+                   help="pool: one sentiment pool for the MR configs (shared), or each "
+                        "task its own pool in one embedding space (per-task, every config)")
     p.add_argument("--strategy", default="gp", help="every study's strategy (pool: gp, zopo)")
     p.add_argument("--pool-task", default="sst2", help="pool: demonstrations from this task")
     p.add_argument("--instructions", default=None,
@@ -589,12 +680,14 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(f"--configs: unknown {sorted(set(args.configs) - names)}; "
                 f"known: {', '.join(c.name for c in CONFIGS)}")
     if args.space == "pool":
-        pool_configs = [c.name for c in CONFIGS if c.task in PROMPT_FIRST
-                        and set(c.sources) <= set(PROMPT_FIRST)]
+        sentiment = {"sst2", "mr"}
+        pool_configs = [c.name for c in CONFIGS if args.pools == "per-task"
+                        or (c.task in sentiment and set(c.sources) <= sentiment)]
         args.configs = args.configs or pool_configs
         if not set(args.configs) <= set(pool_configs):
-            p.error(f"--space pool runs {', '.join(pool_configs)} (one pool of sentiment "
-                    "prompts); pass --configs among them")
+            p.error(f"--space pool runs {', '.join(pool_configs)} with --pools shared (one "
+                    "pool of sentiment prompts); pass --configs among them, or --pools "
+                    "per-task")
     args.budgets = sorted({int(b) for b in args.budgets.split(",")})
     if max(args.budgets) > args.budget:
         p.error("--budgets must not exceed --budget")
@@ -624,7 +717,7 @@ def main(argv=None) -> None:
     results: dict[str, Any] = {}
     if path.exists():
         results = json.loads(path.read_text())
-        changed = [k for k in FIXED + POOL_FIXED
+        changed = [k for k in (*FIXED, *POOL_FIXED, "pools")
                    if results.get("config", {}).get(k) != config.get(k)]
         if changed:
             sys.exit(f"{path} was written with other settings ({', '.join(changed)}); "
@@ -636,10 +729,14 @@ def main(argv=None) -> None:
     first = make_task("sst2")("objective", args.source_seed)
     vocabulary = first.vocabulary()
     first.close()
-    pool = build_task_pool(args, log) if args.space == "pool" else None
-    if pool is not None:
+    pool, pools = None, None
+    if args.space == "pool" and args.pools == "per-task":
+        pools = build_per_task_pools(args, log)
+        results["pool_size"] = {task: len(t.texts) for task, t in pools.items()}
+    elif args.space == "pool":
+        pool = build_task_pool(args, log)
         results["pool_size"] = len(pool.texts)
-    bench = Bench(args, results, make_task, vocabulary, log, pool)
+    bench = Bench(args, results, make_task, vocabulary, log, pool, pools)
     bench.run()
     bench.write(final=True)
     print(Path(args.out).with_suffix(".md").read_text(), flush=True)

@@ -176,3 +176,41 @@ def test_pool_space_runs_the_mr_configs_on_one_pool(tmp_path):
         assert results["runs"][f"mr<-sst2|{seed}"]["weights"] == {"source-sst2": None}
     md = (tmp_path / "out" / "p.md").read_text()
     assert "| mr<-sst2 | 2 |" in md and "sst2 (init only)" in md
+
+
+def test_per_task_pools_transfer_between_pools_by_embedding(tmp_path):
+    """``--pools per-task``: SUBJ's studies on SUBJ's pool start from the candidates
+    nearest AG News's best ones (another pool, the same embedding model)."""
+    calls: Counter = Counter()
+
+    def make_task(task):
+        return lambda split, seed: FakeEvaluator(task, split, seed, calls)
+
+    _args(tmp_path)
+    with pytest.raises(SystemExit):  # the shared sentiment pool cannot serve SUBJ
+        transfer_tasks.parse_args(["--space", "pool", "--configs", "subj<-agnews"])
+    args = transfer_tasks.parse_args([
+        "--data-root", str(tmp_path), "--seeds-unrelated", "0", "--budget", "8",
+        "--budgets", "4,8", "--db", str(tmp_path / "per-task.sqlite"), "--space", "pool",
+        "--pools", "per-task", "--configs", "subj-cold,subj<-agnews",
+        "--out", str(tmp_path / "out" / "q")])
+    assert transfer_tasks.fixed_config(args)["pools"] == "per-task"
+    rng = np.random.default_rng(2)
+    agnews_emb = rng.standard_normal((20, 6)).astype(np.float32)
+    subj_emb = rng.standard_normal((25, 6)).astype(np.float32)
+    subj_emb[:20] = agnews_emb + 0.01  # subj candidate i lies next to agnews candidate i
+    pools = {"agnews": PoolTable([f"News cand {i}" for i in range(20)], agnews_emb, "enc"),
+             "subj": PoolTable([f"Opinion cand {i}" for i in range(25)], subj_emb, "enc")}
+    bench = transfer_tasks.Bench(args, {}, make_task, _vocabulary(), print, pools=pools)
+    bench.run()
+    bench.write(final=True)
+    results = bench.results
+    assert sorted(results["runs"]) == ["subj-cold|0", "subj<-agnews|0"]
+    source = results["sources"]["agnews"]
+    assert source["best_text"].startswith("News cand")
+    best = source["prompts"][int(np.argmax(source["values"]))]
+    run = results["runs"]["subj<-agnews|0"]
+    assert run["prompts"][0] == best  # SUBJ's candidate next to AG News's best
+    assert all(0 <= p[0] < 25 for p in run["prompts"])
+    assert run["picks"]["8"]["text"].startswith("Opinion cand")
+    assert set(run["weights"]) == {"source-agnews"}
