@@ -278,6 +278,17 @@ def grid_hyperparameters(xs: Tensor, ys: Tensor) -> tuple[float, float]:
     return best
 
 
+def argmax_ties_random(score: Tensor, gen: np.random.Generator) -> int:
+    """The index of the largest of ``score`` (`m`); among equal largest ones (within a
+    relative 1e-12) one drawn with ``gen``, so a flat acquisition does not walk the pool
+    in index order."""
+    top = float(score.max())
+    ties = np.flatnonzero((score >= top - 1e-12 * max(1.0, abs(top))).numpy())
+    if len(ties) <= 1:  # one maximum (or NaN scores: argmax's choice)
+        return int(ties[0]) if len(ties) else int(score.argmax())
+    return int(ties[gen.integers(len(ties))])
+
+
 def expected_improvement(mean: Tensor, std: Tensor, best: float) -> Tensor:
     z = (mean - best) / std
     normal = torch.distributions.Normal(0.0, 1.0)
@@ -351,4 +362,4 @@ class GpPoolEngine(PoolEngine):
             score = mean + self.opts["beta"] * std
         else:
             score = expected_improvement(mean, std, float(ys.max()))
-        return int(cand[int(score.argmax())])
+        return int(cand[argmax_ties_random(score, gen)])

@@ -327,8 +327,9 @@ class EnsembleModel(GP, GPyTorchModel):
 @dataclass(frozen=True)
 class _PoolSourceGP:
     """A source's exact GP on the pool (features `n x d`, the grid's lengthscale, the
-    Cholesky factor and ``alpha`` of :func:`gp_fit`) and its posterior mean and standard
-    deviation at every candidate (`N` each)."""
+    Cholesky factor and ``alpha`` of :func:`gp_fit`) and its posterior mean, standard
+    deviation and coverage at every candidate (`N` each): the coverage is ``1 - sd^2``,
+    the share of the prior variance its data explains there (0 far from its points)."""
 
     x: Tensor
     lengthscale: float
@@ -336,6 +337,7 @@ class _PoolSourceGP:
     alpha: Tensor
     mu: Tensor
     sd: Tensor
+    coverage: Tensor
 
 
 class PoolEnsemble:
@@ -349,10 +351,17 @@ class PoolEnsemble:
     and standard deviation at every pool candidate are computed once too. The weights
     come from ranking losses on the study's own observations, as for the box ensemble
     (the study GP's predictions ``NUM_FOLDS``-fold cross-validated, its grid refitted
-    without the held-out fold), and are recomputed when the study has observed more. The
-    ensemble at the free candidates is ``N(sum_i w_i mu_i, sum_i w_i^2 sigma_i^2)`` with
-    the study GP (pending fantasies included) last. ``on_weights`` receives the weights
-    (sources in order, then the study's) each time they change.
+    without the held-out fold), and are recomputed when the study has observed more.
+
+    A source's weight applies where it has data: at candidate ``x`` source ``i`` counts
+    with ``w_i c_i(x)``, ``c_i = 1 - sigma_i^2`` its coverage (the share of its prior
+    variance its observations explain there), and the rest of its weight goes to the
+    study's own GP. So at the free candidates the ensemble is ``N(sum_i w_i c_i mu_i +
+    v mu, sum_i (w_i c_i)^2 sigma_i^2 + v^2 sigma^2)`` with ``v = w_study + sum_i w_i (1 -
+    c_i)`` and ``mu, sigma`` the study GP's (pending fantasies included). Far from every
+    source's points (another task's pool, an unexplored region) the study's own model
+    decides, however well a source ranked the few points it has seen. ``on_weights``
+    receives the weights (sources in order, then the study's) each time they change.
     """
 
     def __init__(
@@ -384,7 +393,8 @@ class PoolEnsemble:
             chol, alpha, _ = gp_fit(rbf(x, x, ls), y, noise)
             ones = torch.ones(engine.size, dtype=x.dtype)
             mu, sd = gp_posterior(rbf(x_all, x, ls), ones, chol, alpha)
-            self.models.append(_PoolSourceGP(x, ls, chol, alpha, mu, sd))
+            coverage = (1.0 - sd.square()).clamp(0.0, 1.0)
+            self.models.append(_PoolSourceGP(x, ls, chol, alpha, mu, sd, coverage))
         self._w: Tensor | None = None
         self._at = -1
 
@@ -393,12 +403,17 @@ class PoolEnsemble:
         if float(w[:-1].sum()) == 0.0:
             return mean, std
         idx = torch.as_tensor(cand, dtype=torch.long)
-        out_mean = w[-1] * mean
-        out_var = w[-1] ** 2 * std.square()
+        own = torch.full_like(mean, float(w[-1]))  # the study GP's weight per candidate
+        out_mean = torch.zeros_like(mean)
+        out_var = torch.zeros_like(mean)
         for m, wi in zip(self.models, w[:-1].tolist(), strict=True):
             if m is not None and wi > 0:
-                out_mean = out_mean + wi * m.mu[idx]
-                out_var = out_var + wi**2 * m.sd[idx].square()
+                local = wi * m.coverage[idx]  # where the source has no data, its share
+                own = own + (wi - local)      # goes to the study's own GP
+                out_mean = out_mean + local * m.mu[idx]
+                out_var = out_var + local.square() * m.sd[idx].square()
+        out_mean = out_mean + own * mean
+        out_var = out_var + own.square() * std.square()
         return out_mean, out_var.clamp_min(1e-12).sqrt()
 
     def weights(self) -> Tensor:

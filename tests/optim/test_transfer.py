@@ -295,3 +295,50 @@ def test_nearest_candidates_by_cosine():
     q = torch.stack([x[2] * 3.0, x[0] + 0.1 * x[1]])
     assert nearest_candidates(x, q).tolist() == [[2], [0]]
     assert nearest_candidates(x, x[:0]).shape == (0, 1)
+
+
+def test_pool_ensemble_defers_to_the_study_where_a_source_has_no_data():
+    """A source holding all the weight (it ranked the study's few points best) decides
+    only where its data is: elsewhere the ensemble is the study's own GP."""
+    import numpy as np
+
+    from promptbo.server.optim.pool_engines import gp_posterior, make_pool_engine, rbf
+    from promptbo.server.optim.transfer import PoolEnsemble
+
+    emb, f = _pool_objective(d=64)  # as in sentence embeddings, most points far apart
+    inner = make_pool_engine("gp", {"num_initial": "5"}, 3, emb)
+    x = inner.x
+    # the source saw 12 candidates, all close to candidate 0
+    near = torch.argsort((x - x[0]).square().sum(1))[:12]
+    source = SourceData("local", near.reshape(-1, 1), f[near])
+    ens = PoolEnsemble(inner, [source], 1, lambda w: None)
+    ens.weights = lambda: torch.tensor([1.0, 0.0], dtype=torch.float64)  # type: ignore
+    cand = np.arange(300)
+    mean, std = torch.linspace(-1, 1, 300, dtype=torch.float64), torch.full((300,), 0.5,
+                                                                              dtype=torch.float64)
+    out_mean, out_std = ens(cand, mean, std)
+    cover = ens.models[0].coverage
+    far, close = cover < 1e-3, cover > 0.99
+    assert far.sum() > 100 and close.sum() >= 5
+    assert torch.allclose(out_mean[far], mean[far], atol=2e-3)
+    assert torch.allclose(out_std[far], std[far], atol=2e-3)
+    assert torch.allclose(out_mean[close], ens.models[0].mu[close], atol=2e-2)
+    # the source's own posterior, as fitted
+    m = ens.models[0]
+    mu, _ = gp_posterior(rbf(x, m.x, m.lengthscale), torch.ones(300, dtype=x.dtype),
+                         m.chol, m.alpha)
+    assert torch.allclose(mu, m.mu)
+
+
+def test_flat_pool_acquisition_breaks_ties_at_random():
+    import numpy as np
+
+    from promptbo.server.optim.pool_engines import argmax_ties_random
+
+    flat = torch.zeros(50, dtype=torch.float64)
+    picks = {argmax_ties_random(flat, np.random.default_rng(s)) for s in range(20)}
+    assert len(picks) > 5  # not the first index every time
+    peak = flat.clone()
+    peak[17] = 1e-6
+    assert argmax_ties_random(peak, np.random.default_rng(0)) == 17
+    assert argmax_ties_random(torch.tensor([float("nan"), 1.0]), np.random.default_rng(0)) in (0, 1)
