@@ -501,6 +501,17 @@ def write_outputs(results: dict[str, Any], budgets, out: Path, final: bool = Fal
         plot(results, budgets, out.with_suffix(".png"))
 
 
+def read_part(item: str) -> dict[str, Any]:
+    """One ``--merge`` part: ``FILE`` (all its runs) or ``FILE=CONFIG+CONFIG`` (only the
+    runs of those configs, e.g. a rerun's targets beside an earlier run's cold ones)."""
+    path, _, configs = item.partition("=")
+    part = json.loads(Path(path).read_text())
+    if configs:
+        keep = set(configs.split("+"))
+        part["runs"] = {k: v for k, v in part["runs"].items() if k.split("|")[0] in keep}
+    return part
+
+
 def merge_results(parts: list[dict[str, Any]]) -> dict[str, Any]:
     """The union of several ``<out>.json`` results (runs, sources, scores, unprompted
     references); the first part's config and machine. Raises ValueError if their
@@ -666,8 +677,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="only rewrite <out>.md and <out>.png from <out>.json")
     p.add_argument("--merge", default=None,
                    help="comma-separated <out>.json files of runs made with --configs in "
-                        "separate processes: writes their union to <out> (same settings "
-                        "required) and its report")
+                        "separate processes (FILE=CONFIG+CONFIG: only those configs' runs "
+                        "of FILE): writes their union to <out> (same settings required) "
+                        "and its report")
     args = p.parse_args(argv)
     args.seeds = [int(s) for s in args.seeds.split(",")]
     args.seeds_unrelated = ([int(s) for s in args.seeds_unrelated.split(",")]
@@ -703,8 +715,7 @@ def main(argv=None) -> None:
 
     path = Path(args.out).with_suffix(".json")
     if args.merge:
-        results = merge_results([json.loads(Path(f).read_text())
-                                 for f in args.merge.split(",") if f])
+        results = merge_results([read_part(item) for item in args.merge.split(",") if item])
         write_outputs(results, results["config"]["budgets"], Path(args.out), final=True)
         print(Path(args.out).with_suffix(".md").read_text(), flush=True)
         return

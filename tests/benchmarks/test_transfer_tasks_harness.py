@@ -143,6 +143,15 @@ def test_merge_results_joins_runs_of_separate_processes():
         transfer_tasks.merge_results([a, {**b, "config": {**config, "k": 2}}])
 
 
+def test_merge_parts_can_take_some_configs_of_a_file(tmp_path):
+    path = tmp_path / "first.json"
+    path.write_text(json.dumps({"runs": {"subj-cold|0": {}, "subj<-agnews|0": {"old": 1}}}))
+    assert set(transfer_tasks.read_part(str(path))["runs"]) == {"subj-cold|0",
+                                                              "subj<-agnews|0"}
+    part = transfer_tasks.read_part(f"{path}=subj-cold+mr-cold")
+    assert list(part["runs"]) == ["subj-cold|0"]
+
+
 def test_pool_space_runs_the_mr_configs_on_one_pool(tmp_path):
     calls: Counter = Counter()
 
