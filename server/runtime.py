@@ -352,16 +352,9 @@ class StudyRuntime:
         else:  # a pool: n x 1 indices
             encoded = torch.empty(0, 1, dtype=torch.long)
         values = torch.tensor([v for _, v in pairs], dtype=torch.float64)
-        if source.embeddings is not None and self.pool is not None:
-            # Another pool in the same embedding space: each candidate's features in this
-            # pool's feature space, and its nearest candidate here.
-            from promptbo.server.optim.pool_engines import nearest_candidates, pool_features
-
-            table = self.pool.embeddings
-            center = torch.as_tensor(np.asarray(table, dtype=np.float64)).mean(0)
-            features = pool_features(source.embeddings, center)
-            encoded = nearest_candidates(pool_features(table, center), features)
-            return SourceData(source.name, encoded, values, features)
+        if source.embeddings is not None:  # another pool: the engine maps its candidates
+            emb = torch.as_tensor(np.asarray(source.embeddings, dtype=np.float32))
+            return SourceData(source.name, encoded, values, emb)
         return SourceData(source.name, encoded, values)
 
     def transferred(self, prompts: Sequence[Prompt]) -> list[bool]:

@@ -65,7 +65,7 @@ from __future__ import annotations
 import logging
 import statistics
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -88,6 +88,7 @@ from promptbo.server.optim.pool_engines import (
     gp_fit,
     gp_posterior,
     grid_hyperparameters,
+    nearest_candidates,
     rbf,
     standardize,
 )
@@ -118,18 +119,19 @@ class SourceData:
     """One source study's observations in the target engine's encoding.
 
     ``candidates``: `n x L` vocabulary rows (hard), `n x (L*D)` vectors (soft) or `n x 1`
-    pool indices; ``values``: `n` finite floats, larger is better. ``features``: for a
-    source that searched another pool embedded by the same model, the `n x D` features of
-    its candidates in this pool's feature space (:meth:`.PoolEngine.features_of`); its
-    ``candidates`` are then each one's nearest candidate of this pool (what transfer
-    initialization hands out), and the pool ensemble fits the source's GP on the features
-    themselves. None otherwise.
+    pool indices; ``values``: `n` finite floats, larger is better. ``embeddings``: for a
+    source that searched another pool embedded by the same model, the `n x D` embedding
+    rows of its candidates (its ``candidates`` are then indices into *its* pool);
+    :class:`TransferEngine` maps each to its nearest candidate of this pool (what
+    transfer initialization hands out) and the pool ensemble fits the source's GP on
+    their features in this pool's feature space (:meth:`.PoolEngine.features_of`).
+    None otherwise.
     """
 
     name: str
     candidates: Tensor
     values: Tensor
-    features: Tensor | None = None
+    embeddings: Tensor | None = None
 
 
 def rank_prompts(sources: Sequence[SourceData], keys: Sequence[Sequence[bytes]]) -> list[
@@ -346,7 +348,7 @@ class PoolEnsemble:
 
     One exact GP per source on the candidates it observed (on the same pool, their
     features; on another pool embedded by the same model, its candidates' features in
-    this pool's feature space, :attr:`SourceData.features`; its values standardized, its
+    this pool's feature space, from :attr:`SourceData.embeddings`; its values standardized, its
     lengthscale and noise chosen on the pool GP's grid), fitted once; its posterior mean
     and standard deviation at every pool candidate are computed once too. The weights
     come from ranking losses on the study's own observations, as for the box ensemble
@@ -376,8 +378,8 @@ class PoolEnsemble:
         x_all = engine.x
         for src in sources:
             y = src.values.double().reshape(-1)
-            if src.features is not None:  # another pool: the source's own points
-                x = src.features.to(x_all.dtype)
+            if src.embeddings is not None:  # another pool: the source's own points
+                x = engine.features_of(src.embeddings).to(x_all.dtype)
             else:
                 idx = src.candidates.reshape(-1).long()
                 ok = (idx >= 0) & (idx < engine.size)
@@ -488,6 +490,8 @@ class TransferEngine(Engine):
             )
         self.inner = inner
         self.mode = mode
+        if isinstance(inner, PoolEngine):
+            sources = [self._on_this_pool(inner, s) for s in sources]
         self.sources = [s for s in sources if s.values.shape[0]]
         self.names = [s.name for s in sources]
         self.counts = {s.name: int(s.values.shape[0]) for s in sources}
@@ -618,6 +622,15 @@ class TransferEngine(Engine):
         return [k in self._transferred for k in self._keys(candidates)]
 
     # --- initialization ---------------------------------------------------------------
+    @staticmethod
+    def _on_this_pool(inner: PoolEngine, source: SourceData) -> SourceData:
+        """A source on another pool (``embeddings`` given) with each candidate replaced by
+        the nearest candidate of this pool by cosine; other sources as they are."""
+        if source.embeddings is None:
+            return source
+        near = nearest_candidates(inner.x, inner.features_of(source.embeddings))
+        return replace(source, candidates=near)
+
     def _initial_candidates(self) -> Tensor | None:
         inner = self.inner
         if not self.sources:
