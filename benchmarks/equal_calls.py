@@ -20,6 +20,9 @@ recommends at that point is scored on the test split. Columns:
   recommendation is the best fully scored candidate (the best minibatch mean before any);
 - ``unprompted``: the empty prompt.
 
+A manager column may carry strategy options in brackets, as a column of its own:
+``mf[top_examples=1000]`` is ``mf`` with its top rung at the whole pool of 1,000.
+
 Scores are cached per (prompt, pool example), so CPU is not spent twice, but every
 scoring is charged to the budget as the service would charge it. Two intervals of the
 recommendation's pool accuracy are checked against its test accuracy: 95% over every
@@ -58,6 +61,33 @@ from benchmarks.scoring import task_style
 Z95 = 1.959963984540054
 STRATEGIES = ("mf", "gp-fixed", "turbo-fixed", "random-full", "optuna-tpe", "mipro-tpe",
               "unprompted")
+#: Columns that run through the study manager (and so take ``[key=value,...]`` options).
+MANAGER_STRATEGIES = ("mf", "gp-fixed", "turbo-fixed", "random-full")
+
+
+def parse_column(column: str) -> tuple[str, dict[str, str]]:
+    """``"mf[top_examples=1000;eta=3]"`` -> ``("mf", {"top_examples": "1000", "eta": "3"})``;
+    a plain name has no options. Raises ValueError for a malformed column."""
+    name, bracket, rest = column.partition("[")
+    if not bracket:
+        return column, {}
+    if not rest.endswith("]"):
+        raise ValueError(f"{column!r}: options go in brackets, e.g. mf[top_examples=1000]")
+    options: dict[str, str] = {}
+    for item in filter(None, rest[:-1].split(";")):
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise ValueError(f"{column!r}: option {item!r} is not key=value")
+        options[key.strip()] = value.strip()
+    if name not in MANAGER_STRATEGIES:
+        raise ValueError(f"{column!r}: only {', '.join(MANAGER_STRATEGIES)} take options")
+    return name, options
+
+
+def column_order(columns) -> list[str]:
+    """Columns in :data:`STRATEGIES` order, each variant after its base strategy."""
+    rank = {s: i for i, s in enumerate(STRATEGIES)}
+    return sorted(columns, key=lambda c: (rank.get(parse_column(c)[0], len(rank)), c))
 
 
 class PoolScorer:
@@ -120,19 +150,21 @@ class Run:
 
 
 def run_manager(strategy: str, seed: int, args, scorer: PoolScorer, space, vocab) -> Run:
-    """mf, gp-fixed, turbo-fixed, random-full through the study manager."""
+    """mf, gp-fixed, turbo-fixed, random-full (with options: ``mf[key=value]``) through
+    the study manager."""
     from promptbo.server.domain import StudySpec
     from promptbo.server.manager import StudyManager, TrialResult
     from promptbo.server.storage.memory import InMemoryStorage
     from promptbo.types import mean_and_stderr
 
+    strategy, options = parse_column(strategy)
     fixed = strategy.endswith("-fixed")
     base = strategy.removesuffix("-fixed").removesuffix("-full")
     top = max(args.budgets)
     manager = StudyManager(InMemoryStorage())
     manager.upload_vocabulary(vocab)
     spec = StudySpec(
-        space=space, strategy=base, seed=seed,
+        space=space, strategy=base, seed=seed, strategy_options=options,
         pool_size=0 if fixed else args.pool,
         max_examples=0 if fixed else top,
         examples_per_trial=args.pool if strategy == "random-full" else 0,
@@ -340,13 +372,16 @@ def main(argv: Sequence[str] | None = None) -> None:
             p.error(str(exc))
         out.with_suffix(".json").write_text(json.dumps(merged, indent=1))
         have = {t.split("|")[0] for t in merged["runs"]}
-        table_md = summarize(merged, [s for s in STRATEGIES if s in have],
+        table_md = summarize(merged, column_order(have),
                              merged["config"]["budgets"],
                              sorted({int(t.split("|")[1]) for t in merged["runs"]}))
         out.with_suffix(".md").write_text(table_md + "\n")
         print(table_md)
         return
-    unknown = sorted(set(strategies) - set(STRATEGIES))
+    try:
+        unknown = sorted({parse_column(s)[0] for s in strategies} - set(STRATEGIES))
+    except ValueError as exc:
+        p.error(str(exc))
     if unknown:
         p.error(f"unknown strategies {unknown}; choose from {', '.join(STRATEGIES)}")
 

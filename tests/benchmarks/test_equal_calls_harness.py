@@ -10,8 +10,15 @@ import argparse
 import numpy as np
 import pytest
 
-from benchmarks.equal_calls import merge_results, run_tpe, summarize
-from promptbo.server.domain import HardPromptSpace
+from benchmarks.equal_calls import (
+    column_order,
+    merge_results,
+    parse_column,
+    run_manager,
+    run_tpe,
+    summarize,
+)
+from promptbo.server.domain import HardPromptSpace, Vocabulary
 
 
 class FakeScorer:
@@ -96,3 +103,31 @@ def test_merge_unites_parts_and_refuses_mismatches():
         merge_results([a, {"config": {**cfg, "pool": 500}, "runs": {}}])
     with pytest.raises(ValueError, match="mf\\|0"):
         merge_results([a, a])
+
+
+def test_columns_with_strategy_options():
+    assert parse_column("mf") == ("mf", {})
+    assert parse_column("mf[top_examples=1000;eta=2]") == ("mf", {"top_examples": "1000",
+                                                                  "eta": "2"})
+    for bad in ("mf[top_examples=1000", "mf[top_examples]", "mipro-tpe[minibatch=10]"):
+        with pytest.raises(ValueError):
+            parse_column(bad)
+    assert column_order(["random-full", "mf[top_examples=9]", "mf", "unprompted"]) == [
+        "mf", "mf[top_examples=9]", "random-full", "unprompted"]
+
+
+def test_manager_column_passes_its_options_to_the_strategy():
+    """``mf[top_examples=48]``: rungs 16 and 48, so no prompt is scored on more than 48
+    pool examples, where plain ``mf`` on a pool of 100 would promote up to 100."""
+    rng = np.random.default_rng(0)
+    vocab = Vocabulary(tuple(f"w{i}" for i in range(50)), tuple(range(1000, 1050)),
+                       rng.normal(size=(50, 8)).astype(np.float32))
+    space = HardPromptSpace(2, vocab.id, pca_dims=2)
+    args = argparse.Namespace(budgets=[250], pool=100, fixed=32)
+    scorer = FakeScorer()
+    run = run_manager("mf[top_examples=48;num_initial=4]", 0, args, scorer, space, vocab)
+    per_prompt: dict[tuple, int] = {}
+    for key, n in scorer.calls:
+        per_prompt[key] = per_prompt.get(key, 0) + n
+    assert max(per_prompt.values()) == 48
+    assert [c["budget"] for c in run.checkpoints] == [250]
