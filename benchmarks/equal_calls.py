@@ -140,9 +140,20 @@ class Run:
     """One (strategy, seed): records a checkpoint each time the charged examples pass a
     budget: the recommended prompt, its pool accuracy interval and examples."""
 
-    def __init__(self, budgets: Sequence[int]):
+    def __init__(self, budgets: Sequence[int], label: str = ""):
         self.budgets = sorted(budgets)
+        self.label = label
         self.checkpoints: list[dict[str, Any]] = []
+        self._start = time.perf_counter()
+
+    def add(self, checkpoint: dict[str, Any]) -> None:
+        """Records a checkpoint and, for a labelled run, prints it (progress of long runs)."""
+        self.checkpoints.append(checkpoint)
+        if self.label:
+            print(f"  {self.label} @{checkpoint['budget']} examples: test "
+                  f"{checkpoint['test_accuracy']:.3f}, pool {checkpoint['pool_accuracy']:.3f} "
+                  f"on {checkpoint['examples']} ({time.perf_counter() - self._start:.0f} s)",
+                  flush=True)
 
     def due(self, charged: int) -> list[int]:
         done = {c["budget"] for c in self.checkpoints}
@@ -157,6 +168,7 @@ def run_manager(strategy: str, seed: int, args, scorer: PoolScorer, space, vocab
     from promptbo.server.storage.memory import InMemoryStorage
     from promptbo.types import mean_and_stderr
 
+    label = f"{strategy}|{seed}"
     strategy, options = parse_column(strategy)
     fixed = strategy.endswith("-fixed")
     base = strategy.removesuffix("-fixed").removesuffix("-full")
@@ -171,7 +183,7 @@ def run_manager(strategy: str, seed: int, args, scorer: PoolScorer, space, vocab
         max_trials=top // args.fixed if fixed else 0,
     )
     manager.create_study("s", spec)
-    run = Run(args.budgets)
+    run = Run(args.budgets, label)
     seen: dict[tuple, set[int]] = {}
     fixed_idx = list(range(args.fixed))
     fixed_charged = 0
@@ -194,7 +206,7 @@ def run_manager(strategy: str, seed: int, args, scorer: PoolScorer, space, vocab
             assert rec is not None
             rkey = tuple(rec.prompt.token_ids)
             basis = list(rec.trial.examples) or fixed_idx  # what the estimate stands on
-            run.checkpoints.append(checkpoint(b, rkey, seen[rkey], scorer, basis,
+            run.add(checkpoint(b, rkey, seen[rkey], scorer, basis,
                                               rec.candidates))
         if done:
             break
@@ -220,7 +232,7 @@ def run_tpe(strategy: str, seed: int, args, scorer: PoolScorer, space, ids, allo
     """optuna-tpe on the fixed sample, or the MIPROv2-style minibatch TPE."""
     tpe = TPEProposer(allowed, space.prompt_length, seed)
     rng = np.random.default_rng(seed)
-    run = Run(args.budgets)
+    run = Run(args.budgets, f"{strategy}|{seed}")
     top = max(args.budgets)
     charged = 0
     minis: dict[tuple, list[float]] = {}  # key -> minibatch means (mipro)
@@ -236,7 +248,7 @@ def run_tpe(strategy: str, seed: int, args, scorer: PoolScorer, space, ids, allo
     def record(b: int) -> None:
         k = best()
         m = len(full) if k in full else len(minis)  # chosen among these
-        run.checkpoints.append(checkpoint(b, k, seen[k], scorer, None, m))
+        run.add(checkpoint(b, k, seen[k], scorer, None, m))
 
     while True:
         mipro = strategy == "mipro-tpe"
