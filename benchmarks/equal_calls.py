@@ -61,7 +61,7 @@ from benchmarks.scoring import task_style
 Z95 = 1.959963984540054
 STRATEGIES = ("mf", "gp-fixed", "turbo-fixed", "random-full", "optuna-tpe", "mipro-tpe",
               "unprompted")
-#: Columns that run through the study manager (and so take ``[key=value,...]`` options).
+#: Columns that run through the study manager (and so take ``[key=value;...]`` options).
 MANAGER_STRATEGIES = ("mf", "gp-fixed", "turbo-fixed", "random-full")
 
 
@@ -206,8 +206,7 @@ def run_manager(strategy: str, seed: int, args, scorer: PoolScorer, space, vocab
             assert rec is not None
             rkey = tuple(rec.prompt.token_ids)
             basis = list(rec.trial.examples) or fixed_idx  # what the estimate stands on
-            run.add(checkpoint(b, rkey, seen[rkey], scorer, basis,
-                                              rec.candidates))
+            run.add(checkpoint(b, rkey, seen[rkey], scorer, basis, rec.candidates))
         if done:
             break
     return run
